@@ -1,0 +1,31 @@
+// Builds without CUDA (see cuda_runtime.hpp).
+#include "cuda_runtime.hpp"
+
+#include <d9d/error.hpp>
+#include <d9d/storage.hpp>
+
+namespace d9d {
+namespace detail {
+namespace {
+
+[[noreturn]] void no_cuda(const char* what) {
+  throw_error<DeviceError>(what, ": d9d was built without CUDA (nvcc was not found when it was "
+                           "configured, or -Dcuda=disabled)");
+}
+
+}  // namespace
+
+void* cuda_malloc(size_t, int) { no_cuda("allocating CUDA memory"); }
+void cuda_free(void*, int) noexcept {}
+void* cuda_malloc_host(size_t) { no_cuda("allocating pinned host memory"); }
+void cuda_free_host(void*) noexcept {}
+void cuda_memcpy(void*, const void*, size_t, CopyDirection, int) { no_cuda("copying to or from a CUDA device"); }
+
+void cuda_memset_zero(void*, size_t, int) { no_cuda("clearing CUDA memory"); }
+
+}  // namespace detail
+
+bool cuda_compiled() { return false; }
+int cuda_device_count() { return 0; }
+
+}  // namespace d9d

@@ -1,0 +1,142 @@
+// Bit-exact conversions between F32 and the narrow float formats (private to core; written so the
+// CUDA kernels can include it and round exactly as the CPU does).
+//
+// Note [rounding as PyTorch]: every narrow format is encoded from F32 with round-to-nearest-even,
+// the way c10 (Half.h, BFloat16.h, Float8_*.h) does it, including its choices for the special
+// values: the NaN code each format produces, overflow to infinity where the format has one and to
+// NaN where it has none, no negative zero in the FNUZ formats, and the exponent-only rounding of
+// E8M0. PyTorch converts F64 and integers to these formats through F32 (two roundings), and so do
+// we. Decoding to F32 is exact for every format.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define D9D_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define D9D_HOST_DEVICE inline
+#endif
+
+namespace d9d::detail {
+
+D9D_HOST_DEVICE uint32_t f32_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+D9D_HOST_DEVICE float f32_from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+enum class FloatStyle {
+  kIeee,  // all-ones exponent holds infinities and NaNs
+  kFn,    // finite only: all-ones exponent is a normal binade, S.1111.111 is NaN
+  kFnuz,  // finite only, no negative zero: 0x80 is NaN
+};
+
+// A sign + E exponent bits + M mantissa bits format with the given bias and style. kNan is the
+// code produced for a NaN input; kNanSigned says whether the input's sign is kept on it.
+template <int E, int M, int Bias, FloatStyle Style, uint32_t kNan, bool kNanSigned>
+struct MiniFloat {
+  static_assert(E >= 2 && E <= 8 && M >= 1 && M <= 10 && Bias <= 127);
+  static constexpr uint32_t kSignBit = 1u << (E + M);
+  static constexpr uint32_t kAbsMask = kSignBit - 1;
+  static constexpr uint32_t kExpMask = ((1u << E) - 1) << M;
+  static constexpr uint32_t kInf = kExpMask;  // kIeee only
+  static constexpr uint32_t kMaxFinite = Style == FloatStyle::kIeee ? kExpMask - 1
+                                         : Style == FloatStyle::kFn ? kAbsMask - 1
+                                                                    : kAbsMask;
+  static constexpr int kMinNormalExp = 1 - Bias;  // unbiased exponent of the smallest normal
+
+  static D9D_HOST_DEVICE uint32_t nan_code(uint32_t sign) { return kNanSigned ? (sign | kNan) : kNan; }
+  static D9D_HOST_DEVICE uint32_t overflow_code(uint32_t sign) {
+    if constexpr (Style == FloatStyle::kIeee) return sign | kInf;
+    return nan_code(sign);
+  }
+
+  static D9D_HOST_DEVICE uint32_t encode(float value) {
+    const uint32_t bits = f32_bits(value);
+    const uint32_t sign = (bits >> 31) ? kSignBit : 0u;
+    const uint32_t abs = bits & 0x7FFFFFFFu;
+    if (abs > 0x7F800000u) return nan_code(sign);
+    if (abs == 0x7F800000u) return overflow_code(sign);
+    uint32_t code;
+    constexpr uint32_t kMinNormalBits = static_cast<uint32_t>(kMinNormalExp + 127) << 23;
+    if (E == 8 || abs >= kMinNormalBits) {
+      // Re-bias the exponent in place and round the dropped mantissa bits to nearest even; a
+      // carry out of the mantissa correctly bumps the exponent. With E == 8 this also covers
+      // subnormals, which share F32's layout.
+      constexpr int kShift = 23 - M;
+      const uint32_t rebiased = abs - (static_cast<uint32_t>(127 - Bias) << 23);
+      const uint32_t odd = (rebiased >> kShift) & 1u;
+      code = (rebiased + ((1u << (kShift - 1)) - 1u) + odd) >> kShift;
+    } else {
+      // Subnormal in the target: count units of 2^(kMinNormalExp - M). The scaling is exact,
+      // and adding then subtracting 2^23 rounds to an integer, to nearest even.
+      constexpr uint32_t kScaleBits = static_cast<uint32_t>(127 + M - kMinNormalExp) << 23;
+      const float units = f32_from_bits(abs) * f32_from_bits(kScaleBits);
+      const float rounded = (units + 8388608.0f) - 8388608.0f;
+      code = static_cast<uint32_t>(rounded);
+    }
+    if (code > kMaxFinite) return overflow_code(sign);
+    if (Style == FloatStyle::kFnuz && code == 0) return 0;
+    return sign | code;
+  }
+
+  static D9D_HOST_DEVICE float decode(uint32_t code) {
+    const uint32_t sign = (code & kSignBit) ? 0x80000000u : 0u;
+    const uint32_t abs = code & kAbsMask;
+    if constexpr (Style == FloatStyle::kFnuz) {
+      if (code == kSignBit) return f32_from_bits(0x7FC00000u);
+    } else if constexpr (Style == FloatStyle::kFn) {
+      if (abs == kAbsMask) return f32_from_bits(sign | 0x7FC00000u);
+    } else {
+      if ((abs & kExpMask) == kExpMask) {
+        return f32_from_bits(sign | 0x7F800000u | ((abs & ~kExpMask) << (23 - M)));
+      }
+    }
+    if constexpr (E == 8) return f32_from_bits(sign | (abs << (23 - M)));
+    const uint32_t exponent = abs >> M;
+    const uint32_t mantissa = abs & ((1u << M) - 1u);
+    if (exponent == 0) {
+      constexpr uint32_t kUnitBits = static_cast<uint32_t>(127 + kMinNormalExp - M) << 23;
+      const float magnitude = static_cast<float>(mantissa) * f32_from_bits(kUnitBits);
+      return sign ? -magnitude : magnitude;
+    }
+    return f32_from_bits(sign | ((exponent - Bias + 127) << 23) | (mantissa << (23 - M)));
+  }
+};
+
+using F16Format = MiniFloat<5, 10, 15, FloatStyle::kIeee, 0x7E00u, true>;
+using BF16Format = MiniFloat<8, 7, 127, FloatStyle::kIeee, 0x7FC0u, false>;
+using E4M3Format = MiniFloat<4, 3, 7, FloatStyle::kFn, 0x7Fu, true>;
+using E5M2Format = MiniFloat<5, 2, 15, FloatStyle::kIeee, 0x7Fu, true>;
+using E4M3FnuzFormat = MiniFloat<4, 3, 8, FloatStyle::kFnuz, 0x80u, false>;
+using E5M2FnuzFormat = MiniFloat<5, 2, 16, FloatStyle::kFnuz, 0x80u, false>;
+
+// E8M0 (OCP MX scale): unsigned, exponent only, value 2^(code - 127); 0xFF is NaN. The sign of
+// the input is ignored and the mantissa rounds the exponent to nearest (ties to even on the
+// implied bit), as c10's Float8_e8m0fnu does.
+struct E8M0Format {
+  static D9D_HOST_DEVICE uint32_t encode(float value) {
+    const uint32_t bits = f32_bits(value);
+    uint32_t exponent = (bits >> 23) & 0xFFu;
+    if (exponent == 0xFFu) return 0xFFu;
+    const bool guard = (bits & 0x400000u) != 0;
+    const bool round_or_sticky = (bits & 0x3FFFFFu) != 0;
+    const bool lsb = exponent > 0;
+    if (guard && (round_or_sticky || lsb)) ++exponent;
+    return exponent;
+  }
+  static D9D_HOST_DEVICE float decode(uint32_t code) {
+    if (code == 0) return f32_from_bits(0x00400000u);  // 2^-127, an F32 subnormal
+    if (code == 0xFFu) return f32_from_bits(0x7FC00000u);
+    return f32_from_bits(code << 23);
+  }
+};
+
+}  // namespace d9d::detail

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing d9d needs on a fresh Debian machine: the Debian packages
+# (only those missing, so a second run is quick) and a Python virtual environment in .venv with
+# the test oracles (numpy, ml_dtypes). Python is never a runtime dependency of d9d.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(meson ninja-build g++ pkg-config doctest-dev nlohmann-json3-dev libcli11-dev
+          libdlpack-dev libopenmpi-dev openmpi-bin python3 python3-venv python3-pip)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "bootstrap: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python3 ] || ! .venv/bin/python3 -c "import numpy, ml_dtypes" 2>/dev/null; then
+  echo "bootstrap: creating .venv with the Python test oracles"
+  python3 -m venv .venv
+  .venv/bin/python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+fi
