@@ -60,6 +60,12 @@ struct MiniFloat {
 
   static D9D_HOST_DEVICE uint32_t encode(float value) {
     const uint32_t bits = f32_bits(value);
+    if constexpr (E == 8 && Style == FloatStyle::kIeee) {
+      // BF16: F32 with the low half rounded off. Branch-free so the loop vectorizes; a carry
+      // out of the largest finite values lands exactly on infinity.
+      const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+      return (bits & 0x7FFFFFFFu) > 0x7F800000u ? nan_code(bits >> 16 & kSignBit) : rounded;
+    }
     const uint32_t sign = (bits >> 31) ? kSignBit : 0u;
     const uint32_t abs = bits & 0x7FFFFFFFu;
     if (abs > 0x7F800000u) return nan_code(sign);

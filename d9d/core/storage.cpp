@@ -1,19 +1,12 @@
 #include <d9d/storage.hpp>
 
-#include <cstdlib>
-#include <new>
 
 #include <d9d/error.hpp>
 
 #include "cuda_runtime.hpp"
+#include "host_allocator.hpp"
 
 namespace d9d {
-namespace {
-
-size_t host_alignment(size_t nbytes) { return nbytes >= (size_t{1} << 20) ? 4096 : 64; }
-
-}  // namespace
-
 Storage Storage::allocate(size_t nbytes, Device device) {
   Storage storage;
   storage.impl_ = std::make_shared<Impl>();
@@ -31,15 +24,9 @@ Storage Storage::allocate(size_t nbytes, Device device) {
   }
   impl.kind = StorageKind::kHost;
   if (nbytes > 0) {
-    const size_t align = host_alignment(nbytes);
-    const size_t rounded = (nbytes + align - 1) / align * align;
-    void* p = std::aligned_alloc(align, rounded);
-    if (p == nullptr) {
-      detail::throw_error<Error>("Storage::allocate: out of host memory allocating ", nbytes,
-                                 " bytes");
-    }
-    impl.data = static_cast<std::byte*>(p);
-    impl.deleter = [](std::byte* q) { std::free(q); };
+    const detail::HostBlock block = detail::host_alloc(nbytes);
+    impl.data = static_cast<std::byte*>(block.data);
+    impl.deleter = [block](std::byte*) { detail::host_free(block); };
   }
   return storage;
 }

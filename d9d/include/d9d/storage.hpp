@@ -23,8 +23,9 @@ class Storage {
 
   Storage() = default;
 
-  // Uninitialized bytes on `device`: 64-byte aligned host memory (4096 for 1 MiB and more), or
-  // CUDA memory. Zero bytes is valid and allocates nothing.
+  // Uninitialized bytes on `device`: 64-byte aligned host memory (page-aligned from 1 MiB), or
+  // CUDA memory. Zero bytes is valid and
+  // allocates nothing.
   static Storage allocate(size_t nbytes, Device device = Device::cpu());
   // Page-locked host memory for fast host<->device copies; throws DeviceError without CUDA.
   static Storage allocate_pinned(size_t nbytes);
@@ -58,6 +59,13 @@ class Storage {
   };
   std::shared_ptr<Impl> impl_;
 };
+
+// Freed host blocks of 1 MiB and more are kept for reuse, up to this many bytes (default 1 GiB, or
+// $D9D_HOST_CACHE_BYTES), so that streaming many similar tensors does not pay a page fault per
+// 4 KiB each time. 0 disables the cache and returns everything cached to the system.
+void set_host_cache_limit(size_t bytes);
+// Bytes held in that cache now (not counting live tensors).
+size_t host_cache_bytes();
 
 // True when d9d was built with CUDA support (the device may still be absent at run time).
 bool cuda_compiled();

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds and runs the consumer project against d9d in one of two ways:
+#   run_consumer.sh pkgconfig SOURCE_ROOT BUILD_ROOT   install BUILD_ROOT into a staging folder,
+#                                                       find d9d through its d9d.pc
+#   run_consumer.sh subproject SOURCE_ROOT             d9d as subprojects/d9d of a parent project
+set -euo pipefail
+mode=$1
+src=$(cd "$2" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+case "$mode" in
+  pkgconfig)
+    build=$(cd "$3" && pwd)
+    meson install -C "$build" --no-rebuild --quiet --destdir "$tmp/stage" >/dev/null
+    pc=$(find "$tmp/stage" -name d9d.pc | head -n 1)
+    [ -n "$pc" ] || { echo "no d9d.pc was installed"; exit 1; }
+    test -f "$(dirname "$pc")/../../include/d9d/d9d.hpp" || \
+      test -n "$(find "$tmp/stage" -path '*/include/d9d/d9d.hpp')" || { echo "headers not installed"; exit 1; }
+    export PKG_CONFIG_PATH="$(dirname "$pc")"
+    libdir=$(pkg-config --variable=libdir d9d)
+    export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "d9d.pc: $pc (version $(pkg-config --modversion d9d), cflags $(pkg-config --cflags d9d))"
+    meson setup "$tmp/build" "$src/tests/consumer" --wrap-mode=nofallback >/dev/null
+    ;;
+  subproject)
+    mkdir -p "$tmp/parent/subprojects"
+    cp "$src/tests/consumer/meson.build" "$src/tests/consumer/consumer.cpp" "$tmp/parent/"
+    ln -s "$src" "$tmp/parent/subprojects/d9d"
+    meson setup "$tmp/build" "$tmp/parent" --force-fallback-for=d9d -Dd9d:cuda=disabled >/dev/null
+    ;;
+  *) echo "usage: run_consumer.sh pkgconfig|subproject SOURCE_ROOT [BUILD_ROOT]"; exit 2 ;;
+esac
+meson compile -C "$tmp/build" >/dev/null
+"$tmp/build/consumer"
