@@ -1,0 +1,369 @@
+// validate_safetensors: the header parser and every rule of safetensors.hpp.
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <unordered_set>
+
+#include <d9d/io/safetensors.hpp>
+
+#include "json.hpp"
+#include "rules.hpp"
+
+namespace d9d::io {
+namespace detail {
+
+const char* rule_text(int rule) {
+  static const char* const kRules[] = {
+      "",
+      "the file holds the 8-byte header length",
+      "the header length is at most 100,000,000",
+      "the header lies inside the file",
+      "the header is valid UTF-8",
+      "the header is exactly one JSON object",
+      "no key appears twice",
+      "__metadata__ is an object of strings",
+      "a tensor entry has exactly the keys dtype, shape and data_offsets",
+      "dtype is a known safetensors dtype",
+      "shape is a list of non-negative integers",
+      "data_offsets is two non-negative integers, begin <= end",
+      "the byte size of dtype and shape equals end - begin",
+      "the data ranges tile the data section from 0 to the end of the file",
+  };
+  return rule >= 1 && rule <= 13 ? kRules[rule] : "";
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::JsonCursor;
+using detail::JsonNumber;
+using detail::JsonSyntaxError;
+using detail::quote_name;
+
+constexpr int64_t kMaxHeaderSize = 100'000'000;
+
+struct Entry {
+  std::string name;
+  TensorInfo info;
+  uint32_t header_index = 0;
+};
+
+class HeaderParser {
+ public:
+  HeaderParser(std::string_view file_name, std::string_view header)
+      : file_(file_name), cursor_(header) {}
+
+  [[noreturn]] void fail(std::string_view where, const std::string& what, int rule) const {
+    d9d::detail::throw_error<FormatError>(file_, ": ", where, ": ", what, " (rule ", rule, ": ",
+                                          detail::rule_text(rule), ")");
+  }
+  [[noreturn]] void fail_syntax(const JsonSyntaxError& e, int rule) const {
+    fail("header byte " + std::to_string(e.pos), e.message, rule);
+  }
+
+  void parse(std::vector<Entry>& entries, Metadata& metadata) {
+    try {
+      parse_root(entries, metadata);
+    } catch (const JsonSyntaxError& e) {
+      fail_syntax(e, 5);
+    }
+  }
+
+ private:
+  void parse_root(std::vector<Entry>& entries, Metadata& metadata) {
+    const std::string_view text = cursor_.text();
+    if (text.empty() || text[0] != '{') {
+      cursor_.fail("the header must begin with '{', found " + cursor_.describe_next());
+    }
+    cursor_.expect('{', "'{'");
+    bool seen_metadata = false;
+    std::string scratch;
+    if (!cursor_.consume('}')) {
+      do {
+        cursor_.skip_ws();
+        const size_t key_pos = cursor_.pos();
+        const std::string_view key = cursor_.string(scratch);
+        cursor_.expect(':', "':' after a key");
+        if (key == "__metadata__") {
+          if (seen_metadata) {
+            fail("header byte " + std::to_string(key_pos), "\"__metadata__\" appears twice", 6);
+          }
+          seen_metadata = true;
+          parse_metadata(metadata);
+        } else {
+          Entry& entry = entries.emplace_back();
+          entry.name.assign(key);
+          entry.header_index = static_cast<uint32_t>(entries.size() - 1);
+          parse_tensor(entry);
+        }
+      } while (cursor_.consume(','));
+      cursor_.expect('}', "',' or '}' after a header entry");
+    }
+    cursor_.skip_ws();
+    if (!cursor_.at_end()) {
+      const bool nul = text[cursor_.pos()] == '\0';
+      cursor_.fail(std::string(nul ? "NUL padding" : "trailing bytes") + " after the JSON object (" +
+                   std::to_string(text.size() - cursor_.pos()) +
+                   " bytes); only spaces may pad the header");
+    }
+  }
+
+  void parse_metadata(Metadata& metadata) {
+    const std::string where = "__metadata__";
+    if (cursor_.peek() != '{') {
+      fail(where, "expected an object, found " + cursor_.describe_next(), 7);
+    }
+    cursor_.expect('{', "'{'");
+    if (cursor_.consume('}')) return;
+    std::string key_scratch, value_scratch;
+    do {
+      cursor_.skip_ws();
+      const std::string_view key = cursor_.string(key_scratch);
+      cursor_.expect(':', "':' after a key");
+      if (cursor_.peek() != '"') {
+        fail(where, "the value of " + quote_name(key) + " is " + cursor_.describe_next() +
+                        ", not a string",
+             7);
+      }
+      std::string value(cursor_.string(value_scratch));
+      if (!metadata.emplace(std::string(key), std::move(value)).second) {
+        fail(where, "key " + quote_name(key) + " appears twice", 6);
+      }
+    } while (cursor_.consume(','));
+    cursor_.expect('}', "',' or '}' in __metadata__");
+  }
+
+  // Non-negative integer for rules 10 and 11; `what` names the value for messages.
+  int64_t parse_count(const std::string& where, const char* what, int rule) {
+    const char c = cursor_.peek();
+    if (c != '-' && (c < '0' || c > '9')) {
+      fail(where, std::string(what) + " is " + cursor_.describe_next() + ", not an integer", rule);
+    }
+    const JsonNumber num = cursor_.number();
+    if (num.negative) fail(where, std::string(what) + " is negative: " + std::string(num.text), rule);
+    if (!num.integer) {
+      fail(where, std::string(what) + " " + std::string(num.text) + " is not an integer", rule);
+    }
+    if (num.too_large) {
+      fail(where, std::string(what) + " " + std::string(num.text) + " is past 2^63 - 1", rule);
+    }
+    return static_cast<int64_t>(num.value);
+  }
+
+  void parse_tensor(Entry& entry) {
+    const std::string where = "tensor " + quote_name(entry.name);
+    if (cursor_.peek() != '{') {
+      fail(where, "expected an object {dtype, shape, data_offsets}, found " +
+                      cursor_.describe_next(),
+           8);
+    }
+    cursor_.expect('{', "'{'");
+    enum : unsigned { kDtype = 1, kShape = 2, kOffsets = 4 };
+    unsigned seen = 0;
+    std::string scratch;
+    if (!cursor_.consume('}')) {
+      do {
+        cursor_.skip_ws();
+        const std::string_view key = cursor_.string(scratch);
+        cursor_.expect(':', "':' after a key");
+        unsigned bit = 0;
+        if (key == "dtype") {
+          bit = kDtype;
+        } else if (key == "shape") {
+          bit = kShape;
+        } else if (key == "data_offsets") {
+          bit = kOffsets;
+        } else {
+          fail(where, "unexpected key " + quote_name(key), 8);
+        }
+        if ((seen & bit) != 0) fail(where, "key " + quote_name(key) + " appears twice", 6);
+        seen |= bit;
+        if (bit == kDtype) {
+          if (cursor_.peek() != '"') {
+            fail(where, "dtype is " + cursor_.describe_next() + ", not a string", 9);
+          }
+          const std::string_view name = cursor_.string(scratch);
+          const auto dtype = dtype_from_name(name);
+          if (!dtype) fail(where, "unknown dtype " + quote_name(name), 9);
+          entry.info.dtype = *dtype;
+        } else if (bit == kShape) {
+          if (cursor_.peek() != '[') {
+            fail(where, "shape is " + cursor_.describe_next() + ", not a list", 10);
+          }
+          cursor_.expect('[', "'['");
+          if (!cursor_.consume(']')) {
+            do {
+              entry.info.shape.push_back(parse_count(where, "a shape entry", 10));
+            } while (cursor_.consume(','));
+            cursor_.expect(']', "',' or ']' in shape");
+          }
+        } else {
+          if (cursor_.peek() != '[') {
+            fail(where, "data_offsets is " + cursor_.describe_next() + ", not a list", 11);
+          }
+          cursor_.expect('[', "'['");
+          int64_t offsets[2] = {0, 0};
+          int count = 0;
+          if (!cursor_.consume(']')) {
+            do {
+              const int64_t v = parse_count(where, "a data offset", 11);
+              if (count < 2) offsets[count] = v;
+              ++count;
+            } while (cursor_.consume(','));
+            cursor_.expect(']', "',' or ']' in data_offsets");
+          }
+          if (count != 2) {
+            fail(where, "data_offsets has " + std::to_string(count) + " entries, not 2", 11);
+          }
+          if (offsets[0] > offsets[1]) {
+            fail(where,
+                 "data_offsets [" + std::to_string(offsets[0]) + ", " +
+                     std::to_string(offsets[1]) + "] end before they begin",
+                 11);
+          }
+          entry.info.begin = offsets[0];
+          entry.info.end = offsets[1];
+        }
+      } while (cursor_.consume(','));
+      cursor_.expect('}', "',' or '}' in a tensor entry");
+    }
+    if ((seen & kDtype) == 0) fail(where, "the key \"dtype\" is missing", 8);
+    if ((seen & kShape) == 0) fail(where, "the key \"shape\" is missing", 8);
+    if ((seen & kOffsets) == 0) fail(where, "the key \"data_offsets\" is missing", 8);
+    check_size(where, entry.info);
+  }
+
+  void check_size(const std::string& where, const TensorInfo& info) const {
+    uint64_t numel = 1;
+    bool overflow = false;
+    for (const int64_t s : info.shape) {
+      overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(s), &numel);
+    }
+    uint64_t bits = 0;
+    overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_bits(info.dtype)), &bits);
+    std::ostringstream desc;
+    desc << info.dtype << " " << info.shape;
+    if (overflow || bits / 8 > static_cast<uint64_t>(INT64_MAX)) {
+      fail(where, desc.str() + " has a byte size past 2^63 - 1", 12);
+    }
+    if (bits % 8 != 0) {
+      fail(where, desc.str() + " is " + std::to_string(bits) + " bits, not a whole number of bytes",
+           12);
+    }
+    if (bits / 8 != static_cast<uint64_t>(info.end - info.begin)) {
+      fail(where,
+           desc.str() + " needs " + std::to_string(bits / 8) + " bytes but data_offsets [" +
+               std::to_string(info.begin) + ", " + std::to_string(info.end) + "] hold " +
+               std::to_string(info.end - info.begin),
+           12);
+    }
+  }
+
+  std::string_view file_;
+  JsonCursor cursor_;
+};
+
+}  // namespace
+
+SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::string_view name) {
+  auto fail = [&](const std::string& where, const std::string& what, int rule) {
+    d9d::detail::throw_error<FormatError>(name, ": ", where, ": ", what, " (rule ", rule, ": ",
+                                          detail::rule_text(rule), ")");
+  };
+  const uint64_t file_size = file.size();
+  if (file_size < 8) {
+    fail("header length", "the file is " + std::to_string(file_size) + " bytes, fewer than 8", 1);
+  }
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(file[static_cast<size_t>(i)]);
+  if (n > static_cast<uint64_t>(kMaxHeaderSize)) {
+    fail("header length", std::to_string(n) + " is past the limit of 100000000", 2);
+  }
+  if (8 + n > file_size) {
+    fail("header length",
+         std::to_string(n) + " bytes of header do not fit in the " + std::to_string(file_size - 8) +
+             " bytes after the length",
+         3);
+  }
+  const std::string_view header(reinterpret_cast<const char*>(file.data()) + 8,
+                                static_cast<size_t>(n));
+  if (const size_t bad = detail::find_invalid_utf8(header); bad != std::string_view::npos) {
+    fail("header byte " + std::to_string(bad), "invalid UTF-8", 4);
+  }
+
+  std::vector<Entry> entries;
+  SafetensorsHeader out;
+  out.header_size = static_cast<int64_t>(n);
+  HeaderParser(name, header).parse(entries, out.metadata);
+
+  // Rule 6 for tensor names (entries' strings no longer move).
+  {
+    std::unordered_set<std::string_view> names;
+    names.reserve(entries.size() * 2);
+    for (const Entry& e : entries) {
+      if (!names.insert(e.name).second) {
+        fail("tensor " + quote_name(e.name), "the name appears twice in the header", 6);
+      }
+    }
+  }
+
+  // Rule 13: sorted by range, the tensors tile [0, data size).
+  auto by_range = [](const Entry& a, const Entry& b) {
+    if (a.info.begin != b.info.begin) return a.info.begin < b.info.begin;
+    if (a.info.end != b.info.end) return a.info.end < b.info.end;
+    return a.header_index < b.header_index;
+  };
+  if (!std::is_sorted(entries.begin(), entries.end(), by_range)) {
+    std::sort(entries.begin(), entries.end(), by_range);
+  }
+  const auto data_size = static_cast<int64_t>(file_size - 8 - n);
+  int64_t cursor = 0;
+  const Entry* previous = nullptr;
+  for (const Entry& e : entries) {
+    if (e.info.begin != cursor) {
+      const std::string range =
+          "data_offsets [" + std::to_string(e.info.begin) + ", " + std::to_string(e.info.end) + "]";
+      if (previous == nullptr) {
+        fail("tensor " + quote_name(e.name),
+             range + ": the first tensor of the data section must begin at 0 (a gap of " +
+                 std::to_string(e.info.begin) + " bytes)",
+             13);
+      }
+      const std::string prev = "tensor " + quote_name(previous->name) + " ends at " +
+                               std::to_string(cursor);
+      if (e.info.begin > cursor) {
+        fail("tensor " + quote_name(e.name),
+             range + " leave a gap of " + std::to_string(e.info.begin - cursor) + " bytes after " +
+                 prev,
+             13);
+      }
+      fail("tensor " + quote_name(e.name), range + " overlap " + prev, 13);
+    }
+    if (e.info.end > data_size) {
+      fail("tensor " + quote_name(e.name),
+           "data_offsets [" + std::to_string(e.info.begin) + ", " + std::to_string(e.info.end) +
+               "] pass the end of the file (the data section has " + std::to_string(data_size) +
+               " bytes)",
+           13);
+    }
+    cursor = e.info.end;
+    previous = &e;
+  }
+  if (cursor != data_size) {
+    fail("data section",
+         std::to_string(data_size - cursor) + " trailing bytes after the last tensor (" +
+             (previous ? "tensor " + quote_name(previous->name) + " ends" : std::string("no tensors, data ends")) +
+             " at " + std::to_string(cursor) + ", the data section has " +
+             std::to_string(data_size) + " bytes)",
+         13);
+  }
+
+  out.tensors.reserve(entries.size());
+  for (Entry& e : entries) out.tensors.emplace_back(std::move(e.name), std::move(e.info));
+  return out;
+}
+
+}  // namespace d9d::io

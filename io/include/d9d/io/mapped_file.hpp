@@ -1,0 +1,76 @@
+// MappedFile: a whole file mapped read-only into memory, and the errors of the io layer.
+//
+// The mapping is MAP_PRIVATE and PROT_READ: nothing d9d does can change the file, and a view of it
+// is zero-copy. The file descriptor stays open next to the mapping so that bulk copies can use
+// pread (see Note [pread for copies] in safetensors_file.cpp). A zero-byte file cannot be mapped;
+// it opens as an empty MappedFile (data() == nullptr, size() == 0).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+
+#include <d9d/error.hpp>
+
+namespace d9d::io {
+
+// The operating system refused an operation on a file (open, mmap, read, write, rename, fsync).
+// The message names the operation, the path and the system's reason (strerror).
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
+
+// How the bytes of a mapping will be read; passed to madvise.
+enum class Advice : uint8_t {
+  kNormal,      // the kernel's default readahead
+  kSequential,  // read front to back once: aggressive readahead, pages freed early
+  kRandom,      // scattered reads: no readahead
+  kWillNeed,    // start reading these pages in now, asynchronously
+  kDontNeed,    // drop this range's page-table entries (the page cache keeps the bytes)
+};
+
+class MappedFile {
+ public:
+  // An empty handle: no file, size 0.
+  MappedFile() noexcept = default;
+  // Maps the regular file at `path`. Throws IoError if it cannot be opened, is not a regular
+  // file, or cannot be mapped.
+  static MappedFile open(const std::filesystem::path& path);
+
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  ~MappedFile() noexcept;
+
+  bool is_open() const noexcept { return fd_ >= 0; }
+  const std::filesystem::path& path() const noexcept { return path_; }
+  // First byte of the mapping; nullptr for an empty file or an empty handle.
+  const std::byte* data() const noexcept { return data_; }
+  size_t size() const noexcept { return size_; }
+  std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+  // The open descriptor (read-only), -1 for an empty handle. Owned by this object.
+  int fd() const noexcept { return fd_; }
+
+  // Hints the kernel about bytes [offset, offset + length) (clamped to the file; page-rounded).
+  // Advice is only advice: errors are ignored.
+  void advise(Advice advice, size_t offset = 0, size_t length = SIZE_MAX) const noexcept;
+
+  // Copies bytes [offset, offset + dst.size()) of the file into `dst` with pread (no page-table
+  // work, no growth of this process's mapped set). Throws IoError on a read error or if the range
+  // passes the end of the file (a file truncated after it was opened).
+  void read(uint64_t offset, std::span<std::byte> dst) const;
+
+ private:
+  void close() noexcept;
+
+  std::filesystem::path path_;
+  int fd_ = -1;
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace d9d::io

@@ -1,0 +1,206 @@
+#include "posix.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+namespace d9d::io::detail {
+
+void throw_errno(const char* op, const std::filesystem::path& path, int err) {
+  d9d::detail::throw_error<IoError>(op, " ", path.string(), ": ", std::strerror(err));
+}
+
+FileDescriptor& FileDescriptor::operator=(FileDescriptor&& other) noexcept {
+  if (this != &other) {
+    reset();
+    fd_ = other.release();
+  }
+  return *this;
+}
+
+void FileDescriptor::reset() noexcept {
+  if (fd_ >= 0) ::close(fd_);  // the descriptor is gone even when close reports an error
+  fd_ = -1;
+}
+
+void pread_all(int fd, uint64_t offset, std::byte* dst, size_t size,
+               const std::filesystem::path& path) {
+  while (size > 0) {
+    const ssize_t got = ::pread(fd, dst, size, static_cast<off_t>(offset));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("read", path, errno);
+    }
+    if (got == 0) {
+      d9d::detail::throw_error<IoError>("read ", path.string(), ": unexpected end of file at byte ",
+                                        offset, " (", size,
+                                        " more bytes expected; was the file truncated after it "
+                                        "was opened?)");
+    }
+    dst += got;
+    size -= static_cast<size_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+}
+
+void pwrite_all(int fd, uint64_t offset, const std::byte* src, size_t size,
+                const std::filesystem::path& path) {
+  while (size > 0) {
+    const ssize_t put = ::pwrite(fd, src, size, static_cast<off_t>(offset));
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("write", path, errno);
+    }
+    src += put;
+    size -= static_cast<size_t>(put);
+    offset += static_cast<uint64_t>(put);
+  }
+}
+
+void fsync_parent_dir(const std::filesystem::path& path) {
+  std::filesystem::path dir = path.parent_path();
+  if (dir.empty()) dir = ".";
+  FileDescriptor fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0) throw_errno("open directory", dir, errno);
+  if (::fsync(fd.get()) != 0) throw_errno("fsync directory", dir, errno);
+}
+
+// ---- AtomicFile ---------------------------------------------------------------------------------
+
+AtomicFile::AtomicFile(std::filesystem::path final_path, int64_t size)
+    : final_path_(std::move(final_path)) {
+  D9D_CHECK(final_path_.has_filename(), "cannot write to ", final_path_.string(),
+            ": the path names no file");
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  for (int attempt = 0;; ++attempt) {
+    std::string name = ".";
+    name.append(final_path_.filename().string());
+    name.append(".d9d-tmp-");
+    name.append(std::to_string(::getpid()));
+    name.append("-");
+    name.append(std::to_string(rng() % 1000000000));
+    temp_path_ = final_path_.parent_path() / name;
+    const int fd = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      fd_ = FileDescriptor(fd);
+      break;
+    }
+    if (errno != EEXIST || attempt == 100) {
+      const int err = errno;
+      temp_path_.clear();
+      throw_errno("create temporary file for", final_path_, err);
+    }
+  }
+  if (size > 0) {
+    int rc = 0;
+    do {
+      rc = ::fallocate(fd_.get(), 0, 0, static_cast<off_t>(size));
+    } while (rc != 0 && errno == EINTR);
+    // File systems without fallocate (EOPNOTSUPP) still get the bytes written, just not reserved.
+    if (rc != 0 && errno != EOPNOTSUPP && errno != ENOSYS) {
+      const int err = errno;
+      abandon();
+      d9d::detail::throw_error<IoError>("reserve ", size, " bytes for ", final_path_.string(), ": ",
+                                        std::strerror(err));
+    }
+  }
+}
+
+AtomicFile::AtomicFile(AtomicFile&& other) noexcept
+    : final_path_(std::move(other.final_path_)),
+      temp_path_(std::move(other.temp_path_)),
+      fd_(std::move(other.fd_)) {
+  other.temp_path_.clear();
+}
+
+AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
+  if (this != &other) {
+    abandon();
+    final_path_ = std::move(other.final_path_);
+    temp_path_ = std::move(other.temp_path_);
+    fd_ = std::move(other.fd_);
+    other.temp_path_.clear();
+  }
+  return *this;
+}
+
+void AtomicFile::commit(bool sync) {
+  D9D_ASSERT(fd_.get() >= 0);
+  if (sync && ::fsync(fd_.get()) != 0) throw_errno("fsync", temp_path_, errno);
+  if (::close(fd_.release()) != 0) throw_errno("close", temp_path_, errno);
+  if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0) {
+    const int err = errno;
+    abandon();
+    throw_errno("rename temporary file to", final_path_, err);
+  }
+  temp_path_.clear();
+  if (sync) fsync_parent_dir(final_path_);
+}
+
+void AtomicFile::abandon() noexcept {
+  fd_.reset();
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+  temp_path_.clear();
+}
+
+// ---- threads and buffers ------------------------------------------------------------------------
+
+void parallel_indices(int64_t count, int threads, const std::function<void(int64_t)>& fn) {
+  const int64_t workers = std::min<int64_t>(threads, count);
+  if (workers <= 1) {
+    for (int64_t i = 0; i < count; ++i) fn(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto work = [&] {
+    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) {
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard lock(error_mu);
+        if (!error) error = std::current_exception();
+        next.store(count);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<size_t>(workers - 1));
+  for (int64_t t = 1; t < workers; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+Storage allocate_host(size_t nbytes) {
+  constexpr size_t kHugePage = size_t{2} << 20;
+  if (nbytes < 2 * kHugePage) return Storage::allocate(nbytes);
+  const size_t rounded = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+  const size_t reserve = rounded + kHugePage;  // room to align the start to 2 MiB
+  void* raw = ::mmap(nullptr, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) {
+    d9d::detail::throw_error<Error>("out of host memory allocating ", nbytes, " bytes (mmap: ",
+                                    std::strerror(errno), ")");
+  }
+  auto* base = static_cast<std::byte*>(raw);
+  const auto addr = reinterpret_cast<uintptr_t>(base);
+  const size_t head = (kHugePage - addr % kHugePage) % kHugePage;
+  if (head > 0) ::munmap(base, head);
+  if (reserve - head > rounded) ::munmap(base + head + rounded, reserve - head - rounded);
+  std::byte* data = base + head;
+  ::madvise(data, rounded, MADV_HUGEPAGE);  // a hint; without THP the memory works all the same
+  return Storage::wrap(data, nbytes, Device::cpu(), StorageKind::kHost, /*writable=*/true,
+                       [rounded](std::byte* p) { ::munmap(p, rounded); });
+}
+
+}  // namespace d9d::io::detail
