@@ -1,0 +1,401 @@
+// Leaf mappers: each transforms one tensor or one fixed set of tensors.
+//
+// The factories are the API (they return MapperPtr); the classes are public so that code can
+// build them with explicit source and target names and extend them. Ops follow PyTorch's
+// semantics (dims may be negative; torch.chunk may give fewer pieces, which is an error here).
+// Data-moving ops (transpose, permute, stack, unstack, chunk, split, concatenate) return
+// contiguous tensors, as the reference does; view ops (squeeze, unsqueeze, reshape) do not copy.
+//
+// Inverses: identity <-> identity, rename_tensor(a, b) <-> rename_tensor(b, a),
+// transpose <-> the same transpose, permute <-> the inverse permutation, unsqueeze <-> squeeze,
+// stack <-> unstack, chunk <-> concatenate, split <-> concatenate with the split's sizes,
+// distribute <-> gather_full_tensor. With the input specs also: concatenate -> split with the
+// recorded sizes, reshape -> reshape back to the input shape, squeeze(dim) -> unsqueeze (or
+// identity when that dim was not 1), cast -> cast back when the cast widens losslessly. Not
+// invertible: select_child_modules, squeeze() of every size-1 dim without specs, a lossy cast.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <d9d/dims.hpp>
+#include <d9d/dtype.hpp>
+#include <d9d/mapper/mapper.hpp>
+
+namespace d9d::dist {
+class DeviceMesh;
+class Placement;
+}  // namespace d9d::dist
+
+namespace d9d::mapper {
+
+// ---- factories ----------------------------------------------------------------------------------
+
+// Passes `name` through unchanged (the very same tensor).
+MapperPtr identity(std::string name);
+// `from` becomes `to`. (Not `rename`: an unqualified rename("a", "b") would call C's ::rename.)
+MapperPtr rename_tensor(std::string from, std::string to);
+// "{parent}.{base}" becomes "{base}" for every base name: one group per name.
+MapperPtr select_child_modules(std::vector<std::string> base_names, const std::string& parent);
+// Swaps two dims; contiguous result.
+MapperPtr transpose(std::string name, int64_t dim0, int64_t dim1);
+// Drops every dim of size 1 / drops `dim` if it has size 1 (else leaves the tensor as it is).
+MapperPtr squeeze(std::string name);
+MapperPtr squeeze(std::string name, int64_t dim);
+// Inserts a dim of size 1 at `dim` (in [-(n+1), n]).
+MapperPtr unsqueeze(std::string name, int64_t dim);
+// torch.stack of `sources`, in order, into `target` along the new dim `dim`; contiguous.
+MapperPtr stack_tensors(std::vector<std::string> sources, std::string target, int64_t dim);
+// torch.unbind of `source` along `dim`; the size of `dim` must equal the number of targets.
+MapperPtr unstack_tensors(std::string source, std::vector<std::string> targets, int64_t dim);
+// torch.chunk of `source` into one piece per target (an error where torch.chunk would give fewer
+// pieces); contiguous pieces.
+MapperPtr chunk_tensors(std::string source, std::vector<std::string> targets, int64_t dim);
+// torch.cat of `sources`, in order, into `target` along `dim`; contiguous.
+MapperPtr concatenate_tensors(std::vector<std::string> sources, std::string target, int64_t dim);
+// Element conversion to `dtype` (round-to-nearest-even, as Tensor::to).
+MapperPtr cast(std::string name, DType dtype);
+// A view of `name` with `shape` (one entry may be -1); copies only when no view is possible.
+MapperPtr reshape(std::string name, Shape shape);
+// Reorders the dims (a permutation of 0..n-1, entries may be negative); contiguous.
+MapperPtr permute(std::string name, Dims dims);
+// Splits `source` along `dim` into pieces of `sizes` (which add up to the dim's size), one per
+// target: uneven splits such as a GQA-fused QKV. Contiguous pieces.
+MapperPtr split_tensors(std::string source, std::vector<std::string> targets,
+                        std::vector<int64_t> sizes, int64_t dim);
+// Distributed tensors: declared here, completed with d9d::dist. Until then their topology and
+// specs are real and apply() throws an Error saying that d9d::dist is needed.
+MapperPtr distribute(std::string name, const dist::DeviceMesh& mesh,
+                     const std::vector<dist::Placement>& placements);
+MapperPtr gather_full_tensor(std::string name);
+
+// ---- classes ------------------------------------------------------------------------------------
+
+// One input tensor to one output tensor (source and target may differ, so a spec rule can
+// rename and transform in one step). Subclasses say what happens to the spec and to the data;
+// this class checks the group, validates through infer_one() before touching data, and names
+// the tensor in every error.
+class SingleTensorMapper : public ModelStateMapper {
+ public:
+  const std::set<StateGroup>& state_dependency_groups() const final { return groups_; }
+  StateDict apply(StateDict group) const final;
+  SpecDict infer(const SpecDict& group) const final;
+  const std::string& source() const { return source_; }
+  const std::string& target() const { return target_; }
+
+ protected:
+  SingleTensorMapper(std::string source, std::string target);
+  // The output spec for an input spec; throws the errors apply_one() would.
+  virtual TensorSpec infer_one(const TensorSpec& input) const = 0;
+  // The output tensor; called only after infer_one() accepted the input's spec.
+  virtual Tensor apply_one(Tensor input) const = 0;
+  // "op(source -> target, args)" or "op(name, args)".
+  std::string describe_op(const std::string& op, const std::string& args) const;
+  const TensorSpec& input_spec(const SpecDict& specs) const;  // throws NotInvertibleError
+
+ private:
+  std::string source_;
+  std::string target_;
+  std::set<StateGroup> groups_;
+};
+
+class IdentityMapper final : public SingleTensorMapper {
+ public:
+  explicit IdentityMapper(std::string name);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override { return input; }
+  Tensor apply_one(Tensor input) const override { return input; }
+};
+
+class RenameTensorMapper final : public SingleTensorMapper {
+ public:
+  RenameTensorMapper(std::string from, std::string to);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override { return input; }
+  Tensor apply_one(Tensor input) const override { return input; }
+};
+
+class TransposeMapper final : public SingleTensorMapper {
+ public:
+  TransposeMapper(std::string source, std::string target, int64_t dim0, int64_t dim1);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  int64_t dim0_, dim1_;
+};
+
+class PermuteMapper final : public SingleTensorMapper {
+ public:
+  // Throws ValueError unless `dims` is a permutation of 0..n-1 (entries may be negative).
+  PermuteMapper(std::string source, std::string target, Dims dims);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  Dims dims_;
+};
+
+class SqueezeMapper final : public SingleTensorMapper {
+ public:
+  // dim empty: every size-1 dim. require_size_one: `dim` must have size 1 (an error otherwise,
+  // where torch.squeeze would leave the tensor as it is); inverse() of unsqueeze builds such a
+  // squeeze, whose own inverse is then known without specs.
+  SqueezeMapper(std::string source, std::string target, std::optional<int64_t> dim,
+                bool require_size_one = false);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  std::optional<int64_t> dim_;
+  bool require_size_one_;
+};
+
+class UnsqueezeMapper final : public SingleTensorMapper {
+ public:
+  UnsqueezeMapper(std::string source, std::string target, int64_t dim);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  int64_t dim_;
+};
+
+class ReshapeMapper final : public SingleTensorMapper {
+ public:
+  // input_shape: when given, the input must have exactly that shape (inverse() records the
+  // forward output shape there, so the inverse of an inverse needs no specs).
+  ReshapeMapper(std::string source, std::string target, Shape shape,
+                std::optional<Shape> input_shape = std::nullopt);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  Shape shape_;
+  std::optional<Shape> input_shape_;
+};
+
+class CastMapper final : public SingleTensorMapper {
+ public:
+  // input_dtype: when given, the input must have that dtype, and inverse() needs no specs.
+  CastMapper(std::string source, std::string target, DType dtype,
+             std::optional<DType> input_dtype = std::nullopt);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  DType dtype_;
+  std::optional<DType> input_dtype_;
+};
+
+// Whether every value of `from` converts to `to` and back to the same bits (NaN payloads aside):
+// BF16 -> F32 does, F32 -> BF16 does not.
+bool is_lossless_cast(DType from, DType to);
+
+class DistributeMapper final : public SingleTensorMapper {
+ public:
+  explicit DistributeMapper(std::string name);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override { return input; }
+  Tensor apply_one(Tensor input) const override;
+};
+
+class GatherFullTensorMapper final : public SingleTensorMapper {
+ public:
+  explicit GatherFullTensorMapper(std::string name);
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_one(const TensorSpec& input) const override { return input; }
+  Tensor apply_one(Tensor input) const override;
+};
+
+class SelectChildModulesMapper final : public ModelStateMapper {
+ public:
+  SelectChildModulesMapper(std::vector<std::string> base_names, const std::string& parent);
+  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
+  StateDict apply(StateDict group) const override;
+  SpecDict infer(const SpecDict& group) const override;
+  // Throws NotInvertibleError: a selection out of a parent module has no inverse.
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ private:
+  const std::string& child_of(const std::string& key) const;  // checks the group
+  std::string parent_prefix_;  // "parent."
+  std::set<StateGroup> groups_;
+};
+
+// Several named tensors in, one out (stack, concatenate).
+class ManyToOneMapper : public ModelStateMapper {
+ public:
+  const std::set<StateGroup>& state_dependency_groups() const final { return groups_; }
+  StateDict apply(StateDict group) const final;
+  SpecDict infer(const SpecDict& group) const final;
+  const std::vector<std::string>& sources() const { return sources_; }
+  const std::string& target() const { return target_; }
+  int64_t dim() const { return dim_; }
+
+ protected:
+  ManyToOneMapper(const char* op, std::vector<std::string> sources, std::string target,
+                  int64_t dim);
+  virtual TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const = 0;
+  virtual Tensor apply_many(const std::vector<Tensor>& inputs) const = 0;
+  std::vector<const TensorSpec*> specs_of_inputs(const SpecDict& specs) const;  // NotInvertible
+  std::string describe_op(const char* op) const;
+
+ private:
+  std::vector<std::string> sources_;
+  std::string target_;
+  int64_t dim_;
+  std::set<StateGroup> groups_;
+};
+
+// One named tensor in, several out (unstack, chunk, split).
+class OneToManyMapper : public ModelStateMapper {
+ public:
+  const std::set<StateGroup>& state_dependency_groups() const final { return groups_; }
+  StateDict apply(StateDict group) const final;
+  SpecDict infer(const SpecDict& group) const final;
+  const std::string& source() const { return source_; }
+  const std::vector<std::string>& targets() const { return targets_; }
+  int64_t dim() const { return dim_; }
+
+ protected:
+  OneToManyMapper(const char* op, std::string source, std::vector<std::string> targets,
+                  int64_t dim);
+  // The sizes of the pieces along dim() (for unstack: the pieces drop that dim).
+  virtual std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const = 0;
+  virtual std::vector<Tensor> apply_pieces(const Tensor& input) const = 0;
+  std::string describe_op(const char* op, const std::string& extra) const;
+
+ private:
+  std::string source_;
+  std::vector<std::string> targets_;
+  int64_t dim_;
+  std::set<StateGroup> groups_;
+};
+
+class StackTensorsMapper final : public ManyToOneMapper {
+ public:
+  StackTensorsMapper(std::vector<std::string> sources, std::string target, int64_t dim);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
+  Tensor apply_many(const std::vector<Tensor>& inputs) const override;
+};
+
+class ConcatenateTensorsMapper final : public ManyToOneMapper {
+ public:
+  // What the parts are known to be, which makes the inverse known without specs: anything
+  // (kAny), the pieces torch.chunk gives (kChunks: the inverse of chunk_tensors), or pieces of
+  // fixed sizes along dim (kSizes: the inverse of split_tensors). Parts of another layout are an
+  // error for kChunks and kSizes.
+  enum class Parts : uint8_t { kAny, kChunks, kSizes };
+  ConcatenateTensorsMapper(std::vector<std::string> sources, std::string target, int64_t dim,
+                           Parts parts = Parts::kAny, std::vector<int64_t> sizes = {});
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
+  Tensor apply_many(const std::vector<Tensor>& inputs) const override;
+
+ private:
+  Parts parts_;
+  std::vector<int64_t> sizes_;
+};
+
+class UnstackTensorsMapper final : public OneToManyMapper {
+ public:
+  UnstackTensorsMapper(std::string source, std::vector<std::string> targets, int64_t dim);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
+  std::vector<Tensor> apply_pieces(const Tensor& input) const override;
+};
+
+class ChunkTensorsMapper final : public OneToManyMapper {
+ public:
+  ChunkTensorsMapper(std::string source, std::vector<std::string> targets, int64_t dim);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+
+ protected:
+  std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
+  std::vector<Tensor> apply_pieces(const Tensor& input) const override;
+};
+
+class SplitTensorsMapper final : public OneToManyMapper {
+ public:
+  // One size per target, each >= 0.
+  SplitTensorsMapper(std::string source, std::vector<std::string> targets,
+                     std::vector<int64_t> sizes, int64_t dim);
+  MapperPtr inverse(const SpecDict& input_specs) const override;
+  using ModelStateMapper::inverse;
+  std::string describe() const override;
+  const std::vector<int64_t>& sizes() const { return sizes_; }
+
+ protected:
+  std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
+  std::vector<Tensor> apply_pieces(const Tensor& input) const override;
+
+ private:
+  std::vector<int64_t> sizes_;
+};
+
+}  // namespace d9d::mapper

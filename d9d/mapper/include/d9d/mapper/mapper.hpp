@@ -1,0 +1,84 @@
+// ModelStateMapper: the interface every state transformation implements.
+//
+// A mapper has a declarative side and an imperative side, kept apart:
+//   - declarative: state_dependency_groups() (topology: which keys go in together and what comes
+//     out) and infer() (the specs of the outputs from the specs of the inputs), both without data.
+//     Planning, validation, sharding and scheduling use only these.
+//   - imperative: apply(), which transforms the tensors of one group.
+// Mappers are immutable once built, so one mapper may apply different groups on several threads
+// at once. Errors are exceptions derived from d9d::Error; they name the keys and values involved.
+#pragma once
+
+#include <memory>
+#include <set>
+#include <string>
+
+#include <d9d/error.hpp>
+#include <d9d/mapper/state_group.hpp>
+#include <d9d/mapper/tensor_spec.hpp>
+
+namespace d9d::mapper {
+
+class ModelStateMapper;
+using MapperPtr = std::shared_ptr<const ModelStateMapper>;
+
+// inverse() of a mapper that has none (a lossy cast, a selection) or that needs input specs it
+// was not given.
+class NotInvertibleError : public Error {
+ public:
+  using Error::Error;
+};
+
+// infer() of a mapper that cannot tell its output specs without data (a user-defined mapper that
+// does not override infer()).
+class NotInferableError : public Error {
+ public:
+  using Error::Error;
+};
+
+class ModelStateMapper {
+ public:
+  ModelStateMapper() = default;
+  ModelStateMapper(const ModelStateMapper&) = delete;
+  ModelStateMapper& operator=(const ModelStateMapper&) = delete;
+  virtual ~ModelStateMapper() = default;
+
+  // The independent groups this mapper handles; groups never share an input or an output key.
+  // Ten independent renames are ten groups, so they can be sharded and streamed one by one.
+  virtual const std::set<StateGroup>& state_dependency_groups() const = 0;
+
+  // Transforms one group: `group` holds exactly the inputs of one of state_dependency_groups()
+  // (anything else is a ValueError, "undefined group"); the result holds exactly its outputs.
+  virtual StateDict apply(StateDict group) const = 0;
+
+  // The specs apply() would produce for inputs of these specs, without data; the same errors
+  // apply() would raise for them (mismatched shapes, bad dims, too many chunks) are raised here.
+  // The default throws NotInferableError.
+  virtual SpecDict infer(const SpecDict& group) const;
+
+  // The mapper that undoes this one: sequential({m, m->inverse()}) passes every group's data
+  // through unchanged. `input_specs` are the specs of this mapper's inputs (extra keys are
+  // ignored); ops whose inverse depends on them (cast: from which dtype; concatenate: the sizes
+  // of the parts; reshape, squeeze: from which shape) need them and throw NotInvertibleError
+  // naming what is missing otherwise. The default throws NotInvertibleError.
+  virtual MapperPtr inverse(const SpecDict& input_specs) const;
+  // inverse() without input specs. (A subclass that overrides inverse(const SpecDict&) brings
+  // this overload back into scope with `using ModelStateMapper::inverse;`.)
+  MapperPtr inverse() const { return inverse(SpecDict{}); }
+
+  // A short description for messages: "rename_tensor(a -> b)", "parallel(12 mappers)".
+  virtual std::string describe() const;
+};
+
+// Applies every group of `mapper` to an in-memory state (the whole model at once): each group's
+// inputs are taken from `state`; keys no group consumes are dropped. Throws ValueError naming
+// every input missing from `state`. Returns the outputs of all groups.
+StateDict apply_all(const ModelStateMapper& mapper, StateDict state);
+// infer()'s counterpart of apply_all: the output specs of every group.
+SpecDict infer_all(const ModelStateMapper& mapper, const SpecDict& specs);
+
+// Every input key / every output key over all groups of `mapper`.
+std::set<std::string> all_inputs(const ModelStateMapper& mapper);
+std::set<std::string> all_outputs(const ModelStateMapper& mapper);
+
+}  // namespace d9d::mapper

@@ -1,0 +1,84 @@
+// Spec files: a mapper described in JSON and expanded against a checkpoint's actual keys.
+//
+// The format (every object rejects fields it does not know; every error names its JSON path):
+//
+//   {
+//     "d9d_mapper_spec": 1,          required, the format version
+//     "description": "...",          optional free text
+//     "unmatched": "keep",           checkpoint keys that no rule consumes: "keep" (default:
+//                                    passed through unchanged), "drop" (left out, listed in the
+//                                    report) or "error"
+//     "stages": [                    run in sequence; stage k's rules match the keys that stage
+//       {"rules": [RULE, ...]},      k-1 left (its outputs and the keys it passed through).
+//       ...                          A spec with one stage may say "rules": [...] instead.
+//     ]
+//   }
+//
+// Patterns are dotted keys. A segment may hold one capture, `{name}`, which matches one or more
+// characters of that segment (with literal text around it: "experts_{E}"); a whole segment
+// `{name...}` matches one or more segments (at most one per pattern). A name used twice in a
+// pattern must match the same text. Captures are strings; target patterns may use only the
+// captures of their rule's sources. Example:
+//   {"op": "rename_tensor", "source": "model.layers.{L}.self_attn.o_proj.weight",
+//    "target": "layers.{L}.attn.out.weight"}
+//
+// RULE = {"op": OP, ...}; "target" is optional where shown with "?" (default: the source name);
+// "dim" defaults to 0 where shown as "dim?".
+//   identity              source
+//   rename_tensor         source, target
+//   select_child_modules  parent (a pattern), base_names? (default: every key under parent)
+//   transpose             source, target?, dims: [d0, d1]
+//   permute               source, target?, dims: [...]
+//   squeeze               source, target?, dim?  (without dim: every size-1 dim)
+//   unsqueeze             source, target?, dim
+//   reshape               source, target?, shape: [...]  (one entry may be -1)
+//   cast                  source, target?, dtype: "BF16" (a safetensors dtype name)
+//   stack, concatenate    sources: [pattern, ...], target, dim?
+//                         or source + over: "E" (one tensor per value of capture E, in order:
+//                         numeric when every value is a number, and then they must be 0..n-1)
+//   unstack, chunk        source, targets: [pattern, ...], dim?
+//                         or target + over: "E" + count: n (targets for E = 0..n-1)
+//   split                 source, targets: [pattern, ...], sizes: [...], dim?
+// A multi-source rule applies where every source exists; where some exist and others do not, the
+// missing keys are an error. Two rules of one stage that consume or produce the same key are an
+// error, as is a rule output that would replace a key passing through the stage.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <d9d/error.hpp>
+#include <d9d/mapper/mapper.hpp>
+
+namespace d9d::mapper {
+
+// A malformed spec, or one that does not fit the checkpoint's keys; path() is the JSON path of
+// the offending value ("$.stages[0].rules[2].dim").
+class SpecError : public ValueError {
+ public:
+  SpecError(std::string path, const std::string& message);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+enum class UnmatchedPolicy : uint8_t { kKeep, kDrop, kError };
+
+struct SpecMapping {
+  MapperPtr mapper;
+  // Rules that matched no key, as "$.stages[0].rules[3] (rename_tensor model.{x}.bias)".
+  std::vector<std::string> unused_rules;
+  // Checkpoint keys that no rule consumed, sorted; kept or dropped as `unmatched` says.
+  std::vector<std::string> unmatched_keys;
+  UnmatchedPolicy unmatched = UnmatchedPolicy::kKeep;
+  std::string description;
+};
+
+// Parses and checks the spec `json`, expands its rules against `checkpoint_keys` and builds the
+// mapper. Throws SpecError for a malformed spec (naming the JSON path) and for rules that do not
+// fit the keys, and ValueError for unmatched keys under "unmatched": "error".
+SpecMapping from_spec(std::string_view json, const std::vector<std::string>& checkpoint_keys);
+
+}  // namespace d9d::mapper
