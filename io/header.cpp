@@ -4,7 +4,7 @@
 #include <numeric>
 #include <sstream>
 #include <string>
-#include <unordered_set>
+#include <functional>
 
 #include <d9d/io/safetensors.hpp>
 
@@ -45,18 +45,19 @@ using detail::quote_name;
 
 constexpr int64_t kMaxHeaderSize = 100'000'000;
 
-struct Entry {
-  std::string name;
-  TensorInfo info;
-  uint32_t header_index = 0;
-};
+using Entry = std::pair<std::string, TensorInfo>;
+
+// The shortest tensor entry, `"":{"dtype":"U8","shape":[],"data_offsets":[0,0]},`, is 49 bytes:
+// reserving header_size / 49 + 1 entries up front means the vector never reallocates (untouched
+// reserved pages cost nothing).
+constexpr size_t kMinEntryBytes = 49;
 
 class HeaderParser {
  public:
   HeaderParser(std::string_view file_name, std::string_view header)
       : file_(file_name), cursor_(header) {}
 
-  [[noreturn]] void fail(std::string_view where, const std::string& what, int rule) const {
+  [[noreturn]] void fail(const std::string& where, const std::string& what, int rule) const {
     d9d::detail::throw_error<FormatError>(file_, ": ", where, ": ", what, " (rule ", rule, ": ",
                                           detail::rule_text(rule), ")");
   }
@@ -95,8 +96,7 @@ class HeaderParser {
           parse_metadata(metadata);
         } else {
           Entry& entry = entries.emplace_back();
-          entry.name.assign(key);
-          entry.header_index = static_cast<uint32_t>(entries.size() - 1);
+          entry.first.assign(key);
           parse_tensor(entry);
         }
       } while (cursor_.consume(','));
@@ -136,8 +136,14 @@ class HeaderParser {
     cursor_.expect('}', "',' or '}' in __metadata__");
   }
 
+  // Names a tensor entry in messages, formatted only when one is thrown.
+  struct TensorWhere {
+    const std::string* name;
+    operator std::string() const { return "tensor " + quote_name(*name); }  // NOLINT
+  };
+
   // Non-negative integer for rules 10 and 11; `what` names the value for messages.
-  int64_t parse_count(const std::string& where, const char* what, int rule) {
+  int64_t parse_count(const TensorWhere& where, const char* what, int rule) {
     const char c = cursor_.peek();
     if (c != '-' && (c < '0' || c > '9')) {
       fail(where, std::string(what) + " is " + cursor_.describe_next() + ", not an integer", rule);
@@ -154,7 +160,8 @@ class HeaderParser {
   }
 
   void parse_tensor(Entry& entry) {
-    const std::string where = "tensor " + quote_name(entry.name);
+    // Messages are built only on failure: this runs once per tensor of a 100,000-tensor header.
+    const TensorWhere where{&entry.first};
     if (cursor_.peek() != '{') {
       fail(where, "expected an object {dtype, shape, data_offsets}, found " +
                       cursor_.describe_next(),
@@ -188,7 +195,7 @@ class HeaderParser {
           const std::string_view name = cursor_.string(scratch);
           const auto dtype = dtype_from_name(name);
           if (!dtype) fail(where, "unknown dtype " + quote_name(name), 9);
-          entry.info.dtype = *dtype;
+          entry.second.dtype = *dtype;
         } else if (bit == kShape) {
           if (cursor_.peek() != '[') {
             fail(where, "shape is " + cursor_.describe_next() + ", not a list", 10);
@@ -196,7 +203,7 @@ class HeaderParser {
           cursor_.expect('[', "'['");
           if (!cursor_.consume(']')) {
             do {
-              entry.info.shape.push_back(parse_count(where, "a shape entry", 10));
+              entry.second.shape.push_back(parse_count(where, "a shape entry", 10));
             } while (cursor_.consume(','));
             cursor_.expect(']', "',' or ']' in shape");
           }
@@ -224,8 +231,8 @@ class HeaderParser {
                      std::to_string(offsets[1]) + "] end before they begin",
                  11);
           }
-          entry.info.begin = offsets[0];
-          entry.info.end = offsets[1];
+          entry.second.begin = offsets[0];
+          entry.second.end = offsets[1];
         }
       } while (cursor_.consume(','));
       cursor_.expect('}', "',' or '}' in a tensor entry");
@@ -233,10 +240,10 @@ class HeaderParser {
     if ((seen & kDtype) == 0) fail(where, "the key \"dtype\" is missing", 8);
     if ((seen & kShape) == 0) fail(where, "the key \"shape\" is missing", 8);
     if ((seen & kOffsets) == 0) fail(where, "the key \"data_offsets\" is missing", 8);
-    check_size(where, entry.info);
+    check_size(where, entry.second);
   }
 
-  void check_size(const std::string& where, const TensorInfo& info) const {
+  void check_size(const TensorWhere& where, const TensorInfo& info) const {
     uint64_t numel = 1;
     bool overflow = false;
     for (const int64_t s : info.shape) {
@@ -244,18 +251,21 @@ class HeaderParser {
     }
     uint64_t bits = 0;
     overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_bits(info.dtype)), &bits);
-    std::ostringstream desc;
-    desc << info.dtype << " " << info.shape;
+    auto desc = [&] {
+      std::ostringstream out;
+      out << info.dtype << " " << info.shape;
+      return out;
+    };
     if (overflow || bits / 8 > static_cast<uint64_t>(INT64_MAX)) {
-      fail(where, desc.str() + " has a byte size past 2^63 - 1", 12);
+      fail(where, desc().str() + " has a byte size past 2^63 - 1", 12);
     }
     if (bits % 8 != 0) {
-      fail(where, desc.str() + " is " + std::to_string(bits) + " bits, not a whole number of bytes",
+      fail(where, desc().str() + " is " + std::to_string(bits) + " bits, not a whole number of bytes",
            12);
     }
     if (bits / 8 != static_cast<uint64_t>(info.end - info.begin)) {
       fail(where,
-           desc.str() + " needs " + std::to_string(bits / 8) + " bytes but data_offsets [" +
+           desc().str() + " needs " + std::to_string(bits / 8) + " bytes but data_offsets [" +
                std::to_string(info.begin) + ", " + std::to_string(info.end) + "] hold " +
                std::to_string(info.end - info.begin),
            12);
@@ -294,35 +304,50 @@ SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::str
     fail("header byte " + std::to_string(bad), "invalid UTF-8", 4);
   }
 
-  std::vector<Entry> entries;
   SafetensorsHeader out;
   out.header_size = static_cast<int64_t>(n);
+  std::vector<Entry>& entries = out.tensors;
+  entries.reserve(header.size() / kMinEntryBytes + 1);
   HeaderParser(name, header).parse(entries, out.metadata);
 
-  // Rule 6 for tensor names (entries' strings no longer move).
+  // Rule 6 for tensor names (entries' strings no longer move): an open-addressing table of
+  // indices, so 100,000 names cost one allocation, not one per name.
   {
-    std::unordered_set<std::string_view> names;
-    names.reserve(entries.size() * 2);
-    for (const Entry& e : entries) {
-      if (!names.insert(e.name).second) {
-        fail("tensor " + quote_name(e.name), "the name appears twice in the header", 6);
+    size_t capacity = 16;
+    while (capacity < entries.size() * 2) capacity *= 2;
+    std::vector<uint32_t> table(capacity, 0);  // entry index + 1; 0 is empty
+    const std::hash<std::string_view> hash;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const std::string& key = entries[i].first;
+      for (size_t slot = hash(key) & (capacity - 1);; slot = (slot + 1) & (capacity - 1)) {
+        if (table[slot] == 0) {
+          table[slot] = static_cast<uint32_t>(i + 1);
+          break;
+        }
+        if (entries[table[slot] - 1].first == key) {
+          fail("tensor " + quote_name(key), "the name appears twice in the header", 6);
+        }
       }
     }
   }
 
   // Rule 13: sorted by range, the tensors tile [0, data size).
+  // Stable: zero-size tensors on one offset keep their header order.
   auto by_range = [](const Entry& a, const Entry& b) {
-    if (a.info.begin != b.info.begin) return a.info.begin < b.info.begin;
-    if (a.info.end != b.info.end) return a.info.end < b.info.end;
-    return a.header_index < b.header_index;
+    if (a.second.begin != b.second.begin) return a.second.begin < b.second.begin;
+    return a.second.end < b.second.end;
   };
   if (!std::is_sorted(entries.begin(), entries.end(), by_range)) {
-    std::sort(entries.begin(), entries.end(), by_range);
+    std::stable_sort(entries.begin(), entries.end(), by_range);
   }
   const auto data_size = static_cast<int64_t>(file_size - 8 - n);
   int64_t cursor = 0;
-  const Entry* previous = nullptr;
-  for (const Entry& e : entries) {
+  const std::string* previous = nullptr;
+  for (const auto& [e_name, e_info] : entries) {
+    struct {
+      const std::string& name;
+      const TensorInfo& info;
+    } e{e_name, e_info};
     if (e.info.begin != cursor) {
       const std::string range =
           "data_offsets [" + std::to_string(e.info.begin) + ", " + std::to_string(e.info.end) + "]";
@@ -332,8 +357,8 @@ SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::str
                  std::to_string(e.info.begin) + " bytes)",
              13);
       }
-      const std::string prev = "tensor " + quote_name(previous->name) + " ends at " +
-                               std::to_string(cursor);
+      const std::string prev =
+          "tensor " + quote_name(*previous) + ", which ends at " + std::to_string(cursor);
       if (e.info.begin > cursor) {
         fail("tensor " + quote_name(e.name),
              range + " leave a gap of " + std::to_string(e.info.begin - cursor) + " bytes after " +
@@ -350,19 +375,17 @@ SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::str
            13);
     }
     cursor = e.info.end;
-    previous = &e;
+    previous = &e_name;
   }
   if (cursor != data_size) {
     fail("data section",
          std::to_string(data_size - cursor) + " trailing bytes after the last tensor (" +
-             (previous ? "tensor " + quote_name(previous->name) + " ends" : std::string("no tensors, data ends")) +
+             (previous ? "tensor " + quote_name(*previous) + " ends" : std::string("no tensors, data ends")) +
              " at " + std::to_string(cursor) + ", the data section has " +
              std::to_string(data_size) + " bytes)",
          13);
   }
 
-  out.tensors.reserve(entries.size());
-  for (Entry& e : entries) out.tensors.emplace_back(std::move(e.name), std::move(e.info));
   return out;
 }
 

@@ -1,0 +1,188 @@
+// MappedFile and SafetensorsFile: mapping lifetime, views, copies, key orders, errors.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "helpers.hpp"
+
+namespace d9d::io::test {
+namespace {
+
+TEST_CASE("MappedFile maps a file read-only and is move-only with a sentinel after a move") {
+  TempDir dir;
+  write_file(dir / "f", "hello world");
+  MappedFile a = MappedFile::open(dir / "f");
+  CHECK(a.is_open());
+  CHECK(a.size() == 11);
+  CHECK(std::string_view(reinterpret_cast<const char*>(a.data()), a.size()) == "hello world");
+  MappedFile b = std::move(a);
+  CHECK_FALSE(a.is_open());  // NOLINT(bugprone-use-after-move): the sentinel is the contract
+  CHECK(a.data() == nullptr);
+  CHECK(a.size() == 0);
+  CHECK(a.fd() == -1);
+  CHECK(b.size() == 11);
+  std::byte buf[5];
+  b.read(6, buf);
+  CHECK(std::string_view(reinterpret_cast<const char*>(buf), 5) == "world");
+  CHECK_THROWS_AS(b.read(8, buf), IoError);  // past the end
+  b.advise(Advice::kSequential);
+  b.advise(Advice::kWillNeed, 3, 100);  // clamped, never fails
+  MappedFile c;
+  c = std::move(b);
+  CHECK(c.size() == 11);
+  static_assert(!std::is_copy_constructible_v<MappedFile>);
+  static_assert(std::is_nothrow_move_constructible_v<MappedFile>);
+  static_assert(std::is_nothrow_destructible_v<MappedFile>);
+}
+
+TEST_CASE("MappedFile opens an empty file without mapping it") {
+  TempDir dir;
+  write_file(dir / "empty", "");
+  const MappedFile f = MappedFile::open(dir / "empty");
+  CHECK(f.is_open());
+  CHECK(f.size() == 0);
+  CHECK(f.data() == nullptr);
+  CHECK(f.bytes().empty());
+}
+
+TEST_CASE("MappedFile reports missing files and directories as IoError naming the path") {
+  TempDir dir;
+  try {
+    MappedFile::open(dir / "missing");
+    FAIL("no exception");
+  } catch (const IoError& e) {
+    CHECK(std::string(e.what()).find("missing") != std::string::npos);
+    CHECK(std::string(e.what()).find("No such file") != std::string::npos);
+  }
+  CHECK_THROWS_WITH_AS(MappedFile::open(dir.path()), doctest::Contains("not a regular file"),
+                       IoError);
+}
+
+TEST_CASE("an empty file or a short file is a FormatError from SafetensorsFile::open") {
+  TempDir dir;
+  write_file(dir / "e.safetensors", "");
+  CHECK_THROWS_WITH_AS(SafetensorsFile::open(dir / "e.safetensors"),
+                       doctest::Contains("e.safetensors: header length: the file is 0 bytes"),
+                       FormatError);
+}
+
+struct Fixture {
+  TempDir dir;
+  std::filesystem::path path = dir / "m.safetensors";
+  Tensor w = patterned({3, 4}, DType::F32, 1);
+  Tensor b = patterned({4}, DType::BF16, 2);
+  Tensor s = patterned({}, DType::I64, 3);
+  Tensor z = Tensor::empty({0, 5}, DType::F16);
+  Tensor f4 = patterned({2, 3}, DType::F4, 4);
+  Fixture() {
+    save_safetensors(path, {{"w", w}, {"b", b}, {"s", s}, {"z", z}, {"f4", f4}},
+                     {{"format", "pt"}, {"note", "caf\xC3\xA9"}});
+  }
+};
+
+TEST_CASE("SafetensorsFile exposes keys in file and sorted order, infos and metadata") {
+  Fixture fx;
+  const SafetensorsFile f = SafetensorsFile::open(fx.path);
+  CHECK(f.size() == 5);
+  // Written in the reference order: I64, F32, BF16, F16 (zero bytes), F4.
+  CHECK(f.keys() == std::vector<std::string>{"s", "w", "b", "z", "f4"});
+  CHECK(f.sorted_keys() == std::vector<std::string>{"b", "f4", "s", "w", "z"});
+  CHECK(f.metadata() == Metadata{{"format", "pt"}, {"note", "caf\xC3\xA9"}});
+  CHECK(f.info("w") == TensorInfo{DType::F32, {3, 4}, 8, 56});
+  CHECK(f.info("s").shape.empty());
+  CHECK(f.info("z").nbytes() == 0);
+  CHECK(f.info("f4").nbytes() == 3);
+  CHECK(f.data_offset() % 8 == 0);
+  CHECK(f.file_size() == f.data_offset() + 8 + 48 + 8 + 3);
+  CHECK(f.contains("w"));
+  CHECK_FALSE(f.contains("W"));
+  CHECK_THROWS_WITH_AS(f.info("nope"), doctest::Contains("no tensor named \"nope\""), ValueError);
+}
+
+TEST_CASE("tensor() is a zero-copy read-only view that keeps the mapping alive") {
+  Fixture fx;
+  Tensor view;
+  {
+    const SafetensorsFile f = SafetensorsFile::open(fx.path);
+    view = f.tensor("w");
+    CHECK(view.storage().kind() == StorageKind::kMapped);
+    CHECK_FALSE(view.storage().writable());
+    CHECK(static_cast<const std::byte*>(view.data_ptr()) ==
+          f.mapped_file().data() + f.data_offset() + f.info("w").begin);
+    CHECK_THROWS_AS(view.mutable_data_ptr(), ValueError);
+  }
+  // The SafetensorsFile is gone; the view still reads the mapping.
+  CHECK(equal(view, fx.w));
+  CHECK(view.transpose(0, 1).contiguous().shape() == Shape{4, 3});
+}
+
+TEST_CASE("load() and load_all() give owned contiguous copies equal to the file") {
+  Fixture fx;
+  const SafetensorsFile f = SafetensorsFile::open(fx.path);
+  for (const auto& [name, expected] :
+       std::vector<std::pair<std::string, Tensor>>{{"w", fx.w}, {"b", fx.b}, {"s", fx.s}, {"z", fx.z}}) {
+    CAPTURE(name);
+    const Tensor t = f.load(name);
+    CHECK(t.storage().kind() != StorageKind::kMapped);
+    CHECK(t.storage().writable());
+    CHECK(t.is_contiguous());
+    CHECK(equal(t, expected));
+  }
+  const Tensor packed = f.load("f4");
+  CHECK(packed.dtype() == DType::F4);
+  CHECK(bytes_of(packed) == bytes_of(fx.f4));
+  const auto all = f.load_all();
+  CHECK(all.size() == 5);
+  CHECK(equal(all.at("w"), fx.w));
+  CHECK(bytes_of(all.at("f4")) == bytes_of(fx.f4));
+}
+
+TEST_CASE("read_into fills contiguous and strided destinations and checks dtype and shape") {
+  Fixture fx;
+  const SafetensorsFile f = SafetensorsFile::open(fx.path);
+  Tensor dst = Tensor::zeros({3, 4}, DType::F32);
+  f.read_into("w", dst);
+  CHECK(equal(dst, fx.w));
+  Tensor big = Tensor::zeros({4, 3}, DType::F32);
+  const Tensor strided = big.transpose(0, 1);  // shape (3, 4), not contiguous
+  f.read_into("w", strided);
+  CHECK(equal(strided, fx.w));
+  CHECK(equal(big, fx.w.transpose(0, 1).contiguous()));
+  CHECK_THROWS_WITH_AS(f.read_into("w", Tensor::zeros({3, 4}, DType::F16)),
+                       doctest::Contains("holds F32 but the destination is F16"), TypeError);
+  CHECK_THROWS_WITH_AS(f.read_into("w", Tensor::zeros({4, 3}, DType::F32)),
+                       doctest::Contains("holds shape [3, 4]"), ValueError);
+}
+
+TEST_CASE("large tensors are read in parallel chunks, exactly") {
+  TempDir dir;
+  // 24 MiB + 3 bytes: several 4 MiB chunks and a ragged tail; neighbours joined by preadv.
+  const Tensor big = patterned({(int64_t{24} << 20) + 3}, DType::U8, 9);
+  std::vector<std::pair<std::string, Tensor>> tensors = {{"big", big}};
+  for (int i = 0; i < 3000; ++i) tensors.emplace_back("small." + std::to_string(i), patterned({3}, DType::U8, i));
+  save_safetensors(dir / "x.safetensors", tensors, {}, {.alignment = 4096, .fsync = false});
+  const SafetensorsFile f = SafetensorsFile::open(dir / "x.safetensors");
+  CHECK(f.data_offset() % 4096 == 0);
+  CHECK(equal(f.load("big"), big));
+  const auto all = f.load_all();
+  CHECK(all.size() == 3001);
+  for (const auto& [name, t] : tensors) REQUIRE(equal(all.at(name), t));
+}
+
+TEST_CASE("read_ranges reports a file truncated after it was opened") {
+  TempDir dir;
+  save_safetensors(dir / "t.safetensors", {{"a", patterned({1 << 16}, DType::U8)}});
+  const SafetensorsFile f = SafetensorsFile::open(dir / "t.safetensors");
+  std::filesystem::resize_file(dir / "t.safetensors", 100);
+  CHECK_THROWS_WITH_AS(f.load("a"), doctest::Contains("unexpected end of file"), IoError);
+}
+
+TEST_CASE("SafetensorsFile::open names the file in format errors") {
+  TempDir dir;
+  write_file(dir / "bad.safetensors", image(R"({"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", 4));
+  CHECK_THROWS_WITH_AS(SafetensorsFile::open(dir / "bad.safetensors"),
+                       doctest::Contains("bad.safetensors: tensor \"a\": unknown dtype \"F33\" (rule 9"),
+                       FormatError);
+}
+
+}  // namespace
+}  // namespace d9d::io::test
