@@ -398,6 +398,7 @@ Tensor Tensor::to(DType dtype) const {
 Tensor Tensor::to(Device device) const {
   detail::check_defined(*this, "to");
   if (device == this->device()) return *this;
+  if (this->device().is_cpu() && !is_contiguous()) return contiguous().to(device);
   D9D_CHECK_AS(DeviceError, is_contiguous(), "to: moving a non-contiguous ", str(), " to ", device,
                " needs the CUDA kernels; make it contiguous on its device first");
   Tensor out = empty(shape_, dtype_, device);
