@@ -77,7 +77,7 @@ class HeaderParser {
   void parse_root(std::vector<Entry>& entries, Metadata& metadata) {
     const std::string_view text = cursor_.text();
     if (text.empty() || text[0] != '{') {
-      cursor_.fail("the header must begin with '{', found " + cursor_.describe_next());
+      cursor_.fail("the header must begin with '{', found " + cursor_.describe_at(0));
     }
     cursor_.expect('{', "'{'");
     bool seen_metadata = false;

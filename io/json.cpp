@@ -50,8 +50,12 @@ size_t find_invalid_utf8(std::string_view text) {
 
 std::string JsonCursor::describe_next() {
   skip_ws();
-  if (at_end()) return "the end of the header";
-  const auto c = static_cast<unsigned char>(text_[pos_]);
+  return describe_at(pos_);
+}
+
+std::string JsonCursor::describe_at(size_t pos) const {
+  if (pos >= text_.size()) return "the end of the header";
+  const auto c = static_cast<unsigned char>(text_[pos]);
   if (c == 0) return "a NUL byte";
   if (c < 0x20 || c >= 0x7F) {
     static const char* hex = "0123456789abcdef";

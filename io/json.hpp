@@ -74,8 +74,11 @@ class JsonCursor {
   // the value's text.
   std::string_view skip_value(int depth = 0);
 
-  // Describes the token at the cursor for messages: "'x'", "end of input", "byte 0x00".
+  // Describes the token at the cursor for messages: "'x'", "the end of the header", "a NUL byte",
+  // "byte 0x0a".
   std::string describe_next();
+  // Describes the byte at `pos` itself (no whitespace skipped).
+  std::string describe_at(size_t pos) const;
   [[noreturn]] void fail(std::string message) const;
   [[noreturn]] void fail_at(size_t pos, std::string message) const;
 

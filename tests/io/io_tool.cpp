@@ -8,6 +8,7 @@
 //   io_tool transpose IN OUT       save every tensor of IN with 2+ dims as its transpose(0, 1)
 //                                  view (a strided source), the others as they are
 //   io_tool ckpt PATH              the checkpoint (directory, index or file) as JSON, sorted
+//   io_tool check FILE...          one line per file: "OK" or "REJECT <message>" (exit 0)
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -127,6 +128,19 @@ int main(int argc, char** argv) {
     }
     if (args.size() == 3 && args[0] == "transpose") return copy(args[1], args[2], 8, true);
     if (args.size() == 2 && args[0] == "ckpt") return ckpt(args[1]);
+    if (args.size() >= 2 && args[0] == "check") {
+      for (size_t i = 1; i < args.size(); ++i) {
+        try {
+          d9d::io::SafetensorsFile::open(args[i]);
+          std::cout << "OK\n";
+        } catch (const d9d::io::FormatError& e) {
+          std::string msg = e.what();
+          for (char& c : msg) c = c == '\n' ? ' ' : c;
+          std::cout << "REJECT " << msg << "\n";
+        }
+      }
+      return 0;
+    }
   } catch (const d9d::io::FormatError& e) {
     std::cerr << e.what() << "\n";
     return 1;

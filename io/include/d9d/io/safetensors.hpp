@@ -42,6 +42,11 @@
 //      and the last ends exactly at the end of the file (no trailing bytes). Zero-size tensors
 //      (BEGIN == END, a 0 in the shape) and scalars are valid.
 //
+// WHERE D9D IS STRICTER than the reference (safetensors 0.8, checked by tests/io/differential.py):
+// whitespace before the opening '{' (rule 5), duplicate keys (rule 6), "__metadata__": null
+// (rule 7) and unknown keys in a tensor entry (rule 8) are accepted there and rejected here. No
+// file the reference rejects is accepted here.
+//
 // THE WRITER follows the reference: tensors sorted by dtype alignment descending (the reference's
 // dtype order: U64 I64 F64 C64 F32 U32 I32 BF16 F16 U16 I16 F8_E5M2FNUZ F8_E4M3FNUZ F8_E8M0
 // F8_E4M3 F8_E5M2 I8 U8 F6_E3M2 F6_E2M3 F4 BOOL), then by name (bytewise); the header is compact
