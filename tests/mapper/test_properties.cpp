@@ -1,0 +1,338 @@
+// Property tests: infer() agrees with apply() for random shapes and parameters (valid or not),
+// and sequential({m, m.inverse()}) is the identity on data for every invertible op.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <optional>
+
+#include "helpers.hpp"
+
+using namespace d9d;
+using namespace d9d::mapper;
+using namespace d9d::mapper::test;
+
+namespace {
+
+const DType kDTypes[] = {DType::F32, DType::BF16, DType::I8, DType::U8, DType::I64, DType::F16};
+
+DType random_dtype() { return kDTypes[randint(0, std::size(kDTypes) - 1)]; }
+
+// A random op over random inputs; roughly half the cases are invalid (bad dims, mismatched
+// shapes, wrong counts) to hold the error side of infer() against apply() too.
+struct Case {
+  MapperPtr mapper;
+  StateDict inputs;
+};
+
+Case random_case(int op) {
+  const DType dtype = randint(0, 9) == 0 ? DType::F4 : random_dtype();
+  auto make = [&](Shape shape) {
+    if (is_sub_byte(dtype) && numel_of(shape) % 2 != 0) shape.push_back(2);
+    return random_values(shape, dtype);
+  };
+  Shape shape = random_shape(0, 4, 4);
+  const auto n = static_cast<int64_t>(shape.size());
+  auto dim_in = [](int64_t lo, int64_t hi) { return randint(lo - 1, hi + 1); };  // sometimes out
+  switch (op) {
+    case 0:
+      return {transpose("w", dim_in(-n, n - 1), dim_in(-n, n - 1)), {{"w", make(shape)}}};
+    case 1: {
+      std::vector<int64_t> perm(static_cast<size_t>(randint(0, 4)));
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng());
+      for (auto& p : perm) {
+        if (randint(0, 1)) p -= static_cast<int64_t>(perm.size());
+      }
+      return {permute("w", Dims(perm)), {{"w", make(shape)}}};
+    }
+    case 2:
+      return {randint(0, 2) ? squeeze("w", dim_in(-std::max<int64_t>(n, 1), std::max<int64_t>(n, 1) - 1))
+                            : squeeze("w"),
+              {{"w", make(shape)}}};
+    case 3:
+      return {unsqueeze("w", dim_in(-n - 1, n)), {{"w", make(shape)}}};
+    case 4: {
+      Shape target;
+      if (randint(0, 1)) {
+        target = {-1};
+        if (numel_of(shape) > 0 && randint(0, 1)) target.insert(0, shape.empty() ? 1 : shape[0]);
+      } else {
+        target = random_shape(0, 3, 4);
+      }
+      return {reshape("w", target), {{"w", make(shape)}}};
+    }
+    case 5: {
+      const DType to = randint(0, 9) == 0 ? DType::F4 : random_dtype();
+      return {cast("w", to), {{"w", make(shape)}}};
+    }
+    case 6:
+    case 7: {
+      const int64_t count = randint(1, 3);
+      std::vector<std::string> names;
+      StateDict in;
+      const bool is_cat = op == 7;
+      const int64_t d = is_cat ? dim_in(-std::max<int64_t>(n, 1), std::max<int64_t>(n, 1) - 1)
+                               : dim_in(-n - 1, n);
+      for (int64_t i = 0; i < count; ++i) {
+        names.push_back(d9d::detail::str_cat("t", i));
+        Shape s = shape;
+        if (randint(0, 3) == 0 && !s.empty()) {
+          s[static_cast<size_t>(randint(0, n - 1))] += 1;  // a mismatch (or a legal cat size)
+        }
+        if (is_cat && randint(0, 7) == 0) s = {0};  // torch.cat's skipped legacy empty
+        in.emplace(names.back(), make(s));
+      }
+      std::shuffle(names.begin(), names.end(), rng());
+      return {is_cat ? concatenate_tensors(names, "out", d) : stack_tensors(names, "out", d), in};
+    }
+    case 8:
+    case 9:
+    case 10: {
+      if (n > 0 && randint(0, 3) != 0 && shape[0] == 0) shape[0] = 3;
+      const int64_t d = dim_in(-n, n - 1);
+      const int64_t size = (d >= -n && d < n) ? shape[static_cast<size_t>(d < 0 ? d + n : d)] : 2;
+      int64_t count = std::max<int64_t>(1, size + randint(-1, 1) * (randint(0, 2) == 0));
+      if (op == 9) count = randint(1, 5);
+      std::vector<std::string> targets;
+      for (int64_t i = 0; i < count; ++i) targets.push_back(d9d::detail::str_cat("p", i));
+      if (op == 8) return {unstack_tensors("w", targets, d), {{"w", make(shape)}}};
+      if (op == 9) return {chunk_tensors("w", targets, d), {{"w", make(shape)}}};
+      std::vector<int64_t> sizes(targets.size(), 0);
+      int64_t left = size;
+      for (size_t i = 0; i + 1 < sizes.size(); ++i) {
+        sizes[i] = randint(0, left);
+        left -= sizes[i];
+      }
+      sizes.back() = left + (randint(0, 4) == 0 ? 1 : 0);
+      return {split_tensors("w", targets, sizes, d), {{"w", make(shape)}}};
+    }
+  }
+  return {identity("w"), {{"w", make(shape)}}};
+}
+
+constexpr int kOps = 11;
+
+enum class Outcome { kOk, kValue, kIndex, kType, kOther };
+
+template <class F>
+Outcome outcome_of(F&& f) {
+  try {
+    f();
+    return Outcome::kOk;
+  } catch (const IndexError&) {
+    return Outcome::kIndex;
+  } catch (const TypeError&) {
+    return Outcome::kType;
+  } catch (const ValueError&) {
+    return Outcome::kValue;
+  } catch (const Error&) {
+    return Outcome::kOther;
+  }
+}
+
+// Round trip: sequential({m, inverse}) applied to `in` gives `in` back, bit for bit.
+void check_round_trip(const MapperPtr& m, const MapperPtr& inv, const StateDict& in) {
+  MapperPtr seq = sequential({m, inv});
+  StateDict out = apply_all(*seq, in);
+  REQUIRE(keys(out) == keys(in));
+  for (const auto& [name, t] : in) {
+    INFO(m->describe(), " then ", inv->describe(), " on ", name, " ", t.str());
+    CHECK(equal(out.at(name), t));
+  }
+  CHECK(infer_all(*seq, specs_of(in)) == specs_of(in));
+}
+
+}  // namespace
+
+TEST_CASE("infer agrees with apply on random shapes, dims and counts, valid or not") {
+  int valid = 0, invalid = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    Case c = random_case(trial % kOps);
+    INFO("trial ", trial, ": ", c.mapper->describe());
+    SpecDict inferred;
+    const Outcome infer_outcome = outcome_of([&] { inferred = infer_all(*c.mapper, specs_of(c.inputs)); });
+    StateDict applied;
+    const Outcome apply_outcome = outcome_of([&] { applied = apply_all(*c.mapper, c.inputs); });
+    CHECK(static_cast<int>(infer_outcome) == static_cast<int>(apply_outcome));
+    if (infer_outcome == Outcome::kOk && apply_outcome == Outcome::kOk) {
+      ++valid;
+      CHECK(specs_of(applied) == inferred);
+    } else {
+      ++invalid;
+    }
+  }
+  // The generator must exercise both sides.
+  CHECK(valid > 1000);
+  CHECK(invalid > 300);
+}
+
+TEST_CASE("data-moving ops give contiguous outputs equal to core's ops") {
+  for (int trial = 0; trial < 300; ++trial) {
+    Shape shape = random_shape(2, 4, 5);
+    const Tensor t = random_tensor(shape, DType::F32);
+    const auto n = static_cast<int64_t>(shape.size());
+    const int64_t d0 = randint(-n, n - 1), d1 = randint(-n, n - 1);
+    const Tensor out = transpose("w", d0, d1)->apply({{"w", t}}).at("w");
+    CHECK(out.is_contiguous());
+    CHECK(equal(out, t.transpose(d0, d1).contiguous()));
+    const int64_t d = randint(-n, n - 1);
+    const int64_t size = t.size(d);
+    if (size == 0) continue;
+    std::vector<std::string> names;
+    for (int64_t i = 0; i < size; ++i) names.push_back(d9d::detail::str_cat("u", i));
+    StateDict pieces = unstack_tensors("w", names, d)->apply({{"w", t}});
+    for (int64_t i = 0; i < size; ++i) {
+      const Tensor& p = pieces.at(names[static_cast<size_t>(i)]);
+      CHECK(p.is_contiguous());
+      CHECK(equal(p, t.select(d, i).contiguous()));
+    }
+  }
+}
+
+TEST_CASE("sequential({m, m.inverse()}) is the identity on data for every invertible op") {
+  int checked = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    Case c = random_case(trial % kOps);
+    SpecDict specs = specs_of(c.inputs);
+    if (outcome_of([&] { apply_all(*c.mapper, c.inputs); }) != Outcome::kOk) continue;
+    INFO("trial ", trial, ": ", c.mapper->describe(), " on ", specs.begin()->second);
+    MapperPtr inv;
+    try {
+      inv = c.mapper->inverse(specs);
+    } catch (const NotInvertibleError& e) {
+      // Only a lossy cast, or a cat whose legacy empty part takes no part in the result, has no
+      // inverse once the specs are known.
+      const std::string msg = e.what();
+      CHECK((msg.find("loses values") != std::string::npos ||
+             msg.find("takes no part") != std::string::npos));
+      continue;
+    }
+    check_round_trip(c.mapper, inv, c.inputs);
+    // The inverse's own inverse needs no specs and undoes the inverse.
+    MapperPtr back;
+    if (outcome_of([&] { back = inv->inverse(); }) == Outcome::kOk) {
+      check_round_trip(inv, back, apply_all(*c.mapper, c.inputs));
+    }
+    ++checked;
+  }
+  CHECK(checked > 800);
+}
+
+TEST_CASE("ops invertible without specs invert without them") {
+  const Tensor t = random_values({4, 1, 6}, DType::BF16);
+  const StateDict in{{"w", t}};
+  const std::vector<MapperPtr> ms = {
+      identity("w"), rename_tensor("w", "v"), transpose("w", 0, -1), permute("w", {1, 2, 0}),
+      unsqueeze("w", -1), stack_tensors({"w"}, "s", 1), unstack_tensors("w", {"a", "b", "c", "d"}, 0),
+      chunk_tensors("w", {"a", "b", "c"}, 2), split_tensors("w", {"a", "b"}, {1, 5}, -1)};
+  for (const auto& m : ms) {
+    INFO(m->describe());
+    check_round_trip(m, m->inverse(), in);
+    check_round_trip(m->inverse(), m->inverse()->inverse(), apply_all(*m, in));
+  }
+  for (const auto& m : {squeeze("w"), squeeze("w", 1), reshape("w", {-1}), cast("w", DType::F32),
+                        concatenate_tensors({"w"}, "c", 0)}) {
+    INFO(m->describe());
+    CHECK_THROWS_WITH_AS(m->inverse(), doctest::Contains("inverse(input_specs)"), NotInvertibleError);
+    check_round_trip(m, m->inverse(specs_of(in)), in);
+  }
+  CHECK_THROWS_AS(select_child_modules({"w"}, "p")->inverse(), NotInvertibleError);
+  CHECK_THROWS_WITH_AS(cast("w", DType::F8_E4M3)->inverse({{"w", {DType::BF16, {2}}}}),
+                       doctest::Contains("BF16 to F8_E4M3 loses values"), NotInvertibleError);
+}
+
+TEST_CASE("an inverse built for one layout rejects another") {
+  // chunk's inverse concatenates chunk-shaped parts only; unsqueeze's inverse squeezes size 1 only.
+  MapperPtr cat_back = chunk_tensors("w", {"a", "b"}, 0)->inverse();
+  CHECK_THROWS_WITH_AS(cat_back->infer({{"a", {DType::F32, {1, 2}}}, {"b", {DType::F32, {3, 2}}}}),
+                       doctest::Contains("undoes a chunk"), ValueError);
+  MapperPtr sq = unsqueeze("w", 0)->inverse();
+  CHECK_THROWS_WITH_AS(sq->infer({{"w", {DType::F32, {2, 2}}}}), doctest::Contains("size 1"),
+                       ValueError);
+}
+
+TEST_CASE("compose mappers invert in reverse order, carrying specs through the stages") {
+  // HF-style q/k/v -> renamed -> cast to F32 -> concatenated (uneven, GQA) -> transposed.
+  const StateDict in{{"hf.q", random_values({8, 4}, DType::BF16)},
+                     {"hf.k", random_values({2, 4}, DType::BF16)},
+                     {"hf.v", random_values({2, 4}, DType::BF16)},
+                     {"hf.o", random_values({4, 8}, DType::BF16)}};
+  MapperPtr m = sequential(
+      {parallel({rename_tensor("hf.q", "q"), rename_tensor("hf.k", "k"), rename_tensor("hf.v", "v"),
+                 rename_tensor("hf.o", "o")}),
+       parallel({cast("q", DType::F32), cast("k", DType::F32), cast("v", DType::F32)}),
+       concatenate_tensors({"q", "k", "v"}, "qkv", 0), transpose("qkv", 0, 1)});
+  CHECK(m->state_dependency_groups() ==
+        groups({group({"hf.q", "hf.k", "hf.v"}, {"qkv"}), group({"hf.o"}, {"o"})}));
+  CHECK_THROWS_AS(m->inverse(), NotInvertibleError);
+  MapperPtr inv = m->inverse(specs_of(in));
+  CHECK(inv->state_dependency_groups() ==
+        groups({group({"qkv"}, {"hf.q", "hf.k", "hf.v"}), group({"o"}, {"hf.o"})}));
+  check_round_trip(m, inv, in);
+  check_round_trip(prefix_scope(m, "model.", "out."), prefix_scope(m, "model.", "out.")->inverse(
+                       [&] {
+                         SpecDict s;
+                         for (const auto& [k, v] : specs_of(in)) s.emplace("model." + k, v);
+                         return s;
+                       }()),
+                   [&] {
+                     StateDict s;
+                     for (const auto& [k, v] : in) s.emplace("model." + k, v);
+                     return s;
+                   }());
+}
+
+TEST_CASE("is_lossless_cast is exact: lossless casts round-trip every value, lossy ones lose one") {
+  std::vector<DType> dtypes;
+  for (int i = 0; i < kNumDTypes; ++i) {
+    const DType d = all_dtypes()[i].dtype;
+    if (!is_sub_byte(d)) dtypes.push_back(d);
+  }
+  for (DType from : dtypes) {
+    if (from == DType::C64) continue;
+    Tensor values;
+    const int bits = dtype_bits(from);
+    if (from == DType::BOOL) {
+      values = Tensor::from_vector<bool>({false, true});
+    } else if (bits <= 16) {  // every bit pattern
+      values = Tensor::empty({int64_t{1} << bits}, from);
+      auto* p = static_cast<unsigned char*>(values.mutable_data_ptr());
+      for (int64_t i = 0; i < (int64_t{1} << bits); ++i) {
+        if (bits == 8) {
+          p[i] = static_cast<unsigned char>(i);
+        } else {
+          p[2 * i] = static_cast<unsigned char>(i);
+          p[2 * i + 1] = static_cast<unsigned char>(i >> 8);
+        }
+      }
+    } else {  // the values that tell wider types apart
+      const std::vector<double> edge = {0.0, 1.0, -1.0, 0.5, 16777217.0, 2147483647.0,
+                                        -2147483648.0, 4294967295.0, 9007199254740993.0,
+                                        1.0 + std::ldexp(1.0, -30), 1e-300, 1e300, 3.0e38,
+                                        std::ldexp(1.0, -140), 65505.0, 1e-8};
+      values = Tensor::from_vector<double>(edge).to(from);
+    }
+    // NaN payloads need not survive a round trip; leave NaNs out.
+    const std::vector<double> as_double = values.to_vector<double>();
+    std::vector<int64_t> keep;
+    for (size_t i = 0; i < as_double.size(); ++i) {
+      if (!std::isnan(as_double[i])) keep.push_back(static_cast<int64_t>(i));
+    }
+    std::vector<Tensor> kept;
+    for (int64_t i : keep) kept.push_back(values.select(0, i));
+    const Tensor clean = stack(kept, 0);
+    for (DType to : dtypes) {
+      if (to == from) continue;
+      // Lossless: the values survive the cast (as doubles, which hold every value tested) and
+      // the bits survive the way back. Wrap-around between integers round-trips the bits but
+      // changes the values, so it is not lossless.
+      const Tensor there = clean.to(to);
+      const bool exact = equal(there.to(from), clean) &&
+                         there.to_vector<double>() == clean.to_vector<double>();
+      INFO(from, " -> ", to);
+      if (is_lossless_cast(from, to)) CHECK(exact);
+      if (bits <= 16 && !is_lossless_cast(from, to)) CHECK_FALSE(exact);
+    }
+  }
+}
