@@ -177,13 +177,18 @@ class Pattern {
   Pattern() = default;
   Pattern(std::string text, const Node& where) : text_(std::move(text)) {
     if (text_.empty()) where.fail("a pattern cannot be empty");
+    // Segments end at dots outside braces ("{rest...}" holds dots of its own).
     size_t start = 0;
-    while (true) {
-      const size_t dot = text_.find('.', start);
-      parse_segment(text_.substr(start, dot == std::string::npos ? std::string::npos : dot - start),
-                    where);
-      if (dot == std::string::npos) break;
-      start = dot + 1;
+    bool in_braces = false;
+    for (size_t i = 0; i <= text_.size(); ++i) {
+      if (i == text_.size() || (text_[i] == '.' && !in_braces)) {
+        parse_segment(text_.substr(start, i - start), where);
+        start = i + 1;
+      } else if (text_[i] == '{') {
+        in_braces = true;
+      } else if (text_[i] == '}') {
+        in_braces = false;
+      }
     }
   }
 

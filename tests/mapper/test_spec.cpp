@@ -1,1 +1,365 @@
+// Spec files: patterns and captures, every op, stages, unmatched policies, malformed specs (the
+// error names the JSON path), and the example specs in examples/specs against realistic keys.
 #include <doctest/doctest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "helpers.hpp"
+
+using namespace d9d;
+using namespace d9d::mapper;
+using namespace d9d::mapper::test;
+using d9d::detail::str_cat;
+
+namespace {
+
+std::string read_example(const std::string& name) {
+  const std::string path = std::string(D9D_SOURCE_ROOT) + "/examples/specs/" + name;
+  std::ifstream in(path);
+  REQUIRE_MESSAGE(in.good(), "cannot open ", path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The SpecError of from_spec(json, keys), checked to carry `path` and `text` in its message.
+void check_spec_error(const std::string& json, const std::vector<std::string>& keys,
+                      const std::string& path, const std::string& text) {
+  try {
+    from_spec(json, keys);
+    FAIL("expected a SpecError at ", path);
+  } catch (const SpecError& e) {
+    INFO(std::string(e.what()));
+    CHECK(e.path() == path);
+    CHECK(std::string(e.what()).find(text) != std::string::npos);
+    CHECK(std::string(e.what()).find(path) != std::string::npos);
+  }
+}
+
+std::string one_rule(const std::string& rule) {
+  return R"({"d9d_mapper_spec": 1, "rules": [)" + rule + "]}";
+}
+
+// A Llama checkpoint's keys and specs: hidden h, q rows, kv rows, intermediate i.
+SpecDict llama_specs(int layers, int64_t h, int64_t q, int64_t kv, int64_t inter, bool tied) {
+  SpecDict s;
+  const DType bf16 = DType::BF16;
+  s["model.embed_tokens.weight"] = {bf16, {1000, h}};
+  s["model.norm.weight"] = {bf16, {h}};
+  if (!tied) s["lm_head.weight"] = {bf16, {1000, h}};
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = str_cat("model.layers.", l, ".");
+    s[p + "self_attn.q_proj.weight"] = {bf16, {q, h}};
+    s[p + "self_attn.k_proj.weight"] = {bf16, {kv, h}};
+    s[p + "self_attn.v_proj.weight"] = {bf16, {kv, h}};
+    s[p + "self_attn.o_proj.weight"] = {bf16, {h, q}};
+    s[p + "mlp.gate_proj.weight"] = {bf16, {inter, h}};
+    s[p + "mlp.up_proj.weight"] = {bf16, {inter, h}};
+    s[p + "mlp.down_proj.weight"] = {bf16, {h, inter}};
+    s[p + "input_layernorm.weight"] = {bf16, {h}};
+    s[p + "post_attention_layernorm.weight"] = {bf16, {h}};
+  }
+  return s;
+}
+
+std::vector<std::string> names_of(const SpecDict& specs) {
+  std::vector<std::string> out;
+  for (const auto& kv : specs) out.push_back(kv.first);
+  return out;
+}
+
+StateDict data_for(const SpecDict& specs) {
+  StateDict out;
+  for (const auto& [k, s] : specs) out.emplace(k, random_values(s.shape, s.dtype));
+  return out;
+}
+
+}  // namespace
+
+// ---- patterns and ops ---------------------------------------------------------------------------
+
+TEST_CASE("a spec rule with a capture expands against the actual keys") {
+  SpecMapping m = from_spec(one_rule(R"({"op": "rename_tensor",
+      "source": "model.layers.{L}.self_attn.q_proj.weight", "target": "layers.{L}.attn.q.weight"})"),
+                            {"model.layers.0.self_attn.q_proj.weight",
+                             "model.layers.11.self_attn.q_proj.weight", "model.norm.weight"});
+  CHECK(m.mapper->state_dependency_groups() ==
+        groups({group({"model.layers.0.self_attn.q_proj.weight"}, {"layers.0.attn.q.weight"}),
+                group({"model.layers.11.self_attn.q_proj.weight"}, {"layers.11.attn.q.weight"}),
+                group({"model.norm.weight"}, {"model.norm.weight"})}));
+  CHECK(m.unmatched_keys == std::vector<std::string>{"model.norm.weight"});
+  CHECK(m.unused_rules.empty());
+}
+
+TEST_CASE("captures: within a segment, over several segments, repeated names") {
+  SpecMapping m = from_spec(one_rule(R"({"op": "rename_tensor", "source": "h.{L}.experts_{E}.w",
+                                         "target": "layers.{L}.e.{E}.w"})"),
+                            {"h.3.experts_12.w", "h.3.experts_.w", "h.3.xexperts_1.w"});
+  CHECK(all_outputs(*m.mapper) ==
+        std::set<std::string>{"layers.3.e.12.w", "h.3.experts_.w", "h.3.xexperts_1.w"});
+  m = from_spec(one_rule(R"({"op": "rename_tensor", "source": "model.{rest...}", "target": "{rest}"})"),
+                {"model.a", "model.b.c.d", "model", "other.x"});
+  CHECK(all_outputs(*m.mapper) == std::set<std::string>{"a", "b.c.d", "model", "other.x"});
+  m = from_spec(one_rule(R"({"op": "rename_tensor", "source": "{rest...}.bias", "target": "b.{rest}"})"),
+                {"x.y.bias", "bias"});
+  CHECK(all_outputs(*m.mapper) == std::set<std::string>{"b.x.y", "bias"});
+  m = from_spec(one_rule(R"({"op": "rename_tensor", "source": "{A}.{A}.w", "target": "{A}.w"})"),
+                {"a.a.w", "a.b.w"});
+  CHECK(all_outputs(*m.mapper) == std::set<std::string>{"a.w", "a.b.w"});
+}
+
+TEST_CASE("every leaf op is available in a spec, with the spec's shapes") {
+  const std::string json = R"({"d9d_mapper_spec": 1, "unmatched": "error", "rules": [
+    {"op": "identity", "source": "id"},
+    {"op": "rename_tensor", "source": "old", "target": "new"},
+    {"op": "select_child_modules", "parent": "enc.{L}", "base_names": ["w", "b"]},
+    {"op": "transpose", "source": "t", "target": "t2", "dims": [0, 1]},
+    {"op": "permute", "source": "p", "dims": [2, 0, 1]},
+    {"op": "squeeze", "source": "sq"},
+    {"op": "squeeze", "source": "sq1", "dim": 0},
+    {"op": "unsqueeze", "source": "us", "dim": -1},
+    {"op": "reshape", "source": "r", "shape": [-1]},
+    {"op": "cast", "source": "c", "dtype": "BF16"},
+    {"op": "stack", "sources": ["s.a", "s.b"], "target": "s", "dim": 1},
+    {"op": "concatenate", "sources": ["cat.a", "cat.b"], "target": "cat"},
+    {"op": "unstack", "source": "u", "targets": ["u.0", "u.1"]},
+    {"op": "chunk", "source": "ch", "targets": ["ch.0", "ch.1"], "dim": -1},
+    {"op": "split", "source": "qkv", "targets": ["q", "k", "v"], "sizes": [4, 2, 2]}
+  ]})";
+  const DType f = DType::F32;
+  const SpecDict in{{"id", {f, {2}}},        {"old", {f, {2}}},       {"enc.0.w", {f, {3}}},
+                    {"t", {f, {2, 3}}},      {"p", {f, {2, 3, 4}}},   {"sq", {f, {1, 3, 1}}},
+                    {"sq1", {f, {1, 3}}},    {"us", {f, {3}}},        {"r", {f, {2, 3}}},
+                    {"c", {f, {2}}},         {"s.a", {f, {2}}},       {"s.b", {f, {2}}},
+                    {"cat.a", {f, {1, 2}}},  {"cat.b", {f, {3, 2}}},  {"u", {f, {2, 5}}},
+                    {"ch", {f, {3, 4}}},     {"qkv", {f, {8, 16}}},   {"enc.0.b", {f, {3}}}};
+  SpecMapping m = from_spec(json, names_of(in));
+  const SpecDict out = infer_all(*m.mapper, in);
+  const SpecDict want{{"id", {f, {2}}},       {"new", {f, {2}}},     {"w", {f, {3}}},
+                      {"b", {f, {3}}},        {"t2", {f, {3, 2}}},   {"p", {f, {4, 2, 3}}},
+                      {"sq", {f, {3}}},       {"sq1", {f, {3}}},     {"us", {f, {3, 1}}},
+                      {"r", {f, {6}}},        {"c", {DType::BF16, {2}}},
+                      {"s", {f, {2, 2}}},     {"cat", {f, {4, 2}}},  {"u.0", {f, {5}}},
+                      {"u.1", {f, {5}}},      {"ch.0", {f, {3, 2}}}, {"ch.1", {f, {3, 2}}},
+                      {"q", {f, {4, 16}}},    {"k", {f, {2, 16}}},   {"v", {f, {2, 16}}}};
+  CHECK(out == want);
+  StateDict data = apply_all(*m.mapper, data_for(in));
+  CHECK(specs_of(data) == want);
+}
+
+TEST_CASE("stack over a capture orders experts numerically and checks none is missing") {
+  std::vector<std::string> keys;
+  for (int l = 0; l < 2; ++l) {
+    for (int e = 0; e < 12; ++e) keys.push_back(str_cat("layers.", l, ".experts.", e, ".w1"));
+  }
+  const std::string rule = R"({"op": "stack", "source": "layers.{L}.experts.{E}.w1", "over": "E",
+                               "target": "layers.{L}.moe.w1", "dim": 0})";
+  SpecMapping m = from_spec(one_rule(rule), keys);
+  CHECK(m.mapper->state_dependency_groups().size() == 2);
+  auto stack = std::dynamic_pointer_cast<const ParallelMapper>(m.mapper);
+  REQUIRE(stack);
+  auto first = std::dynamic_pointer_cast<const StackTensorsMapper>(stack->mappers()[0]);
+  REQUIRE(first);
+  CHECK(first->sources()[2] == "layers.0.experts.2.w1");   // 2 before 10
+  CHECK(first->sources()[11] == "layers.0.experts.11.w1");
+  keys.erase(keys.begin() + 5);  // layer 0 loses expert 5
+  check_spec_error(one_rule(rule), keys, "$.rules[0]", "expected 0..10 with none missing");
+  // Unstack back with a count.
+  SpecMapping back = from_spec(one_rule(R"({"op": "unstack", "source": "layers.{L}.moe.w1",
+      "target": "layers.{L}.experts.{E}.w1", "over": "E", "count": 12})"),
+                               {"layers.0.moe.w1"});
+  CHECK(all_outputs(*back.mapper).size() == 12);
+  CHECK(all_outputs(*back.mapper).count("layers.0.experts.11.w1") == 1);
+}
+
+TEST_CASE("stages run in sequence and see what the stage before left") {
+  const std::string json = R"({"d9d_mapper_spec": 1, "stages": [
+      {"rules": [{"op": "rename_tensor", "source": "hf.{L}.q", "target": "{L}.q"},
+                 {"op": "rename_tensor", "source": "hf.{L}.k", "target": "{L}.k"}]},
+      {"rules": [{"op": "stack", "sources": ["{L}.q", "{L}.k"], "target": "{L}.qk", "dim": 0}]}]})";
+  SpecMapping m = from_spec(json, {"hf.0.q", "hf.0.k", "hf.1.q", "hf.1.k", "extra"});
+  CHECK(m.mapper->state_dependency_groups() ==
+        groups({group({"hf.0.q", "hf.0.k"}, {"0.qk"}), group({"hf.1.q", "hf.1.k"}, {"1.qk"}),
+                group({"extra"}, {"extra"})}));
+  StateDict out = m.mapper->apply({{"hf.1.q", ints({1, 2}, {2})}, {"hf.1.k", ints({3, 4}, {2})}});
+  CHECK(equal(out.at("1.qk"), ints({1, 2, 3, 4}, {2, 2})));
+}
+
+TEST_CASE("unmatched keys are kept, dropped or an error; rules that match nothing are reported") {
+  const std::string rules = R"("rules": [{"op": "rename_tensor", "source": "a", "target": "b"},
+                                          {"op": "transpose", "source": "nothing.{x}", "dims": [0, 1]}]})";
+  const std::vector<std::string> keys{"a", "c", "d"};
+  SpecMapping keep = from_spec(R"({"d9d_mapper_spec": 1, )" + rules, keys);
+  CHECK(all_outputs(*keep.mapper) == std::set<std::string>{"b", "c", "d"});
+  CHECK(keep.unmatched_keys == std::vector<std::string>{"c", "d"});
+  CHECK(keep.unused_rules == std::vector<std::string>{"$.rules[1] (transpose nothing.{x})"});
+  SpecMapping drop = from_spec(R"({"d9d_mapper_spec": 1, "unmatched": "drop", )" + rules, keys);
+  CHECK(all_inputs(*drop.mapper) == std::set<std::string>{"a"});
+  CHECK(drop.unmatched_keys == std::vector<std::string>{"c", "d"});
+  CHECK_THROWS_WITH_AS(from_spec(R"({"d9d_mapper_spec": 1, "unmatched": "error", )" + rules, keys),
+                       doctest::Contains("2 checkpoint key(s) match no rule"), ValueError);
+}
+
+// ---- malformed specs ----------------------------------------------------------------------------
+
+TEST_CASE("malformed specs name the JSON path of the problem") {
+  const std::vector<std::string> keys{"a", "b"};
+  check_spec_error("{\"d9d_mapper_spec\": 1, \"rules\": [", keys, "$", "invalid JSON at byte");
+  check_spec_error("[1]", keys, "$", "expected an object");
+  check_spec_error(R"({"rules": []})", keys, "$", "missing required field \"d9d_mapper_spec\"");
+  check_spec_error(R"({"d9d_mapper_spec": 2, "rules": []})", keys, "$.d9d_mapper_spec",
+                   "unsupported version 2");
+  check_spec_error(R"({"d9d_mapper_spec": "1", "rules": []})", keys, "$.d9d_mapper_spec",
+                   "expected an integer");
+  check_spec_error(R"({"d9d_mapper_spec": 1, "rules": [], "stages": []})", keys, "$",
+                   "either \"stages\"");
+  check_spec_error(R"({"d9d_mapper_spec": 1, "rulez": []})", keys, "$.rulez", "unknown field");
+  check_spec_error(R"({"d9d_mapper_spec": 1, "unmatched": "ignore", "rules": []})", keys,
+                   "$.unmatched", "\"keep\", \"drop\" or \"error\"");
+  check_spec_error(one_rule(R"({"op": "rename", "source": "a", "target": "b"})"), keys,
+                   "$.rules[0].op", "unknown op \"rename\"");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "b", "source": "c"})"),
+                   keys, "$.rules[0].source", "duplicate key \"source\"");
+  check_spec_error(one_rule(R"({"op": "identity", "source": "a"}, {"op": "stack", "sources": ["a"],
+                                "target": "s", "dims": 0})"),
+                   keys, "$.rules[1].dims", "unknown field \"dims\"");
+  check_spec_error(one_rule(R"({"op": "unsqueeze", "source": "a", "dim": "0"})"), keys,
+                   "$.rules[0].dim", "expected an integer");
+  check_spec_error(one_rule(R"({"op": "unsqueeze", "source": "a"})"), keys, "$.rules[0]",
+                   "missing required field \"dim\"");
+  check_spec_error(one_rule(R"({"op": "cast", "source": "a", "dtype": "float32"})"), keys,
+                   "$.rules[0].dtype", "unknown dtype \"float32\"");
+  check_spec_error(one_rule(R"({"op": "transpose", "source": "a", "dims": [0, 1, 2]})"), keys,
+                   "$.rules[0].dims", "expected two dims");
+  check_spec_error(one_rule(R"({"op": "permute", "source": "a", "dims": [0, 1.5]})"), keys,
+                   "$.rules[0].dims[1]", "expected an integer");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a.{L", "target": "b"})"), keys,
+                   "$.rules[0].source", "unmatched '{'");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a..b", "target": "b"})"), keys,
+                   "$.rules[0].source", "empty segment");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a.{L}{M}", "target": "b"})"),
+                   keys, "$.rules[0].source", "at most one capture");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "{a...}.{b...}", "target": "b"})"),
+                   keys, "$.rules[0].source", "at most one {name...}");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a.{L}", "target": "b.{M}"})"),
+                   keys, "$.rules[0].target", "{M} is not bound");
+  check_spec_error(one_rule(R"({"op": "split", "source": "a", "targets": ["x", "y"], "sizes": [1]})"),
+                   keys, "$.rules[0].sizes", "1 sizes for 2 targets");
+  check_spec_error(one_rule(R"({"op": "stack", "sources": ["a.{L}", "b"], "target": "s"})"), keys,
+                   "$.rules[0].sources", "same captures");
+  check_spec_error(one_rule(R"({"op": "stack", "source": "a.{L}", "over": "E", "target": "s"})"),
+                   keys, "$.rules[0].over", "no capture {E}");
+  check_spec_error(R"({"d9d_mapper_spec": 1, "stages": [{"rules": []}, {"rules": [
+                       {"op": "squeeze", "source": "a", "dim": true}]}]})",
+                   keys, "$.stages[1].rules[0].dim", "expected an integer");
+  check_spec_error(R"({"d9d_mapper_spec": 1, "stages": [{"rules": [], "extra": 1}]})", keys,
+                   "$.stages[0].extra", "unknown field");
+}
+
+TEST_CASE("specs that do not fit the keys name the rule") {
+  const std::vector<std::string> keys{"l.0.q", "l.0.k", "l.1.q", "a", "b"};
+  check_spec_error(one_rule(R"({"op": "stack", "sources": ["l.{L}.q", "l.{L}.k"], "target": "l.{L}.qk"})"),
+                   keys, "$.rules[0]", "for {L=1} the checkpoint has some sources but not [l.1.k]");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "x"},
+                               {"op": "identity", "source": "a"})"),
+                   keys, "$.rules[1]", "'a' is consumed both by $.rules[0]");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "x"},
+                               {"op": "rename_tensor", "source": "b", "target": "x"})"),
+                   keys, "$.rules[1]", "'x' is produced both by $.rules[0]");
+  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "b"})"), keys,
+                   "$.rules[0]", "would replace the key 'b'");
+  check_spec_error(one_rule(R"({"op": "select_child_modules", "parent": "l.{L}", "base_names": ["q", "k"]})"),
+                   keys, "$.rules[0]", "but not [l.1.k]");
+  check_spec_error(one_rule(R"({"op": "stack", "sources": ["a", "a"], "target": "s"})"), keys,
+                   "$.rules[0]", "listed twice");
+  CHECK_THROWS_AS(from_spec(one_rule(R"({"op": "identity", "source": "a"})"), {"a", "a"}),
+                  ValueError);
+}
+
+// ---- example specs ------------------------------------------------------------------------------
+
+TEST_CASE("example: Llama HF -> fused QKV and gate_up, on Llama-3.2-1B's keys and shapes") {
+  const SpecDict hf = llama_specs(16, 2048, 2048, 512, 8192, /*tied=*/true);
+  SpecMapping fwd = from_spec(read_example("llama_hf_to_fused.json"), names_of(hf));
+  CHECK(fwd.unmatched_keys.empty());
+  CHECK(fwd.unused_rules == std::vector<std::string>{"$.rules[8] (identity lm_head.weight)"});
+  // 16 layers x (qkv, gate_up, out, down, 2 norms) + embed + norm.
+  CHECK(fwd.mapper->state_dependency_groups().size() == 16 * 6 + 2);
+  const SpecDict fused = infer_all(*fwd.mapper, hf);
+  CHECK(fused.at("layers.7.attn.qkv.weight") == TensorSpec{DType::BF16, {3072, 2048}});
+  CHECK(fused.at("layers.7.mlp.gate_up.weight") == TensorSpec{DType::BF16, {16384, 2048}});
+  CHECK(fused.at("layers.15.attn.out.weight") == TensorSpec{DType::BF16, {2048, 2048}});
+  CHECK(fused.at("embed.weight") == hf.at("model.embed_tokens.weight"));
+  CHECK(fused.size() == 16 * 6 + 2);
+
+  // Its inverse spec restores the HF keys and shapes; so does the mapper's own inverse.
+  SpecMapping inv = from_spec(read_example("fused_to_llama_hf.json"), names_of(fused));
+  CHECK(infer_all(*inv.mapper, fused) == hf);
+  CHECK(infer_all(*fwd.mapper->inverse(hf), fused) == hf);
+}
+
+TEST_CASE("example: Llama fused round trip on data (Llama-3.2-1B rows, a narrow hidden dim)") {
+  // The split sizes in the inverse spec are rows (dim 0); a hidden size of 4 keeps data small.
+  const SpecDict hf = llama_specs(2, 4, 2048, 512, 8192, /*tied=*/false);
+  const StateDict data = data_for(hf);
+  SpecMapping fwd = from_spec(read_example("llama_hf_to_fused.json"), names_of(hf));
+  CHECK(fwd.unused_rules.empty());
+  const StateDict fused = apply_all(*fwd.mapper, data);
+  CHECK(equal(fused.at("layers.1.attn.qkv.weight").narrow(0, 2048, 512),
+              data.at("model.layers.1.self_attn.k_proj.weight")));
+  CHECK(fused.at("layers.1.attn.qkv.weight").is_contiguous());
+  SpecMapping inv = from_spec(read_example("fused_to_llama_hf.json"), names_of(specs_of(fused)));
+  const StateDict back = apply_all(*inv.mapper, fused);
+  REQUIRE(keys(back) == keys(data));
+  for (const auto& [k, t] : data) {
+    INFO(k);
+    CHECK(equal(back.at(k), t));
+  }
+}
+
+TEST_CASE("example: BERT query/key/value -> stacked qkv, on bert-base's keys") {
+  SpecDict bert;
+  const DType f = DType::F32;
+  bert["bert.embeddings.word_embeddings.weight"] = {f, {30522, 8}};
+  bert["bert.embeddings.position_embeddings.weight"] = {f, {512, 8}};
+  bert["bert.embeddings.token_type_embeddings.weight"] = {f, {2, 8}};
+  bert["bert.embeddings.LayerNorm.weight"] = {f, {8}};
+  bert["bert.embeddings.LayerNorm.bias"] = {f, {8}};
+  bert["bert.pooler.dense.weight"] = {f, {8, 8}};
+  bert["bert.pooler.dense.bias"] = {f, {8}};
+  for (int l = 0; l < 12; ++l) {
+    const std::string p = str_cat("bert.encoder.layer.", l, ".");
+    for (const char* m : {"attention.self.query", "attention.self.key", "attention.self.value",
+                          "attention.output.dense"}) {
+      bert[p + m + ".weight"] = {f, {8, 8}};
+      bert[p + m + ".bias"] = {f, {8}};
+    }
+    bert[p + "attention.output.LayerNorm.weight"] = {f, {8}};
+    bert[p + "attention.output.LayerNorm.bias"] = {f, {8}};
+    bert[p + "intermediate.dense.weight"] = {f, {32, 8}};
+    bert[p + "intermediate.dense.bias"] = {f, {32}};
+    bert[p + "output.dense.weight"] = {f, {8, 32}};
+    bert[p + "output.dense.bias"] = {f, {8}};
+    bert[p + "output.LayerNorm.weight"] = {f, {8}};
+    bert[p + "output.LayerNorm.bias"] = {f, {8}};
+  }
+  SpecMapping m = from_spec(read_example("bert_qkv_stacked.json"), names_of(bert));
+  CHECK(m.unused_rules.empty());
+  const SpecDict out = infer_all(*m.mapper, bert);
+  CHECK(out.at("bert.encoder.layer.3.attention.self.qkv.weight") == TensorSpec{f, {3, 8, 8}});
+  CHECK(out.at("bert.encoder.layer.11.attention.self.qkv.bias") == TensorSpec{f, {3, 8}});
+  CHECK(out.at("embeddings.word.weight") == bert.at("bert.embeddings.word_embeddings.weight"));
+  CHECK(out.at("bert.pooler.dense.weight") == bert.at("bert.pooler.dense.weight"));
+  CHECK(out.count("bert.encoder.layer.0.attention.self.query.weight") == 0);
+  CHECK(out.size() == bert.size() - 12 * 4);
+  // Stacked in the order query, key, value.
+  StateDict data = data_for(bert);
+  StateDict res = apply_all(*m.mapper, data);
+  CHECK(equal(res.at("bert.encoder.layer.5.attention.self.qkv.bias").select(0, 2),
+              data.at("bert.encoder.layer.5.attention.self.value.bias")));
+  // The mapper's inverse brings the original keys back.
+  StateDict back = apply_all(*m.mapper->inverse(bert), res);
+  REQUIRE(keys(back) == keys(data));
+  for (const auto& [k, t] : data) CHECK(equal(back.at(k), t));
+}
