@@ -14,11 +14,16 @@ namespace {
 
 const char* index_rule_text(int rule) {
   switch (rule) {
-    case 1: return "the index is one UTF-8 JSON object without duplicate keys";
-    case 2: return "weight_map is an object of file names";
-    case 3: return "a file name is a plain name in the checkpoint directory";
-    case 4: return "metadata is an object with an integer total_size";
-    default: return "";
+    case 1:
+      return "the index is one UTF-8 JSON object without duplicate keys";
+    case 2:
+      return "weight_map is an object of file names";
+    case 3:
+      return "a file name is a plain name in the checkpoint directory";
+    case 4:
+      return "metadata is an object with an integer total_size";
+    default:
+      return "";
   }
 }
 
@@ -31,8 +36,8 @@ const char* index_rule_text(int rule) {
 }  // namespace
 
 std::string shard_file_name(int index, int count) {
-  D9D_CHECK(count >= 1 && index >= 0 && index < count && count <= 99999,
-            "shard_file_name: shard ", index, " of ", count, " is out of range");
+  D9D_CHECK(count >= 1 && index >= 0 && index < count && count <= 99999, "shard_file_name: shard ",
+            index, " of ", count, " is out of range");
   char buf[64];
   std::snprintf(buf, sizeof buf, "model-%05d-of-%05d.safetensors", index + 1, count);
   return buf;
@@ -109,8 +114,8 @@ SafetensorsIndex SafetensorsIndex::parse(std::string_view json, std::string_view
               if (mkey == "total_size") {
                 const char c = cur.peek();
                 if (c != '-' && (c < '0' || c > '9')) {
-                  index_fail(name, "metadata.total_size", cur.describe_next() + " is not an integer",
-                             4);
+                  index_fail(name, "metadata.total_size",
+                             cur.describe_next() + " is not an integer", 4);
                 }
                 const detail::JsonNumber num = cur.number();
                 if (num.negative || !num.integer || num.too_large) {
@@ -230,9 +235,8 @@ Checkpoint Checkpoint::open(const std::filesystem::path& path) {
     } else if (fs::exists(single, ec)) {
       single_path = single;
     } else {
-      d9d::detail::throw_error<IoError>("checkpoint ", path.string(), ": neither ",
-                                        kIndexFileName, " nor ", kSingleFileName,
-                                        " is in the directory");
+      d9d::detail::throw_error<IoError>("checkpoint ", path.string(), ": neither ", kIndexFileName,
+                                        " nor ", kSingleFileName, " is in the directory");
     }
   } else {
     impl->dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
@@ -274,8 +278,9 @@ Checkpoint Checkpoint::open(const std::filesystem::path& path) {
       const SafetensorsFile& shard = impl->opened[f];
       if (!shard.contains(tensor)) {
         d9d::detail::throw_error<FormatError>(
-            index_path.string(), ": weight_map[", detail::quote_name(tensor), "]: the index puts it in ",
-            detail::quote_name(file), ", which has no such tensor (", shard.size(), " tensors)");
+            index_path.string(), ": weight_map[", detail::quote_name(tensor),
+            "]: the index puts it in ", detail::quote_name(file), ", which has no such tensor (",
+            shard.size(), " tensors)");
       }
       impl->keys.push_back(tensor);  // weight_map is a std::map: already sorted
     }
@@ -286,8 +291,8 @@ Checkpoint Checkpoint::open(const std::filesystem::path& path) {
     uint32_t f = 0;
     if (impl->index) {
       const std::string& file = impl->index->weight_map.at(key);
-      f = static_cast<uint32_t>(
-          std::lower_bound(impl->files.begin(), impl->files.end(), file) - impl->files.begin());
+      f = static_cast<uint32_t>(std::lower_bound(impl->files.begin(), impl->files.end(), file) -
+                                impl->files.begin());
     }
     const TensorInfo* info = &impl->opened[f].info(key);
     impl->where.emplace(key, std::make_pair(f, info));
@@ -296,9 +301,15 @@ Checkpoint Checkpoint::open(const std::filesystem::path& path) {
   return Checkpoint(std::move(impl));
 }
 
-const std::filesystem::path& Checkpoint::dir() const { return impl_->dir; }
-const std::optional<SafetensorsIndex>& Checkpoint::index() const { return impl_->index; }
-const std::vector<std::string>& Checkpoint::keys() const { return impl_->keys; }
+const std::filesystem::path& Checkpoint::dir() const {
+  return impl_->dir;
+}
+const std::optional<SafetensorsIndex>& Checkpoint::index() const {
+  return impl_->index;
+}
+const std::vector<std::string>& Checkpoint::keys() const {
+  return impl_->keys;
+}
 bool Checkpoint::contains(std::string_view name) const {
   return impl_->where.find(name) != impl_->where.end();
 }
@@ -306,14 +317,18 @@ CheckpointEntry Checkpoint::entry(std::string_view name) const {
   const auto [f, info] = impl_->find(name);
   return {&impl_->files[f], info};
 }
-const std::vector<std::string>& Checkpoint::files() const { return impl_->files; }
+const std::vector<std::string>& Checkpoint::files() const {
+  return impl_->files;
+}
 const SafetensorsFile& Checkpoint::file(std::string_view file_name) const {
   const auto it = std::lower_bound(impl_->files.begin(), impl_->files.end(), file_name);
   D9D_CHECK(it != impl_->files.end() && *it == file_name, "checkpoint ", impl_->dir.string(),
             ": no file named ", detail::quote_name(file_name));
   return impl_->opened[static_cast<size_t>(it - impl_->files.begin())];
 }
-int64_t Checkpoint::total_bytes() const { return impl_->total_bytes; }
+int64_t Checkpoint::total_bytes() const {
+  return impl_->total_bytes;
+}
 
 Tensor Checkpoint::tensor(std::string_view name) const {
   return impl_->opened[impl_->find(name).first].tensor(name);
@@ -334,8 +349,8 @@ std::map<std::string, Tensor> Checkpoint::load(const std::vector<std::string>& n
     const auto [slot, inserted] = out.try_emplace(name);
     if (!inserted) continue;  // a name asked for twice is read once
     const SafetensorsFile& file = impl_->opened[f];
-    slot->second = Tensor::from_storage(
-        detail::allocate_host(static_cast<size_t>(info->nbytes())), info->dtype, info->shape);
+    slot->second = Tensor::from_storage(detail::allocate_host(static_cast<size_t>(info->nbytes())),
+                                        info->dtype, info->shape);
     ranges.push_back({&file.mapped_file(), static_cast<uint64_t>(file.data_offset() + info->begin),
                       static_cast<std::byte*>(slot->second.mutable_data_ptr()),
                       static_cast<uint64_t>(info->nbytes())});

@@ -64,7 +64,9 @@ std::string JsonCursor::describe_at(size_t pos) const {
   return std::string("'") + static_cast<char>(c) + "'";
 }
 
-void JsonCursor::fail(std::string message) const { fail_at(pos_, std::move(message)); }
+void JsonCursor::fail(std::string message) const {
+  fail_at(pos_, std::move(message));
+}
 
 void JsonCursor::fail_at(size_t pos, std::string message) const {
   throw JsonSyntaxError{pos, std::move(message)};
@@ -117,8 +119,8 @@ std::string_view JsonCursor::string(std::string& scratch) {
     uint64_t w = 0;
     std::memcpy(&w, s + i, 8);
     const uint64_t quote = w ^ (kOnes * '"'), slash = w ^ (kOnes * '\\');
-    const uint64_t special = ((quote - kOnes) & ~quote) | ((slash - kOnes) & ~slash) |
-                             ((w - kOnes * 0x20) & ~w);
+    const uint64_t special =
+        ((quote - kOnes) & ~quote) | ((slash - kOnes) & ~slash) | ((w - kOnes * 0x20) & ~w);
     if ((special & kHighs) != 0) break;
     i += 8;
   }
@@ -152,16 +154,34 @@ std::string_view JsonCursor::string(std::string& scratch) {
     const char e = s[i + 1];
     i += 2;
     switch (e) {
-      case '"': scratch += '"'; continue;
-      case '\\': scratch += '\\'; continue;
-      case '/': scratch += '/'; continue;
-      case 'b': scratch += '\b'; continue;
-      case 'f': scratch += '\f'; continue;
-      case 'n': scratch += '\n'; continue;
-      case 'r': scratch += '\r'; continue;
-      case 't': scratch += '\t'; continue;
-      case 'u': break;
-      default: fail_at(i - 2, std::string("invalid escape '\\") + e + "'");
+      case '"':
+        scratch += '"';
+        continue;
+      case '\\':
+        scratch += '\\';
+        continue;
+      case '/':
+        scratch += '/';
+        continue;
+      case 'b':
+        scratch += '\b';
+        continue;
+      case 'f':
+        scratch += '\f';
+        continue;
+      case 'n':
+        scratch += '\n';
+        continue;
+      case 'r':
+        scratch += '\r';
+        continue;
+      case 't':
+        scratch += '\t';
+        continue;
+      case 'u':
+        break;
+      default:
+        fail_at(i - 2, std::string("invalid escape '\\") + e + "'");
     }
     auto read_hex4 = [&](size_t at) -> uint32_t {
       if (at + 4 > n) fail_at(at - 2, "truncated \\u escape");
@@ -267,12 +287,15 @@ std::string_view JsonCursor::skip_value(int depth) {
         expect(']', "',' or ']' in an array");
       }
       break;
-    case '"': string(scratch); break;
+    case '"':
+      string(scratch);
+      break;
     case 't':
     case 'f':
     case 'n': {
       const std::string_view word = c == 't' ? "true" : c == 'f' ? "false" : "null";
-      if (text_.substr(pos_, word.size()) != word) fail("invalid literal, found " + describe_next());
+      if (text_.substr(pos_, word.size()) != word)
+        fail("invalid literal, found " + describe_next());
       pos_ += word.size();
       break;
     }
@@ -292,13 +315,27 @@ void append_json_string(std::string& out, std::string_view text) {
   for (const char ch : text) {
     const auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           out += "\\u00";

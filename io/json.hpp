@@ -29,8 +29,8 @@ size_t find_invalid_utf8(std::string_view text);
 // A JSON number as written, classified. Only `value` of an integer that fits is meaningful.
 struct JsonNumber {
   bool negative = false;
-  bool integer = true;    // no fraction and no exponent
-  bool too_large = false; // an integer past 2^63 - 1
+  bool integer = true;     // no fraction and no exponent
+  bool too_large = false;  // an integer past 2^63 - 1
   uint64_t value = 0;
   std::string_view text;
 };

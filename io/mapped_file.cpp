@@ -52,7 +52,9 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   return *this;
 }
 
-MappedFile::~MappedFile() noexcept { close(); }
+MappedFile::~MappedFile() noexcept {
+  close();
+}
 
 void MappedFile::close() noexcept {
   if (data_ != nullptr) ::munmap(data_, size_);
@@ -69,11 +71,21 @@ void MappedFile::advise(Advice advice, size_t offset, size_t length) const noexc
   const size_t begin = offset / page * page;  // madvise wants a page-aligned start
   int flag = MADV_NORMAL;
   switch (advice) {
-    case Advice::kNormal: flag = MADV_NORMAL; break;
-    case Advice::kSequential: flag = MADV_SEQUENTIAL; break;
-    case Advice::kRandom: flag = MADV_RANDOM; break;
-    case Advice::kWillNeed: flag = MADV_WILLNEED; break;
-    case Advice::kDontNeed: flag = MADV_DONTNEED; break;
+    case Advice::kNormal:
+      flag = MADV_NORMAL;
+      break;
+    case Advice::kSequential:
+      flag = MADV_SEQUENTIAL;
+      break;
+    case Advice::kRandom:
+      flag = MADV_RANDOM;
+      break;
+    case Advice::kWillNeed:
+      flag = MADV_WILLNEED;
+      break;
+    case Advice::kDontNeed:
+      flag = MADV_DONTNEED;
+      break;
   }
   ::madvise(data_ + begin, offset + length - begin, flag);
 }
@@ -83,8 +95,8 @@ void MappedFile::read(uint64_t offset, std::span<std::byte> dst) const {
   uint64_t end = 0;
   if (__builtin_add_overflow(offset, dst.size(), &end) || end > size_) {
     d9d::detail::throw_error<IoError>("read ", path_.string(), ": bytes [", offset, ", ",
-                                      offset + dst.size(), ") pass the end of the file (",
-                                      size_, " bytes)");
+                                      offset + dst.size(), ") pass the end of the file (", size_,
+                                      " bytes)");
   }
   detail::pread_all(fd_, offset, dst.data(), dst.size(), path_);
 }

@@ -189,8 +189,8 @@ Storage allocate_host(size_t nbytes) {
   const size_t reserve = rounded + kHugePage;  // room to align the start to 2 MiB
   void* raw = ::mmap(nullptr, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) {
-    d9d::detail::throw_error<Error>("out of host memory allocating ", nbytes, " bytes (mmap: ",
-                                    std::strerror(errno), ")");
+    d9d::detail::throw_error<Error>("out of host memory allocating ", nbytes,
+                                    " bytes (mmap: ", std::strerror(errno), ")");
   }
   auto* base = static_cast<std::byte*>(raw);
   const auto addr = reinterpret_cast<uintptr_t>(base);

@@ -74,13 +74,27 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   return SafetensorsFile(std::move(impl));
 }
 
-const std::filesystem::path& SafetensorsFile::path() const { return impl_->file->path(); }
-const Metadata& SafetensorsFile::metadata() const { return impl_->metadata; }
-size_t SafetensorsFile::size() const { return impl_->keys.size(); }
-int64_t SafetensorsFile::file_size() const { return static_cast<int64_t>(impl_->file->size()); }
-int64_t SafetensorsFile::data_offset() const { return 8 + impl_->header_size; }
-int64_t SafetensorsFile::header_size() const { return impl_->header_size; }
-const std::vector<std::string>& SafetensorsFile::keys() const { return impl_->keys; }
+const std::filesystem::path& SafetensorsFile::path() const {
+  return impl_->file->path();
+}
+const Metadata& SafetensorsFile::metadata() const {
+  return impl_->metadata;
+}
+size_t SafetensorsFile::size() const {
+  return impl_->keys.size();
+}
+int64_t SafetensorsFile::file_size() const {
+  return static_cast<int64_t>(impl_->file->size());
+}
+int64_t SafetensorsFile::data_offset() const {
+  return 8 + impl_->header_size;
+}
+int64_t SafetensorsFile::header_size() const {
+  return impl_->header_size;
+}
+const std::vector<std::string>& SafetensorsFile::keys() const {
+  return impl_->keys;
+}
 
 const std::vector<std::string>& SafetensorsFile::sorted_keys() const {
   std::call_once(impl_->sorted_once, [this] {
@@ -98,7 +112,9 @@ const TensorInfo& SafetensorsFile::info(std::string_view name) const {
   return impl_->infos[impl_->find(name)];
 }
 
-const MappedFile& SafetensorsFile::mapped_file() const { return *impl_->file; }
+const MappedFile& SafetensorsFile::mapped_file() const {
+  return *impl_->file;
+}
 std::shared_ptr<const MappedFile> SafetensorsFile::shared_mapped_file() const {
   return impl_->file;
 }
@@ -126,7 +142,8 @@ Tensor SafetensorsFile::load(std::string_view name) const {
 
 void SafetensorsFile::read_into(std::string_view name, const Tensor& dst) const {
   const TensorInfo& info = impl_->infos[impl_->find(name)];
-  D9D_CHECK(dst.defined(), "read_into ", detail::quote_name(name), ": the destination is undefined");
+  D9D_CHECK(dst.defined(), "read_into ", detail::quote_name(name),
+            ": the destination is undefined");
   D9D_CHECK_TYPE(dst.dtype() == info.dtype, "read_into ", detail::quote_name(name), " from ",
                  path().string(), ": the file holds ", info.dtype, " but the destination is ",
                  dst.dtype());

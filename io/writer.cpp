@@ -37,7 +37,9 @@ void check_utf8(std::string_view text, const char* what) {
 
 }  // namespace
 
-Metadata default_metadata() { return {{"format", "pt"}}; }
+Metadata default_metadata() {
+  return {{"format", "pt"}};
+}
 
 SafetensorsLayout plan_safetensors(std::span<const TensorDecl> tensors, const Metadata& metadata,
                                    const SaveOptions& options) {
@@ -101,7 +103,8 @@ SafetensorsLayout plan_safetensors(std::span<const TensorDecl> tensors, const Me
       D9D_CHECK(s >= 0, "save_safetensors: tensor ", detail::quote_name(t->name),
                 " has a negative size in shape ", t->shape);
       D9D_CHECK(!__builtin_mul_overflow(numel, s, &numel), "save_safetensors: tensor ",
-                detail::quote_name(t->name), " of shape ", t->shape, " has more than 2^63 elements");
+                detail::quote_name(t->name), " of shape ", t->shape,
+                " has more than 2^63 elements");
     }
     int64_t bits = 0;
     D9D_CHECK(!__builtin_mul_overflow(numel, int64_t{dtype_bits(t->dtype)}, &bits),
@@ -136,7 +139,8 @@ SafetensorsLayout plan_safetensors(std::span<const TensorDecl> tensors, const Me
   const int64_t n = padded - 8;
   D9D_CHECK(n <= kMaxHeaderSize, "save_safetensors: the header would be ", n,
             " bytes, past the format's limit of 100000000 (too many tensors or too much metadata)");
-  for (int i = 0; i < 8; ++i) json[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    json[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
   layout.header.metadata = metadata;
   layout.header.header_size = n;
   layout.file_size = padded + offset;
@@ -219,16 +223,16 @@ struct SafetensorsWriter::Impl {
     const int64_t nbytes = view.nbytes();
     if (nbytes == 0) return offset;
     if (view.is_contiguous()) {
-      write_bytes(i, offset, {static_cast<const std::byte*>(view.data_ptr()),
-                              static_cast<size_t>(nbytes)});
+      write_bytes(i, offset,
+                  {static_cast<const std::byte*>(view.data_ptr()), static_cast<size_t>(nbytes)});
       return offset + nbytes;
     }
     if (nbytes <= kBounceBytes) {
       if (!bounce.defined()) bounce = Storage::allocate(static_cast<size_t>(kBounceBytes));
       const Tensor packed = Tensor::from_storage(bounce, view.dtype(), view.shape());
       packed.copy_(view);
-      write_bytes(i, offset, {static_cast<const std::byte*>(packed.data_ptr()),
-                              static_cast<size_t>(nbytes)});
+      write_bytes(i, offset,
+                  {static_cast<const std::byte*>(packed.data_ptr()), static_cast<size_t>(nbytes)});
       return offset + nbytes;
     }
     const int64_t rows = view.size(0);
@@ -245,8 +249,9 @@ struct SafetensorsWriter::Impl {
     const Tensor packed = tensor.contiguous();
     if (packed.dim() == 0 || packed.nbytes() <= kBounceBytes) {
       const Tensor host = packed.to(Device::cpu());
-      write_bytes(i, 0, {static_cast<const std::byte*>(host.data_ptr()),
-                         static_cast<size_t>(host.nbytes())});
+      write_bytes(
+          i, 0,
+          {static_cast<const std::byte*>(host.data_ptr()), static_cast<size_t>(host.nbytes())});
       return;
     }
     const int64_t rows = packed.size(0);
@@ -254,8 +259,9 @@ struct SafetensorsWriter::Impl {
     int64_t offset = 0;
     for (int64_t r = 0; r < rows; r += step) {
       const Tensor host = packed.narrow(0, r, std::min(step, rows - r)).to(Device::cpu());
-      write_bytes(i, offset, {static_cast<const std::byte*>(host.data_ptr()),
-                              static_cast<size_t>(host.nbytes())});
+      write_bytes(
+          i, offset,
+          {static_cast<const std::byte*>(host.data_ptr()), static_cast<size_t>(host.nbytes())});
       offset += host.nbytes();
     }
   }
@@ -281,8 +287,12 @@ SafetensorsWriter::SafetensorsWriter(SafetensorsWriter&&) noexcept = default;
 SafetensorsWriter& SafetensorsWriter::operator=(SafetensorsWriter&&) noexcept = default;
 SafetensorsWriter::~SafetensorsWriter() = default;  // AtomicFile's destructor abandons
 
-const SafetensorsLayout& SafetensorsWriter::layout() const { return impl_->layout; }
-const std::filesystem::path& SafetensorsWriter::path() const { return impl_->path; }
+const SafetensorsLayout& SafetensorsWriter::layout() const {
+  return impl_->layout;
+}
+const std::filesystem::path& SafetensorsWriter::path() const {
+  return impl_->path;
+}
 
 void SafetensorsWriter::write(std::string_view name, const Tensor& tensor) {
   D9D_CHECK(impl_ != nullptr, "SafetensorsWriter: use of a moved-from writer");

@@ -62,7 +62,8 @@ inline std::string read_file(const std::filesystem::path& path) {
 
 inline std::string le64(uint64_t n) {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
   return out;
 }
 
@@ -90,12 +91,12 @@ inline std::string rejection(std::string_view file) {
 }
 
 // Checks that `file` is rejected with a message that contains every one of `parts`.
-#define CHECK_REJECTED(file, ...)                                               \
-  do {                                                                          \
-    const std::string msg_ = ::d9d::io::test::rejection(file);                  \
-    INFO("message: ", msg_);                                                    \
-    REQUIRE_FALSE(msg_.empty());                                                \
-    CHECK(msg_.rfind("t.safetensors: ", 0) == 0);                               \
+#define CHECK_REJECTED(file, ...)                                                         \
+  do {                                                                                    \
+    const std::string msg_ = ::d9d::io::test::rejection(file);                            \
+    INFO("message: ", msg_);                                                              \
+    REQUIRE_FALSE(msg_.empty());                                                          \
+    CHECK(msg_.rfind("t.safetensors: ", 0) == 0);                                         \
     for (const char* part_ : {__VA_ARGS__}) CHECK(msg_.find(part_) != std::string::npos); \
   } while (0)
 

@@ -76,8 +76,8 @@ std::string metadata_json(const Metadata& metadata) {
 
 int dump(const std::string& path) {
   const SafetensorsFile f = SafetensorsFile::open(path);
-  std::string out = "{\"metadata\": " + metadata_json(f.metadata()) + ", \"data_offset\": " +
-                    std::to_string(f.data_offset()) + ", \"tensors\": [";
+  std::string out = "{\"metadata\": " + metadata_json(f.metadata()) +
+                    ", \"data_offset\": " + std::to_string(f.data_offset()) + ", \"tensors\": [";
   bool first = true;
   for (const std::string& name : f.keys()) {
     out += (first ? "" : ", ") + tensor_json(name, f.info(name), f.tensor(name), "");
@@ -105,8 +105,8 @@ int ckpt(const std::string& path) {
   std::string out = "{\"tensors\": [";
   bool first = true;
   for (const std::string& name : c.keys()) {
-    out += (first ? "" : ", ") +
-           tensor_json(name, c.info(name), all.at(name), ", \"file\": " + json_string(*c.entry(name).file));
+    out += (first ? "" : ", ") + tensor_json(name, c.info(name), all.at(name),
+                                             ", \"file\": " + json_string(*c.entry(name).file));
     first = false;
   }
   std::cout << out << "]}\n";

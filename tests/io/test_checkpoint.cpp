@@ -59,8 +59,9 @@ TEST_CASE("index rule 1: one UTF-8 JSON object, no duplicate keys anywhere") {
   CHECK_INDEX_REJECTED(R"({"metadata":{"total_size":1,"total_size":1},"weight_map":{}})",
                        "duplicate key \"total_size\"");
   CHECK_INDEX_REJECTED(R"({"weight_map":{},"x":{"k":1,"k":2}})", "duplicate key \"k\"");
-  CHECK_INDEX_REJECTED(R"({"weight_map":{},"x":)" + std::string(100, '[') + std::string(100, ']') + "}",
-                       "nested deeper");
+  CHECK_INDEX_REJECTED(
+      R"({"weight_map":{},"x":)" + std::string(100, '[') + std::string(100, ']') + "}",
+      "nested deeper");
 }
 
 TEST_CASE("index rule 2: weight_map is an object of strings") {
@@ -145,16 +146,16 @@ TEST_CASE("an indexed tensor missing from its shard is an error naming both") {
   SafetensorsIndex index = SafetensorsIndex::read(s.dir / kIndexFileName);
   index.weight_map["c"] = shard_file_name(0, 2);  // c is really in shard 2
   index.write(s.dir / kIndexFileName);
-  CHECK_THROWS_WITH_AS(Checkpoint::open(s.dir.path()),
-                       doctest::Contains("weight_map[\"c\"]: the index puts it in "
-                                         "\"model-00001-of-00002.safetensors\", which has no such tensor"),
-                       FormatError);
+  CHECK_THROWS_WITH_AS(
+      Checkpoint::open(s.dir.path()),
+      doctest::Contains("weight_map[\"c\"]: the index puts it in "
+                        "\"model-00001-of-00002.safetensors\", which has no such tensor"),
+      FormatError);
 }
 
 TEST_CASE("an index naming a path outside the directory is rejected before any file is opened") {
   Sharded s;
-  write_file(s.dir / kIndexFileName,
-             R"({"weight_map":{"a":"../../etc/passwd"}})");
+  write_file(s.dir / kIndexFileName, R"({"weight_map":{"a":"../../etc/passwd"}})");
   CHECK_THROWS_WITH_AS(Checkpoint::open(s.dir.path()), doctest::Contains("index rule 3"),
                        FormatError);
 }
@@ -188,8 +189,8 @@ TEST_CASE("SafetensorsIndex::write is atomic and refuses unsafe names") {
   TempDir dir;
   SafetensorsIndex index;
   index.weight_map = {{"a", "../x.safetensors"}};
-  CHECK_THROWS_WITH_AS(index.write(dir / kIndexFileName), doctest::Contains("not a plain file name"),
-                       ValueError);
+  CHECK_THROWS_WITH_AS(index.write(dir / kIndexFileName),
+                       doctest::Contains("not a plain file name"), ValueError);
   CHECK(dir.list().empty());
 }
 

@@ -118,8 +118,8 @@ TEST_CASE("tensor() is a zero-copy read-only view that keeps the mapping alive")
 TEST_CASE("load() and load_all() give owned contiguous copies equal to the file") {
   Fixture fx;
   const SafetensorsFile f = SafetensorsFile::open(fx.path);
-  for (const auto& [name, expected] :
-       std::vector<std::pair<std::string, Tensor>>{{"w", fx.w}, {"b", fx.b}, {"s", fx.s}, {"z", fx.z}}) {
+  for (const auto& [name, expected] : std::vector<std::pair<std::string, Tensor>>{
+           {"w", fx.w}, {"b", fx.b}, {"s", fx.s}, {"z", fx.z}}) {
     CAPTURE(name);
     const Tensor t = f.load(name);
     CHECK(t.storage().kind() != StorageKind::kMapped);
@@ -158,7 +158,8 @@ TEST_CASE("large tensors are read in parallel chunks, exactly") {
   // 24 MiB + 3 bytes: several 4 MiB chunks and a ragged tail; neighbours joined by preadv.
   const Tensor big = patterned({(int64_t{24} << 20) + 3}, DType::U8, 9);
   std::vector<std::pair<std::string, Tensor>> tensors = {{"big", big}};
-  for (int i = 0; i < 3000; ++i) tensors.emplace_back("small." + std::to_string(i), patterned({3}, DType::U8, i));
+  for (int i = 0; i < 3000; ++i)
+    tensors.emplace_back("small." + std::to_string(i), patterned({3}, DType::U8, i));
   save_safetensors(dir / "x.safetensors", tensors, {}, {.alignment = 4096, .fsync = false});
   const SafetensorsFile f = SafetensorsFile::open(dir / "x.safetensors");
   CHECK(f.data_offset() % 4096 == 0);
@@ -178,10 +179,12 @@ TEST_CASE("read_ranges reports a file truncated after it was opened") {
 
 TEST_CASE("SafetensorsFile::open names the file in format errors") {
   TempDir dir;
-  write_file(dir / "bad.safetensors", image(R"({"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", 4));
-  CHECK_THROWS_WITH_AS(SafetensorsFile::open(dir / "bad.safetensors"),
-                       doctest::Contains("bad.safetensors: tensor \"a\": unknown dtype \"F33\" (rule 9"),
-                       FormatError);
+  write_file(dir / "bad.safetensors",
+             image(R"({"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", 4));
+  CHECK_THROWS_WITH_AS(
+      SafetensorsFile::open(dir / "bad.safetensors"),
+      doctest::Contains("bad.safetensors: tensor \"a\": unknown dtype \"F33\" (rule 9"),
+      FormatError);
 }
 
 }  // namespace

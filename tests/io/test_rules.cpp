@@ -10,7 +10,9 @@ namespace {
 const std::string kOne = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
 
 // A header with one tensor entry whose body is `body`.
-std::string entry(std::string_view body) { return std::string(R"({"a":)") + std::string(body) + "}"; }
+std::string entry(std::string_view body) {
+  return std::string(R"({"a":)") + std::string(body) + "}";
+}
 
 TEST_CASE("a well-formed file is accepted and described exactly") {
   const auto header = validate_safetensors(as_bytes(image(kOne, 8)), "t.safetensors");
@@ -63,12 +65,14 @@ TEST_CASE("rule 4: invalid UTF-8 in the header is rejected with its position") {
   };
   for (const auto& [what, bad] : cases) {
     CAPTURE(what);
-    const std::string header = R"({"a)" + bad + R"(":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+    const std::string header =
+        R"({"a)" + bad + R"(":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
     CHECK_REJECTED(image(header, 8), "rule 4", "header byte 3", "invalid UTF-8");
   }
   // Valid multi-byte names pass: 2-, 3- and 4-byte sequences.
-  const std::string ok = "{\"\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\":{\"dtype\":\"U8\",\"shape\":[1],"
-                         "\"data_offsets\":[0,1]}}";
+  const std::string ok =
+      "{\"\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\":{\"dtype\":\"U8\",\"shape\":[1],"
+      "\"data_offsets\":[0,1]}}";
   CHECK(rejection(image(ok, 1)).empty());
 }
 
@@ -92,16 +96,16 @@ TEST_CASE("rule 5: the header is exactly one JSON object, padded only with white
   }
   SUBCASE("syntax errors") {
     const char* bad[] = {
-        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},})",  // trailing comma
-        R"({'a':{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",   // single quotes
-        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})",    // unclosed
-        R"({"a" {"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",   // missing colon
-        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,08]}})",  // leading zero
+        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},})",       // trailing comma
+        R"({'a':{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",        // single quotes
+        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})",         // unclosed
+        R"({"a" {"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",        // missing colon
+        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,08]}})",       // leading zero
         R"({"a":{"dtype":"F32" /*c*/,"shape":[2],"data_offsets":[0,8]}})",  // comment
-        R"({"a\q":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",  // invalid escape
+        R"({"a\q":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",      // invalid escape
         R"({"a\ud800":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",  // lone high surrogate
         R"({"a\udc00":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",  // lone low surrogate
-        R"({"a\u12":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",  // short \u
+        R"({"a\u12":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",    // short \u
         "{\"a\tb\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",  // raw tab in string
         R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}, "b)",  // unterminated string
     };
@@ -141,8 +145,9 @@ TEST_CASE("rule 6: duplicate keys are rejected wherever they are") {
     CHECK_REJECTED(image(header, 16), "rule 6", "tensor \"a\"");
   }
   SUBCASE("a key twice inside a tensor entry") {
-    CHECK_REJECTED(image(entry(R"({"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]})"), 8),
-                   "rule 6", "tensor \"a\"", "\"dtype\" appears twice");
+    CHECK_REJECTED(
+        image(entry(R"({"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]})"), 8),
+        "rule 6", "tensor \"a\"", "\"dtype\" appears twice");
     CHECK_REJECTED(
         image(entry(R"({"dtype":"F32","shape":[2],"data_offsets":[0,8],"data_offsets":[0,8]})"), 8),
         "rule 6", "\"data_offsets\" appears twice");
@@ -196,7 +201,8 @@ TEST_CASE("rule 9: dtype names a known dtype exactly") {
     CAPTURE(info.name);
     const int64_t bytes = 8 * info.bits / 8;  // 8 elements: whole bytes even for F4 and F6
     const std::string header = R"({"a":{"dtype":")" + std::string(info.name) +
-                               R"(","shape":[8],"data_offsets":[0,)" + std::to_string(bytes) + "]}}";
+                               R"(","shape":[8],"data_offsets":[0,)" + std::to_string(bytes) +
+                               "]}}";
     const auto h = validate_safetensors(as_bytes(image(header, static_cast<size_t>(bytes))), "t");
     CHECK(h.tensors[0].second.dtype == info.dtype);
   }
@@ -204,9 +210,8 @@ TEST_CASE("rule 9: dtype names a known dtype exactly") {
 
 TEST_CASE("rule 10: shape is a list of non-negative integers") {
   auto with_shape = [](std::string_view shape) {
-    return image(entry(R"({"dtype":"U8","shape":)" + std::string(shape) +
-                       R"(,"data_offsets":[0,2]})"),
-                 2);
+    return image(
+        entry(R"({"dtype":"U8","shape":)" + std::string(shape) + R"(,"data_offsets":[0,2]})"), 2);
   };
   CHECK_REJECTED(with_shape("[-1]"), "rule 10", "tensor \"a\"", "negative", "-1");
   CHECK_REJECTED(with_shape("[-0]"), "rule 10", "negative");
@@ -253,9 +258,13 @@ TEST_CASE("rule 12: the byte size of dtype and shape equals the range") {
       "rule 12", "past 2^63 - 1");  // numel fits, numel * 64 bits does not
   // F4 with an even count, F6 with a multiple of 4: whole bytes.
   CHECK(rejection(image(entry(R"({"dtype":"F4","shape":[2,3],"data_offsets":[0,3]})"), 3)).empty());
-  CHECK(rejection(image(entry(R"({"dtype":"F6_E3M2","shape":[4],"data_offsets":[0,3]})"), 3)).empty());
+  CHECK(rejection(image(entry(R"({"dtype":"F6_E3M2","shape":[4],"data_offsets":[0,3]})"), 3))
+            .empty());
   // A zero in the shape is zero bytes, whatever the other sizes.
-  CHECK(rejection(image(entry(R"({"dtype":"F64","shape":[0,9223372036854775807],"data_offsets":[0,0]})"), 0)).empty());
+  CHECK(rejection(
+            image(entry(R"({"dtype":"F64","shape":[0,9223372036854775807],"data_offsets":[0,0]})"),
+                  0))
+            .empty());
 }
 
 TEST_CASE("rule 13: the ranges tile the data section exactly") {
@@ -277,11 +286,10 @@ TEST_CASE("rule 13: the ranges tile the data section exactly") {
   CHECK_REJECTED(image("{}", 3), "rule 13", "3 trailing bytes");
   CHECK_REJECTED(image(R"({"__metadata__":{}})", 1), "rule 13", "trailing");
   // Zero-size tensors may sit at any boundary, including the same one.
-  const std::string zeros =
-      R"({"z1":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
-      R"("a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
-      R"("z2":{"dtype":"F32","shape":[3,0],"data_offsets":[4,4]},)"
-      R"("z0":{"dtype":"BF16","shape":[0],"data_offsets":[0,0]}})";
+  const std::string zeros = R"({"z1":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
+                            R"("a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                            R"("z2":{"dtype":"F32","shape":[3,0],"data_offsets":[4,4]},)"
+                            R"("z0":{"dtype":"BF16","shape":[0],"data_offsets":[0,0]}})";
   const auto h = validate_safetensors(as_bytes(image(zeros, 4)), "t");
   REQUIRE(h.tensors.size() == 4);
   CHECK(h.tensors[0].first == "z0");  // file order: by offset, then header order
@@ -308,8 +316,8 @@ TEST_CASE("keys in error messages are quoted and escaped") {
   const std::string header = R"({"a\nb\u0000":{"dtype":"x","shape":[2],"data_offsets":[0,8]}})";
   CHECK_REJECTED(image(header, 8), "tensor \"a\\nb\\u0000\"", "rule 9");
   const std::string long_name(500, 'n');
-  const std::string msg =
-      rejection(image(R"({")" + long_name + R"(":{"dtype":"x","shape":[2],"data_offsets":[0,8]}})", 8));
+  const std::string msg = rejection(
+      image(R"({")" + long_name + R"(":{"dtype":"x","shape":[2],"data_offsets":[0,8]}})", 8));
   CHECK(msg.find("...") != std::string::npos);
   CHECK(msg.size() < 400);
 }
@@ -319,15 +327,18 @@ TEST_CASE("a 100,000-tensor header validates quickly") {
   int64_t offset = 0;
   for (int i = 0; i < 100'000; ++i) {
     if (i) header += ',';
-    header += "\"model.layers." + std::to_string(i) + ".weight\":{\"dtype\":\"F16\",\"shape\":[2,2],"
-              "\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + 8) + "]}";
+    header += "\"model.layers." + std::to_string(i) +
+              ".weight\":{\"dtype\":\"F16\",\"shape\":[2,2],"
+              "\"data_offsets\":[" +
+              std::to_string(offset) + "," + std::to_string(offset + 8) + "]}";
     offset += 8;
   }
   header += '}';
   const std::string file = image(header, static_cast<size_t>(offset));
   const auto t0 = std::chrono::steady_clock::now();
   const auto h = validate_safetensors(as_bytes(file), "t");
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   CHECK(h.tensors.size() == 100'000);
   MESSAGE("100,000-tensor header: ", ms, " ms");
 #if defined(__SANITIZE_ADDRESS__) || !defined(NDEBUG)

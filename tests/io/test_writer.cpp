@@ -15,12 +15,11 @@ TEST_CASE("the header is compact JSON in the reference's order, padded with spac
       {"b", DType::U8, {1}}, {"a", DType::F32, {2}}, {"c", DType::F32, {1}}, {"d", DType::I64, {}}};
   const SafetensorsLayout layout = plan_safetensors(decls);
   const std::string json = layout.prefix.substr(8);
-  const std::string expected =
-      R"({"__metadata__":{"format":"pt"},)"
-      R"("d":{"dtype":"I64","shape":[],"data_offsets":[0,8]},)"
-      R"("a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
-      R"("c":{"dtype":"F32","shape":[1],"data_offsets":[16,20]},)"
-      R"("b":{"dtype":"U8","shape":[1],"data_offsets":[20,21]}})";
+  const std::string expected = R"({"__metadata__":{"format":"pt"},)"
+                               R"("d":{"dtype":"I64","shape":[],"data_offsets":[0,8]},)"
+                               R"("a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
+                               R"("c":{"dtype":"F32","shape":[1],"data_offsets":[16,20]},)"
+                               R"("b":{"dtype":"U8","shape":[1],"data_offsets":[20,21]}})";
   CHECK(json.substr(0, expected.size()) == expected);
   CHECK(json.find_first_not_of(' ', expected.size()) == std::string::npos);
   CHECK(layout.prefix.size() % 8 == 0);
@@ -42,10 +41,11 @@ TEST_CASE("the writer orders every dtype as the reference does") {
   const auto layout = plan_safetensors(decls, {});
   std::vector<std::string> order;
   for (const auto& [name, info] : layout.header.tensors) order.push_back(name);
-  CHECK(order == std::vector<std::string>{"U64", "I64", "F64", "C64", "F32", "U32", "I32", "BF16",
-                                          "F16", "U16", "I16", "F8_E5M2FNUZ", "F8_E4M3FNUZ",
-                                          "F8_E8M0", "F8_E4M3", "F8_E5M2", "I8", "U8", "F6_E3M2",
-                                          "F6_E2M3", "F4", "BOOL"});
+  CHECK(order == std::vector<std::string>{
+                     "U64",         "I64",     "F64",     "C64",     "F32", "U32",
+                     "I32",         "BF16",    "F16",     "U16",     "I16", "F8_E5M2FNUZ",
+                     "F8_E4M3FNUZ", "F8_E8M0", "F8_E4M3", "F8_E5M2", "I8",  "U8",
+                     "F6_E3M2",     "F6_E2M3", "F4",      "BOOL"});
 }
 
 TEST_CASE("alignment pads the header so the data section starts on the boundary") {
@@ -81,7 +81,8 @@ TEST_CASE("plan_safetensors rejects what the format cannot hold") {
                        ValueError);
 }
 
-TEST_CASE("names and metadata with quotes, backslashes, control characters and Unicode round-trip") {
+TEST_CASE(
+    "names and metadata with quotes, backslashes, control characters and Unicode round-trip") {
   TempDir dir;
   const std::string name = "a\"b\\c\n\t\x01/\xE2\x82\xAC";
   const Metadata meta = {{"k\"", "v\\\x1f"}, {"", ""}};
@@ -117,8 +118,10 @@ TEST_CASE("SafetensorsWriter streams tensors in any order and in pieces, from se
   const Tensor a = patterned({1000, 10}, DType::I32, 1);
   const Tensor b = patterned({123}, DType::U8, 2);
   const Tensor c = patterned({7, 3}, DType::F64, 3);
-  const std::vector<TensorDecl> decls = {{"a", DType::I32, {1000, 10}}, {"b", DType::U8, {123}},
-                                         {"c", DType::F64, {7, 3}}, {"e", DType::F32, {0}}};
+  const std::vector<TensorDecl> decls = {{"a", DType::I32, {1000, 10}},
+                                         {"b", DType::U8, {123}},
+                                         {"c", DType::F64, {7, 3}},
+                                         {"e", DType::F32, {0}}};
   SafetensorsWriter w(dir / "w.safetensors", decls, {{"format", "pt"}}, {.alignment = 4096});
   CHECK(w.layout().header.data_offset() == 4096);
   CHECK(dir.list().size() == 1);  // the temporary only
@@ -153,12 +156,13 @@ TEST_CASE("SafetensorsWriter streams tensors in any order and in pieces, from se
 TEST_CASE("SafetensorsWriter rejects writes that do not match the plan") {
   TempDir dir;
   SafetensorsWriter w(dir / "w.safetensors", std::vector<TensorDecl>{{"a", DType::F32, {4}}});
-  CHECK_THROWS_WITH_AS(w.write("x", patterned({4}, DType::F32)), doctest::Contains("\"x\" was not declared"),
-                       ValueError);
-  CHECK_THROWS_WITH_AS(w.write("a", patterned({4}, DType::F16)), doctest::Contains("declared F32 but is F16"),
-                       TypeError);
+  CHECK_THROWS_WITH_AS(w.write("x", patterned({4}, DType::F32)),
+                       doctest::Contains("\"x\" was not declared"), ValueError);
+  CHECK_THROWS_WITH_AS(w.write("a", patterned({4}, DType::F16)),
+                       doctest::Contains("declared F32 but is F16"), TypeError);
   CHECK_THROWS_WITH_AS(w.write("a", patterned({2, 2}, DType::F32)),
-                       doctest::Contains("declared with shape [4] but has shape [2, 2]"), ValueError);
+                       doctest::Contains("declared with shape [4] but has shape [2, 2]"),
+                       ValueError);
   const std::string bytes(16, 'x');
   CHECK_THROWS_WITH_AS(w.write_bytes("a", 10, as_bytes(bytes.substr(0, 8))),
                        doctest::Contains("outside tensor \"a\""), ValueError);
@@ -207,7 +211,8 @@ TEST_CASE("a full disk (file size limit) fails cleanly and leaves no file behind
   const auto path = dir / "m.safetensors";
   write_file(path, "old contents");
   // RLIMIT_FSIZE makes writes past 1 MiB fail with EFBIG, as a full disk fails with ENOSPC.
-  struct sigaction ignore {}, old_action {};
+  struct sigaction ignore {
+  }, old_action{};
   ignore.sa_handler = SIG_IGN;
   sigaction(SIGXFSZ, &ignore, &old_action);
   rlimit old_limit{};

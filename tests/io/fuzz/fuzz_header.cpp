@@ -53,7 +53,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     try {
       const auto index = d9d::io::SafetensorsIndex::parse(
           {reinterpret_cast<const char*>(data) + skip, size - skip}, "fuzz");
-      for (const auto& [tensor, file] : index.weight_map) require(d9d::io::is_plain_file_name(file));
+      for (const auto& [tensor, file] : index.weight_map)
+        require(d9d::io::is_plain_file_name(file));
       // What it writes, it reads back the same.
       const auto again = d9d::io::SafetensorsIndex::parse(index.to_json(), "again");
       require(again.weight_map == index.weight_map && again.total_size == index.total_size &&

@@ -47,9 +47,9 @@ std::string shard_file_name(int index, int count);
 bool is_plain_file_name(std::string_view name);
 
 struct SafetensorsIndex {
-  std::optional<int64_t> total_size;                    // metadata.total_size
-  std::map<std::string, std::string> extra_metadata;    // other metadata keys -> raw JSON values
-  std::map<std::string, std::string> weight_map;        // tensor name -> shard file name
+  std::optional<int64_t> total_size;                  // metadata.total_size
+  std::map<std::string, std::string> extra_metadata;  // other metadata keys -> raw JSON values
+  std::map<std::string, std::string> weight_map;      // tensor name -> shard file name
 
   // Parses and checks index JSON; `name` is the file name used in error messages.
   static SafetensorsIndex parse(std::string_view json, std::string_view name);

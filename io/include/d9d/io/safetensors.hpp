@@ -125,10 +125,10 @@ class SafetensorsFile {
 
   const std::filesystem::path& path() const;
   const Metadata& metadata() const;
-  size_t size() const;         // tensors in the file
-  int64_t file_size() const;   // bytes
-  int64_t data_offset() const; // 8 + N: where the data section begins
-  int64_t header_size() const; // N
+  size_t size() const;          // tensors in the file
+  int64_t file_size() const;    // bytes
+  int64_t data_offset() const;  // 8 + N: where the data section begins
+  int64_t header_size() const;  // N
 
   // Tensor names in file order (by data offset, as SafetensorsHeader::tensors).
   const std::vector<std::string>& keys() const;
@@ -194,7 +194,7 @@ struct TensorDecl {
 
 // The exact bytes a writer will lay down, computed from names, dtypes and shapes alone.
 struct SafetensorsLayout {
-  std::string prefix;  // the 8-byte N followed by the padded header: the file's first bytes
+  std::string prefix;        // the 8-byte N followed by the padded header: the file's first bytes
   SafetensorsHeader header;  // tensors in write order, with their offsets
   int64_t file_size = 0;
 };
@@ -250,7 +250,8 @@ class SafetensorsWriter {
 // Writes `tensors` (CPU tensors of any strides, or CUDA tensors) to `path` atomically: a
 // temporary file in the same directory, fsynced, renamed, directory fsynced. On any failure no
 // file is left under `path` (an existing file there is untouched).
-void save_safetensors(const std::filesystem::path& path, const std::map<std::string, Tensor>& tensors,
+void save_safetensors(const std::filesystem::path& path,
+                      const std::map<std::string, Tensor>& tensors,
                       const Metadata& metadata = default_metadata(),
                       const SaveOptions& options = {});
 // As above; the names must be unique.
