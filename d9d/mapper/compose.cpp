@@ -136,8 +136,8 @@ ShardMapper::ShardMapper(MapperPtr mapper, int64_t total, int64_t current)
     : mapper_(std::move(mapper)), total_(total), current_(current) {
   D9D_CHECK(mapper_ != nullptr, "shard: the mapper is null");
   D9D_CHECK(total_ >= 1, "shard: total must be at least 1, got ", total_);
-  D9D_CHECK(current_ >= 0 && current_ < total_, "shard: current must be in [0, ", total_,
-            "), got ", current_);
+  D9D_CHECK(current_ >= 0 && current_ < total_, "shard: current must be in [0, ", total_, "), got ",
+            current_);
   // std::set<StateGroup> iterates in the order of the sorted inputs: the reference's order.
   int64_t i = 0;
   for (const auto& group : mapper_->state_dependency_groups()) {
@@ -198,8 +198,8 @@ MapperPtr ShardMapper::inverse(const SpecDict& input_specs) const {
           " reads outputs of this shard and of others, so no shard of the inverse matches it"));
     }
   }
-  return std::shared_ptr<ShardMapper>(new ShardMapper(std::move(inv), std::move(mine), total_,
-                                                      current_));
+  return std::shared_ptr<ShardMapper>(
+      new ShardMapper(std::move(inv), std::move(mine), total_, current_));
 }
 
 std::string ShardMapper::describe() const {
@@ -221,7 +221,8 @@ PrefixScopeMapper::PrefixScopeMapper(MapperPtr mapper, std::string source_prefix
   D9D_CHECK(mapper_ != nullptr, "prefix_scope: the mapper is null");
   for (const auto& group : mapper_->state_dependency_groups()) {
     StateGroup scoped;
-    for (const auto& k : group.inputs) scoped.inputs.insert(scoped.inputs.end(), source_prefix_ + k);
+    for (const auto& k : group.inputs)
+      scoped.inputs.insert(scoped.inputs.end(), source_prefix_ + k);
     for (const auto& k : group.outputs) {
       scoped.outputs.insert(scoped.outputs.end(), target_prefix_ + k);
     }
@@ -240,7 +241,8 @@ Dict PrefixScopeMapper::run(Dict group, Call call) const {
   }
   Dict result = call(*mapper_, std::move(scoped));
   Dict out;
-  for (auto& [key, value] : result) out.emplace_hint(out.end(), target_prefix_ + key, std::move(value));
+  for (auto& [key, value] : result)
+    out.emplace_hint(out.end(), target_prefix_ + key, std::move(value));
   return out;
 }
 
@@ -250,7 +252,8 @@ StateDict PrefixScopeMapper::apply(StateDict group) const {
 }
 
 SpecDict PrefixScopeMapper::infer(const SpecDict& group) const {
-  return run(SpecDict(group), [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
+  return run(SpecDict(group),
+             [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
 }
 
 MapperPtr PrefixScopeMapper::inverse(const SpecDict& input_specs) const {

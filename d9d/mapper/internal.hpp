@@ -67,20 +67,20 @@ void check_group_inputs(const ModelStateMapper& who, const StateGroup& group,
   for (const auto& kv : dict) {
     if (!group.inputs.count(kv.first)) unexpected.insert(kv.first);
   }
-  throw ValueError(
-      d9d::detail::str_cat(who.describe(), ": got an undefined group ", keys_str(keys_of(dict)),
-                           ": expected the inputs ", keys_str(group.inputs), " (missing ",
-                           keys_str(missing), ", unexpected ", keys_str(unexpected), ")"));
+  throw ValueError(d9d::detail::str_cat(who.describe(), ": got an undefined group ",
+                                        keys_str(keys_of(dict)), ": expected the inputs ",
+                                        keys_str(group.inputs), " (missing ", keys_str(missing),
+                                        ", unexpected ", keys_str(unexpected), ")"));
 }
 
 // Throws ValueError for a group `dict` that matches none of `who`'s groups.
 template <class V>
 [[noreturn]] void throw_undefined_group(const ModelStateMapper& who,
                                         const std::map<std::string, V>& dict) {
-  throw ValueError(d9d::detail::str_cat(
-      who.describe(), ": got an undefined group ", keys_str(keys_of(dict)),
-      ": the keys are not exactly the inputs of one group; pass groups as "
-      "state_dependency_groups() returns them"));
+  throw ValueError(
+      d9d::detail::str_cat(who.describe(), ": got an undefined group ", keys_str(keys_of(dict)),
+                           ": the keys are not exactly the inputs of one group; pass groups as "
+                           "state_dependency_groups() returns them"));
 }
 
 // Throws ValueError unless `out` holds exactly the outputs of `group` (a sub-mapper that returns

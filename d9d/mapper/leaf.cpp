@@ -94,8 +94,10 @@ std::string SingleTensorMapper::describe_op(const std::string& op, const std::st
 const TensorSpec& SingleTensorMapper::input_spec(const SpecDict& specs) const {
   auto it = specs.find(source_);
   if (it == specs.end()) {
-    throw NotInvertibleError(str_cat(describe(), ": its inverse depends on the input, so it needs "
-                                     "the spec of '", source_, "' (call inverse(input_specs))"));
+    throw NotInvertibleError(str_cat(describe(),
+                                     ": its inverse depends on the input, so it needs "
+                                     "the spec of '",
+                                     source_, "' (call inverse(input_specs))"));
   }
   return it->second;
 }
@@ -106,14 +108,18 @@ IdentityMapper::IdentityMapper(std::string name) : SingleTensorMapper(name, name
 MapperPtr IdentityMapper::inverse(const SpecDict&) const {
   return std::make_shared<IdentityMapper>(source());
 }
-std::string IdentityMapper::describe() const { return describe_op("identity", ""); }
+std::string IdentityMapper::describe() const {
+  return describe_op("identity", "");
+}
 
 RenameTensorMapper::RenameTensorMapper(std::string from, std::string to)
     : SingleTensorMapper(std::move(from), std::move(to)) {}
 MapperPtr RenameTensorMapper::inverse(const SpecDict&) const {
   return std::make_shared<RenameTensorMapper>(target(), source());
 }
-std::string RenameTensorMapper::describe() const { return describe_op("rename_tensor", ""); }
+std::string RenameTensorMapper::describe() const {
+  return describe_op("rename_tensor", "");
+}
 
 // ---- transpose, permute -------------------------------------------------------------------------
 
@@ -152,7 +158,9 @@ TensorSpec PermuteMapper::infer_one(const TensorSpec& input) const {
   detail::check_elements(input.dtype, "permute");
   return {input.dtype, detail::permute_shape(input.shape, dims_)};
 }
-Tensor PermuteMapper::apply_one(Tensor input) const { return input.permute(dims_).contiguous(); }
+Tensor PermuteMapper::apply_one(Tensor input) const {
+  return input.permute(dims_).contiguous();
+}
 MapperPtr PermuteMapper::inverse(const SpecDict&) const {
   const auto n = static_cast<int64_t>(dims_.size());
   Dims inv(dims_.size(), 0);
@@ -193,9 +201,11 @@ Tensor SqueezeMapper::apply_one(Tensor input) const {
 MapperPtr SqueezeMapper::inverse(const SpecDict& input_specs) const {
   if (require_size_one_) return std::make_shared<UnsqueezeMapper>(target(), source(), *dim_);
   if (input_specs.find(source()) == input_specs.end()) {
-    throw NotInvertibleError(str_cat(
-        describe(), ": which dims it drops depends on the input shape, so its inverse needs the "
-        "spec of '", source(), "' (call inverse(input_specs))"));
+    throw NotInvertibleError(
+        str_cat(describe(),
+                ": which dims it drops depends on the input shape, so its inverse needs the "
+                "spec of '",
+                source(), "' (call inverse(input_specs))"));
   }
   const TensorSpec in = input_spec(input_specs);
   const TensorSpec out = infer(SpecDict{{source(), in}}).begin()->second;
@@ -212,7 +222,9 @@ UnsqueezeMapper::UnsqueezeMapper(std::string source, std::string target, int64_t
 TensorSpec UnsqueezeMapper::infer_one(const TensorSpec& input) const {
   return {input.dtype, detail::unsqueeze_shape(input.shape, dim_)};
 }
-Tensor UnsqueezeMapper::apply_one(Tensor input) const { return input.unsqueeze(dim_); }
+Tensor UnsqueezeMapper::apply_one(Tensor input) const {
+  return input.unsqueeze(dim_);
+}
 MapperPtr UnsqueezeMapper::inverse(const SpecDict&) const {
   return std::make_shared<SqueezeMapper>(target(), source(), dim_, /*require_size_one=*/true);
 }
@@ -237,7 +249,9 @@ TensorSpec ReshapeMapper::infer_one(const TensorSpec& input) const {
             *input_shape_, " (this reshape undoes another), got ", input.shape);
   return {input.dtype, detail::reshape_shape(input.shape, shape_)};
 }
-Tensor ReshapeMapper::apply_one(Tensor input) const { return input.reshape(shape_); }
+Tensor ReshapeMapper::apply_one(Tensor input) const {
+  return input.reshape(shape_);
+}
 MapperPtr ReshapeMapper::inverse(const SpecDict& input_specs) const {
   const Shape in = input_shape_ ? *input_shape_ : input_spec(input_specs).shape;
   Shape out;
@@ -265,33 +279,46 @@ struct ValueSet {
   bool has_inf;
   bool has_neg_zero;
   bool has_zero;
-  int precision;       // significant bits (floats) / value bits (integers)
-  double max_finite;   // largest finite magnitude
+  int precision;         // significant bits (floats) / value bits (integers)
+  double max_finite;     // largest finite magnitude
   double min_subnormal;  // smallest positive value (floats)
 };
 
 std::optional<ValueSet> value_set(DType dtype) {
   const double inf = INFINITY;
   switch (dtype) {
-    case DType::BOOL: return ValueSet{false, false, false, false, true, 1, 1, 1};
-    case DType::U8: return ValueSet{false, false, false, false, true, 8, 255, 1};
-    case DType::I8: return ValueSet{false, true, false, false, true, 7, 128, 1};
-    case DType::U16: return ValueSet{false, false, false, false, true, 16, 65535, 1};
-    case DType::I16: return ValueSet{false, true, false, false, true, 15, 32768, 1};
-    case DType::U32: return ValueSet{false, false, false, false, true, 32, 4294967295.0, 1};
-    case DType::I32: return ValueSet{false, true, false, false, true, 31, 2147483648.0, 1};
-    case DType::U64: return ValueSet{false, false, false, false, true, 64, 18446744073709551615.0, 1};
-    case DType::I64: return ValueSet{false, true, false, false, true, 63, 9223372036854775808.0, 1};
-    case DType::F16: return ValueSet{true, true, true, true, true, 11, 65504, std::ldexp(1, -24)};
+    case DType::BOOL:
+      return ValueSet{false, false, false, false, true, 1, 1, 1};
+    case DType::U8:
+      return ValueSet{false, false, false, false, true, 8, 255, 1};
+    case DType::I8:
+      return ValueSet{false, true, false, false, true, 7, 128, 1};
+    case DType::U16:
+      return ValueSet{false, false, false, false, true, 16, 65535, 1};
+    case DType::I16:
+      return ValueSet{false, true, false, false, true, 15, 32768, 1};
+    case DType::U32:
+      return ValueSet{false, false, false, false, true, 32, 4294967295.0, 1};
+    case DType::I32:
+      return ValueSet{false, true, false, false, true, 31, 2147483648.0, 1};
+    case DType::U64:
+      return ValueSet{false, false, false, false, true, 64, 18446744073709551615.0, 1};
+    case DType::I64:
+      return ValueSet{false, true, false, false, true, 63, 9223372036854775808.0, 1};
+    case DType::F16:
+      return ValueSet{true, true, true, true, true, 11, 65504, std::ldexp(1, -24)};
     case DType::BF16:
       return ValueSet{true, true, true, true, true, 8, 3.3895313892515355e38, std::ldexp(1, -133)};
     case DType::F32:
     case DType::C64:  // the real part; C64 -> anything else drops the imaginary part
       return ValueSet{true, true, true, true, true, 24, 3.4028234663852886e38, std::ldexp(1, -149)};
     case DType::F64:
-      return ValueSet{true, true, true, true, true, 53, 1.7976931348623157e308, std::ldexp(1, -1074)};
-    case DType::F8_E4M3: return ValueSet{true, true, false, true, true, 4, 448, std::ldexp(1, -9)};
-    case DType::F8_E5M2: return ValueSet{true, true, true, true, true, 3, 57344, std::ldexp(1, -16)};
+      return ValueSet{
+          true, true, true, true, true, 53, 1.7976931348623157e308, std::ldexp(1, -1074)};
+    case DType::F8_E4M3:
+      return ValueSet{true, true, false, true, true, 4, 448, std::ldexp(1, -9)};
+    case DType::F8_E5M2:
+      return ValueSet{true, true, true, true, true, 3, 57344, std::ldexp(1, -16)};
     case DType::F8_E4M3FNUZ:
       return ValueSet{true, true, false, false, true, 4, 240, std::ldexp(1, -10)};
     case DType::F8_E5M2FNUZ:
@@ -300,7 +327,8 @@ std::optional<ValueSet> value_set(DType dtype) {
       return ValueSet{true, false, false, false, false, 1, std::ldexp(1, 127), std::ldexp(1, -127)};
     case DType::F4:
     case DType::F6_E2M3:
-    case DType::F6_E3M2: return std::nullopt;  // packed: core converts none of them
+    case DType::F6_E3M2:
+      return std::nullopt;  // packed: core converts none of them
   }
   (void)inf;
   return std::nullopt;
@@ -321,7 +349,8 @@ bool is_lossless_cast(DType from, DType to) {
            (!a->has_neg_zero || b->has_neg_zero);
   }
   // Integers (and BOOL): every value must be an exact integer of `to`.
-  if (b->is_float) return a->max_finite <= std::ldexp(1, b->precision) && a->max_finite <= b->max_finite;
+  if (b->is_float)
+    return a->max_finite <= std::ldexp(1, b->precision) && a->max_finite <= b->max_finite;
   return a->precision <= b->precision && !(a->is_signed && !b->is_signed);
 }
 
@@ -340,12 +369,16 @@ TensorSpec CastMapper::infer_one(const TensorSpec& input) const {
   }
   return {dtype_, input.shape};
 }
-Tensor CastMapper::apply_one(Tensor input) const { return input.to(dtype_); }
+Tensor CastMapper::apply_one(Tensor input) const {
+  return input.to(dtype_);
+}
 MapperPtr CastMapper::inverse(const SpecDict& input_specs) const {
   if (!input_dtype_ && input_specs.find(source()) == input_specs.end()) {
-    throw NotInvertibleError(str_cat(
-        describe(), ": whether it loses values depends on the input dtype, so its inverse needs "
-        "the spec of '", source(), "' (call inverse(input_specs))"));
+    throw NotInvertibleError(
+        str_cat(describe(),
+                ": whether it loses values depends on the input dtype, so its inverse needs "
+                "the spec of '",
+                source(), "' (call inverse(input_specs))"));
   }
   const DType from = input_dtype_ ? *input_dtype_ : input_spec(input_specs).dtype;
   if (!is_lossless_cast(from, dtype_)) {
@@ -362,18 +395,22 @@ std::string CastMapper::describe() const {
 
 DistributeMapper::DistributeMapper(std::string name) : SingleTensorMapper(name, name) {}
 Tensor DistributeMapper::apply_one(Tensor) const {
-  throw Error(str_cat(describe(), ": distributing a tensor needs d9d::dist (device meshes and "
-                                  "DTensor), which this build of d9d does not include yet"));
+  throw Error(str_cat(describe(),
+                      ": distributing a tensor needs d9d::dist (device meshes and "
+                      "DTensor), which this build of d9d does not include yet"));
 }
 MapperPtr DistributeMapper::inverse(const SpecDict&) const {
   return std::make_shared<GatherFullTensorMapper>(source());
 }
-std::string DistributeMapper::describe() const { return describe_op("distribute", ""); }
+std::string DistributeMapper::describe() const {
+  return describe_op("distribute", "");
+}
 
 GatherFullTensorMapper::GatherFullTensorMapper(std::string name) : SingleTensorMapper(name, name) {}
 Tensor GatherFullTensorMapper::apply_one(Tensor) const {
-  throw Error(str_cat(describe(), ": gathering a distributed tensor needs d9d::dist (device "
-                                  "meshes and DTensor), which this build of d9d does not include yet"));
+  throw Error(str_cat(describe(),
+                      ": gathering a distributed tensor needs d9d::dist (device "
+                      "meshes and DTensor), which this build of d9d does not include yet"));
 }
 std::string GatherFullTensorMapper::describe() const {
   return describe_op("gather_full_tensor", "");
@@ -391,8 +428,8 @@ const std::string& SelectChildModulesMapper::child_of(const std::string& key) co
   // Groups are {parent.name} -> {name}: the group of `key` is the one whose input is `key`.
   auto it = groups_.lower_bound(StateGroup{{key}, {}});
   if (it == groups_.end() || *it->inputs.begin() != key) {
-    throw ValueError(str_cat(describe(), ": got an undefined group [", key,
-                             "]: it selects only ", detail::keys_str(all_inputs(*this))));
+    throw ValueError(str_cat(describe(), ": got an undefined group [", key, "]: it selects only ",
+                             detail::keys_str(all_inputs(*this))));
   }
   return *it->outputs.begin();
 }
@@ -410,14 +447,15 @@ SpecDict SelectChildModulesMapper::infer(const SpecDict& group) const {
 }
 
 MapperPtr SelectChildModulesMapper::inverse(const SpecDict&) const {
-  throw NotInvertibleError(str_cat(
-      describe(), ": a selection of a child module's keys has no inverse (to map names back, "
-                  "use rename_tensor or prefix_scope)"));
+  throw NotInvertibleError(
+      str_cat(describe(),
+              ": a selection of a child module's keys has no inverse (to map names back, "
+              "use rename_tensor or prefix_scope)"));
 }
 
 std::string SelectChildModulesMapper::describe() const {
-  return str_cat("select_child_modules(", parent_prefix_.substr(0, parent_prefix_.size() - 1),
-                 ", ", groups_.size(), " names)");
+  return str_cat("select_child_modules(", parent_prefix_.substr(0, parent_prefix_.size() - 1), ", ",
+                 groups_.size(), " names)");
 }
 
 // ---- ManyToOneMapper ----------------------------------------------------------------------------
@@ -434,9 +472,10 @@ std::vector<const TensorSpec*> ManyToOneMapper::specs_of_inputs(const SpecDict& 
   for (const auto& name : sources_) {
     auto it = specs.find(name);
     if (it == specs.end()) {
-      throw NotInvertibleError(str_cat(describe(), ": its inverse depends on the input shapes, so "
-                                       "it needs the spec of '", name,
-                                       "' (call inverse(input_specs))"));
+      throw NotInvertibleError(str_cat(describe(),
+                                       ": its inverse depends on the input shapes, so "
+                                       "it needs the spec of '",
+                                       name, "' (call inverse(input_specs))"));
     }
     out.push_back(&it->second);
   }
@@ -516,7 +555,9 @@ Tensor StackTensorsMapper::apply_many(const std::vector<Tensor>& inputs) const {
 MapperPtr StackTensorsMapper::inverse(const SpecDict&) const {
   return std::make_shared<UnstackTensorsMapper>(target(), sources(), dim());
 }
-std::string StackTensorsMapper::describe() const { return describe_op("stack_tensors"); }
+std::string StackTensorsMapper::describe() const {
+  return describe_op("stack_tensors");
+}
 
 ConcatenateTensorsMapper::ConcatenateTensorsMapper(std::vector<std::string> sources,
                                                    std::string target, int64_t dim, Parts parts,
@@ -695,7 +736,9 @@ std::vector<Tensor> UnstackTensorsMapper::apply_pieces(const Tensor& input) cons
 MapperPtr UnstackTensorsMapper::inverse(const SpecDict&) const {
   return std::make_shared<StackTensorsMapper>(targets(), source(), dim());
 }
-std::string UnstackTensorsMapper::describe() const { return describe_op("unstack_tensors", ""); }
+std::string UnstackTensorsMapper::describe() const {
+  return describe_op("unstack_tensors", "");
+}
 
 ChunkTensorsMapper::ChunkTensorsMapper(std::string source, std::vector<std::string> targets,
                                        int64_t dim)
@@ -721,14 +764,16 @@ MapperPtr ChunkTensorsMapper::inverse(const SpecDict&) const {
   return std::make_shared<ConcatenateTensorsMapper>(targets(), source(), dim(),
                                                     ConcatenateTensorsMapper::Parts::kChunks);
 }
-std::string ChunkTensorsMapper::describe() const { return describe_op("chunk_tensors", ""); }
+std::string ChunkTensorsMapper::describe() const {
+  return describe_op("chunk_tensors", "");
+}
 
 SplitTensorsMapper::SplitTensorsMapper(std::string source, std::vector<std::string> targets,
                                        std::vector<int64_t> sizes, int64_t dim)
     : OneToManyMapper("split_tensors", std::move(source), std::move(targets), dim),
       sizes_(std::move(sizes)) {
-  D9D_CHECK(sizes_.size() == this->targets().size(), "split_tensors(", this->source(), "): ",
-            sizes_.size(), " sizes ", dims_str(sizes_), " for ", this->targets().size(),
+  D9D_CHECK(sizes_.size() == this->targets().size(), "split_tensors(", this->source(),
+            "): ", sizes_.size(), " sizes ", dims_str(sizes_), " for ", this->targets().size(),
             " targets");
   for (int64_t s : sizes_) {
     D9D_CHECK(s >= 0, "split_tensors(", this->source(), "): negative size ", s, " in ",
@@ -761,7 +806,9 @@ std::string SplitTensorsMapper::describe() const {
 
 // ---- factories ----------------------------------------------------------------------------------
 
-MapperPtr identity(std::string name) { return std::make_shared<IdentityMapper>(std::move(name)); }
+MapperPtr identity(std::string name) {
+  return std::make_shared<IdentityMapper>(std::move(name));
+}
 MapperPtr rename_tensor(std::string from, std::string to) {
   return std::make_shared<RenameTensorMapper>(std::move(from), std::move(to));
 }

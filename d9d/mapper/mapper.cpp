@@ -48,24 +48,28 @@ std::ostream& operator<<(std::ostream& out, const TensorSpec& spec) {
 
 SpecDict specs_of(const std::map<std::string, Tensor>& state) {
   SpecDict out;
-  for (const auto& [name, tensor] : state) out.emplace_hint(out.end(), name, TensorSpec::of(tensor));
+  for (const auto& [name, tensor] : state)
+    out.emplace_hint(out.end(), name, TensorSpec::of(tensor));
   return out;
 }
 
 // ---- ModelStateMapper defaults ------------------------------------------------------------------
 
 SpecDict ModelStateMapper::infer(const SpecDict& group) const {
-  throw NotInferableError(d9d::detail::str_cat(
-      describe(), ": cannot infer output specs without data (for the group ",
-      detail::keys_str(detail::keys_of(group)), "); override infer() to support plans and dry runs"));
+  throw NotInferableError(
+      d9d::detail::str_cat(describe(), ": cannot infer output specs without data (for the group ",
+                           detail::keys_str(detail::keys_of(group)),
+                           "); override infer() to support plans and dry runs"));
 }
 
 MapperPtr ModelStateMapper::inverse(const SpecDict& /*input_specs*/) const {
-  throw NotInvertibleError(d9d::detail::str_cat(
-      describe(), ": has no inverse (override inverse() to provide one)"));
+  throw NotInvertibleError(
+      d9d::detail::str_cat(describe(), ": has no inverse (override inverse() to provide one)"));
 }
 
-std::string ModelStateMapper::describe() const { return "user-defined mapper"; }
+std::string ModelStateMapper::describe() const {
+  return "user-defined mapper";
+}
 
 // ---- whole-state helpers ------------------------------------------------------------------------
 
@@ -100,8 +104,9 @@ std::map<std::string, V> run_all(const ModelStateMapper& mapper, std::map<std::s
 }  // namespace
 
 StateDict apply_all(const ModelStateMapper& mapper, StateDict state) {
-  return run_all(mapper, std::move(state),
-                 [](const ModelStateMapper& m, StateDict group) { return m.apply(std::move(group)); });
+  return run_all(mapper, std::move(state), [](const ModelStateMapper& m, StateDict group) {
+    return m.apply(std::move(group));
+  });
 }
 
 SpecDict infer_all(const ModelStateMapper& mapper, const SpecDict& specs) {

@@ -67,8 +67,9 @@ struct UnionFind {
                                         std::vector<std::string_view> keys, bool inputs,
                                         const char* why) {
   std::sort(keys.begin(), keys.end());
-  throw ValueError(str_cat("sequential: stage ", stage, " (", mapper.describe(), "): found colliding ",
-                           inputs ? "input" : "output", " keys ", detail::keys_str(keys), ": ", why));
+  throw ValueError(str_cat("sequential: stage ", stage, " (", mapper.describe(),
+                           "): found colliding ", inputs ? "input" : "output", " keys ",
+                           detail::keys_str(keys), ": ", why));
 }
 
 }  // namespace
@@ -80,8 +81,9 @@ SequentialMapper::SequentialMapper(std::vector<MapperPtr> mappers) {
     D9D_CHECK(mappers[i] != nullptr, "sequential: mapper ", i, " is null");
   }
   stages_ = filter_empty_mappers(mappers);
-  D9D_CHECK(!stages_.empty(), "sequential: the mappers list cannot be empty; pass at least one "
-                              "mapper with inputs or outputs");
+  D9D_CHECK(!stages_.empty(),
+            "sequential: the mappers list cannot be empty; pass at least one "
+            "mapper with inputs or outputs");
   auto plan = std::make_unique<Plan>();
   const size_t n_stages = stages_.size();
   std::vector<KeyMap> consumer(n_stages), producer(n_stages);
@@ -240,7 +242,8 @@ SequentialMapper::SequentialMapper(std::vector<MapperPtr> mappers) {
         for_each_key(stage, node, true, [&](std::string_view k) { net_inputs[net].push_back(k); });
       }
       if (s + 1 == n_stages) {
-        for_each_key(stage, node, false, [&](std::string_view k) { net_outputs[net].push_back(k); });
+        for_each_key(stage, node, false,
+                     [&](std::string_view k) { net_outputs[net].push_back(k); });
       }
     }
   }
@@ -319,7 +322,8 @@ StateDict SequentialMapper::apply(StateDict group) const {
 }
 
 SpecDict SequentialMapper::infer(const SpecDict& group) const {
-  return run(SpecDict(group), [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
+  return run(SpecDict(group),
+             [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
 }
 
 MapperPtr SequentialMapper::inverse(const SpecDict& input_specs) const {

@@ -8,8 +8,9 @@
 namespace d9d::mapper::detail {
 
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
-  D9D_CHECK_INDEX(dim >= -ndim && dim < ndim, op, ": dim ", dim, " is out of range for a tensor of ",
-                  ndim, " dims (expected ", -ndim, "..", ndim - 1, ")");
+  D9D_CHECK_INDEX(dim >= -ndim && dim < ndim, op, ": dim ", dim,
+                  " is out of range for a tensor of ", ndim, " dims (expected ", -ndim, "..",
+                  ndim - 1, ")");
   return dim < 0 ? dim + ndim : dim;
 }
 
@@ -102,7 +103,8 @@ std::vector<int64_t> chunk_sizes(int64_t size, int64_t chunks) {
   if (size == 0) return std::vector<int64_t>(static_cast<size_t>(chunks), 0);
   const int64_t step = (size + chunks - 1) / chunks;
   std::vector<int64_t> sizes;
-  for (int64_t start = 0; start < size; start += step) sizes.push_back(std::min(step, size - start));
+  for (int64_t start = 0; start < size; start += step)
+    sizes.push_back(std::min(step, size - start));
   return sizes;
 }
 

@@ -135,13 +135,13 @@ struct Node {
   void only(std::initializer_list<const char*> allowed, const std::string& what) const {
     expect(j.is_object(), "an object");
     for (const auto& [key, value] : j.items()) {
-      const bool ok = std::any_of(allowed.begin(), allowed.end(),
-                                  [&key](const char* a) { return key == a; });
+      const bool ok =
+          std::any_of(allowed.begin(), allowed.end(), [&key](const char* a) { return key == a; });
       if (!ok) {
         std::string list;
         for (const char* a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
-        throw SpecError(child_path(path, key),
-                        str_cat("unknown field \"", key, "\" for ", what, " (allowed: ", list, ")"));
+        throw SpecError(child_path(path, key), str_cat("unknown field \"", key, "\" for ", what,
+                                                       " (allowed: ", list, ")"));
       }
     }
   }
@@ -253,9 +253,9 @@ class Pattern {
     if (part.size() <= s.prefix.size() + s.suffix.size()) return false;
     if (part.substr(0, s.prefix.size()) != s.prefix) return false;
     if (part.substr(part.size() - s.suffix.size()) != s.suffix) return false;
-    return bind(b, s.name,
-                std::string(part.substr(s.prefix.size(),
-                                        part.size() - s.prefix.size() - s.suffix.size())));
+    return bind(
+        b, s.name,
+        std::string(part.substr(s.prefix.size(), part.size() - s.prefix.size() - s.suffix.size())));
   }
 
   void parse_segment(const std::string& seg, const Node& where) {
@@ -274,7 +274,8 @@ class Pattern {
     }
     Segment s{Segment::kCapture, seg.substr(0, open), seg.substr(open + 1, close - open - 1),
               seg.substr(close + 1)};
-    if (s.prefix.find('}') != std::string::npos || s.suffix.find_first_of("{}") != std::string::npos) {
+    if (s.prefix.find('}') != std::string::npos ||
+        s.suffix.find_first_of("{}") != std::string::npos) {
       where.fail(str_cat("pattern \"", text_, "\": a segment holds at most one capture, got \"",
                          seg, "\""));
     }
@@ -313,8 +314,8 @@ std::vector<std::string_view> split_key(std::string_view key) {
   size_t start = 0;
   while (true) {
     const size_t dot = key.find('.', start);
-    parts.push_back(key.substr(start, dot == std::string_view::npos ? std::string_view::npos
-                                                                     : dot - start));
+    parts.push_back(
+        key.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start));
     if (dot == std::string_view::npos) return parts;
     start = dot + 1;
   }
@@ -350,13 +351,19 @@ struct OpInfo {
   Op op;
 };
 constexpr OpInfo kOps[] = {
-    {"identity", Op::kIdentity},       {"rename_tensor", Op::kRename},
+    {"identity", Op::kIdentity},
+    {"rename_tensor", Op::kRename},
     {"select_child_modules", Op::kSelectChild},
-    {"transpose", Op::kTranspose},     {"permute", Op::kPermute},
-    {"squeeze", Op::kSqueeze},         {"unsqueeze", Op::kUnsqueeze},
-    {"reshape", Op::kReshape},         {"cast", Op::kCast},
-    {"stack", Op::kStack},             {"concatenate", Op::kConcatenate},
-    {"unstack", Op::kUnstack},         {"chunk", Op::kChunk},
+    {"transpose", Op::kTranspose},
+    {"permute", Op::kPermute},
+    {"squeeze", Op::kSqueeze},
+    {"unsqueeze", Op::kUnsqueeze},
+    {"reshape", Op::kReshape},
+    {"cast", Op::kCast},
+    {"stack", Op::kStack},
+    {"concatenate", Op::kConcatenate},
+    {"unstack", Op::kUnstack},
+    {"chunk", Op::kChunk},
     {"split", Op::kSplit},
 };
 
@@ -369,9 +376,9 @@ struct Rule {
   std::string over;              // stack / concatenate / unstack / chunk over a capture
   int64_t count = 0;             // unstack / chunk "over": how many targets
   int64_t dim = 0;
-  std::optional<int64_t> opt_dim;       // squeeze
-  std::vector<int64_t> ints;            // transpose / permute dims, reshape shape, split sizes
-  DType dtype = DType::F32;             // cast
+  std::optional<int64_t> opt_dim;  // squeeze
+  std::vector<int64_t> ints;       // transpose / permute dims, reshape shape, split sizes
+  DType dtype = DType::F32;        // cast
   std::optional<std::set<std::string>> base_names;  // select_child_modules
   std::string summary() const {
     return path + " (" + op_name + " " + (sources.empty() ? "" : sources[0].text()) + ")";
@@ -488,13 +495,14 @@ Rule parse_rule(const Node& node) {
         node.fail(str_cat(what, " needs either \"sources\" (a list) or \"source\" with \"over\""));
       }
       if (auto list = node.find("sources")) {
-        if (node.has("over")) node.at("over").fail("\"over\" goes with \"source\", not \"sources\"");
+        if (node.has("over"))
+          node.at("over").fail("\"over\" goes with \"source\", not \"sources\"");
         for (const auto& n : list->array()) r.sources.push_back(pattern(n));
         if (r.sources.empty()) list->fail("expected at least one source");
         for (const auto& s : r.sources) {
           if (s.captures() != r.sources[0].captures()) {
-            list->fail(str_cat("every source must use the same captures; \"", s.text(),
-                               "\" and \"", r.sources[0].text(), "\" differ"));
+            list->fail(str_cat("every source must use the same captures; \"", s.text(), "\" and \"",
+                               r.sources[0].text(), "\" differ"));
           }
         }
       } else {
@@ -502,7 +510,8 @@ Rule parse_rule(const Node& node) {
         const Node over = node.at("over");
         r.over = over.str();
         if (!r.sources[0].has_capture(r.over)) {
-          over.fail(str_cat("the source \"", r.sources[0].text(), "\" has no capture {", r.over, "}"));
+          over.fail(
+              str_cat("the source \"", r.sources[0].text(), "\" has no capture {", r.over, "}"));
         }
       }
       r.targets.push_back(pattern(node.at("target")));
@@ -523,20 +532,23 @@ Rule parse_rule(const Node& node) {
       }
       single_source();
       if (node.has("targets") == node.has("target")) {
-        node.fail(str_cat(what, " needs either \"targets\" (a list) or \"target\" with \"over\" and "
+        node.fail(str_cat(what,
+                          " needs either \"targets\" (a list) or \"target\" with \"over\" and "
                           "\"count\""));
       }
       if (auto list = node.find("targets")) {
         for (const auto& n : list->array()) r.targets.push_back(pattern(n));
         if (r.targets.empty()) list->fail("expected at least one target");
-        if (node.has("over")) node.at("over").fail("\"over\" goes with \"target\", not \"targets\"");
+        if (node.has("over"))
+          node.at("over").fail("\"over\" goes with \"target\", not \"targets\"");
         if (node.has("count")) node.at("count").fail("\"count\" goes with \"target\" and \"over\"");
       } else {
         r.targets.push_back(pattern(node.at("target")));
         const Node over = node.at("over");
         r.over = over.str();
         if (!r.targets[0].has_capture(r.over)) {
-          over.fail(str_cat("the target \"", r.targets[0].text(), "\" has no capture {", r.over, "}"));
+          over.fail(
+              str_cat("the target \"", r.targets[0].text(), "\" has no capture {", r.over, "}"));
         }
         if (r.sources[0].has_capture(r.over)) {
           over.fail(str_cat("the source cannot use {", r.over, "}: it is numbered by \"count\""));
@@ -565,8 +577,8 @@ Rule parse_rule(const Node& node) {
     for (const auto& c : r.targets[i].captures()) {
       if (!bound.count(c) && c != r.over) {
         const Node t = node.has("targets") ? node.at("targets").array()[i] : node.at("target");
-        t.fail(str_cat("the capture {", c, "} is not bound by the source \"",
-                       r.sources[0].text(), "\""));
+        t.fail(str_cat("the capture {", c, "} is not bound by the source \"", r.sources[0].text(),
+                       "\""));
       }
     }
   }
@@ -585,8 +597,8 @@ Spec parse_spec(std::string_view text) {
   root.only({"d9d_mapper_spec", "description", "unmatched", "stages", "rules"}, "a spec");
   Spec spec;
   const Node version = root.at("d9d_mapper_spec");
-  if (version.integer() != 1) version.fail(str_cat("unsupported version ", version.integer(),
-                                                  " (this d9d reads version 1)"));
+  if (version.integer() != 1)
+    version.fail(str_cat("unsupported version ", version.integer(), " (this d9d reads version 1)"));
   if (auto d = root.find("description")) spec.description = d->str();
   if (auto u = root.find("unmatched")) {
     const std::string policy = u->str();
@@ -657,19 +669,17 @@ void order_over_values(std::vector<std::pair<std::string, std::string>>& items, 
     std::sort(items.begin(), items.end());
     return;
   }
-  std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) {
-    return std::stoll(a.first) < std::stoll(b.first);
-  });
+  std::sort(items.begin(), items.end(),
+            [](const auto& a, const auto& b) { return std::stoll(a.first) < std::stoll(b.first); });
   for (size_t i = 0; i < items.size(); ++i) {
     if (std::stoll(items[i].first) != static_cast<int64_t>(i) ||
         (i > 0 && items[i].first == items[i - 1].first)) {
       throw SpecError(r.path, str_cat("for ", bindings_str(group), ", {", r.over,
-                                      "} takes the values ", detail::keys_str(
-                                          [&] {
-                                            std::vector<std::string> v;
-                                            for (const auto& it : items) v.push_back(it.first);
-                                            return v;
-                                          }()),
+                                      "} takes the values ", detail::keys_str([&] {
+                                        std::vector<std::string> v;
+                                        for (const auto& it : items) v.push_back(it.first);
+                                        return v;
+                                      }()),
                                       ": expected 0..", items.size() - 1, " with none missing"));
     }
   }
@@ -759,8 +769,9 @@ std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
         if (!keys.has(names.back())) missing.push_back(names.back());
       }
       if (!missing.empty()) {
-        throw SpecError(r.path, str_cat("for ", bindings_str(b), " the checkpoint has some sources but not ",
-                                        detail::keys_str(missing)));
+        throw SpecError(
+            r.path, str_cat("for ", bindings_str(b), " the checkpoint has some sources but not ",
+                            detail::keys_str(missing)));
       }
       std::string target = r.targets[0].instantiate(b);
       out.push_back(guarded([&]() -> MapperPtr {

@@ -39,7 +39,8 @@ inline Tensor random_values(const Shape& shape, DType dtype) {
 inline Shape random_shape(int64_t min_dims, int64_t max_dims, int64_t max_size) {
   Shape s;
   const int64_t n = randint(min_dims, max_dims);
-  for (int64_t i = 0; i < n; ++i) s.push_back(randint(0, max_size) == 0 ? randint(0, 1) : randint(1, max_size));
+  for (int64_t i = 0; i < n; ++i)
+    s.push_back(randint(0, max_size) == 0 ? randint(0, 1) : randint(1, max_size));
   return s;
 }
 
@@ -47,7 +48,9 @@ inline StateGroup group(std::set<std::string> inputs, std::set<std::string> outp
   return StateGroup{std::move(inputs), std::move(outputs)};
 }
 
-inline std::set<StateGroup> groups(std::initializer_list<StateGroup> list) { return {list}; }
+inline std::set<StateGroup> groups(std::initializer_list<StateGroup> list) {
+  return {list};
+}
 
 inline std::set<std::string> keys(const StateDict& dict) {
   std::set<std::string> out;
@@ -55,7 +58,9 @@ inline std::set<std::string> keys(const StateDict& dict) {
   return out;
 }
 
-inline Tensor scalar(int64_t v) { return Tensor::full<int64_t>({}, v, DType::I64); }
+inline Tensor scalar(int64_t v) {
+  return Tensor::full<int64_t>({}, v, DType::I64);
+}
 inline Tensor ints(std::vector<int64_t> v, const Shape& shape) {
   return Tensor::from_vector<int64_t>(v, shape);
 }

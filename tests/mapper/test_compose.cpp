@@ -10,8 +10,9 @@ using namespace d9d::mapper::test;
 
 // ---- ported from test_mappers.py ----------------------------------------------------------------
 
-TEST_CASE("parallel routes each group to its mapper and rejects collisions "
-          "(test_parallel_composition)") {
+TEST_CASE(
+    "parallel routes each group to its mapper and rejects collisions "
+    "(test_parallel_composition)") {
   MapperPtr m1 = rename_tensor("a", "x");
   MapperPtr m2 = rename_tensor("b", "y");
   MapperPtr par = parallel({m1, m2});
@@ -44,7 +45,8 @@ TEST_CASE("sequential chains renames into one group (test_sequential_composition
 TEST_CASE("shard deals out groups by sorted inputs, index % total (test_shard_mapper)") {
   std::vector<MapperPtr> renames;
   for (int i = 0; i < 4; ++i) {
-    renames.push_back(rename_tensor(d9d::detail::str_cat("in_", i), d9d::detail::str_cat("out_", i)));
+    renames.push_back(
+        rename_tensor(d9d::detail::str_cat("in_", i), d9d::detail::str_cat("out_", i)));
   }
   MapperPtr par = parallel(renames);
   CHECK(shard(par, 2, 0)->state_dependency_groups() ==
@@ -73,8 +75,7 @@ TEST_CASE("prefix_scope with a source prefix only (test_prefix_scope_mapper_sour
 
 TEST_CASE("prefix_scope with a target prefix only (test_prefix_scope_mapper_target_only)") {
   MapperPtr m = prefix_scope(merge_add("weight", "bias", "out"), "", "target_model.");
-  CHECK(m->state_dependency_groups() ==
-        groups({group({"weight", "bias"}, {"target_model.out"})}));
+  CHECK(m->state_dependency_groups() == groups({group({"weight", "bias"}, {"target_model.out"})}));
   StateDict res = m->apply({{"weight", scalar(10)}, {"bias", scalar(5)}});
   CHECK(keys(res) == std::set<std::string>{"target_model.out"});
   CHECK(res.at("target_model.out").item<int64_t>() == 15);
@@ -126,7 +127,8 @@ TEST_CASE("sequential: an empty list is an error") {
 
 TEST_CASE("sequential passes untouched keys through later stages and earlier ones") {
   // Stage 0 renames a; stage 1 transposes c, which stage 0 never saw; b passes both stages.
-  MapperPtr seq = sequential({parallel({rename_tensor("a", "a2"), identity("b")}), transpose("c", 0, 1)});
+  MapperPtr seq =
+      sequential({parallel({rename_tensor("a", "a2"), identity("b")}), transpose("c", 0, 1)});
   CHECK(seq->state_dependency_groups() ==
         groups({group({"a"}, {"a2"}), group({"b"}, {"b"}), group({"c"}, {"c"})}));
   StateDict out = seq->apply({{"c", ints({1, 2, 3, 4, 5, 6}, {2, 3})}});
@@ -136,16 +138,16 @@ TEST_CASE("sequential passes untouched keys through later stages and earlier one
 
 TEST_CASE("sequential merges groups that meet in a later stage, and only those") {
   // {q}, {k}, {v} renamed, then stacked: one group. {o} stays apart.
-  MapperPtr seq = sequential(
-      {parallel({rename_tensor("hf.q", "q"), rename_tensor("hf.k", "k"), rename_tensor("hf.v", "v"),
-                 rename_tensor("hf.o", "o")}),
-       stack_tensors({"q", "k", "v"}, "qkv", 0)});
+  MapperPtr seq = sequential({parallel({rename_tensor("hf.q", "q"), rename_tensor("hf.k", "k"),
+                                        rename_tensor("hf.v", "v"), rename_tensor("hf.o", "o")}),
+                              stack_tensors({"q", "k", "v"}, "qkv", 0)});
   CHECK(seq->state_dependency_groups() ==
         groups({group({"hf.q", "hf.k", "hf.v"}, {"qkv"}), group({"hf.o"}, {"o"})}));
   StateDict out = seq->apply(
       {{"hf.q", ints({1, 2}, {2})}, {"hf.k", ints({3, 4}, {2})}, {"hf.v", ints({5, 6}, {2})}});
   CHECK(equal(out.at("qkv"), ints({1, 2, 3, 4, 5, 6}, {3, 2})));
-  CHECK(seq->infer({{"hf.q", {DType::F32, {2}}}, {"hf.k", {DType::F32, {2}}},
+  CHECK(seq->infer({{"hf.q", {DType::F32, {2}}},
+                    {"hf.k", {DType::F32, {2}}},
                     {"hf.v", {DType::F32, {2}}}}) == SpecDict{{"qkv", {DType::F32, {3, 2}}}});
   CHECK_THROWS_WITH_AS(seq->apply({{"hf.q", scalar(1)}}), doctest::Contains("undefined group"),
                        ValueError);
@@ -153,10 +155,10 @@ TEST_CASE("sequential merges groups that meet in a later stage, and only those")
 
 TEST_CASE("sequential merges through a split then a join across three stages") {
   // a -> (a0, a1), b -> (b0, b1); then (a1, b0) joined; the net groups must tie a and b.
-  MapperPtr seq = sequential({parallel({chunk_tensors("a", {"a0", "a1"}, 0),
-                                        chunk_tensors("b", {"b0", "b1"}, 0), identity("c")}),
-                              concatenate_tensors({"a1", "b0"}, "ab", 0),
-                              rename_tensor("c", "c2")});
+  MapperPtr seq =
+      sequential({parallel({chunk_tensors("a", {"a0", "a1"}, 0),
+                            chunk_tensors("b", {"b0", "b1"}, 0), identity("c")}),
+                  concatenate_tensors({"a1", "b0"}, "ab", 0), rename_tensor("c", "c2")});
   CHECK(seq->state_dependency_groups() ==
         groups({group({"a", "b"}, {"a0", "ab", "b1"}), group({"c"}, {"c2"})}));
   StateDict out = seq->apply({{"a", ints({1, 2, 3, 4}, {4})}, {"b", ints({5, 6, 7, 8}, {4})}});
@@ -186,10 +188,10 @@ TEST_CASE("sequential does not tie groups through an output no later stage uses"
     const std::set<StateGroup>& state_dependency_groups() const override { return g; }
     StateDict apply(StateDict) const override { return {}; }
   };
-  MapperPtr seq = sequential({parallel({chunk_tensors("a", {"a0", "a1"}, 0),
-                                        chunk_tensors("b", {"b0", "b1"}, 0)}),
-                              parallel({std::make_shared<Sink>(), identity("a0"), identity("b0")}),
-                              parallel({rename_tensor("a0", "x"), rename_tensor("b0", "y")})});
+  MapperPtr seq = sequential(
+      {parallel({chunk_tensors("a", {"a0", "a1"}, 0), chunk_tensors("b", {"b0", "b1"}, 0)}),
+       parallel({std::make_shared<Sink>(), identity("a0"), identity("b0")}),
+       parallel({rename_tensor("a0", "x"), rename_tensor("b0", "y")})});
   CHECK(seq->state_dependency_groups() == groups({group({"a"}, {"x"}), group({"b"}, {"y"})}));
   CHECK(equal(seq->apply({{"a", ints({1, 2}, {2})}}).at("x"), ints({1}, {1})));
 }
@@ -207,7 +209,8 @@ TEST_CASE("sequential applies many groups independently and in any order") {
     const std::string n = std::to_string(i);
     StateDict out = seq->apply({{d9d::detail::str_cat("in.", n), ints({i, i}, {2})}});
     CHECK(out.at(d9d::detail::str_cat("mid.", n)).shape() == Shape{1, 2});
-    CHECK(out.at(d9d::detail::str_cat("mid.", n)).to_vector<int64_t>() == std::vector<int64_t>{i, i});
+    CHECK(out.at(d9d::detail::str_cat("mid.", n)).to_vector<int64_t>() ==
+          std::vector<int64_t>{i, i});
   }
 }
 
@@ -283,8 +286,8 @@ TEST_CASE("identity adapters cover every output, state key and name") {
 }
 
 TEST_CASE("apply_all runs every group of a mapper on an in-memory state") {
-  MapperPtr m = sequential({parallel({rename_tensor("a", "t"), identity("b")}),
-                            merge_add("t", "b", "r")});
+  MapperPtr m =
+      sequential({parallel({rename_tensor("a", "t"), identity("b")}), merge_add("t", "b", "r")});
   StateDict out = apply_all(*m, {{"a", scalar(2)}, {"b", scalar(3)}, {"unused", scalar(0)}});
   CHECK(keys(out) == std::set<std::string>{"r"});
   CHECK(out.at("r").item<int64_t>() == 5);

@@ -28,8 +28,9 @@ TEST_CASE("rename_tensor moves a tensor to a new name (test_leaf_rename)") {
   CHECK(res.at("new").item<int64_t>() == 123);
 }
 
-TEST_CASE("select_child_modules strips the parent prefix, one group per name "
-          "(test_leaf_select_child)") {
+TEST_CASE(
+    "select_child_modules strips the parent prefix, one group per name "
+    "(test_leaf_select_child)") {
   MapperPtr m = select_child_modules({"w", "b"}, "layer1");
   CHECK(m->state_dependency_groups() ==
         groups({group({"layer1.w"}, {"w"}), group({"layer1.b"}, {"b"})}));
@@ -134,8 +135,9 @@ TEST_CASE("unsqueeze inserts a dim of size 1 (test_unsqueeze_mapper)") {
   CHECK(equal(res.at("foo"), ints({1, 2, 3, 4}, {2, 1, 2})));
 }
 
-TEST_CASE("distribute and gather_full_tensor have their topology and need d9d::dist to run "
-          "(local part of test_dtensor_mapper_logic)") {
+TEST_CASE(
+    "distribute and gather_full_tensor have their topology and need d9d::dist to run "
+    "(local part of test_dtensor_mapper_logic)") {
   MapperPtr g = gather_full_tensor("w");
   CHECK(g->state_dependency_groups() == groups({group({"w"}, {"w"})}));
   CHECK(g->infer({{"w", {DType::F32, {4, 2}}}}) == SpecDict{{"w", {DType::F32, {4, 2}}}});
@@ -202,8 +204,8 @@ TEST_CASE("split_tensors splits unevenly, as a GQA-fused QKV") {
 TEST_CASE("chunk_tensors rejects more targets than torch.chunk gives pieces, before any data") {
   MapperPtr m = chunk_tensors("w", {"a", "b", "c", "d"}, 0);
   // torch.chunk of size 5 into 4 gives 3 pieces (2, 2, 1).
-  CHECK_THROWS_WITH_AS(m->infer({{"w", {DType::F32, {5, 3}}}}),
-                       doctest::Contains("into 3 pieces"), ValueError);
+  CHECK_THROWS_WITH_AS(m->infer({{"w", {DType::F32, {5, 3}}}}), doctest::Contains("into 3 pieces"),
+                       ValueError);
   CHECK_THROWS_WITH_AS(m->apply({{"w", Tensor::zeros({5, 3}, DType::F32)}}),
                        doctest::Contains("into 3 pieces"), ValueError);
   // Uneven but complete: 7 into 4 is 2, 2, 2, 1.
@@ -218,9 +220,9 @@ TEST_CASE("stack rejects mismatched shapes and dtypes naming the tensors") {
   CHECK_THROWS_WITH_AS(m->infer({{"q", {DType::F32, {4, 4}}}, {"k", {DType::F32, {2, 4}}}}),
                        doctest::Contains("'k' has [2, 4]"), ValueError);
   CHECK_THROWS_AS(m->infer({{"q", {DType::F32, {4}}}, {"k", {DType::BF16, {4}}}}), TypeError);
-  CHECK_THROWS_AS(m->apply({{"q", Tensor::zeros({4}, DType::F32)},
-                            {"k", Tensor::zeros({5}, DType::F32)}}),
-                  ValueError);
+  CHECK_THROWS_AS(
+      m->apply({{"q", Tensor::zeros({4}, DType::F32)}, {"k", Tensor::zeros({5}, DType::F32)}}),
+      ValueError);
 }
 
 TEST_CASE("a bad dim is an IndexError that names the mapper and the tensor") {
@@ -235,8 +237,8 @@ TEST_CASE("a bad dim is an IndexError that names the mapper and the tensor") {
 
 TEST_CASE("unstack needs as many targets as the dim has entries") {
   MapperPtr m = unstack_tensors("w", {"a", "b"}, 1);
-  CHECK_THROWS_WITH_AS(m->infer({{"w", {DType::F32, {2, 3}}}}), doctest::Contains("3, but there are 2"),
-                       ValueError);
+  CHECK_THROWS_WITH_AS(m->infer({{"w", {DType::F32, {2, 3}}}}),
+                       doctest::Contains("3, but there are 2"), ValueError);
   CHECK(m->infer({{"w", {DType::F32, {5, 2, 3}}}}).at("b").shape == Shape{5, 3});
 }
 

@@ -16,7 +16,9 @@ namespace {
 
 const DType kDTypes[] = {DType::F32, DType::BF16, DType::I8, DType::U8, DType::I64, DType::F16};
 
-DType random_dtype() { return kDTypes[randint(0, std::size(kDTypes) - 1)]; }
+DType random_dtype() {
+  return kDTypes[randint(0, std::size(kDTypes) - 1)];
+}
 
 // A random op over random inputs; roughly half the cases are invalid (bad dims, mismatched
 // shapes, wrong counts) to hold the error side of infer() against apply() too.
@@ -47,8 +49,9 @@ Case random_case(int op) {
       return {permute("w", Dims(perm)), {{"w", make(shape)}}};
     }
     case 2:
-      return {randint(0, 2) ? squeeze("w", dim_in(-std::max<int64_t>(n, 1), std::max<int64_t>(n, 1) - 1))
-                            : squeeze("w"),
+      return {randint(0, 2)
+                  ? squeeze("w", dim_in(-std::max<int64_t>(n, 1), std::max<int64_t>(n, 1) - 1))
+                  : squeeze("w"),
               {{"w", make(shape)}}};
     case 3:
       return {unsqueeze("w", dim_in(-n - 1, n)), {{"w", make(shape)}}};
@@ -151,7 +154,8 @@ TEST_CASE("infer agrees with apply on random shapes, dims and counts, valid or n
     Case c = random_case(trial % kOps);
     INFO("trial ", trial, ": ", c.mapper->describe());
     SpecDict inferred;
-    const Outcome infer_outcome = outcome_of([&] { inferred = infer_all(*c.mapper, specs_of(c.inputs)); });
+    const Outcome infer_outcome =
+        outcome_of([&] { inferred = infer_all(*c.mapper, specs_of(c.inputs)); });
     StateDict applied;
     const Outcome apply_outcome = outcome_of([&] { applied = apply_all(*c.mapper, c.inputs); });
     CHECK(static_cast<int>(infer_outcome) == static_cast<int>(apply_outcome));
@@ -222,10 +226,15 @@ TEST_CASE("sequential({m, m.inverse()}) is the identity on data for every invert
 TEST_CASE("ops invertible without specs invert without them") {
   const Tensor t = random_values({4, 1, 6}, DType::BF16);
   const StateDict in{{"w", t}};
-  const std::vector<MapperPtr> ms = {
-      identity("w"), rename_tensor("w", "v"), transpose("w", 0, -1), permute("w", {1, 2, 0}),
-      unsqueeze("w", -1), stack_tensors({"w"}, "s", 1), unstack_tensors("w", {"a", "b", "c", "d"}, 0),
-      chunk_tensors("w", {"a", "b", "c"}, 2), split_tensors("w", {"a", "b"}, {1, 5}, -1)};
+  const std::vector<MapperPtr> ms = {identity("w"),
+                                     rename_tensor("w", "v"),
+                                     transpose("w", 0, -1),
+                                     permute("w", {1, 2, 0}),
+                                     unsqueeze("w", -1),
+                                     stack_tensors({"w"}, "s", 1),
+                                     unstack_tensors("w", {"a", "b", "c", "d"}, 0),
+                                     chunk_tensors("w", {"a", "b", "c"}, 2),
+                                     split_tensors("w", {"a", "b"}, {1, 5}, -1)};
   for (const auto& m : ms) {
     INFO(m->describe());
     check_round_trip(m, m->inverse(), in);
@@ -234,7 +243,8 @@ TEST_CASE("ops invertible without specs invert without them") {
   for (const auto& m : {squeeze("w"), squeeze("w", 1), reshape("w", {-1}), cast("w", DType::F32),
                         concatenate_tensors({"w"}, "c", 0)}) {
     INFO(m->describe());
-    CHECK_THROWS_WITH_AS(m->inverse(), doctest::Contains("inverse(input_specs)"), NotInvertibleError);
+    CHECK_THROWS_WITH_AS(m->inverse(), doctest::Contains("inverse(input_specs)"),
+                         NotInvertibleError);
     check_round_trip(m, m->inverse(specs_of(in)), in);
   }
   CHECK_THROWS_AS(select_child_modules({"w"}, "p")->inverse(), NotInvertibleError);
@@ -258,11 +268,11 @@ TEST_CASE("compose mappers invert in reverse order, carrying specs through the s
                      {"hf.k", random_values({2, 4}, DType::BF16)},
                      {"hf.v", random_values({2, 4}, DType::BF16)},
                      {"hf.o", random_values({4, 8}, DType::BF16)}};
-  MapperPtr m = sequential(
-      {parallel({rename_tensor("hf.q", "q"), rename_tensor("hf.k", "k"), rename_tensor("hf.v", "v"),
-                 rename_tensor("hf.o", "o")}),
-       parallel({cast("q", DType::F32), cast("k", DType::F32), cast("v", DType::F32)}),
-       concatenate_tensors({"q", "k", "v"}, "qkv", 0), transpose("qkv", 0, 1)});
+  MapperPtr m =
+      sequential({parallel({rename_tensor("hf.q", "q"), rename_tensor("hf.k", "k"),
+                            rename_tensor("hf.v", "v"), rename_tensor("hf.o", "o")}),
+                  parallel({cast("q", DType::F32), cast("k", DType::F32), cast("v", DType::F32)}),
+                  concatenate_tensors({"q", "k", "v"}, "qkv", 0), transpose("qkv", 0, 1)});
   CHECK(m->state_dependency_groups() ==
         groups({group({"hf.q", "hf.k", "hf.v"}, {"qkv"}), group({"hf.o"}, {"o"})}));
   CHECK_THROWS_AS(m->inverse(), NotInvertibleError);
@@ -270,12 +280,12 @@ TEST_CASE("compose mappers invert in reverse order, carrying specs through the s
   CHECK(inv->state_dependency_groups() ==
         groups({group({"qkv"}, {"hf.q", "hf.k", "hf.v"}), group({"o"}, {"hf.o"})}));
   check_round_trip(m, inv, in);
-  check_round_trip(prefix_scope(m, "model.", "out."), prefix_scope(m, "model.", "out.")->inverse(
-                       [&] {
-                         SpecDict s;
-                         for (const auto& [k, v] : specs_of(in)) s.emplace("model." + k, v);
-                         return s;
-                       }()),
+  check_round_trip(prefix_scope(m, "model.", "out."),
+                   prefix_scope(m, "model.", "out.")->inverse([&] {
+                     SpecDict s;
+                     for (const auto& [k, v] : specs_of(in)) s.emplace("model." + k, v);
+                     return s;
+                   }()),
                    [&] {
                      StateDict s;
                      for (const auto& [k, v] : in) s.emplace("model." + k, v);
@@ -307,10 +317,22 @@ TEST_CASE("is_lossless_cast is exact: lossless casts round-trip every value, los
         }
       }
     } else {  // the values that tell wider types apart
-      const std::vector<double> edge = {0.0, 1.0, -1.0, 0.5, 16777217.0, 2147483647.0,
-                                        -2147483648.0, 4294967295.0, 9007199254740993.0,
-                                        1.0 + std::ldexp(1.0, -30), 1e-300, 1e300, 3.0e38,
-                                        std::ldexp(1.0, -140), 65505.0, 1e-8};
+      const std::vector<double> edge = {0.0,
+                                        1.0,
+                                        -1.0,
+                                        0.5,
+                                        16777217.0,
+                                        2147483647.0,
+                                        -2147483648.0,
+                                        4294967295.0,
+                                        9007199254740993.0,
+                                        1.0 + std::ldexp(1.0, -30),
+                                        1e-300,
+                                        1e300,
+                                        3.0e38,
+                                        std::ldexp(1.0, -140),
+                                        65505.0,
+                                        1e-8};
       values = Tensor::from_vector<double>(edge).to(from);
     }
     // NaN payloads need not survive a round trip; leave NaNs out.
@@ -328,8 +350,8 @@ TEST_CASE("is_lossless_cast is exact: lossless casts round-trip every value, los
       // the bits survive the way back. Wrap-around between integers round-trips the bits but
       // changes the values, so it is not lossless.
       const Tensor there = clean.to(to);
-      const bool exact = equal(there.to(from), clean) &&
-                         there.to_vector<double>() == clean.to_vector<double>();
+      const bool exact =
+          equal(there.to(from), clean) && there.to_vector<double>() == clean.to_vector<double>();
       INFO(from, " -> ", to);
       if (is_lossless_cast(from, to)) CHECK(exact);
       if (bits <= 16 && !is_lossless_cast(from, to)) CHECK_FALSE(exact);

@@ -98,11 +98,13 @@ TEST_CASE("captures: within a segment, over several segments, repeated names") {
                             {"h.3.experts_12.w", "h.3.experts_.w", "h.3.xexperts_1.w"});
   CHECK(all_outputs(*m.mapper) ==
         std::set<std::string>{"layers.3.e.12.w", "h.3.experts_.w", "h.3.xexperts_1.w"});
-  m = from_spec(one_rule(R"({"op": "rename_tensor", "source": "model.{rest...}", "target": "{rest}"})"),
-                {"model.a", "model.b.c.d", "model", "other.x"});
+  m = from_spec(
+      one_rule(R"({"op": "rename_tensor", "source": "model.{rest...}", "target": "{rest}"})"),
+      {"model.a", "model.b.c.d", "model", "other.x"});
   CHECK(all_outputs(*m.mapper) == std::set<std::string>{"a", "b.c.d", "model", "other.x"});
-  m = from_spec(one_rule(R"({"op": "rename_tensor", "source": "{rest...}.bias", "target": "b.{rest}"})"),
-                {"x.y.bias", "bias"});
+  m = from_spec(
+      one_rule(R"({"op": "rename_tensor", "source": "{rest...}.bias", "target": "b.{rest}"})"),
+      {"x.y.bias", "bias"});
   CHECK(all_outputs(*m.mapper) == std::set<std::string>{"b.x.y", "bias"});
   m = from_spec(one_rule(R"({"op": "rename_tensor", "source": "{A}.{A}.w", "target": "{A}.w"})"),
                 {"a.a.w", "a.b.w"});
@@ -128,21 +130,21 @@ TEST_CASE("every leaf op is available in a spec, with the spec's shapes") {
     {"op": "split", "source": "qkv", "targets": ["q", "k", "v"], "sizes": [4, 2, 2]}
   ]})";
   const DType f = DType::F32;
-  const SpecDict in{{"id", {f, {2}}},        {"old", {f, {2}}},       {"enc.0.w", {f, {3}}},
-                    {"t", {f, {2, 3}}},      {"p", {f, {2, 3, 4}}},   {"sq", {f, {1, 3, 1}}},
-                    {"sq1", {f, {1, 3}}},    {"us", {f, {3}}},        {"r", {f, {2, 3}}},
-                    {"c", {f, {2}}},         {"s.a", {f, {2}}},       {"s.b", {f, {2}}},
-                    {"cat.a", {f, {1, 2}}},  {"cat.b", {f, {3, 2}}},  {"u", {f, {2, 5}}},
-                    {"ch", {f, {3, 4}}},     {"qkv", {f, {8, 16}}},   {"enc.0.b", {f, {3}}}};
+  const SpecDict in{{"id", {f, {2}}},       {"old", {f, {2}}},      {"enc.0.w", {f, {3}}},
+                    {"t", {f, {2, 3}}},     {"p", {f, {2, 3, 4}}},  {"sq", {f, {1, 3, 1}}},
+                    {"sq1", {f, {1, 3}}},   {"us", {f, {3}}},       {"r", {f, {2, 3}}},
+                    {"c", {f, {2}}},        {"s.a", {f, {2}}},      {"s.b", {f, {2}}},
+                    {"cat.a", {f, {1, 2}}}, {"cat.b", {f, {3, 2}}}, {"u", {f, {2, 5}}},
+                    {"ch", {f, {3, 4}}},    {"qkv", {f, {8, 16}}},  {"enc.0.b", {f, {3}}}};
   SpecMapping m = from_spec(json, names_of(in));
   const SpecDict out = infer_all(*m.mapper, in);
-  const SpecDict want{{"id", {f, {2}}},       {"new", {f, {2}}},     {"w", {f, {3}}},
-                      {"b", {f, {3}}},        {"t2", {f, {3, 2}}},   {"p", {f, {4, 2, 3}}},
-                      {"sq", {f, {3}}},       {"sq1", {f, {3}}},     {"us", {f, {3, 1}}},
-                      {"r", {f, {6}}},        {"c", {DType::BF16, {2}}},
-                      {"s", {f, {2, 2}}},     {"cat", {f, {4, 2}}},  {"u.0", {f, {5}}},
-                      {"u.1", {f, {5}}},      {"ch.0", {f, {3, 2}}}, {"ch.1", {f, {3, 2}}},
-                      {"q", {f, {4, 16}}},    {"k", {f, {2, 16}}},   {"v", {f, {2, 16}}}};
+  const SpecDict want{{"id", {f, {2}}},      {"new", {f, {2}}},         {"w", {f, {3}}},
+                      {"b", {f, {3}}},       {"t2", {f, {3, 2}}},       {"p", {f, {4, 2, 3}}},
+                      {"sq", {f, {3}}},      {"sq1", {f, {3}}},         {"us", {f, {3, 1}}},
+                      {"r", {f, {6}}},       {"c", {DType::BF16, {2}}}, {"s", {f, {2, 2}}},
+                      {"cat", {f, {4, 2}}},  {"u.0", {f, {5}}},         {"u.1", {f, {5}}},
+                      {"ch.0", {f, {3, 2}}}, {"ch.1", {f, {3, 2}}},     {"q", {f, {4, 16}}},
+                      {"k", {f, {2, 16}}},   {"v", {f, {2, 16}}}};
   CHECK(out == want);
   StateDict data = apply_all(*m.mapper, data_for(in));
   CHECK(specs_of(data) == want);
@@ -161,7 +163,7 @@ TEST_CASE("stack over a capture orders experts numerically and checks none is mi
   REQUIRE(stack);
   auto first = std::dynamic_pointer_cast<const StackTensorsMapper>(stack->mappers()[0]);
   REQUIRE(first);
-  CHECK(first->sources()[2] == "layers.0.experts.2.w1");   // 2 before 10
+  CHECK(first->sources()[2] == "layers.0.experts.2.w1");  // 2 before 10
   CHECK(first->sources()[11] == "layers.0.experts.11.w1");
   keys.erase(keys.begin() + 5);  // layer 0 loses expert 5
   check_spec_error(one_rule(rule), keys, "$.rules[0]", "expected 0..10 with none missing");
@@ -219,8 +221,9 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
                    "$.unmatched", "\"keep\", \"drop\" or \"error\"");
   check_spec_error(one_rule(R"({"op": "rename", "source": "a", "target": "b"})"), keys,
                    "$.rules[0].op", "unknown op \"rename\"");
-  check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "b", "source": "c"})"),
-                   keys, "$.rules[0].source", "duplicate key \"source\"");
+  check_spec_error(
+      one_rule(R"({"op": "rename_tensor", "source": "a", "target": "b", "source": "c"})"), keys,
+      "$.rules[0].source", "duplicate key \"source\"");
   check_spec_error(one_rule(R"({"op": "identity", "source": "a"}, {"op": "stack", "sources": ["a"],
                                 "target": "s", "dims": 0})"),
                    keys, "$.rules[1].dims", "unknown field \"dims\"");
@@ -244,8 +247,9 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
                    keys, "$.rules[0].source", "at most one {name...}");
   check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a.{L}", "target": "b.{M}"})"),
                    keys, "$.rules[0].target", "{M} is not bound");
-  check_spec_error(one_rule(R"({"op": "split", "source": "a", "targets": ["x", "y"], "sizes": [1]})"),
-                   keys, "$.rules[0].sizes", "1 sizes for 2 targets");
+  check_spec_error(
+      one_rule(R"({"op": "split", "source": "a", "targets": ["x", "y"], "sizes": [1]})"), keys,
+      "$.rules[0].sizes", "1 sizes for 2 targets");
   check_spec_error(one_rule(R"({"op": "stack", "sources": ["a.{L}", "b"], "target": "s"})"), keys,
                    "$.rules[0].sources", "same captures");
   check_spec_error(one_rule(R"({"op": "stack", "source": "a.{L}", "over": "E", "target": "s"})"),
@@ -259,8 +263,9 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
 
 TEST_CASE("specs that do not fit the keys name the rule") {
   const std::vector<std::string> keys{"l.0.q", "l.0.k", "l.1.q", "a", "b"};
-  check_spec_error(one_rule(R"({"op": "stack", "sources": ["l.{L}.q", "l.{L}.k"], "target": "l.{L}.qk"})"),
-                   keys, "$.rules[0]", "for {L=1} the checkpoint has some sources but not [l.1.k]");
+  check_spec_error(
+      one_rule(R"({"op": "stack", "sources": ["l.{L}.q", "l.{L}.k"], "target": "l.{L}.qk"})"), keys,
+      "$.rules[0]", "for {L=1} the checkpoint has some sources but not [l.1.k]");
   check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "x"},
                                {"op": "identity", "source": "a"})"),
                    keys, "$.rules[1]", "'a' is consumed both by $.rules[0]");
@@ -269,8 +274,9 @@ TEST_CASE("specs that do not fit the keys name the rule") {
                    keys, "$.rules[1]", "'x' is produced both by $.rules[0]");
   check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "b"})"), keys,
                    "$.rules[0]", "would replace the key 'b'");
-  check_spec_error(one_rule(R"({"op": "select_child_modules", "parent": "l.{L}", "base_names": ["q", "k"]})"),
-                   keys, "$.rules[0]", "but not [l.1.k]");
+  check_spec_error(
+      one_rule(R"({"op": "select_child_modules", "parent": "l.{L}", "base_names": ["q", "k"]})"),
+      keys, "$.rules[0]", "but not [l.1.k]");
   check_spec_error(one_rule(R"({"op": "stack", "sources": ["a", "a"], "target": "s"})"), keys,
                    "$.rules[0]", "listed twice");
   CHECK_THROWS_AS(from_spec(one_rule(R"({"op": "identity", "source": "a"})"), {"a", "a"}),

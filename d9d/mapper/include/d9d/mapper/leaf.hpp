@@ -268,7 +268,7 @@ class SelectChildModulesMapper final : public ModelStateMapper {
 
  private:
   const std::string& child_of(const std::string& key) const;  // checks the group
-  std::string parent_prefix_;  // "parent."
+  std::string parent_prefix_;                                 // "parent."
   std::set<StateGroup> groups_;
 };
 
