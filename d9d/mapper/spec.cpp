@@ -134,7 +134,8 @@ struct Node {
   // Throws for any field not in `allowed`, which catches misspellings ("dims" for "dim").
   void only(std::initializer_list<const char*> allowed, const std::string& what) const {
     expect(j.is_object(), "an object");
-    for (const auto& [key, value] : j.items()) {
+    for (const auto& item : j.items()) {
+      const std::string& key = item.key();  // (not a structured binding: lambdas capture it)
       const bool ok =
           std::any_of(allowed.begin(), allowed.end(), [&key](const char* a) { return key == a; });
       if (!ok) {
@@ -735,7 +736,9 @@ std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
       const std::string& key = keys.keys[i];
       children[key.substr(0, key.size() - child.size() - 1)].insert(child);
     }
-    for (auto& [parent, found] : children) {
+    for (const auto& entry : children) {
+      const std::string& parent = entry.first;
+      const std::set<std::string>& found = entry.second;
       if (r.base_names && found.size() != r.base_names->size()) {
         std::vector<std::string> missing;
         for (const auto& n : *r.base_names) {

@@ -139,7 +139,9 @@ void check_round_trip(const MapperPtr& m, const MapperPtr& inv, const StateDict&
   MapperPtr seq = sequential({m, inv});
   StateDict out = apply_all(*seq, in);
   REQUIRE(keys(out) == keys(in));
-  for (const auto& [name, t] : in) {
+  for (const auto& entry : in) {  // (INFO captures in a lambda: no structured bindings)
+    const std::string& name = entry.first;
+    const Tensor& t = entry.second;
     INFO(m->describe(), " then ", inv->describe(), " on ", name, " ", t.str());
     CHECK(equal(out.at(name), t));
   }

@@ -318,9 +318,9 @@ TEST_CASE("example: Llama fused round trip on data (Llama-3.2-1B rows, a narrow 
   SpecMapping inv = from_spec(read_example("fused_to_llama_hf.json"), names_of(specs_of(fused)));
   const StateDict back = apply_all(*inv.mapper, fused);
   REQUIRE(keys(back) == keys(data));
-  for (const auto& [k, t] : data) {
-    INFO(k);
-    CHECK(equal(back.at(k), t));
+  for (const auto& entry : data) {  // (INFO captures in a lambda: no structured bindings)
+    INFO(entry.first);
+    CHECK(equal(back.at(entry.first), entry.second));
   }
 }
 

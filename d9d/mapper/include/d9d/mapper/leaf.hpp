@@ -310,7 +310,7 @@ class OneToManyMapper : public ModelStateMapper {
  protected:
   OneToManyMapper(const char* op, std::string source, std::vector<std::string> targets,
                   int64_t dim);
-  // The sizes of the pieces along dim() (for unstack: the pieces drop that dim).
+  // The specs of the pieces, one per target; throws the errors apply_pieces() would.
   virtual std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const = 0;
   virtual std::vector<Tensor> apply_pieces(const Tensor& input) const = 0;
   std::string describe_op(const char* op, const std::string& extra) const;
