@@ -340,6 +340,36 @@ void Checkpoint::read_into(std::string_view name, const Tensor& dst) const {
   impl_->opened[impl_->find(name).first].read_into(name, dst);
 }
 
+namespace {
+
+void sort_by_file_offset(std::vector<ReadRange>& ranges) {
+  // File order makes neighbouring tensors neighbouring reads, which preadv joins.
+  std::sort(ranges.begin(), ranges.end(), [](const ReadRange& a, const ReadRange& b) {
+    return a.file != b.file ? a.file < b.file : a.offset < b.offset;
+  });
+}
+
+}  // namespace
+
+void Checkpoint::read_into(const std::map<std::string, Tensor>& targets) const {
+  std::vector<ReadRange> ranges;
+  ranges.reserve(targets.size());
+  for (const auto& [name, dst] : targets) {
+    const auto [f, info] = impl_->find(name);
+    const SafetensorsFile& file = impl_->opened[f];
+    if (!dst.defined() || !dst.device().is_cpu() || !dst.is_contiguous() ||
+        dst.dtype() != info->dtype || dst.shape() != info->shape) {
+      file.read_into(name, dst);  // checks and reports, or copies into a strided / device target
+      continue;
+    }
+    ranges.push_back({&file.mapped_file(), static_cast<uint64_t>(file.data_offset() + info->begin),
+                      static_cast<std::byte*>(dst.mutable_data_ptr()),
+                      static_cast<uint64_t>(info->nbytes())});
+  }
+  sort_by_file_offset(ranges);
+  read_ranges(ranges);
+}
+
 std::map<std::string, Tensor> Checkpoint::load(const std::vector<std::string>& names) const {
   std::map<std::string, Tensor> out;
   std::vector<ReadRange> ranges;
@@ -355,10 +385,7 @@ std::map<std::string, Tensor> Checkpoint::load(const std::vector<std::string>& n
                       static_cast<std::byte*>(slot->second.mutable_data_ptr()),
                       static_cast<uint64_t>(info->nbytes())});
   }
-  // File order makes neighbouring tensors neighbouring reads, which preadv joins.
-  std::sort(ranges.begin(), ranges.end(), [](const ReadRange& a, const ReadRange& b) {
-    return a.file != b.file ? a.file < b.file : a.offset < b.offset;
-  });
+  sort_by_file_offset(ranges);
   read_ranges(ranges);
   return out;
 }

@@ -2,12 +2,19 @@
 //
 //   bench_io materialize CKPT REPS   every tensor of the checkpoint into owned contiguous host
 //                                    memory (Checkpoint::load_all), REPS times; fresh memory each
-//   bench_io pread CKPT REPS THREADS the machine's limit: pread of the same bytes (every file's
-//                                    data section) into one buffer, faulted in before timing
+//   bench_io pread CKPT REPS THREADS [fresh]
+//                                    the machine's limit: pread of the same bytes (every file's
+//                                    data section) into one buffer, faulted in before timing; with
+//                                    "fresh", into new memory each rep (2 MiB-aligned, advised
+//                                    MADV_HUGEPAGE, as d9d allocates), allocation timed: the limit
+//                                    for any loader that must hand out new memory
+//   bench_io into CKPT REPS          every tensor into buffers allocated and faulted in before
+//                                    timing (Checkpoint::read_into), as an engine fills its weights
 //   bench_io header FILE REPS        SafetensorsFile::open (map + validate) of FILE
 //
 // Each prints one JSON object: {"times": [seconds...], "bytes": N, "max_rss_mb": M, ...}.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -15,6 +22,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,7 +66,24 @@ int materialize(const std::string& path, int reps) {
   return 0;
 }
 
-int pread_limit(const std::string& path, int reps, int threads) {
+int into(const std::string& path, int reps) {
+  const Checkpoint ckpt = Checkpoint::open(path);
+  std::map<std::string, d9d::Tensor> targets;
+  for (const std::string& name : ckpt.keys()) {
+    const auto& info = ckpt.info(name);
+    targets[name] = d9d::Tensor::zeros(info.shape, info.dtype);  // zeros: faulted in
+  }
+  std::vector<double> times;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    ckpt.read_into(targets);
+    times.push_back(seconds_since(t0));
+  }
+  print(times, ckpt.total_bytes());
+  return 0;
+}
+
+int pread_limit(const std::string& path, int reps, int threads, bool fresh) {
   // The same bytes the loader reads: each file's data section.
   const Checkpoint ckpt = Checkpoint::open(path);
   struct Span {
@@ -73,7 +98,9 @@ int pread_limit(const std::string& path, int reps, int threads) {
         {(ckpt.dir() / f).string(), sf.data_offset(), sf.file_size() - sf.data_offset()});
     total += spans.back().size;
   }
-  std::vector<char> buffer(static_cast<size_t>(total), 1);  // faulted in before timing
+  std::vector<char> warm_buffer(fresh ? 0 : static_cast<size_t>(total), 1);  // faulted in
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t mapped = (static_cast<size_t>(total) + 2 * kHuge - 1) / kHuge * kHuge;
   constexpr int64_t kChunk = int64_t{8} << 20;
   struct Job {
     int fd;
@@ -84,8 +111,16 @@ int pread_limit(const std::string& path, int reps, int threads) {
   for (int r = 0; r < reps; ++r) {
     std::vector<int> fds;
     std::vector<Job> jobs;
-    char* dst = buffer.data();
     const auto t0 = Clock::now();
+    char* base = warm_buffer.data();
+    void* raw = nullptr;
+    if (fresh) {
+      raw = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (raw == MAP_FAILED) return 1;
+      base = static_cast<char*>(raw) + (kHuge - reinterpret_cast<uintptr_t>(raw) % kHuge) % kHuge;
+      ::madvise(base, mapped - kHuge, MADV_HUGEPAGE);
+    }
+    char* dst = base;
     for (const Span& s : spans) {
       const int fd = ::open(s.file.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) return 1;
@@ -114,6 +149,7 @@ int pread_limit(const std::string& path, int reps, int threads) {
     for (auto& t : pool) t.join();
     times.push_back(seconds_since(t0));
     for (const int fd : fds) ::close(fd);
+    if (fresh) ::munmap(raw, mapped);  // untimed
   }
   print(times, total, ", \"threads\": " + std::to_string(threads));
   return 0;
@@ -139,9 +175,11 @@ int main(int argc, char** argv) {
   try {
     if (args.size() == 3 && args[0] == "materialize")
       return materialize(args[1], std::stoi(args[2]));
-    if (args.size() == 4 && args[0] == "pread") {
-      return pread_limit(args[1], std::stoi(args[2]), std::stoi(args[3]));
+    if ((args.size() == 4 || args.size() == 5) && args[0] == "pread") {
+      return pread_limit(args[1], std::stoi(args[2]), std::stoi(args[3]),
+                         args.size() == 5 && args[4] == "fresh");
     }
+    if (args.size() == 3 && args[0] == "into") return into(args[1], std::stoi(args[2]));
     if (args.size() == 3 && args[0] == "header") return header(args[1], std::stoi(args[2]));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_io: %s\n", e.what());

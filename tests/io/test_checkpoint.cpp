@@ -125,6 +125,17 @@ TEST_CASE("a sharded checkpoint opens, lists its tensors and loads them") {
   CHECK(all.size() == 3);
   for (const auto& [name, t] : s.tensors) CHECK(equal(all.at(name), t));
   CHECK(ckpt.load(std::vector<std::string>{"c", "c"}).size() == 1);
+  // Into buffers the caller owns: contiguous ones in one plan, a strided one through the copy.
+  Tensor wide = Tensor::zeros({4, 4}, DType::F32);
+  const std::map<std::string, Tensor> targets = {{"a", wide.transpose(0, 1)},
+                                                 {"b", Tensor::zeros({8}, DType::BF16)},
+                                                 {"c", Tensor::zeros({3}, DType::I64)}};
+  ckpt.read_into(targets);
+  CHECK(equal(targets.at("a"), s.tensors.at("a")));
+  CHECK(equal(targets.at("b"), s.tensors.at("b")));
+  CHECK(equal(targets.at("c"), s.tensors.at("c")));
+  CHECK_THROWS_WITH_AS(ckpt.read_into({{"c", Tensor::zeros({4}, DType::I64)}}),
+                       doctest::Contains("holds shape [3]"), ValueError);
   CHECK_THROWS_WITH_AS(ckpt.load("zz"), doctest::Contains("no tensor named \"zz\""), ValueError);
   // The index file itself, or one shard, opens too.
   CHECK(Checkpoint::open(s.dir / kIndexFileName).keys().size() == 3);

@@ -100,6 +100,11 @@ class Checkpoint {
   Tensor tensor(std::string_view name) const;  // zero-copy view (SafetensorsFile::tensor)
   Tensor load(std::string_view name) const;    // owned copy (SafetensorsFile::load)
   void read_into(std::string_view name, const Tensor& dst) const;
+  // Reads every tensor named in `targets` into its tensor there (writable, CPU, the file's dtype
+  // and shape; any strides), with one parallel read plan across all files for the contiguous ones.
+  // Fills buffers a caller already owns (an inference engine's weights) at the pread limit, with
+  // no page faults for new memory.
+  void read_into(const std::map<std::string, Tensor>& targets) const;
   // The named tensors, owned, read with one parallel plan across all their files.
   std::map<std::string, Tensor> load(const std::vector<std::string>& names) const;
   std::map<std::string, Tensor> load_all() const { return load(keys()); }
