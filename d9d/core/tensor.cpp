@@ -398,24 +398,33 @@ Tensor Tensor::to(DType dtype) const {
 Tensor Tensor::to(Device device) const {
   detail::check_defined(*this, "to");
   if (device == this->device()) return *this;
-  if (this->device().is_cpu() && !is_contiguous()) return contiguous().to(device);
-  D9D_CHECK_AS(DeviceError, is_contiguous(), "to: moving a non-contiguous ", str(), " to ", device,
-               " needs the CUDA kernels; make it contiguous on its device first");
   Tensor out = empty(shape_, dtype_, device);
-  const auto bytes = static_cast<size_t>(nbytes());
-  if (bytes == 0) return out;
-  using detail::CopyDirection;
-  if (device.is_cuda() && this->device().is_cpu()) {
-    detail::cuda_memcpy(out.mutable_data_ptr(), data_ptr(), bytes, CopyDirection::kHostToDevice,
-                        device.index());
-  } else if (device.is_cpu()) {
-    detail::cuda_memcpy(out.mutable_data_ptr(), data_ptr(), bytes, CopyDirection::kDeviceToHost,
-                        this->device().index());
-  } else {
-    detail::cuda_memcpy(out.mutable_data_ptr(), data_ptr(), bytes,
-                        CopyDirection::kDeviceToDevice, device.index());
-  }
+  out.copy_across_devices(*this);
   return out;
+}
+
+// Copies involving a CUDA tensor: packed bytes of the same dtype move with the CUDA runtime; a
+// strided CPU source is packed first. Anything else (a strided CUDA side, a conversion on the
+// device) needs the CUDA kernels.
+const Tensor& Tensor::copy_across_devices(const Tensor& src) const {
+  const Tensor source = src.device().is_cpu() ? src.to(dtype_).contiguous() : src;
+  D9D_CHECK_AS(DeviceError, source.dtype_ == dtype_ && is_contiguous() && source.is_contiguous(),
+               "copy_: copying ", src.str(), " into ", str(),
+               " needs a conversion or a strided copy on the device, which needs d9d's CUDA kernels");
+  const auto bytes = static_cast<size_t>(nbytes());
+  if (bytes == 0) return *this;
+  using detail::CopyDirection;
+  if (device().is_cpu()) {
+    detail::cuda_memcpy(mutable_data_ptr(), source.data_ptr(), bytes, CopyDirection::kDeviceToHost,
+                        source.device().index());
+  } else if (source.device().is_cpu()) {
+    detail::cuda_memcpy(mutable_data_ptr(), source.data_ptr(), bytes, CopyDirection::kHostToDevice,
+                        device().index());
+  } else {
+    detail::cuda_memcpy(mutable_data_ptr(), source.data_ptr(), bytes,
+                        CopyDirection::kDeviceToDevice, device().index());
+  }
+  return *this;
 }
 
 const Tensor& Tensor::copy_(const Tensor& src) const {
@@ -423,8 +432,7 @@ const Tensor& Tensor::copy_(const Tensor& src) const {
   detail::check_defined(src, "copy_");
   D9D_CHECK(shape_ == src.shape_, "copy_: source shape ", src.shape_,
             " does not match destination shape ", shape_);
-  detail::check_cpu(*this, "copy_");
-  detail::check_cpu(src, "copy_");
+  if (!device().is_cpu() || !src.device().is_cpu()) return copy_across_devices(src);
   void* dst_ptr = mutable_data_ptr();
   for (size_t i = 0; i < shape_.size(); ++i) {
     D9D_CHECK(strides_[i] != 0 || shape_[i] <= 1, "copy_: the destination ", str(),

@@ -103,7 +103,9 @@ class Tensor {
   // real part for C64 -> real. Returns this tensor when the dtype is already `dtype`.
   Tensor to(DType dtype) const;
   Tensor to(Device device) const;
-  // Copies `src` (same shape; converted if the dtype differs) into this tensor's elements.
+  // Copies `src` (same shape; converted if the dtype differs) into this tensor's elements. Either
+  // side may be on a CUDA device when both are packed and of one dtype (a strided or differently
+  // typed CPU source is packed and converted on the CPU first).
   const Tensor& copy_(const Tensor& src) const;
 
   // The elements in row-major order, converted to T.
@@ -118,6 +120,7 @@ class Tensor {
 
  private:
   void check_element_type(DType want, const char* op) const;
+  const Tensor& copy_across_devices(const Tensor& src) const;
   Storage storage_;
   DType dtype_ = DType::F32;
   int64_t offset_ = 0;
