@@ -341,10 +341,12 @@ TEST_CASE("a 100,000-tensor header validates quickly") {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   CHECK(h.tensors.size() == 100'000);
   MESSAGE("100,000-tensor header: ", ms, " ms");
+  // bench/io measures it (about 30 ms here); this bound only catches a blow-up (a quadratic step)
+  // without flaking on a loaded machine or a sanitizer build.
 #if defined(__SANITIZE_ADDRESS__) || !defined(NDEBUG)
-  CHECK(ms < 2000);  // sanitizer and debug builds are slow; the bound is for release builds
+  CHECK(ms < 3000);
 #else
-  CHECK(ms < 100);
+  CHECK(ms < 300);
 #endif
 }
 

@@ -235,6 +235,25 @@ TEST_CASE("a full disk (file size limit) fails cleanly and leaves no file behind
   CHECK(read_file(path) == "old contents");
 }
 
+TEST_CASE("a file can be rewritten in place from views of its own mapping") {
+  // The temporary-and-rename publish leaves the old inode (and every view of it) intact.
+  TempDir dir;
+  const auto path = dir / "m.safetensors";
+  const Tensor a = patterned({64, 32}, DType::F32, 1);
+  save_safetensors(path, {{"a", a}});
+  {
+    const SafetensorsFile f = SafetensorsFile::open(path);
+    const Tensor view = f.tensor("a");
+    save_safetensors(path, {{"a", view}, {"a_t", view.transpose(0, 1)}}, {{"format", "np"}});
+    CHECK(equal(view, a));  // the old mapping still reads the old bytes
+  }
+  const SafetensorsFile g = SafetensorsFile::open(path);
+  CHECK(g.metadata() == Metadata{{"format", "np"}});
+  CHECK(equal(g.tensor("a"), a));
+  CHECK(equal(g.tensor("a_t"), a.transpose(0, 1)));
+  CHECK(dir.list() == std::vector<std::string>{"m.safetensors"});
+}
+
 TEST_CASE("save then open round-trips every dtype, scalars and empty tensors") {
   TempDir dir;
   std::map<std::string, Tensor> tensors;
