@@ -1,0 +1,143 @@
+// Streamed reading: a checkpoint, through a mapper, into a stream of (name, Tensor).
+//
+//   ReadOptions ro;
+//   ro.memory_budget = 2ll << 30;
+//   for (auto&& [name, tensor] : read_model_state("ckpt/", mapper, ro)) { ... }
+//
+// Note [read plan]: before a byte is read, plan_read() works from metadata alone: the headers of
+// the checkpoint, the mapper's state_dependency_groups() and its infer(). Every group's inputs
+// must be in the checkpoint (one error lists every missing name), and every output spec is
+// inferred, so a bad mapper or a checkpoint of the wrong shapes fails here, not halfway through.
+// Groups run in the order of their first input's position in the files, so reads walk each file
+// front to back; that order, and each group's outputs sorted by name, is the order of the stream.
+//
+// Note [read-ahead budget]: reader threads run groups ahead of the consumer (read the inputs,
+// apply the group, fault in outputs that are views of the file) while the bytes of the groups
+// started but not yet handed to the consumer stay within ReadOptions::memory_budget. A group
+// larger than the whole budget runs alone. Outputs that are views of the file give their pages
+// back (MADV_DONTNEED) when the last reference to them goes, so resident memory follows what the
+// consumer holds, not how much of the file has been seen.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <d9d/io/checkpoint.hpp>
+#include <d9d/mapper/mapper.hpp>
+#include <d9d/tensor.hpp>
+
+namespace d9d::model_state {
+
+using mapper::MapperPtr;
+using mapper::SpecDict;
+using mapper::StateDict;
+using mapper::StateGroup;
+using mapper::TensorSpec;
+
+struct ReadOptions {
+  // Where the outputs go. On cuda:N the groups are applied on the CPU and their outputs copied to
+  // the device.
+  Device device = Device::cpu();
+  // Reader threads; 0: d9d::num_threads().
+  int threads = 0;
+  // Bytes of groups being read or waiting for the consumer (see Note [read-ahead budget]).
+  int64_t memory_budget = int64_t{2} << 30;
+  bool show_progress = true;
+  std::string label = "Loading Model States";
+};
+
+// One group of the plan, with the specs of its inputs (from the checkpoint) and outputs
+// (inferred).
+struct GroupPlan {
+  StateGroup group;
+  SpecDict inputs;
+  SpecDict outputs;
+  int64_t input_bytes = 0;
+  int64_t output_bytes = 0;
+};
+
+struct ReadPlan {
+  std::vector<GroupPlan> groups;   // in execution (= stream) order
+  std::vector<std::string> files;  // the checkpoint files that hold needed inputs, sorted
+  int64_t input_bytes = 0;
+  int64_t output_bytes = 0;
+  int64_t output_count = 0;
+
+  // Every output in stream order.
+  std::vector<std::pair<std::string, TensorSpec>> outputs() const;
+};
+
+// Plans reading `checkpoint` through `mapper` (Note [read plan]). Throws ValueError listing every
+// input missing from the checkpoint, or the error infer() raises for a group (naming it).
+ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMapper& mapper);
+
+// The stream read_model_state() returns: an input range of (name, Tensor) pairs. Single pass;
+// move-only. Destroying it stops the reader threads.
+class ModelStateStream {
+ public:
+  using value_type = std::pair<std::string, Tensor>;
+
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = ModelStateStream::value_type;
+    using difference_type = std::ptrdiff_t;
+    using reference = value_type&;
+    using pointer = value_type*;
+
+    iterator() = default;
+    reference operator*() const { return *current_; }
+    pointer operator->() const { return current_; }
+    iterator& operator++();
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) {
+      return it.current_ == nullptr;
+    }
+
+   private:
+    friend class ModelStateStream;
+    explicit iterator(ModelStateStream* stream);
+    ModelStateStream* stream_ = nullptr;
+    value_type* current_ = nullptr;
+  };
+
+  ModelStateStream(ModelStateStream&&) noexcept;
+  ModelStateStream& operator=(ModelStateStream&&) noexcept;
+  ~ModelStateStream();
+
+  // Starts the reader threads; call once.
+  iterator begin();
+  std::default_sentinel_t end() const { return {}; }
+
+  const ReadPlan& plan() const;
+  // Every (name, spec) the stream will yield, in order: what a writer needs to lay out its shards
+  // before the first tensor arrives.
+  std::vector<std::pair<std::string, TensorSpec>> planned_specs() const { return plan().outputs(); }
+
+  struct Impl;
+
+ private:
+  friend ModelStateStream read_model_state(const std::filesystem::path&, MapperPtr,
+                                           const ReadOptions&);
+  explicit ModelStateStream(std::unique_ptr<Impl> impl);
+  value_type* next();
+  std::unique_ptr<Impl> impl_;
+};
+
+// Opens the checkpoint at `src` (a directory with model.safetensors.index.json or
+// model.safetensors, an index file or a .safetensors file), plans, and returns the stream.
+ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr mapper,
+                                  const ReadOptions& options = {});
+
+// Streams the mapper's outputs into the caller's existing tensors: every output must have a
+// target of the same shape and dtype (the error names the key); targets may be on a CUDA device.
+// Targets the mapper does not produce are left as they are.
+void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device device,
+                      StateDict& target, ReadOptions options = {});
+
+}  // namespace d9d::model_state

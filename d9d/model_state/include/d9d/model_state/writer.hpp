@@ -1,0 +1,152 @@
+// Streamed writing: any stream of (name, Tensor), through a mapper, into a sharded checkpoint.
+//
+//   WriteOptions wo;
+//   wo.shard_size = 4ll << 30;
+//   write_model_state_local("out/", identity_mapper_from_mapper_outputs(m),
+//                           read_model_state("ckpt/", m, ro), wo);
+//   save_model_state("out/", identity_mapper_from_state(weights), weights, wo);
+//
+// Note [streamed shards]: groups are applied as soon as their inputs have arrived, and every
+// output is written straight to its shard file at its final offset; no shard is ever held in
+// memory. That needs each shard's header before its first tensor, so the writer plans the whole
+// layout from specs first: a ModelStateStream says what it will yield (planned_specs()), and a
+// container (a StateDict, a vector of pairs) is walked once for its specs. The plan also finds
+// the errors a demanding user wants before the first byte: a tensor larger than a shard, groups
+// the source cannot satisfy (named with their inputs), specs a group cannot take. Only a
+// single-pass range that cannot say what it holds falls back to the reference's way: the
+// current shard's tensors are kept until it is full.
+//
+// Shards follow the reference: outputs in the order their groups complete (each group's outputs
+// by name); a shard is closed when the next tensor would take it past shard_size bytes of tensor
+// data; they are named model-0000i-of-0000N.safetensors; the index lists every tensor in that
+// order with metadata.total_size = the bytes of all tensors.
+//
+// Note [atomic checkpoint]: shards are written under hidden temporary names, each fsynced; only
+// when all are complete are they renamed to their final names and the index written (itself
+// through a temporary and a rename), so an interrupted run leaves no file under a final name and
+// no index. Temporary files of dead processes are removed by the next run in the same directory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <d9d/io/checkpoint.hpp>
+#include <d9d/io/safetensors.hpp>
+#include <d9d/mapper/mapper.hpp>
+#include <d9d/tensor.hpp>
+
+namespace d9d::model_state {
+
+using mapper::MapperPtr;
+using mapper::SpecDict;
+using mapper::StateDict;
+using mapper::StateGroup;
+using mapper::TensorSpec;
+
+struct WriteOptions {
+  // Most bytes of tensor data in one shard (the reference's shard_size_gb * 2^30).
+  int64_t shard_size = int64_t{4} << 30;
+  bool show_progress = true;
+  std::string label = "Saving Model States";
+  // Each shard's data section starts at a multiple of this (see io::SaveOptions).
+  int64_t alignment = 4096;
+  // fsync every shard and the index (turn off only for scratch output).
+  bool fsync = true;
+  // Replace a checkpoint already in the destination (its index and shards); without it, a
+  // destination holding model.safetensors.index.json or *.safetensors is an error.
+  bool overwrite = false;
+  io::Metadata metadata = io::default_metadata();
+};
+
+// What one process wrote: its shards under temporary names, and which tensor is in which.
+struct LocalShards {
+  std::vector<std::string> files;                              // temporary file names, in order
+  std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> file, in write order
+  int64_t total_size = 0;                                       // bytes of tensor data
+};
+
+// The engine behind write_model_state_local (public so the template front end and the
+// distributed writers can drive it). Not thread-safe: one caller feeds it.
+class ShardWriter {
+ public:
+  // `temp_tag` distinguishes the temporary names of writers sharing a directory (a rank).
+  ShardWriter(std::filesystem::path dest_dir, MapperPtr mapper, WriteOptions options,
+              std::string temp_tag = "0");
+  ShardWriter(const ShardWriter&) = delete;
+  ShardWriter& operator=(const ShardWriter&) = delete;
+  ~ShardWriter();  // removes every temporary file unless finish() succeeded
+
+  // Lays out every shard from the specs the source will yield, in order (Note [streamed
+  // shards]); call before the first add(). Throws for a tensor larger than a shard, unsatisfied
+  // groups, or specs a group cannot take.
+  void plan(std::span<const std::pair<std::string, TensorSpec>> source);
+  // One tensor from the source. Applies its group when it was the last input missing.
+  void add(const std::string& name, const Tensor& tensor);
+  // Closes the last shard and checks that every group was satisfied (warning on standard error
+  // about source tensors no group consumed). The shards stay under their temporary names.
+  LocalShards finish();
+
+  int64_t planned_output_count() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Renames the shards of every process (in the order given) to model-0000i-of-0000N.safetensors
+// and writes the index. (Note [atomic checkpoint].)
+void finalize_checkpoint(const std::filesystem::path& dest_dir, std::span<const LocalShards> parts,
+                         const WriteOptions& options);
+
+// Checks the destination before a write: creates it if needed; refuses an existing checkpoint
+// unless options.overwrite; removes temporary files left by dead processes.
+void prepare_destination(const std::filesystem::path& dest_dir, const WriteOptions& options);
+
+namespace detail {
+
+template <class R>
+concept PlannedSource = requires(const R& r) {
+  { r.planned_specs() } -> std::convertible_to<std::vector<std::pair<std::string, TensorSpec>>>;
+};
+
+template <class R>
+std::vector<std::pair<std::string, TensorSpec>> specs_in_order(R& source) {
+  std::vector<std::pair<std::string, TensorSpec>> specs;
+  for (auto&& [name, tensor] : source) specs.emplace_back(name, TensorSpec::of(tensor));
+  return specs;
+}
+
+}  // namespace detail
+
+// Writes the mapper's outputs for the tensors of `source` (any range of (name, Tensor) pairs) as
+// a checkpoint in `dest_dir`. See Note [streamed shards] and Note [atomic checkpoint].
+template <class Source>
+void write_model_state_local(const std::filesystem::path& dest_dir, MapperPtr mapper,
+                             Source&& source, const WriteOptions& options = {}) {
+  prepare_destination(dest_dir, options);
+  ShardWriter writer(dest_dir, std::move(mapper), options);
+  if constexpr (detail::PlannedSource<std::remove_cvref_t<Source>>) {
+    const auto specs = source.planned_specs();
+    writer.plan(specs);
+  } else if constexpr (std::ranges::forward_range<Source>) {
+    const auto specs = detail::specs_in_order(source);
+    writer.plan(specs);
+  }
+  for (auto&& [name, tensor] : source) writer.add(name, tensor);
+  const LocalShards shards = writer.finish();
+  finalize_checkpoint(dest_dir, {&shards, 1}, options);
+}
+
+// Writes the mapper's outputs for an in-memory state (a module's state_dict()).
+void save_model_state(const std::filesystem::path& dest_dir, MapperPtr mapper,
+                      const StateDict& state, const WriteOptions& options = {});
+
+}  // namespace d9d::model_state

@@ -1,0 +1,341 @@
+#include <d9d/model_state/reader.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include <d9d/error.hpp>
+#include <d9d/io/mapped_file.hpp>
+#include <d9d/model_state/progress.hpp>
+
+namespace d9d::model_state {
+
+std::vector<std::pair<std::string, TensorSpec>> ReadPlan::outputs() const {
+  std::vector<std::pair<std::string, TensorSpec>> out;
+  out.reserve(static_cast<size_t>(output_count));
+  for (const GroupPlan& g : groups) {
+    for (const auto& [name, spec] : g.outputs) out.emplace_back(name, spec);
+  }
+  return out;
+}
+
+ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMapper& mapper) {
+  const auto& groups = mapper.state_dependency_groups();
+  // Every missing input, named at once.
+  std::vector<std::string> missing;
+  for (const StateGroup& g : groups) {
+    for (const std::string& name : g.inputs) {
+      if (!checkpoint.contains(name)) missing.push_back(name);
+    }
+  }
+  if (!missing.empty()) {
+    std::sort(missing.begin(), missing.end());
+    std::ostringstream list;
+    for (size_t i = 0; i < missing.size() && i < 50; ++i) list << (i ? ", " : "") << missing[i];
+    if (missing.size() > 50) list << ", ... (" << missing.size() - 50 << " more)";
+    d9d::detail::throw_error<ValueError>("read_model_state: ", missing.size(), " input",
+                                    missing.size() == 1 ? " is" : "s are", " missing from ",
+                                    checkpoint.dir().string(), ": ", list.str());
+  }
+
+  // The position of a tensor: its file's index in the sorted file list, then its offset.
+  const std::vector<std::string>& files = checkpoint.files();
+  std::map<std::string_view, size_t> file_rank;
+  for (size_t i = 0; i < files.size(); ++i) file_rank[files[i]] = i;
+
+  struct Ordered {
+    std::pair<size_t, int64_t> position;
+    GroupPlan plan;
+  };
+  std::vector<Ordered> ordered;
+  ordered.reserve(groups.size());
+  std::vector<bool> file_used(files.size(), false);
+  for (const StateGroup& g : groups) {
+    Ordered o;
+    o.position = {SIZE_MAX, 0};
+    o.plan.group = g;
+    for (const std::string& name : g.inputs) {
+      const io::CheckpointEntry entry = checkpoint.entry(name);
+      const size_t rank = file_rank.at(*entry.file);
+      file_used[rank] = true;
+      o.position = std::min(o.position, std::pair<size_t, int64_t>{rank, entry.info->begin});
+      o.plan.inputs[name] = TensorSpec{entry.info->dtype, entry.info->shape};
+      o.plan.input_bytes += entry.info->nbytes();
+    }
+    try {
+      o.plan.outputs = mapper.infer(o.plan.inputs);
+    } catch (const Error& e) {
+      d9d::detail::throw_error<ValueError>("read_model_state: group ", mapper::to_string(g),
+                                      " cannot apply to the checkpoint's tensors: ", e.what());
+    }
+    for (const auto& [name, spec] : o.plan.outputs) o.plan.output_bytes += spec.nbytes();
+    ordered.push_back(std::move(o));
+  }
+  std::stable_sort(ordered.begin(), ordered.end(),
+                   [](const Ordered& a, const Ordered& b) { return a.position < b.position; });
+
+  ReadPlan plan;
+  plan.groups.reserve(ordered.size());
+  for (Ordered& o : ordered) {
+    plan.input_bytes += o.plan.input_bytes;
+    plan.output_bytes += o.plan.output_bytes;
+    plan.output_count += static_cast<int64_t>(o.plan.outputs.size());
+    plan.groups.push_back(std::move(o.plan));
+  }
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (file_used[i]) plan.files.push_back(files[i]);
+  }
+  return plan;
+}
+
+// ---- the stream ---------------------------------------------------------------------------------
+
+namespace {
+
+const int64_t kPageSize = sysconf(_SC_PAGESIZE);
+
+// A view of a checkpoint tensor whose storage gives the tensor's whole pages back to the kernel
+// when the last reference goes (Note [read-ahead budget]); pages shared with a neighbour stay.
+Tensor releasing_view(const io::Checkpoint& checkpoint, const std::string& name) {
+  const Tensor view = checkpoint.tensor(name);
+  const io::CheckpointEntry entry = checkpoint.entry(name);
+  const io::SafetensorsFile& file = checkpoint.file(*entry.file);
+  std::shared_ptr<const io::MappedFile> mapping = file.shared_mapped_file();
+  const int64_t begin = file.data_offset() + entry.info->begin;
+  const int64_t end = file.data_offset() + entry.info->end;
+  const int64_t first_page = (begin + kPageSize - 1) / kPageSize * kPageSize;
+  const int64_t last_page = end / kPageSize * kPageSize;
+  Storage storage = Storage::wrap(
+      const_cast<std::byte*>(static_cast<const std::byte*>(view.data_ptr())),
+      static_cast<size_t>(view.nbytes()), Device::cpu(), StorageKind::kMapped, false,
+      [keep = view.storage(), mapping, first_page, last_page](std::byte*) {
+        if (last_page > first_page) {
+          mapping->advise(io::Advice::kDontNeed, static_cast<size_t>(first_page),
+                          static_cast<size_t>(last_page - first_page));
+        }
+      });
+  return Tensor(std::move(storage), view.dtype(), view.shape(), view.strides(), 0);
+}
+
+// Reads one byte of every page, so the consumer finds the view resident.
+void fault_in(const Tensor& view) {
+  const auto* p = static_cast<const volatile unsigned char*>(view.data_ptr());
+  const int64_t n = view.nbytes();
+  unsigned char sink = 0;
+  for (int64_t i = 0; i < n; i += kPageSize) sink ^= p[i];
+  if (n > 0) sink ^= p[n - 1];
+  (void)sink;
+}
+
+}  // namespace
+
+struct ModelStateStream::Impl {
+  io::Checkpoint checkpoint;
+  MapperPtr mapper;
+  ReadOptions options;
+  ReadPlan plan;
+
+  std::mutex mu;
+  std::condition_variable workers_cv;   // budget freed or a group to start
+  std::condition_variable consumer_cv;  // a group finished
+  size_t next_to_start = 0;
+  size_t next_to_yield = 0;
+  int64_t budget_in_use = 0;
+  size_t in_flight = 0;  // started, not yet handed to the consumer
+  std::vector<std::optional<StateDict>> results;
+  std::vector<std::exception_ptr> errors;
+  bool stop = false;
+  bool started = false;
+  std::vector<std::thread> workers;
+
+  // The group being handed out, and the consumer's place in it.
+  StateDict current;
+  StateDict::iterator current_it;
+  value_type current_value;
+  std::optional<ProgressBar> progress;
+
+  Impl(io::Checkpoint c, MapperPtr m, ReadOptions o)
+      : checkpoint(std::move(c)), mapper(std::move(m)), options(std::move(o)) {}
+
+  ~Impl() {
+    {
+      std::lock_guard lock(mu);
+      stop = true;
+    }
+    workers_cv.notify_all();
+    for (auto& w : workers) w.join();
+  }
+
+  void start() {
+    results.resize(plan.groups.size());
+    errors.resize(plan.groups.size());
+    progress.emplace(options.label, plan.output_count, plan.output_bytes, options.show_progress);
+    const size_t threads = std::min<size_t>(
+        options.threads > 0 ? static_cast<size_t>(options.threads)
+                            : static_cast<size_t>(d9d::num_threads()),
+        std::max<size_t>(plan.groups.size(), 1));
+    for (size_t i = 0; i < threads; ++i) workers.emplace_back([this] { work(); });
+  }
+
+  void work() {
+    for (;;) {
+      size_t index;
+      int64_t cost;
+      {
+        std::unique_lock lock(mu);
+        workers_cv.wait(lock, [&] {
+          if (stop || next_to_start >= plan.groups.size()) return true;
+          const GroupPlan& g = plan.groups[next_to_start];
+          return in_flight == 0 ||
+                 budget_in_use + g.input_bytes + g.output_bytes <= options.memory_budget;
+        });
+        if (stop || next_to_start >= plan.groups.size()) return;
+        index = next_to_start++;
+        const GroupPlan& g = plan.groups[index];
+        cost = g.input_bytes + g.output_bytes;
+        budget_in_use += cost;
+        ++in_flight;
+      }
+      std::optional<StateDict> outputs;
+      std::exception_ptr error;
+      try {
+        outputs = run_group(plan.groups[index]);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      {
+        std::lock_guard lock(mu);
+        // The inputs are gone now; only the outputs stay until the consumer takes them.
+        budget_in_use -= plan.groups[index].input_bytes;
+        results[index] = std::move(outputs);
+        errors[index] = error;
+        if (error) stop = true;  // nothing after a failed group will be handed out
+      }
+      consumer_cv.notify_all();
+      workers_cv.notify_all();
+    }
+  }
+
+  StateDict run_group(const GroupPlan& g) {
+    StateDict inputs;
+    for (const auto& [name, spec] : g.inputs) inputs.emplace(name, releasing_view(checkpoint, name));
+    StateDict outputs = mapper->apply(std::move(inputs));
+    for (const auto& [name, spec] : g.outputs) {
+      auto it = outputs.find(name);
+      D9D_CHECK(it != outputs.end(), "read_model_state: group ", mapper::to_string(g.group),
+                " did not produce ", name);
+      D9D_CHECK(TensorSpec::of(it->second) == spec, "read_model_state: group ",
+                mapper::to_string(g.group), " produced ", name, " as ",
+                TensorSpec::of(it->second).str(), " but its infer() promised ", spec.str());
+    }
+    D9D_CHECK(outputs.size() == g.outputs.size(), "read_model_state: group ",
+              mapper::to_string(g.group), " produced ", outputs.size(), " tensors, expected ",
+              g.outputs.size());
+    for (auto& [name, tensor] : outputs) {
+      if (options.device.is_cuda()) {
+        tensor = tensor.to(options.device);
+      } else if (tensor.storage().kind() == StorageKind::kMapped) {
+        fault_in(tensor);
+      }
+    }
+    return outputs;
+  }
+
+  // The next group's outputs, in order; false at the end.
+  bool take_next_group() {
+    std::unique_lock lock(mu);
+    if (next_to_yield >= plan.groups.size()) return false;
+    const size_t index = next_to_yield;
+    consumer_cv.wait(lock, [&] { return results[index].has_value() || errors[index]; });
+    if (errors[index]) std::rethrow_exception(errors[index]);
+    current = std::move(*results[index]);
+    results[index].reset();
+    budget_in_use -= plan.groups[index].output_bytes;
+    --in_flight;
+    ++next_to_yield;
+    lock.unlock();
+    workers_cv.notify_all();
+    progress->advance(static_cast<int64_t>(current.size()), plan.groups[index].output_bytes);
+    current_it = current.begin();
+    return true;
+  }
+
+  value_type* next() {
+    while (current_it == current.end()) {
+      current.clear();
+      current_it = current.end();
+      if (!take_next_group()) {
+        progress.reset();  // finishes the bar
+        return nullptr;
+      }
+    }
+    // Hand out the pair itself; the group's map keeps no second reference to the tensor.
+    current_value = value_type(current_it->first, std::move(current_it->second));
+    ++current_it;
+    return &current_value;
+  }
+};
+
+ModelStateStream::ModelStateStream(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ModelStateStream::ModelStateStream(ModelStateStream&&) noexcept = default;
+ModelStateStream& ModelStateStream::operator=(ModelStateStream&&) noexcept = default;
+ModelStateStream::~ModelStateStream() = default;
+
+const ReadPlan& ModelStateStream::plan() const { return impl_->plan; }
+
+ModelStateStream::iterator ModelStateStream::begin() {
+  D9D_CHECK(!impl_->started, "read_model_state: the stream is single-pass; begin() was called twice");
+  impl_->started = true;
+  impl_->start();
+  return iterator(this);
+}
+
+ModelStateStream::value_type* ModelStateStream::next() { return impl_->next(); }
+
+ModelStateStream::iterator::iterator(ModelStateStream* stream)
+    : stream_(stream), current_(stream->next()) {}
+
+ModelStateStream::iterator& ModelStateStream::iterator::operator++() {
+  current_ = stream_->next();
+  return *this;
+}
+
+ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr mapper,
+                                  const ReadOptions& options) {
+  D9D_CHECK(mapper != nullptr, "read_model_state: the mapper is null");
+  D9D_CHECK(options.memory_budget > 0, "read_model_state: memory_budget must be positive, got ",
+            options.memory_budget);
+  auto impl = std::make_unique<ModelStateStream::Impl>(io::Checkpoint::open(src), std::move(mapper),
+                                                       options);
+  impl->current_it = impl->current.end();
+  impl->plan = plan_read(impl->checkpoint, *impl->mapper);
+  return ModelStateStream(std::move(impl));
+}
+
+void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device device,
+                      StateDict& target, ReadOptions options) {
+  options.device = Device::cpu();  // outputs are copied straight into the targets
+  ModelStateStream stream = read_model_state(src, std::move(mapper), options);
+  // Check every output against its target before reading anything.
+  for (const auto& [name, spec] : stream.planned_specs()) {
+    auto it = target.find(name);
+    D9D_CHECK(it != target.end(), "load_model_state: the mapper produces ", name,
+              " but the target has no tensor of that name");
+    D9D_CHECK(it->second.defined(), "load_model_state: the target tensor ", name, " is undefined");
+    D9D_CHECK(it->second.dtype() == spec.dtype && it->second.shape() == spec.shape,
+              "load_model_state: ", name, " is ", spec.str(), " in the checkpoint but the target is ",
+              TensorSpec::of(it->second).str());
+    D9D_CHECK_AS(DeviceError, it->second.device() == device, "load_model_state: the target ", name,
+                 " is on ", it->second.device(), ", not on ", device);
+  }
+  for (auto&& [name, tensor] : stream) target.at(name).copy_(tensor);
+}
+
+}  // namespace d9d::model_state

@@ -1,0 +1,383 @@
+#include <d9d/model_state/writer.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include <d9d/error.hpp>
+#include <d9d/model_state/progress.hpp>
+
+namespace d9d::model_state {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::string_view kShardPrefix = ".d9d-shard-";  // .d9d-shard-<pid>-<tag>-<k>.safetensors
+
+std::string temp_shard_name(const std::string& tag, size_t k) {
+  return std::string(kShardPrefix) + std::to_string(::getpid()) + "-" + tag + "-" +
+         std::to_string(k + 1) + ".safetensors";
+}
+
+// The pid in a temporary name of ours or of io's atomic writer, if the name is one.
+std::optional<long> temp_file_pid(const std::string& name) {
+  std::string_view rest;
+  if (name.rfind(kShardPrefix, 0) == 0) {
+    rest = std::string_view(name).substr(kShardPrefix.size());
+  } else if (auto at = name.find(".d9d-tmp-"); name.rfind('.', 0) == 0 && at != std::string::npos) {
+    rest = std::string_view(name).substr(at + 9);
+  } else {
+    return std::nullopt;
+  }
+  long pid = 0;
+  size_t digits = 0;
+  while (digits < rest.size() && rest[digits] >= '0' && rest[digits] <= '9') {
+    pid = pid * 10 + (rest[digits] - '0');
+    if (++digits > 9) return std::nullopt;
+  }
+  if (digits == 0 || digits >= rest.size() || rest[digits] != '-') return std::nullopt;
+  return pid;
+}
+
+bool process_alive(long pid) { return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM; }
+
+std::string group_list(const std::vector<const StateGroup*>& groups, size_t limit = 20) {
+  std::ostringstream out;
+  for (size_t i = 0; i < groups.size() && i < limit; ++i) {
+    out << (i ? "; " : "") << mapper::to_string(*groups[i]);
+  }
+  if (groups.size() > limit) out << "; ... (" << groups.size() - limit << " more)";
+  return out.str();
+}
+
+}  // namespace
+
+// ---- ShardWriter --------------------------------------------------------------------------------
+
+struct ShardWriter::Impl {
+  fs::path dest;
+  MapperPtr mapper;
+  WriteOptions options;
+  std::string tag;
+
+  // Topology: each input belongs to exactly one group.
+  std::vector<const StateGroup*> groups;
+  std::unordered_map<std::string, size_t> group_of_input;
+  std::vector<size_t> remaining;  // inputs not yet arrived, per group
+  std::map<std::string, Tensor> waiting;  // arrived inputs of incomplete groups
+  std::vector<std::string> unconsumed;
+  std::set<std::string> seen;
+
+  struct Shard {
+    std::string file;  // temporary name in dest
+    std::vector<io::TensorDecl> decls;
+    int64_t bytes = 0;
+    std::optional<io::SafetensorsWriter> writer;
+    size_t written = 0;
+  };
+  std::vector<Shard> shards;
+  bool planned = false;
+  std::unordered_map<std::string, size_t> shard_of;  // planned: output -> shard
+  std::vector<std::pair<std::string, Tensor>> pending;  // unplanned: the open shard's tensors
+  int64_t pending_bytes = 0;
+
+  LocalShards result;
+  int64_t output_count = 0;
+  std::optional<ProgressBar> progress;
+  bool finished = false;
+
+  io::SaveOptions save_options() const {
+    io::SaveOptions o;
+    o.alignment = options.alignment;
+    o.fsync = options.fsync;
+    return o;
+  }
+
+  void check_fits(const std::string& name, int64_t bytes) const {
+    D9D_CHECK(bytes <= options.shard_size, "write_model_state: ", name, " has ", bytes,
+              " bytes, more than the shard size of ", options.shard_size, " bytes");
+  }
+
+  // The reference's rule: a shard closes when the next tensor would take it past shard_size.
+  bool starts_new_shard(int64_t open_bytes, bool open_empty, int64_t bytes) const {
+    return !open_empty && open_bytes + bytes > options.shard_size;
+  }
+
+  // Applies the group of `input` if `input` was its last missing one; returns its outputs.
+  std::optional<StateDict> arrive(const std::string& name, const Tensor& tensor) {
+    D9D_CHECK(seen.insert(name).second, "write_model_state: the source yields ", name, " twice");
+    auto it = group_of_input.find(name);
+    if (it == group_of_input.end()) {
+      unconsumed.push_back(name);
+      return std::nullopt;
+    }
+    waiting.emplace(name, tensor);
+    if (--remaining[it->second] > 0) return std::nullopt;
+    const StateGroup& group = *groups[it->second];
+    StateDict inputs;
+    for (const std::string& in : group.inputs) {
+      auto node = waiting.extract(in);
+      inputs.insert(std::move(node));
+    }
+    return mapper->apply(std::move(inputs));
+  }
+
+  void write_planned(const std::string& name, const Tensor& tensor) {
+    auto it = shard_of.find(name);
+    D9D_CHECK(it != shard_of.end(), "write_model_state: the mapper produced ", name,
+              ", which the plan made from the source's specs does not have");
+    Shard& shard = shards[it->second];
+    if (!shard.writer) {
+      shard.writer.emplace(dest / shard.file, shard.decls, options.metadata, save_options());
+    }
+    shard.writer->write(name, tensor);  // checks the declared dtype and shape
+    if (++shard.written == shard.decls.size()) {
+      shard.writer->commit();
+      shard.writer.reset();
+    }
+  }
+
+  void flush_pending() {
+    if (pending.empty()) return;
+    Shard shard;
+    shard.file = temp_shard_name(tag, shards.size());
+    for (const auto& [name, tensor] : pending) {
+      shard.decls.push_back({name, tensor.dtype(), tensor.shape()});
+      result.weight_map.emplace_back(name, shard.file);
+    }
+    io::SafetensorsWriter writer(dest / shard.file, shard.decls, options.metadata, save_options());
+    for (const auto& [name, tensor] : pending) writer.write(name, tensor);
+    writer.commit();
+    shard.written = shard.decls.size();
+    shards.push_back(std::move(shard));
+    pending.clear();
+    pending_bytes = 0;
+  }
+
+  void write_unplanned(const std::string& name, const Tensor& tensor) {
+    const int64_t bytes = tensor.nbytes();
+    check_fits(name, bytes);
+    if (starts_new_shard(pending_bytes, pending.empty(), bytes)) flush_pending();
+    pending.emplace_back(name, tensor);
+    pending_bytes += bytes;
+    result.total_size += bytes;
+  }
+};
+
+ShardWriter::ShardWriter(fs::path dest_dir, MapperPtr mapper, WriteOptions options,
+                         std::string temp_tag)
+    : impl_(std::make_unique<Impl>()) {
+  D9D_CHECK(mapper != nullptr, "write_model_state: the mapper is null");
+  D9D_CHECK(options.shard_size > 0, "write_model_state: shard_size must be positive, got ",
+            options.shard_size);
+  Impl& w = *impl_;
+  w.dest = std::move(dest_dir);
+  w.mapper = std::move(mapper);
+  w.options = std::move(options);
+  w.tag = std::move(temp_tag);
+  for (const StateGroup& g : w.mapper->state_dependency_groups()) {
+    const size_t index = w.groups.size();
+    w.groups.push_back(&g);
+    w.remaining.push_back(g.inputs.size());
+    w.output_count += static_cast<int64_t>(g.outputs.size());
+    for (const std::string& in : g.inputs) w.group_of_input.emplace(in, index);
+  }
+}
+
+ShardWriter::~ShardWriter() {
+  if (impl_ == nullptr || impl_->finished) return;
+  for (Impl::Shard& shard : impl_->shards) {
+    if (shard.writer) {
+      shard.writer->abandon();
+    } else {
+      std::error_code ignored;
+      fs::remove(impl_->dest / shard.file, ignored);
+    }
+  }
+}
+
+int64_t ShardWriter::planned_output_count() const { return impl_->output_count; }
+
+void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> source) {
+  Impl& w = *impl_;
+  D9D_CHECK(!w.planned && w.seen.empty(), "write_model_state: plan() must come first, and once");
+  std::vector<size_t> remaining = w.remaining;
+  std::vector<SpecDict> inputs(w.groups.size());
+  std::set<std::string> names;
+  int64_t open_bytes = 0;
+  int64_t total_bytes = 0;
+  for (const auto& [name, spec] : source) {
+    D9D_CHECK(names.insert(name).second, "write_model_state: the source yields ", name, " twice");
+    auto it = w.group_of_input.find(name);
+    if (it == w.group_of_input.end()) continue;
+    const size_t g = it->second;
+    inputs[g][name] = spec;
+    if (--remaining[g] > 0) continue;
+    SpecDict outputs;
+    try {
+      outputs = w.mapper->infer(inputs[g]);
+    } catch (const Error& e) {
+      d9d::detail::throw_error<ValueError>("write_model_state: group ", mapper::to_string(*w.groups[g]),
+                                      " cannot take the source's tensors: ", e.what());
+    }
+    for (const auto& [out, out_spec] : outputs) {
+      const int64_t bytes = out_spec.nbytes();
+      w.check_fits(out, bytes);
+      if (w.shards.empty() || w.starts_new_shard(open_bytes, w.shards.back().decls.empty(), bytes)) {
+        w.shards.emplace_back();
+        w.shards.back().file = temp_shard_name(w.tag, w.shards.size() - 1);
+        open_bytes = 0;
+      }
+      Impl::Shard& shard = w.shards.back();
+      shard.decls.push_back({out, out_spec.dtype, out_spec.shape});
+      shard.bytes += bytes;
+      open_bytes += bytes;
+      total_bytes += bytes;
+      w.shard_of.emplace(out, w.shards.size() - 1);
+      w.result.weight_map.emplace_back(out, shard.file);
+    }
+  }
+  std::vector<const StateGroup*> unsatisfied;
+  for (size_t g = 0; g < w.groups.size(); ++g) {
+    if (remaining[g] > 0) unsatisfied.push_back(w.groups[g]);
+  }
+  D9D_CHECK(unsatisfied.empty(), "write_model_state: the source does not provide every input of ",
+            unsatisfied.size(), " group", unsatisfied.size() == 1 ? "" : "s", ": ",
+            group_list(unsatisfied));
+  w.result.total_size = total_bytes;
+  w.planned = true;
+  w.progress.emplace(w.options.label, w.output_count, total_bytes, w.options.show_progress);
+}
+
+void ShardWriter::add(const std::string& name, const Tensor& tensor) {
+  Impl& w = *impl_;
+  D9D_CHECK(!w.finished, "write_model_state: add() after finish()");
+  D9D_CHECK(tensor.defined(), "write_model_state: the source tensor ", name, " is undefined");
+  if (!w.progress) w.progress.emplace(w.options.label, w.output_count, 0, w.options.show_progress);
+  std::optional<StateDict> outputs = w.arrive(name, tensor);
+  if (!outputs) return;
+  for (const auto& [out, t] : *outputs) {
+    if (w.planned) {
+      w.write_planned(out, t);
+    } else {
+      w.write_unplanned(out, t);
+    }
+    w.progress->advance(1, t.nbytes());
+  }
+}
+
+LocalShards ShardWriter::finish() {
+  Impl& w = *impl_;
+  D9D_CHECK(!w.finished, "write_model_state: finish() called twice");
+  std::vector<const StateGroup*> unsatisfied;
+  for (size_t g = 0; g < w.groups.size(); ++g) {
+    if (w.remaining[g] > 0) unsatisfied.push_back(w.groups[g]);
+  }
+  D9D_CHECK(unsatisfied.empty(), "write_model_state: the source ended before every input of ",
+            unsatisfied.size(), " group", unsatisfied.size() == 1 ? " arrived" : "s arrived", ": ",
+            group_list(unsatisfied));
+  if (w.planned) {
+    for (const Impl::Shard& shard : w.shards) {
+      D9D_CHECK(shard.written == shard.decls.size(), "write_model_state: shard ", shard.file,
+                " got ", shard.written, " of its ", shard.decls.size(),
+                " planned tensors: the source did not yield what its specs announced");
+    }
+  } else {
+    w.flush_pending();
+  }
+  if (!w.unconsumed.empty()) {
+    std::sort(w.unconsumed.begin(), w.unconsumed.end());
+    std::ostringstream list;
+    for (size_t i = 0; i < w.unconsumed.size() && i < 20; ++i) {
+      list << (i ? ", " : "") << w.unconsumed[i];
+    }
+    if (w.unconsumed.size() > 20) list << ", ... (" << w.unconsumed.size() - 20 << " more)";
+    std::fprintf(stderr,
+                 "d9d: warning: write_model_state: %zu source tensor%s no mapper group consumed "
+                 "%s ignored: %s\n",
+                 w.unconsumed.size(), w.unconsumed.size() == 1 ? "" : "s",
+                 w.unconsumed.size() == 1 ? "was" : "were", list.str().c_str());
+  }
+  w.progress.reset();
+  for (const Impl::Shard& shard : w.shards) w.result.files.push_back(shard.file);
+  w.finished = true;
+  return w.result;
+}
+
+// ---- destination and finalization ---------------------------------------------------------------
+
+void prepare_destination(const fs::path& dest_dir, const WriteOptions& options) {
+  std::error_code ec;
+  fs::create_directories(dest_dir, ec);
+  D9D_CHECK_AS(io::IoError, !ec, "write_model_state: cannot create ", dest_dir.string(), ": ",
+               ec.message());
+  D9D_CHECK_AS(io::IoError, ::access(dest_dir.c_str(), W_OK) == 0, "write_model_state: ",
+               dest_dir.string(), " is not writable");
+  for (const auto& entry : fs::directory_iterator(dest_dir)) {
+    const std::string name = entry.path().filename().string();
+    if (auto pid = temp_file_pid(name); pid && !process_alive(*pid)) {
+      fs::remove(entry.path(), ec);  // a temporary of an interrupted run
+      continue;
+    }
+    if (options.overwrite || name.rfind('.', 0) == 0) continue;
+    const bool is_checkpoint = name == io::kIndexFileName ||
+                               (name.size() > 12 && name.ends_with(".safetensors"));
+    D9D_CHECK_AS(io::IoError, !is_checkpoint, "write_model_state: ", dest_dir.string(),
+                 " already holds a checkpoint (", name,
+                 "); write elsewhere or set overwrite to replace it");
+  }
+}
+
+void finalize_checkpoint(const fs::path& dest_dir, std::span<const LocalShards> parts,
+                         const WriteOptions& options) {
+  size_t count = 0;
+  for (const LocalShards& p : parts) count += p.files.size();
+  io::SafetensorsIndex index;
+  index.total_size = 0;
+  std::map<std::string, std::string> final_name;  // temporary -> final
+  for (const LocalShards& p : parts) {
+    *index.total_size += p.total_size;
+    for (const auto& [tensor, file] : p.weight_map) {
+      auto [it, fresh] = final_name.emplace(file, "");
+      if (fresh) it->second = io::shard_file_name(static_cast<int>(final_name.size()) - 1,
+                                                   static_cast<int>(count));
+      D9D_CHECK(index.weight_map.emplace(tensor, it->second).second,
+                "write_model_state: ", tensor, " was written by two processes");
+    }
+  }
+  D9D_CHECK(final_name.size() == count, "write_model_state: ", count - final_name.size(),
+            " shard file(s) hold no tensor");
+  // An old index goes first, so no index ever names a mix of old and new shards.
+  std::error_code ec;
+  if (options.overwrite) fs::remove(dest_dir / io::kIndexFileName, ec);
+  for (const auto& [temp, name] : final_name) {
+    fs::rename(dest_dir / temp, dest_dir / name, ec);
+    D9D_CHECK_AS(io::IoError, !ec, "write_model_state: cannot rename ", (dest_dir / temp).string(),
+                 " to ", name, ": ", ec.message());
+  }
+  if (options.overwrite) {  // shards of the old checkpoint that the new one does not have
+    std::set<std::string> keep;
+    for (const auto& [temp, name] : final_name) keep.insert(name);
+    for (const auto& entry : fs::directory_iterator(dest_dir)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("model", 0) == 0 && name.ends_with(".safetensors") && !keep.contains(name)) {
+        fs::remove(entry.path(), ec);
+      }
+    }
+  }
+  index.write(dest_dir / io::kIndexFileName, options.fsync);  // atomic, fsyncs the directory
+}
+
+void save_model_state(const fs::path& dest_dir, MapperPtr mapper, const StateDict& state,
+                      const WriteOptions& options) {
+  write_model_state_local(dest_dir, std::move(mapper), state, options);
+}
+
+}  // namespace d9d::model_state
