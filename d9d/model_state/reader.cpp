@@ -17,10 +17,11 @@
 
 namespace d9d::model_state {
 
-std::vector<std::pair<std::string, TensorSpec>> ReadPlan::outputs() const {
+std::optional<std::vector<std::pair<std::string, TensorSpec>>> ReadPlan::outputs() const {
   std::vector<std::pair<std::string, TensorSpec>> out;
   out.reserve(static_cast<size_t>(output_count));
   for (const GroupPlan& g : groups) {
+    if (!g.inferred) return std::nullopt;
     for (const auto& [name, spec] : g.outputs) out.emplace_back(name, spec);
   }
   return out;
@@ -71,6 +72,9 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
     }
     try {
       o.plan.outputs = mapper.infer(o.plan.inputs);
+    } catch (const mapper::NotInferableError&) {
+      o.plan.inferred = false;
+      o.plan.output_bytes = o.plan.input_bytes;
     } catch (const Error& e) {
       d9d::detail::throw_error<ValueError>("read_model_state: group ", mapper::to_string(g),
                                       " cannot apply to the checkpoint's tensors: ", e.what());
@@ -86,7 +90,7 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
   for (Ordered& o : ordered) {
     plan.input_bytes += o.plan.input_bytes;
     plan.output_bytes += o.plan.output_bytes;
-    plan.output_count += static_cast<int64_t>(o.plan.outputs.size());
+    plan.output_count += static_cast<int64_t>(o.plan.group.outputs.size());
     plan.groups.push_back(std::move(o.plan));
   }
   for (size_t i = 0; i < files.size(); ++i) {
@@ -227,17 +231,19 @@ struct ModelStateStream::Impl {
     StateDict inputs;
     for (const auto& [name, spec] : g.inputs) inputs.emplace(name, releasing_view(checkpoint, name));
     StateDict outputs = mapper->apply(std::move(inputs));
+    for (const std::string& name : g.group.outputs) {
+      D9D_CHECK(outputs.contains(name), "read_model_state: group ", mapper::to_string(g.group),
+                " did not produce ", name);
+    }
+    D9D_CHECK(outputs.size() == g.group.outputs.size(), "read_model_state: group ",
+              mapper::to_string(g.group), " produced ", outputs.size(), " tensors, expected ",
+              g.group.outputs.size());
     for (const auto& [name, spec] : g.outputs) {
       auto it = outputs.find(name);
-      D9D_CHECK(it != outputs.end(), "read_model_state: group ", mapper::to_string(g.group),
-                " did not produce ", name);
       D9D_CHECK(TensorSpec::of(it->second) == spec, "read_model_state: group ",
                 mapper::to_string(g.group), " produced ", name, " as ",
                 TensorSpec::of(it->second).str(), " but its infer() promised ", spec.str());
     }
-    D9D_CHECK(outputs.size() == g.outputs.size(), "read_model_state: group ",
-              mapper::to_string(g.group), " produced ", outputs.size(), " tensors, expected ",
-              g.outputs.size());
     for (auto& [name, tensor] : outputs) {
       if (options.device.is_cuda()) {
         tensor = tensor.to(options.device);
@@ -323,8 +329,10 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
                       StateDict& target, ReadOptions options) {
   options.device = Device::cpu();  // outputs are copied straight into the targets
   ModelStateStream stream = read_model_state(src, std::move(mapper), options);
-  // Check every output against its target before reading anything.
-  for (const auto& [name, spec] : stream.planned_specs()) {
+  // Check every output against its target before reading anything (outputs a custom mapper
+  // cannot infer are checked as they arrive, by copy_).
+  for (const auto& [name, spec] : stream.planned_specs().value_or(
+           std::vector<std::pair<std::string, TensorSpec>>{})) {
     auto it = target.find(name);
     D9D_CHECK(it != target.end(), "load_model_state: the mapper produces ", name,
               " but the target has no tensor of that name");
@@ -335,7 +343,15 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
     D9D_CHECK_AS(DeviceError, it->second.device() == device, "load_model_state: the target ", name,
                  " is on ", it->second.device(), ", not on ", device);
   }
-  for (auto&& [name, tensor] : stream) target.at(name).copy_(tensor);
+  for (auto&& [name, tensor] : stream) {
+    auto it = target.find(name);
+    D9D_CHECK(it != target.end(), "load_model_state: the mapper produced ", name,
+              " but the target has no tensor of that name");
+    D9D_CHECK(it->second.dtype() == tensor.dtype() && it->second.shape() == tensor.shape(),
+              "load_model_state: ", name, " is ", TensorSpec::of(tensor).str(),
+              " but the target is ", TensorSpec::of(it->second).str());
+    it->second.copy_(tensor);
+  }
 }
 
 }  // namespace d9d::model_state

@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -56,7 +57,10 @@ struct ReadOptions {
 struct GroupPlan {
   StateGroup group;
   SpecDict inputs;
-  SpecDict outputs;
+  SpecDict outputs;  // empty when !inferred
+  // False for a user-defined mapper without infer(): its outputs are known only once applied
+  // (output_bytes is then estimated as input_bytes).
+  bool inferred = true;
   int64_t input_bytes = 0;
   int64_t output_bytes = 0;
 };
@@ -68,12 +72,13 @@ struct ReadPlan {
   int64_t output_bytes = 0;
   int64_t output_count = 0;
 
-  // Every output in stream order.
-  std::vector<std::pair<std::string, TensorSpec>> outputs() const;
+  // Every output in stream order; nullopt when some group's outputs could not be inferred.
+  std::optional<std::vector<std::pair<std::string, TensorSpec>>> outputs() const;
 };
 
 // Plans reading `checkpoint` through `mapper` (Note [read plan]). Throws ValueError listing every
-// input missing from the checkpoint, or the error infer() raises for a group (naming it).
+// input missing from the checkpoint, or the error infer() raises for a group (naming it). A group
+// whose mapper cannot infer (NotInferableError) is planned without output specs.
 ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMapper& mapper);
 
 // The stream read_model_state() returns: an input range of (name, Tensor) pairs. Single pass;
@@ -116,8 +121,10 @@ class ModelStateStream {
 
   const ReadPlan& plan() const;
   // Every (name, spec) the stream will yield, in order: what a writer needs to lay out its shards
-  // before the first tensor arrives.
-  std::vector<std::pair<std::string, TensorSpec>> planned_specs() const { return plan().outputs(); }
+  // before the first tensor arrives (nullopt if a group's outputs cannot be inferred).
+  std::optional<std::vector<std::pair<std::string, TensorSpec>>> planned_specs() const {
+    return plan().outputs();
+  }
 
   struct Impl;
 

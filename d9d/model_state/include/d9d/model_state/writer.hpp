@@ -114,7 +114,9 @@ namespace detail {
 
 template <class R>
 concept PlannedSource = requires(const R& r) {
-  { r.planned_specs() } -> std::convertible_to<std::vector<std::pair<std::string, TensorSpec>>>;
+  {
+    r.planned_specs()
+  } -> std::convertible_to<std::optional<std::vector<std::pair<std::string, TensorSpec>>>>;
 };
 
 template <class R>
@@ -134,8 +136,7 @@ void write_model_state_local(const std::filesystem::path& dest_dir, MapperPtr ma
   prepare_destination(dest_dir, options);
   ShardWriter writer(dest_dir, std::move(mapper), options);
   if constexpr (detail::PlannedSource<std::remove_cvref_t<Source>>) {
-    const auto specs = source.planned_specs();
-    writer.plan(specs);
+    if (const auto specs = source.planned_specs()) writer.plan(*specs);
   } else if constexpr (std::ranges::forward_range<Source>) {
     const auto specs = detail::specs_in_order(source);
     writer.plan(specs);
