@@ -9,6 +9,7 @@
 #include <d9d/io/safetensors.hpp>
 
 #include "json.hpp"
+#include "name_index.hpp"
 #include "rules.hpp"
 
 namespace d9d::io {
@@ -308,25 +309,10 @@ SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::str
   entries.reserve(static_cast<size_t>(std::count(header.begin(), header.end(), '{')));
   HeaderParser(name, header).parse(entries, out.metadata);
 
-  // Rule 6 for tensor names (entries' strings no longer move): an open-addressing table of
-  // indices, so 100,000 names cost one allocation, not one per name.
-  {
-    size_t capacity = 16;
-    while (capacity < entries.size() * 2) capacity *= 2;
-    std::vector<uint32_t> table(capacity, 0);  // entry index + 1; 0 is empty
-    const std::hash<std::string_view> hash;
-    for (size_t i = 0; i < entries.size(); ++i) {
-      const std::string& key = entries[i].first;
-      for (size_t slot = hash(key) & (capacity - 1);; slot = (slot + 1) & (capacity - 1)) {
-        if (table[slot] == 0) {
-          table[slot] = static_cast<uint32_t>(i + 1);
-          break;
-        }
-        if (entries[table[slot] - 1].first == key) {
-          fail("tensor " + quote_name(key), "the name appears twice in the header", 6);
-        }
-      }
-    }
+  // Rule 6 for tensor names (entries' strings no longer move).
+  if (const auto dup = detail::NameIndex().build(
+          entries.size(), [&](size_t i) -> std::string_view { return entries[i].first; })) {
+    fail("tensor " + quote_name(entries[*dup].first), "the name appears twice in the header", 6);
   }
 
   // Rule 13: sorted by range, the tensors tile [0, data size).

@@ -14,11 +14,11 @@
 #include <cerrno>
 #include <climits>
 #include <mutex>
-#include <unordered_map>
 
 #include <d9d/io/safetensors.hpp>
 
 #include "json.hpp"
+#include "name_index.hpp"
 #include "posix.hpp"
 
 namespace d9d::io {
@@ -28,7 +28,7 @@ struct SafetensorsFile::Impl {
   Storage storage;  // the whole mapping, kind kMapped, read-only; holds `file` alive
   std::vector<std::string> keys;
   std::vector<TensorInfo> infos;
-  std::unordered_map<std::string_view, uint32_t> index;  // views into `keys`
+  detail::NameIndex index;  // over `keys`
   Metadata metadata;
   int64_t header_size = 0;
   std::once_flag sorted_once;
@@ -36,12 +36,12 @@ struct SafetensorsFile::Impl {
 
   uint32_t find(std::string_view name) const {
     const auto it = index.find(name);
-    if (it == index.end()) {
+    if (!it) {
       d9d::detail::throw_error<ValueError>(file->path().string(), ": no tensor named ",
                                            detail::quote_name(name), " (the file has ", keys.size(),
                                            " tensors)");
     }
-    return it->second;
+    return static_cast<uint32_t>(*it);
   }
   int64_t file_offset(const TensorInfo& info) const { return 8 + header_size + info.begin; }
 };
@@ -63,8 +63,8 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
     impl->keys.push_back(std::move(name));
     impl->infos.push_back(std::move(info));
   }
-  impl->index.reserve(impl->keys.size());
-  for (uint32_t i = 0; i < impl->keys.size(); ++i) impl->index.emplace(impl->keys[i], i);
+  const std::vector<std::string>& keys = impl->keys;  // validated: no duplicates
+  impl->index.build(keys.size(), [&keys](size_t i) -> std::string_view { return keys[i]; });
   // The storage's deleter owns a reference to the mapping: views outlive this object.
   std::shared_ptr<const MappedFile> keep = file;
   impl->storage = Storage::wrap(const_cast<std::byte*>(file->data()), file->size(), Device::cpu(),
@@ -105,7 +105,7 @@ const std::vector<std::string>& SafetensorsFile::sorted_keys() const {
 }
 
 bool SafetensorsFile::contains(std::string_view name) const {
-  return impl_->index.find(name) != impl_->index.end();
+  return impl_->index.find(name).has_value();
 }
 
 const TensorInfo& SafetensorsFile::info(std::string_view name) const {
