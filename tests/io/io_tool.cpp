@@ -8,7 +8,8 @@
 //   io_tool transpose IN OUT       save every tensor of IN with 2+ dims as its transpose(0, 1)
 //                                  view (a strided source), the others as they are
 //   io_tool ckpt PATH              the checkpoint (directory, index or file) as JSON, sorted
-//   io_tool check FILE...          one line per file: "OK" or "REJECT <message>" (exit 0)
+//   io_tool check FILE...          one line per file: "OK <json>" (metadata, data_offset and per
+//                                  tensor name, dtype, shape, data_offsets) or "REJECT <message>"
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -131,8 +132,20 @@ int main(int argc, char** argv) {
     if (args.size() >= 2 && args[0] == "check") {
       for (size_t i = 1; i < args.size(); ++i) {
         try {
-          d9d::io::SafetensorsFile::open(args[i]);
-          std::cout << "OK\n";
+          const auto f = d9d::io::SafetensorsFile::open(args[i]);
+          std::string out = "{\"metadata\": " + metadata_json(f.metadata()) +
+                            ", \"data_offset\": " + std::to_string(f.data_offset()) +
+                            ", \"tensors\": [";
+          for (size_t k = 0; k < f.keys().size(); ++k) {
+            const auto& info = f.info(f.keys()[k]);
+            out += (k ? ", [" : "[") + json_string(f.keys()[k]) + ", \"" +
+                   std::string(d9d::dtype_name(info.dtype)) + "\", [";
+            for (size_t d = 0; d < info.shape.size(); ++d) {
+              out += (d ? ", " : "") + std::to_string(info.shape[d]);
+            }
+            out += "], " + std::to_string(info.begin) + ", " + std::to_string(info.end) + "]";
+          }
+          std::cout << "OK " << out << "]}\n";
         } catch (const d9d::io::FormatError& e) {
           std::string msg = e.what();
           for (char& c : msg) c = c == '\n' ? ' ' : c;
