@@ -1,6 +1,7 @@
 // parallel, shard, prefix_scope, filter_empty_mappers. (sequential is in sequential.cpp.)
 #include <d9d/mapper/compose.hpp>
 
+#include <algorithm>
 #include <unordered_set>
 
 #include "internal.hpp"
@@ -62,6 +63,8 @@ ParallelMapper::ParallelMapper(std::vector<MapperPtr> mappers) {
   inputs.reserve(total);
   outputs.reserve(total);
   routes_.reserve(total);
+  std::vector<std::pair<const StateGroup*, const ModelStateMapper*>> all;
+  all.reserve(total);
   for (const auto& m : mappers_) {
     for (const auto& group : m->state_dependency_groups()) {
       const ModelStateMapper* other = nullptr;
@@ -75,18 +78,24 @@ ParallelMapper::ParallelMapper(std::vector<MapperPtr> mappers) {
                 " produce them; each output key must be produced by one mapper only");
       for (const auto& k : group.inputs) inputs.emplace(k, m.get());
       for (const auto& k : group.outputs) outputs.emplace(k, m.get());
-
-      const StateGroup& copy = *groups_.insert(group).first;
-      const Route route{&copy, m.get()};
-      if (copy.inputs.empty()) {
-        D9D_CHECK(!no_input_route_, "parallel: ", no_input_route_->mapper->describe(), " and ",
-                  m->describe(), " both have a group without inputs (",
-                  detail::group_str(*no_input_route_->group), " and ", detail::group_str(copy),
-                  "); apply() could not tell them apart");
-        no_input_route_ = route;
-      }
-      for (const auto& k : copy.inputs) routes_.emplace(k, route);
+      all.emplace_back(&group, m.get());
     }
+  }
+  // Sorted first, then appended at the end of the set: one pass over a contiguous array instead
+  // of a tree descent per group (the difference shows at 100,000 groups).
+  std::sort(all.begin(), all.end(),
+            [](const auto& a, const auto& b) { return *a.first < *b.first; });
+  for (const auto& [group, mapper] : all) {
+    const StateGroup& copy = *groups_.emplace_hint(groups_.end(), *group);
+    const Route route{&copy, mapper};
+    if (copy.inputs.empty()) {
+      D9D_CHECK(!no_input_route_, "parallel: ", no_input_route_->mapper->describe(), " and ",
+                mapper->describe(), " both have a group without inputs (",
+                detail::group_str(*no_input_route_->group), " and ", detail::group_str(copy),
+                "); apply() could not tell them apart");
+      no_input_route_ = route;
+    }
+    for (const auto& k : copy.inputs) routes_.emplace(k, route);
   }
 }
 

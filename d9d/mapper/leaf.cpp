@@ -210,7 +210,10 @@ MapperPtr SqueezeMapper::inverse(const SpecDict& input_specs) const {
   const TensorSpec in = input_spec(input_specs);
   const TensorSpec out = infer(SpecDict{{source(), in}}).begin()->second;
   if (!dim_) return std::make_shared<ReshapeMapper>(target(), source(), in.shape, out.shape);
-  if (out.shape == in.shape) return std::make_shared<RenameTensorMapper>(target(), source());
+  if (out.shape == in.shape) {  // torch.squeeze(dim) left it as it was
+    if (target() == source()) return std::make_shared<IdentityMapper>(source());
+    return std::make_shared<RenameTensorMapper>(target(), source());
+  }
   return std::make_shared<UnsqueezeMapper>(target(), source(), *dim_);
 }
 std::string SqueezeMapper::describe() const {
