@@ -228,7 +228,11 @@ struct SafetensorsWriter::Impl {
       return offset + nbytes;
     }
     if (nbytes <= kBounceBytes) {
-      if (!bounce.defined()) bounce = Storage::allocate(static_cast<size_t>(kBounceBytes));
+      // Sized by the first block (blocks of one tensor are equal but for the last), so a small
+      // strided tensor does not cost a 16 MiB buffer.
+      if (bounce.nbytes() < static_cast<size_t>(nbytes)) {
+        bounce = Storage::allocate(static_cast<size_t>(nbytes));
+      }
       const Tensor packed = Tensor::from_storage(bounce, view.dtype(), view.shape());
       packed.copy_(view);
       write_bytes(i, offset,
