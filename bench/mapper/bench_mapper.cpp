@@ -35,11 +35,11 @@ const char* kSpec = R"({"d9d_mapper_spec": 1, "unmatched": "error", "stages": [
               "target": "layers.{L}.{N}_layernorm"},
              {"op": "rename_tensor", "source": "model.{X}.weight", "target": "{X}"},
              {"op": "rename_tensor", "source": "lm_head.weight", "target": "lm_head"}]},
-  {"rules": [{"op": "concatenate", "sources": ["layers.{L}.attn.q", "layers.{L}.attn.k",
+  {"rules": [{"op": "concatenate_tensors", "sources": ["layers.{L}.attn.q", "layers.{L}.attn.k",
                "layers.{L}.attn.v"], "target": "layers.{L}.attn.qkv"},
-             {"op": "concatenate", "sources": ["layers.{L}.shared_expert.gate",
+             {"op": "concatenate_tensors", "sources": ["layers.{L}.shared_expert.gate",
                "layers.{L}.shared_expert.up"], "target": "layers.{L}.shared_expert.gate_up"},
-             {"op": "stack", "source": "layers.{L}.experts.{E}.{W}", "over": "E",
+             {"op": "stack_tensors", "source": "layers.{L}.experts.{E}.{W}", "over": "E",
               "target": "layers.{L}.moe.{W}"}]}]})";
 
 double seconds_since(Clock::time_point t0) {

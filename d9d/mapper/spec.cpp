@@ -361,11 +361,11 @@ constexpr OpInfo kOps[] = {
     {"unsqueeze", Op::kUnsqueeze},
     {"reshape", Op::kReshape},
     {"cast", Op::kCast},
-    {"stack", Op::kStack},
-    {"concatenate", Op::kConcatenate},
-    {"unstack", Op::kUnstack},
-    {"chunk", Op::kChunk},
-    {"split", Op::kSplit},
+    {"stack_tensors", Op::kStack},
+    {"concatenate_tensors", Op::kConcatenate},
+    {"unstack_tensors", Op::kUnstack},
+    {"chunk_tensors", Op::kChunk},
+    {"split_tensors", Op::kSplit},
 };
 
 struct Rule {

@@ -123,11 +123,11 @@ TEST_CASE("every leaf op is available in a spec, with the spec's shapes") {
     {"op": "unsqueeze", "source": "us", "dim": -1},
     {"op": "reshape", "source": "r", "shape": [-1]},
     {"op": "cast", "source": "c", "dtype": "BF16"},
-    {"op": "stack", "sources": ["s.a", "s.b"], "target": "s", "dim": 1},
-    {"op": "concatenate", "sources": ["cat.a", "cat.b"], "target": "cat"},
-    {"op": "unstack", "source": "u", "targets": ["u.0", "u.1"]},
-    {"op": "chunk", "source": "ch", "targets": ["ch.0", "ch.1"], "dim": -1},
-    {"op": "split", "source": "qkv", "targets": ["q", "k", "v"], "sizes": [4, 2, 2]}
+    {"op": "stack_tensors", "sources": ["s.a", "s.b"], "target": "s", "dim": 1},
+    {"op": "concatenate_tensors", "sources": ["cat.a", "cat.b"], "target": "cat"},
+    {"op": "unstack_tensors", "source": "u", "targets": ["u.0", "u.1"]},
+    {"op": "chunk_tensors", "source": "ch", "targets": ["ch.0", "ch.1"], "dim": -1},
+    {"op": "split_tensors", "source": "qkv", "targets": ["q", "k", "v"], "sizes": [4, 2, 2]}
   ]})";
   const DType f = DType::F32;
   const SpecDict in{{"id", {f, {2}}},       {"old", {f, {2}}},      {"enc.0.w", {f, {3}}},
@@ -155,7 +155,7 @@ TEST_CASE("stack over a capture orders experts numerically and checks none is mi
   for (int l = 0; l < 2; ++l) {
     for (int e = 0; e < 12; ++e) keys.push_back(str_cat("layers.", l, ".experts.", e, ".w1"));
   }
-  const std::string rule = R"({"op": "stack", "source": "layers.{L}.experts.{E}.w1", "over": "E",
+  const std::string rule = R"({"op": "stack_tensors", "source": "layers.{L}.experts.{E}.w1", "over": "E",
                                "target": "layers.{L}.moe.w1", "dim": 0})";
   SpecMapping m = from_spec(one_rule(rule), keys);
   CHECK(m.mapper->state_dependency_groups().size() == 2);
@@ -168,7 +168,7 @@ TEST_CASE("stack over a capture orders experts numerically and checks none is mi
   keys.erase(keys.begin() + 5);  // layer 0 loses expert 5
   check_spec_error(one_rule(rule), keys, "$.rules[0]", "expected 0..10 with none missing");
   // Unstack back with a count.
-  SpecMapping back = from_spec(one_rule(R"({"op": "unstack", "source": "layers.{L}.moe.w1",
+  SpecMapping back = from_spec(one_rule(R"({"op": "unstack_tensors", "source": "layers.{L}.moe.w1",
       "target": "layers.{L}.experts.{E}.w1", "over": "E", "count": 12})"),
                                {"layers.0.moe.w1"});
   CHECK(all_outputs(*back.mapper).size() == 12);
@@ -179,7 +179,7 @@ TEST_CASE("stages run in sequence and see what the stage before left") {
   const std::string json = R"({"d9d_mapper_spec": 1, "stages": [
       {"rules": [{"op": "rename_tensor", "source": "hf.{L}.q", "target": "{L}.q"},
                  {"op": "rename_tensor", "source": "hf.{L}.k", "target": "{L}.k"}]},
-      {"rules": [{"op": "stack", "sources": ["{L}.q", "{L}.k"], "target": "{L}.qk", "dim": 0}]}]})";
+      {"rules": [{"op": "stack_tensors", "sources": ["{L}.q", "{L}.k"], "target": "{L}.qk", "dim": 0}]}]})";
   SpecMapping m = from_spec(json, {"hf.0.q", "hf.0.k", "hf.1.q", "hf.1.k", "extra"});
   CHECK(m.mapper->state_dependency_groups() ==
         groups({group({"hf.0.q", "hf.0.k"}, {"0.qk"}), group({"hf.1.q", "hf.1.k"}, {"1.qk"}),
@@ -224,7 +224,7 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
   check_spec_error(
       one_rule(R"({"op": "rename_tensor", "source": "a", "target": "b", "source": "c"})"), keys,
       "$.rules[0].source", "duplicate key \"source\"");
-  check_spec_error(one_rule(R"({"op": "identity", "source": "a"}, {"op": "stack", "sources": ["a"],
+  check_spec_error(one_rule(R"({"op": "identity", "source": "a"}, {"op": "stack_tensors", "sources": ["a"],
                                 "target": "s", "dims": 0})"),
                    keys, "$.rules[1].dims", "unknown field \"dims\"");
   check_spec_error(one_rule(R"({"op": "unsqueeze", "source": "a", "dim": "0"})"), keys,
@@ -248,11 +248,11 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
   check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a.{L}", "target": "b.{M}"})"),
                    keys, "$.rules[0].target", "{M} is not bound");
   check_spec_error(
-      one_rule(R"({"op": "split", "source": "a", "targets": ["x", "y"], "sizes": [1]})"), keys,
+      one_rule(R"({"op": "split_tensors", "source": "a", "targets": ["x", "y"], "sizes": [1]})"), keys,
       "$.rules[0].sizes", "1 sizes for 2 targets");
-  check_spec_error(one_rule(R"({"op": "stack", "sources": ["a.{L}", "b"], "target": "s"})"), keys,
+  check_spec_error(one_rule(R"({"op": "stack_tensors", "sources": ["a.{L}", "b"], "target": "s"})"), keys,
                    "$.rules[0].sources", "same captures");
-  check_spec_error(one_rule(R"({"op": "stack", "source": "a.{L}", "over": "E", "target": "s"})"),
+  check_spec_error(one_rule(R"({"op": "stack_tensors", "source": "a.{L}", "over": "E", "target": "s"})"),
                    keys, "$.rules[0].over", "no capture {E}");
   check_spec_error(R"({"d9d_mapper_spec": 1, "stages": [{"rules": []}, {"rules": [
                        {"op": "squeeze", "source": "a", "dim": true}]}]})",
@@ -264,7 +264,7 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
 TEST_CASE("specs that do not fit the keys name the rule") {
   const std::vector<std::string> keys{"l.0.q", "l.0.k", "l.1.q", "a", "b"};
   check_spec_error(
-      one_rule(R"({"op": "stack", "sources": ["l.{L}.q", "l.{L}.k"], "target": "l.{L}.qk"})"), keys,
+      one_rule(R"({"op": "stack_tensors", "sources": ["l.{L}.q", "l.{L}.k"], "target": "l.{L}.qk"})"), keys,
       "$.rules[0]", "for {L=1} the checkpoint has some sources but not [l.1.k]");
   check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "x"},
                                {"op": "identity", "source": "a"})"),
@@ -277,7 +277,7 @@ TEST_CASE("specs that do not fit the keys name the rule") {
   check_spec_error(
       one_rule(R"({"op": "select_child_modules", "parent": "l.{L}", "base_names": ["q", "k"]})"),
       keys, "$.rules[0]", "but not [l.1.k]");
-  check_spec_error(one_rule(R"({"op": "stack", "sources": ["a", "a"], "target": "s"})"), keys,
+  check_spec_error(one_rule(R"({"op": "stack_tensors", "sources": ["a", "a"], "target": "s"})"), keys,
                    "$.rules[0]", "listed twice");
   CHECK_THROWS_AS(from_spec(one_rule(R"({"op": "identity", "source": "a"})"), {"a", "a"}),
                   ValueError);

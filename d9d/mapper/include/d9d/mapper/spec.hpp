@@ -22,7 +22,7 @@
 //   {"op": "rename_tensor", "source": "model.layers.{L}.self_attn.o_proj.weight",
 //    "target": "layers.{L}.attn.out.weight"}
 //
-// RULE = {"op": OP, ...}; "target" is optional where shown with "?" (default: the source name);
+// RULE = {"op": OP, ...} (OP is the name of the factory in leaf.hpp); "target" is optional where shown with "?" (default: the source name);
 // "dim" defaults to 0 where shown as "dim?".
 //   identity              source
 //   rename_tensor         source, target
@@ -33,12 +33,12 @@
 //   unsqueeze             source, target?, dim
 //   reshape               source, target?, shape: [...]  (one entry may be -1)
 //   cast                  source, target?, dtype: "BF16" (a safetensors dtype name)
-//   stack, concatenate    sources: [pattern, ...], target, dim?
-//                         or source + over: "E" (one tensor per value of capture E, in order:
+//   stack_tensors,        sources: [pattern, ...], target, dim?
+//   concatenate_tensors   or source + over: "E" (one tensor per value of capture E, in order:
 //                         numeric when every value is a number, and then they must be 0..n-1)
-//   unstack, chunk        source, targets: [pattern, ...], dim?
-//                         or target + over: "E" + count: n (targets for E = 0..n-1)
-//   split                 source, targets: [pattern, ...], sizes: [...], dim?
+//   unstack_tensors,      source, targets: [pattern, ...], dim?
+//   chunk_tensors         or target + over: "E" + count: n (targets for E = 0..n-1)
+//   split_tensors         source, targets: [pattern, ...], sizes: [...], dim?
 // A multi-source rule applies where every source exists; where some exist and others do not, the
 // missing keys are an error. Two rules of one stage that consume or produce the same key are an
 // error, as is a rule output that would replace a key passing through the stage.
