@@ -30,6 +30,8 @@ STRICTER = {
     7: "\"__metadata__\": null is read by the reference as no metadata; d9d wants an object",
     8: "unknown keys in a tensor entry are ignored by the reference; d9d rejects them, since a "
        "misspelled key (\"data_offset\") would otherwise go unnoticed",
+    10: "a shape size in [2^63, 2^64) beside a 0 (a zero-size tensor): the reference's usize "
+        "takes it; d9d's sizes are int64, as PyTorch's are, and no real tensor has such a dim",
 }
 
 rng = random.Random(20261128)
@@ -94,6 +96,10 @@ def hand_built():
         pack(b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":0}}', bytes(1)),
         pack(b'{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}', bytes(1)),
         pack(b'{"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}', bytes(8)),
+        pack(b'{"a":{"dtype":"U8","shape":[0,9223372036854775808],"data_offsets":[0,0]}}'),
+        pack(b'{"a":{"dtype":"U8","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}}'),
+        pack(b'{"a":{"dtype":"U8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}}'),
+        pack(b'{"a":{"dtype":"U8","shape":[0,18446744073709551615],"data_offsets":[0,0]}}'),
     ]
     return cases
 

@@ -260,6 +260,15 @@ TEST_CASE("rule 12: the byte size of dtype and shape equals the range") {
   CHECK(rejection(image(entry(R"({"dtype":"F4","shape":[2,3],"data_offsets":[0,3]})"), 3)).empty());
   CHECK(rejection(image(entry(R"({"dtype":"F6_E3M2","shape":[4],"data_offsets":[0,3]})"), 3))
             .empty());
+  // The product is taken left to right with overflow checks, as the reference takes it: a zero
+  // first makes it 0, an overflow before the zero is an overflow.
+  CHECK(rejection(
+            image(entry(R"({"dtype":"U8","shape":[0,4294967296,4294967296],"data_offsets":[0,0]})"),
+                  0))
+            .empty());
+  CHECK_REJECTED(
+      image(entry(R"({"dtype":"U8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]})"), 0),
+      "rule 12", "past 2^63 - 1");
   // A zero in the shape is zero bytes, whatever the other sizes.
   CHECK(rejection(
             image(entry(R"({"dtype":"F64","shape":[0,9223372036854775807],"data_offsets":[0,0]})"),

@@ -44,8 +44,9 @@
 //
 // WHERE D9D IS STRICTER than the reference (safetensors 0.8, checked by tests/io/differential.py):
 // whitespace before the opening '{' (rule 5), duplicate keys (rule 6), "__metadata__": null
-// (rule 7) and unknown keys in a tensor entry (rule 8) are accepted there and rejected here. No
-// file the reference rejects is accepted here.
+// (rule 7), unknown keys in a tensor entry (rule 8) and, in a zero-size tensor, a size in
+// [2^63, 2^64) (rule 10: sizes are int64 here, as in PyTorch) are accepted there and rejected
+// here. No file the reference rejects is accepted here.
 //
 // THE WRITER follows the reference: tensors sorted by dtype alignment descending (the reference's
 // dtype order: U64 I64 F64 C64 F32 U32 I32 BF16 F16 U16 I16 F8_E5M2FNUZ F8_E4M3FNUZ F8_E8M0
