@@ -11,6 +11,7 @@
 #include "json.hpp"
 #include "name_index.hpp"
 #include "rules.hpp"
+#include "validate.hpp"
 
 namespace d9d::io {
 namespace detail {
@@ -48,6 +49,13 @@ constexpr int64_t kMaxHeaderSize = 100'000'000;
 
 using Entry = std::pair<std::string, TensorInfo>;
 
+// `text == literal`, with the length checked first and a fixed-size compare the compiler inlines
+// (these run for every key of a 100,000-tensor header).
+template <size_t N>
+bool is(std::string_view text, const char (&literal)[N]) {
+  return text.size() == N - 1 && std::memcmp(text.data(), literal, N - 1) == 0;
+}
+
 class HeaderParser {
  public:
   HeaderParser(std::string_view file_name, std::string_view header)
@@ -84,7 +92,7 @@ class HeaderParser {
         const size_t key_pos = cursor_.pos();
         const std::string_view key = cursor_.string(scratch);
         cursor_.expect(':', "':' after a key");
-        if (key == "__metadata__") {
+        if (is(key, "__metadata__")) {
           if (seen_metadata) {
             fail("header byte " + std::to_string(key_pos), "\"__metadata__\" appears twice", 6);
           }
@@ -174,11 +182,11 @@ class HeaderParser {
         const std::string_view key = cursor_.string(scratch);
         cursor_.expect(':', "':' after a key");
         unsigned bit = 0;
-        if (key == "dtype") {
+        if (is(key, "dtype")) {
           bit = kDtype;
-        } else if (key == "shape") {
+        } else if (is(key, "shape")) {
           bit = kShape;
-        } else if (key == "data_offsets") {
+        } else if (is(key, "data_offsets")) {
           bit = kOffsets;
         } else {
           fail(where, "unexpected key " + quote_name(key), 8);
@@ -276,6 +284,14 @@ class HeaderParser {
 }  // namespace
 
 SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::string_view name) {
+  detail::NameIndex index;
+  return detail::validate_safetensors(file, name, index);
+}
+
+namespace detail {
+
+SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::string_view name,
+                                       NameIndex& index) {
   auto fail = [&](const std::string& where, const std::string& what, int rule) {
     d9d::detail::throw_error<FormatError>(name, ": ", where, ": ", what, " (rule ", rule, ": ",
                                           detail::rule_text(rule), ")");
@@ -309,8 +325,10 @@ SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::str
   entries.reserve(static_cast<size_t>(std::count(header.begin(), header.end(), '{')));
   HeaderParser(name, header).parse(entries, out.metadata);
 
-  // Rule 6 for tensor names (entries' strings no longer move).
-  if (const auto dup = detail::NameIndex().build(
+  // Rule 6 for tensor names (entries' strings no longer move), and the index callers keep. Its
+  // positions are header positions until the stable sort below; then it is rebuilt only if the
+  // sort moved anything (reference writers' headers are already in offset order).
+  if (const auto dup = index.build(
           entries.size(), [&](size_t i) -> std::string_view { return entries[i].first; })) {
     fail("tensor " + quote_name(entries[*dup].first), "the name appears twice in the header", 6);
   }
@@ -323,6 +341,7 @@ SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::str
   };
   if (!std::is_sorted(entries.begin(), entries.end(), by_range)) {
     std::stable_sort(entries.begin(), entries.end(), by_range);
+    index.build(entries.size(), [&](size_t i) -> std::string_view { return entries[i].first; });
   }
   const auto data_size = static_cast<int64_t>(file_size - 8 - n);
   int64_t cursor = 0;
@@ -374,4 +393,5 @@ SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::str
   return out;
 }
 
+}  // namespace detail
 }  // namespace d9d::io

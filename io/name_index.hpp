@@ -37,6 +37,13 @@ class NameIndex {
     return std::nullopt;
   }
 
+  // Points the index at another list holding the same names in the same order (the names were
+  // moved); `names` as in build().
+  template <class Names>
+  void rebind(Names names) {
+    names_ = [names](size_t i) { return std::string_view(names(i)); };
+  }
+
   std::optional<size_t> find(std::string_view key) const {
     if (slots_.empty()) return std::nullopt;
     for (size_t slot = hash(key);; slot = (slot + 1) & (slots_.size() - 1)) {

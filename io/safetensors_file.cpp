@@ -20,6 +20,7 @@
 #include "json.hpp"
 #include "name_index.hpp"
 #include "posix.hpp"
+#include "validate.hpp"
 
 namespace d9d::io {
 
@@ -54,7 +55,8 @@ SafetensorsFile::~SafetensorsFile() = default;
 SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   auto impl = std::make_unique<Impl>();
   auto file = std::make_shared<MappedFile>(MappedFile::open(path));
-  SafetensorsHeader header = validate_safetensors(file->bytes(), path.string());
+  SafetensorsHeader header =
+      detail::validate_safetensors(file->bytes(), path.string(), impl->index);
   impl->header_size = header.header_size;
   impl->metadata = std::move(header.metadata);
   impl->keys.reserve(header.tensors.size());
@@ -63,8 +65,8 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
     impl->keys.push_back(std::move(name));
     impl->infos.push_back(std::move(info));
   }
-  const std::vector<std::string>& keys = impl->keys;  // validated: no duplicates
-  impl->index.build(keys.size(), [&keys](size_t i) -> std::string_view { return keys[i]; });
+  const std::vector<std::string>& keys = impl->keys;  // same names, same order: repoint the index
+  impl->index.rebind([&keys](size_t i) -> std::string_view { return keys[i]; });
   // The storage's deleter owns a reference to the mapping: views outlive this object.
   std::shared_ptr<const MappedFile> keep = file;
   impl->storage = Storage::wrap(const_cast<std::byte*>(file->data()), file->size(), Device::cpu(),

@@ -177,6 +177,25 @@ TEST_CASE("read_ranges reports a file truncated after it was opened") {
   CHECK_THROWS_WITH_AS(f.load("a"), doctest::Contains("unexpected end of file"), IoError);
 }
 
+TEST_CASE("a header not in offset order is listed in file order and looked up by name") {
+  TempDir dir;
+  write_file(dir / "r.safetensors",
+             image(R"({"c":{"dtype":"U8","shape":[2],"data_offsets":[3,5]},)"
+                   R"("z":{"dtype":"F32","shape":[0],"data_offsets":[1,1]},)"
+                   R"("b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]},)"
+                   R"("a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+                   5));
+  const SafetensorsFile f = SafetensorsFile::open(dir / "r.safetensors");
+  CHECK(f.keys() == std::vector<std::string>{"a", "z", "b", "c"});
+  CHECK(f.sorted_keys() == std::vector<std::string>{"a", "b", "c", "z"});
+  CHECK(f.info("a").begin == 0);
+  CHECK(f.info("b").begin == 1);
+  CHECK(f.info("c").begin == 3);
+  CHECK(f.info("z").nbytes() == 0);
+  CHECK(f.load("c").to_vector<uint8_t>() == std::vector<uint8_t>{3, 4});
+  CHECK_FALSE(f.contains("d"));
+}
+
 TEST_CASE("SafetensorsFile::open names the file in format errors") {
   TempDir dir;
   write_file(dir / "bad.safetensors",
