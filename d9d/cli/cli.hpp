@@ -1,0 +1,205 @@
+// The d9d command-line tool: its commands and the helpers they share.
+//
+// Each command is a function over an options struct (filled by main.cpp from the command line, or
+// by `d9d demo`, which drives convert and verify itself). A command returns its exit status: 0
+// when it did what was asked, 1 when the answer is "no" (verify found differences, plan found
+// missing inputs); failures are d9d::Error exceptions, which main() prints and turns into 1.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <d9d/io/checkpoint.hpp>
+#include <d9d/mapper/mapper.hpp>
+#include <d9d/mapper/spec.hpp>
+#include <d9d/tensor.hpp>
+
+namespace d9d::cli {
+
+namespace fs = std::filesystem;
+
+// ---- sizes and formatting -----------------------------------------------------------------------
+
+// Note [size units]: a size on the command line is a number with an optional unit. Decimal units
+// are powers of 1000 and binary units powers of 1024, as huggingface_hub's max_shard_size ("5GB"
+// = 5 * 10^9 bytes) and the IEC: B, KB, MB, GB, TB = 10^0..10^12; KiB, MiB, GiB, TiB =
+// 2^10..2^40. Units are case-insensitive ("5gb"), a space before the unit is allowed, fractions
+// are allowed ("1.5GiB", rounded down to a whole byte). Single letters ("5G") are refused as
+// ambiguous. (The reference's shard_size_gb counts GiB: its 1.0 is --shard-size 1GiB.)
+//
+// Throws ValueError naming the text.
+int64_t parse_size(std::string_view text);
+// "302.1 MB" (decimal units, as parse_size reads them back); "512 B" below 1 kB.
+std::string format_bytes(int64_t bytes);
+// "1.23 GB/s".
+std::string format_rate(int64_t bytes, double seconds);
+// "[4096, 4096]".
+std::string format_shape(const Shape& shape);
+// "1 tensor", "3 tensors".
+std::string count_of(int64_t n, std::string_view noun);
+// Fixed-point seconds: "0.42 s".
+std::string format_seconds(double seconds);
+
+// The whole file as text; throws io::IoError naming `what` and the path.
+std::string read_text_file(const fs::path& path, std::string_view what);
+
+class Stopwatch {
+ public:
+  Stopwatch() : start_(std::chrono::steady_clock::now()) {}
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+// ---- the conversion sidecar ---------------------------------------------------------------------
+
+// Note [conversion sidecar]: `d9d convert` leaves d9d-conversion.json next to the checkpoint it
+// writes. Undoing a conversion needs more than the spec: the inverse of a concatenation must know
+// the sizes of the parts (the q / k / v rows of a GQA model), a squeeze the shape it came from. So
+// the sidecar records the spec's text and the name, dtype and shape of every tensor of the source
+// checkpoint:
+//
+//   {"d9d_conversion": 1,
+//    "spec": "<the spec file's text, verbatim>",
+//    "spec_origin": "examples/specs/llama_hf_to_fused.json",
+//    "source": {"model.embed_tokens.weight": ["BF16", [32000, 1024]], ...},
+//    "dropped": ["..."]}                   (source keys the spec dropped, which cannot come back)
+//
+// `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys)
+// and writes mapper->inverse(source specs). The sidecar is not a .safetensors file and not in the
+// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is
+// written last, atomically, after the index: an interrupted conversion leaves none.
+inline constexpr std::string_view kSidecarFileName = "d9d-conversion.json";
+
+struct Sidecar {
+  std::string spec;
+  std::string spec_origin;
+  mapper::SpecDict source;
+  std::vector<std::string> dropped;
+};
+
+std::string sidecar_json(const Sidecar& sidecar);
+// Parses and checks a sidecar; `name` is used in error messages (ValueError).
+Sidecar parse_sidecar(std::string_view json, std::string_view name);
+// Writes dir/d9d-conversion.json through a temporary file and a rename.
+void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync);
+
+// The directory of a checkpoint path (a directory, an index file or a .safetensors file).
+fs::path checkpoint_dir(const fs::path& path);
+
+// ---- building the mapper ------------------------------------------------------------------------
+
+// A mapper for a checkpoint, with what the spec expansion reported.
+struct Conversion {
+  mapper::MapperPtr mapper;
+  mapper::SpecMapping mapping;  // of the forward spec (for --reverse: of the original keys)
+  Sidecar sidecar;              // what convert records (forward) or what it read (reverse)
+  bool reverse = false;
+};
+
+// The forward conversion of the checkpoint at `src` through the spec `spec_text`.
+Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
+                              std::string spec_origin);
+// The inverse of the conversion that wrote `src` (Note [conversion sidecar]). `spec_text`, when
+// given, replaces the sidecar's spec (it must still describe original -> converted).
+Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
+                              const std::string& spec_origin);
+// forward_conversion or reverse_conversion, from command-line options.
+Conversion make_conversion(const fs::path& src, const std::optional<fs::path>& spec_path,
+                           bool reverse);
+
+// ---- commands -----------------------------------------------------------------------------------
+
+struct InspectOptions {
+  fs::path checkpoint;
+  bool json = false;
+};
+int run_inspect(const InspectOptions& options);
+
+struct PlanOptions {
+  fs::path checkpoint;
+  std::optional<fs::path> spec;
+  bool reverse = false;
+  int64_t shard_size = int64_t{5'000'000'000};
+  bool json = false;
+};
+int run_plan(const PlanOptions& options);
+
+struct ConvertOptions {
+  fs::path source;
+  fs::path dest;
+  std::optional<fs::path> spec;
+  // The spec's text, when it does not come from a file (the demo's embedded spec).
+  std::optional<std::string> spec_text;
+  std::string spec_origin;
+  bool reverse = false;
+  int64_t shard_size = int64_t{5'000'000'000};
+  int threads = 0;
+  int64_t memory_budget = int64_t{2} << 30;
+  Device device = Device::cpu();
+  bool overwrite = false;
+  bool progress = true;
+  bool fsync = true;
+  bool quiet = false;  // no summary line (the demo prints its own)
+};
+
+struct ConvertResult {
+  int64_t input_count = 0;
+  int64_t input_bytes = 0;
+  int64_t output_count = 0;
+  int64_t output_bytes = 0;
+  int64_t shard_count = 0;
+  double seconds = 0;
+};
+ConvertResult run_convert(const ConvertOptions& options);
+
+struct VerifyOptions {
+  fs::path a;
+  fs::path b;
+  std::optional<fs::path> spec;
+  std::optional<std::string> spec_text;
+  std::string spec_origin;
+  int threads = 0;
+  int64_t memory_budget = int64_t{2} << 30;
+  bool progress = true;
+  int max_shown = 10;  // differing tensors shown in detail
+  bool quiet = false;  // no report when equal
+};
+
+struct VerifyResult {
+  int64_t compared = 0;   // tensors compared byte by byte
+  int64_t bytes = 0;      // bytes compared
+  int64_t differing = 0;  // tensors with different bytes, dtypes or shapes
+  std::vector<std::string> only_in_a;
+  std::vector<std::string> only_in_b;
+  double seconds = 0;
+  bool equal() const { return differing == 0 && only_in_a.empty() && only_in_b.empty(); }
+};
+VerifyResult run_verify(const VerifyOptions& options);
+
+struct DemoOptions {
+  int64_t hidden = 1024;
+  int64_t layers = 8;
+  int64_t heads = 16;
+  int64_t kv_heads = 4;
+  int64_t intermediate = 2816;
+  int64_t vocab = 32000;
+  std::string dtype = "BF16";
+  int64_t shard_size = 100'000'000;
+  uint64_t seed = 0;
+  int threads = 0;
+  std::optional<fs::path> dir;
+  bool keep = false;
+  bool progress = false;
+};
+int run_demo(const DemoOptions& options);
+
+}  // namespace d9d::cli

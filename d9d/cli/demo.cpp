@@ -1,0 +1,314 @@
+// d9d demo: the README's main job, end to end, in well under a minute.
+//
+//   1. write a Llama-shaped checkpoint (HF transformers names, random weights, several shards),
+//   2. convert it to fused QKV + gate_up with examples/specs/llama_hf_to_fused.json (embedded),
+//   3. verify the fused checkpoint against the original read through the same spec,
+//   4. convert the fused checkpoint back with --reverse (the inverse from the conversion record),
+//   5. verify the round trip bit-exact against the original.
+// Exits 0 only if every comparison matched.
+#include <stdlib.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <iterator>
+#include <optional>
+
+#include <d9d/mapper/adapters.hpp>
+#include <d9d/model_state/writer.hpp>
+
+#include "cli.hpp"
+#include "llama_spec.hpp"  // kLlamaHfToFusedSpec, generated from examples/specs at build time
+
+namespace d9d::cli {
+
+namespace {
+
+using Specs = std::vector<std::pair<std::string, mapper::TensorSpec>>;
+
+// The tensors of a Llama-family model as transformers names them.
+Specs llama_specs(const DemoOptions& o, DType dtype) {
+  const int64_t head_dim = o.hidden / o.heads;
+  Specs s;
+  auto add = [&](std::string name, Shape shape) {
+    s.emplace_back(std::move(name), mapper::TensorSpec{dtype, std::move(shape)});
+  };
+  add("model.embed_tokens.weight", {o.vocab, o.hidden});
+  for (int64_t l = 0; l < o.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {o.hidden});
+    add(p + "self_attn.q_proj.weight", {o.heads * head_dim, o.hidden});
+    add(p + "self_attn.k_proj.weight", {o.kv_heads * head_dim, o.hidden});
+    add(p + "self_attn.v_proj.weight", {o.kv_heads * head_dim, o.hidden});
+    add(p + "self_attn.o_proj.weight", {o.hidden, o.heads * head_dim});
+    add(p + "post_attention_layernorm.weight", {o.hidden});
+    add(p + "mlp.gate_proj.weight", {o.intermediate, o.hidden});
+    add(p + "mlp.up_proj.weight", {o.intermediate, o.hidden});
+    add(p + "mlp.down_proj.weight", {o.hidden, o.intermediate});
+  }
+  add("model.norm.weight", {o.hidden});
+  add("lm_head.weight", {o.vocab, o.hidden});
+  return s;
+}
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Random weights of magnitude in [1/16, 1), either sign: random sign and mantissa bits, and one
+// of four exponents (no zeros, infinities or NaNs, so every value prints as a number).
+Tensor random_tensor(const mapper::TensorSpec& spec, uint64_t seed) {
+  Tensor t = Tensor::empty(spec.shape, spec.dtype);
+  uint64_t state = seed;
+  const int64_t n = t.numel();
+  auto fill = [&](auto* p, int mantissa_bits, int bias) {
+    using U = std::remove_pointer_t<decltype(p)>;
+    const int total_bits = static_cast<int>(sizeof(U) * 8);
+    const uint64_t mantissa_mask = (uint64_t{1} << mantissa_bits) - 1;
+    uint64_t bits = 0;
+    int left = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (left < total_bits) {
+        bits = splitmix64(state);
+        left = 64;
+      }
+      const uint64_t r = bits;
+      bits >>= total_bits;
+      left -= total_bits;
+      const uint64_t sign = (r >> (total_bits - 1)) & 1;
+      const uint64_t exponent = static_cast<uint64_t>(bias - 4) + ((r >> mantissa_bits) & 3);
+      p[i] = static_cast<U>((sign << (total_bits - 1)) | (exponent << mantissa_bits) |
+                            (r & mantissa_mask));
+    }
+  };
+  switch (spec.dtype) {
+    case DType::BF16:
+      fill(static_cast<uint16_t*>(t.mutable_data_ptr()), 7, 127);
+      break;
+    case DType::F16:
+      fill(static_cast<uint16_t*>(t.mutable_data_ptr()), 10, 15);
+      break;
+    case DType::F32:
+      fill(static_cast<uint32_t*>(t.mutable_data_ptr()), 23, 127);
+      break;
+    default:
+      D9D_CHECK(false, "demo: --dtype must be BF16, F16 or F32, got ", spec.dtype);
+  }
+  return t;
+}
+
+// A source for write_model_state_local that makes each tensor when the writer asks for it, so
+// the demo's checkpoint is never whole in memory, whatever its size. It says what it will yield
+// (planned_specs), so the writer lays out the shards first.
+class RandomSource {
+ public:
+  using value_type = std::pair<std::string, Tensor>;
+
+  RandomSource(Specs specs, uint64_t seed) : specs_(std::move(specs)), seed_(seed) {}
+  // (An optional because write_model_state_local's `if (auto specs = ...)` takes only that.)
+  std::optional<Specs> planned_specs() const { return specs_; }
+  size_t size() const { return specs_.size(); }
+
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = RandomSource::value_type;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(RandomSource* source) : source_(source) { load(); }
+    value_type& operator*() const { return current_; }
+    iterator& operator++() {
+      ++index_;
+      load();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) {
+      return it.index_ >= it.source_->size();
+    }
+
+   private:
+    void load() {
+      if (index_ >= source_->specs_.size()) {
+        current_ = {};
+        return;
+      }
+      const auto& [name, spec] = source_->specs_[index_];
+      current_ = {name, random_tensor(spec, source_->seed_ * 1000003 + index_)};
+    }
+    RandomSource* source_ = nullptr;
+    size_t index_ = 0;
+    mutable value_type current_;  // handed out by reference, as ModelStateStream does
+  };
+
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() const { return {}; }
+
+ private:
+  Specs specs_;
+  uint64_t seed_;
+};
+
+void print_step(int number, const std::string& what, const std::string& detail, double seconds,
+                int64_t bytes) {
+  std::printf("%d. %-44s %9s  %s\n", number, what.c_str(), format_seconds(seconds).c_str(),
+              format_rate(bytes, seconds).c_str());
+  if (!detail.empty()) std::printf("   %s\n", detail.c_str());
+  std::fflush(stdout);
+}
+
+std::string shards_text(int64_t n) {
+  return count_of(n, "shard");
+}
+
+}  // namespace
+
+int run_demo(const DemoOptions& o) {
+  D9D_CHECK(o.hidden > 0 && o.layers >= 0 && o.heads > 0 && o.kv_heads > 0 && o.intermediate > 0 &&
+                o.vocab > 0,
+            "demo: sizes must be positive");
+  D9D_CHECK(o.hidden % o.heads == 0, "demo: --hidden (", o.hidden,
+            ") must be a multiple of --heads (", o.heads, ")");
+  D9D_CHECK(o.heads % o.kv_heads == 0, "demo: --heads (", o.heads,
+            ") must be a multiple of --kv-heads (", o.kv_heads, ")");
+  const DType dtype = parse_dtype(o.dtype);
+  const Specs specs = llama_specs(o, dtype);
+  int64_t total = 0;
+  for (const auto& [name, spec] : specs) total += spec.nbytes();
+
+  // The work directory: --dir, or a fresh one under $TMPDIR that goes away at the end.
+  fs::path dir;
+  bool remove_dir = false;
+  if (o.dir) {
+    dir = *o.dir;
+    fs::create_directories(dir);
+  } else {
+    std::string pattern = (fs::temp_directory_path() / "d9d-demo-XXXXXX").string();
+    D9D_CHECK_AS(io::IoError, ::mkdtemp(pattern.data()) != nullptr,
+                 "demo: cannot create a directory under ", fs::temp_directory_path().string(), ": ",
+                 std::strerror(errno));
+    dir = pattern;
+    remove_dir = !o.keep;
+  }
+  struct Cleanup {
+    fs::path dir;
+    bool active;
+    ~Cleanup() {
+      std::error_code ec;
+      if (active) fs::remove_all(dir, ec);
+    }
+  } cleanup{dir, remove_dir};
+  const fs::path original = dir / "llama-hf";
+  const fs::path fused = dir / "fused";
+  const fs::path back = dir / "llama-hf-back";
+
+  std::printf(
+      "d9d demo: a Llama-shaped checkpoint to fused QKV + gate_up and back, checked bit for bit\n"
+      "  model: hidden %lld, %lld layers, %lld heads (%lld KV heads, head_dim %lld), "
+      "intermediate %lld, vocab %lld, %s: %zu tensors, %s\n"
+      "  in %s%s\n\n",
+      static_cast<long long>(o.hidden), static_cast<long long>(o.layers),
+      static_cast<long long>(o.heads), static_cast<long long>(o.kv_heads),
+      static_cast<long long>(o.hidden / o.heads), static_cast<long long>(o.intermediate),
+      static_cast<long long>(o.vocab), o.dtype.c_str(), specs.size(), format_bytes(total).c_str(),
+      dir.string().c_str(), remove_dir ? " (removed at the end; --dir or --keep keeps it)" : "");
+  std::fflush(stdout);
+
+  // 1. The original checkpoint, made tensor by tensor.
+  model_state::WriteOptions wo;
+  wo.shard_size = o.shard_size;
+  wo.show_progress = o.progress;
+  wo.overwrite = true;
+  {
+    const Stopwatch clock;
+    std::vector<std::string> names;
+    for (const auto& [name, spec] : specs) names.push_back(name);
+    RandomSource source(specs, o.seed);
+    model_state::write_model_state_local(original, mapper::identity_mapper_from_names(names),
+                                         source, wo);
+    const auto index = io::SafetensorsIndex::read(original / io::kIndexFileName);
+    print_step(1, "write random weights -> llama-hf/",
+               std::to_string(specs.size()) + " tensors, " + format_bytes(total) + " in " +
+                   shards_text(static_cast<int64_t>(index.files().size())),
+               clock.seconds(), total);
+  }
+
+  // 2. Forward conversion with the embedded spec.
+  ConvertOptions co;
+  co.source = original;
+  co.dest = fused;
+  co.spec_text = std::string(kLlamaHfToFusedSpec);
+  co.spec_origin = "examples/specs/llama_hf_to_fused.json";
+  co.shard_size = o.shard_size;
+  co.threads = o.threads;
+  co.overwrite = true;
+  co.progress = o.progress;
+  co.quiet = true;
+  const ConvertResult forward = run_convert(co);
+  print_step(2, "convert llama-hf/ -> fused/",
+             "spec " + co.spec_origin + " (embedded): " + std::to_string(forward.input_count) +
+                 " tensors -> " + std::to_string(forward.output_count) +
+                 " (qkv = cat(q, k, v), "
+                 "gate_up = cat(gate, up), renames) in " +
+                 shards_text(forward.shard_count),
+             forward.seconds, forward.output_bytes);
+
+  // 3. The fused checkpoint equals the original read through the spec.
+  VerifyOptions vo;
+  vo.a = original;
+  vo.b = fused;
+  vo.spec_text = co.spec_text;
+  vo.spec_origin = co.spec_origin;
+  vo.threads = o.threads;
+  vo.progress = o.progress;
+  vo.quiet = true;
+  const VerifyResult fused_check = run_verify(vo);
+  print_step(3, "verify fused/ == llama-hf/ through the spec",
+             fused_check.equal() ? std::to_string(fused_check.compared) + " tensors bit-exact"
+                                 : "MISMATCH (see above)",
+             fused_check.seconds, fused_check.bytes);
+
+  // 4. Back, with the inverse the conversion record makes possible.
+  ConvertOptions ro = co;
+  ro.source = fused;
+  ro.dest = back;
+  ro.spec_text.reset();
+  ro.spec_origin.clear();
+  ro.reverse = true;
+  const ConvertResult reverse = run_convert(ro);
+  print_step(4, "convert fused/ -> llama-hf-back/ --reverse",
+             "inverse from fused/" + std::string(kSidecarFileName) + ": " +
+                 std::to_string(reverse.input_count) + " tensors -> " +
+                 std::to_string(reverse.output_count) +
+                 " (split qkv by the recorded sizes, "
+                 "chunk gate_up) in " +
+                 shards_text(reverse.shard_count),
+             reverse.seconds, reverse.output_bytes);
+
+  // 5. The round trip is the identity, bit for bit.
+  VerifyOptions bo;
+  bo.a = back;
+  bo.b = original;
+  bo.threads = o.threads;
+  bo.progress = o.progress;
+  bo.quiet = true;
+  const VerifyResult round_trip = run_verify(bo);
+  print_step(5, "verify llama-hf-back/ == llama-hf/",
+             round_trip.equal() ? std::to_string(round_trip.compared) + " tensors bit-exact"
+                                : "MISMATCH (see above)",
+             round_trip.seconds, round_trip.bytes);
+
+  const bool ok = fused_check.equal() && round_trip.equal();
+  std::printf("\nd9d demo: %s\n",
+              ok ? "OK: the round trip is bit-exact" : "FAILED: the checkpoints differ");
+  if (!remove_dir) {
+    std::printf("  the checkpoints are in %s (try: d9d inspect %s)\n", dir.string().c_str(),
+                fused.string().c_str());
+  }
+  return ok ? 0 : 1;
+}
+
+}  // namespace d9d::cli

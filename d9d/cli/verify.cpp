@@ -1,0 +1,212 @@
+// d9d verify A B [--spec S]: tensor-by-tensor bitwise comparison of two checkpoints.
+//
+// A is read as a stream (read_model_state: through the spec when one is given, else through an
+// identity), so its side stays within the memory budget; each tensor of B is read in pieces of
+// kChunk bytes into one buffer with pread. Memory is therefore bounded by the budget plus one
+// chunk, whatever the checkpoints' sizes.
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include <d9d/mapper/adapters.hpp>
+#include <d9d/model_state/reader.hpp>
+
+#include "cli.hpp"
+
+namespace d9d::cli {
+
+namespace {
+
+constexpr int64_t kChunk = int64_t{64} << 20;  // a multiple of every element size
+constexpr size_t kShownElements = 3;           // differing elements shown per tensor
+
+std::string unravel(int64_t flat, const Shape& shape) {
+  if (shape.empty()) return "[]";
+  std::vector<int64_t> index(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    const int64_t size = shape[d] == 0 ? 1 : shape[d];
+    index[d] = flat % size;
+    flat /= size;
+  }
+  std::string out = "[";
+  for (size_t d = 0; d < index.size(); ++d) out += (d ? ", " : "") + std::to_string(index[d]);
+  return out + "]";
+}
+
+// One element as a number and its bits: "0.125 (0x3e00)".
+std::string element_string(DType dtype, const std::byte* p) {
+  const int64_t size = is_sub_byte(dtype) ? 1 : element_size(dtype);
+  std::string hex = "0x";
+  char buf[64];
+  for (int64_t i = size; i-- > 0;) {  // little-endian bytes, most significant first
+    std::snprintf(buf, sizeof buf, "%02x", static_cast<unsigned>(p[i]));
+    hex += buf;
+  }
+  if (is_sub_byte(dtype)) return "byte " + hex;
+  Tensor one = Tensor::empty({1}, dtype);
+  std::memcpy(one.mutable_data_ptr(), p, static_cast<size_t>(size));
+  if (dtype == DType::BOOL) {
+    return std::string(one.item<bool>() ? "true" : "false") + " (" + hex + ")";
+  } else if (dtype == DType::U64) {
+    std::snprintf(buf, sizeof buf, "%" PRIu64, one.item<uint64_t>());
+  } else if (is_integral(dtype)) {
+    std::snprintf(buf, sizeof buf, "%" PRId64, one.item<int64_t>());
+  } else if (dtype == DType::C64) {
+    float parts[2];
+    std::memcpy(parts, p, sizeof parts);
+    std::snprintf(buf, sizeof buf, "%.9g%+.9gi", static_cast<double>(parts[0]),
+                  static_cast<double>(parts[1]));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.9g", one.item<double>());
+  }
+  return std::string(buf) + " (" + hex + ")";
+}
+
+struct Difference {
+  std::string name;
+  std::string summary;
+  std::vector<std::string> elements;
+};
+
+// Compares `a` (a CPU tensor) with tensor `name` of `b` chunk by chunk; nullopt when equal.
+std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
+                                  const io::Checkpoint& b, std::byte* buffer, int threads) {
+  const io::CheckpointEntry entry = b.entry(name);
+  const io::TensorInfo& info = *entry.info;
+  const mapper::TensorSpec a_spec = mapper::TensorSpec::of(a_in);
+  const mapper::TensorSpec b_spec{info.dtype, info.shape};
+  if (!(a_spec == b_spec)) {
+    return Difference{name, "A is " + a_spec.str() + ", B is " + b_spec.str(), {}};
+  }
+  const Tensor a = a_in.device().is_cpu() ? a_in.contiguous() : a_in.to(Device::cpu());
+  const auto* a_bytes = static_cast<const std::byte*>(a.data_ptr());
+  const io::SafetensorsFile& file = b.file(*entry.file);
+  const int64_t nbytes = info.nbytes();
+  const int64_t esize = is_sub_byte(info.dtype) ? 1 : element_size(info.dtype);
+  int64_t differing = 0;
+  Difference diff{name, "", {}};
+  for (int64_t off = 0; off < nbytes; off += kChunk) {
+    const int64_t len = std::min(kChunk, nbytes - off);
+    const io::ReadRange range{&file.mapped_file(),
+                              static_cast<uint64_t>(file.data_offset() + info.begin + off), buffer,
+                              static_cast<uint64_t>(len)};
+    io::read_ranges({&range, 1}, threads);
+    const std::byte* pa = a_bytes + off;
+    if (std::memcmp(pa, buffer, static_cast<size_t>(len)) == 0) continue;
+    for (int64_t i = 0; i < len; i += esize) {
+      if (std::memcmp(pa + i, buffer + i, static_cast<size_t>(esize)) == 0) continue;
+      if (++differing <= static_cast<int64_t>(kShownElements)) {
+        const int64_t flat = (off + i) / esize;
+        std::string where = is_sub_byte(info.dtype) ? "byte " + std::to_string(flat)
+                                                    : unravel(flat, info.shape) + " (element " +
+                                                          std::to_string(flat) + ")";
+        diff.elements.push_back(where + ": A " + element_string(info.dtype, pa + i) + ", B " +
+                                element_string(info.dtype, buffer + i));
+      }
+    }
+  }
+  if (differing == 0) return std::nullopt;
+  diff.summary = a_spec.str() + ": " + std::to_string(differing) + " of " +
+                 std::to_string(nbytes / esize) +
+                 (is_sub_byte(info.dtype) ? " bytes differ" : " elements differ");
+  return diff;
+}
+
+std::string list(const std::vector<std::string>& names, size_t limit = 10) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < limit; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > limit) out += ", ... (" + std::to_string(names.size() - limit) + " more)";
+  return out;
+}
+
+}  // namespace
+
+VerifyResult run_verify(const VerifyOptions& options) {
+  const Stopwatch clock;
+  const io::Checkpoint b = io::Checkpoint::open(options.b);
+  mapper::MapperPtr m;
+  std::string through;
+  {
+    io::Checkpoint a = io::Checkpoint::open(options.a);
+    if (options.spec || options.spec_text) {
+      std::string text =
+          options.spec_text ? *options.spec_text : read_text_file(*options.spec, "spec");
+      std::string origin = options.spec_text ? options.spec_origin : options.spec->string();
+      through = " through " + origin;
+      m = forward_conversion(a, std::move(text), std::move(origin)).mapper;
+    } else {
+      m = mapper::identity_mapper_from_names(a.keys());
+    }
+  }
+  if (options.threads > 0) set_num_threads(options.threads);
+  model_state::ReadOptions ro;
+  ro.threads = options.threads;
+  ro.memory_budget = options.memory_budget;
+  ro.show_progress = options.progress;
+  ro.label = "Verifying";
+  model_state::ModelStateStream stream = model_state::read_model_state(options.a, m, ro);
+
+  VerifyResult result;
+  std::set<std::string> a_names;
+  const auto planned = stream.planned_specs().value();  // a spec's mapper infers every output
+  for (const auto& [name, spec] : planned) {
+    a_names.insert(name);
+    if (!b.contains(name)) result.only_in_a.push_back(name);
+  }
+  for (const std::string& key : b.keys()) {
+    if (!a_names.contains(key)) result.only_in_b.push_back(key);
+  }
+  std::sort(result.only_in_a.begin(), result.only_in_a.end());
+
+  const std::unique_ptr<std::byte[]> buffer(new std::byte[static_cast<size_t>(kChunk)]);
+  std::vector<Difference> diffs;
+  for (auto&& [name, tensor] : stream) {
+    if (!b.contains(name)) continue;
+    std::optional<Difference> d = compare(name, tensor, b, buffer.get(), options.threads);
+    ++result.compared;
+    result.bytes += tensor.nbytes();
+    if (d) {
+      ++result.differing;
+      if (diffs.size() < static_cast<size_t>(options.max_shown)) diffs.push_back(std::move(*d));
+    }
+  }
+  result.seconds = clock.seconds();
+
+  const std::string a_desc = options.a.string() + through;
+  if (result.equal()) {
+    if (!options.quiet) {
+      std::cout << "d9d verify: " << a_desc << " and " << options.b.string()
+                << " are bit-identical: " << result.compared << " tensors, "
+                << format_bytes(result.bytes) << ", " << format_seconds(result.seconds) << ", "
+                << format_rate(result.bytes, result.seconds) << "\n";
+    }
+    return result;
+  }
+  std::cout << "d9d verify: A = " << a_desc << ", B = " << options.b.string() << "\n";
+  if (!result.only_in_a.empty()) {
+    std::cout << "  only in A (" << result.only_in_a.size() << "): " << list(result.only_in_a)
+              << "\n";
+  }
+  if (!result.only_in_b.empty()) {
+    std::cout << "  only in B (" << result.only_in_b.size() << "): " << list(result.only_in_b)
+              << "\n";
+  }
+  for (const Difference& d : diffs) {
+    std::cout << "  " << d.name << ": " << d.summary << "\n";
+    for (const std::string& e : d.elements) std::cout << "      " << e << "\n";
+  }
+  if (result.differing > static_cast<int64_t>(diffs.size())) {
+    std::cout << "  ... and " << result.differing - static_cast<int64_t>(diffs.size())
+              << " more differing tensors\n";
+  }
+  std::cout << "d9d verify: " << result.differing << " of " << result.compared
+            << " compared tensors differ, " << result.only_in_a.size() << " only in A, "
+            << result.only_in_b.size() << " only in B\n";
+  return result;
+}
+
+}  // namespace d9d::cli

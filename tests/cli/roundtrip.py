@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""The d9d commands end to end on checkpoints d9d makes itself (`d9d demo --dir`):
+
+- demo runs, says OK, and leaves the three checkpoints;
+- inspect (table and --json) agrees with the index;
+- plan's shard layout is exactly what convert writes, for several shard sizes;
+- the conversion record (d9d-conversion.json) is written, is not part of the checkpoint, and
+  --reverse undoes the conversion bit-exact; an explicit inverse spec does the same;
+- threads, a small memory budget and --overwrite give identical checkpoints;
+- "unmatched": "keep" / "drop" specs round-trip what they can, and verify reports what they
+  cannot.
+
+  python3 roundtrip.py D9D SPECS_DIR
+"""
+import json
+import os
+import shutil
+import tempfile
+
+from clitest import (INDEX, SIDECAR, check, d9d, d9d_ok, finish, load_checkpoint, spec)
+
+LLAMA = spec("llama_hf_to_fused.json")
+HIDDEN, LAYERS, HEADS, KV, INTER, VOCAB = 128, 3, 8, 2, 352, 1000
+HEAD_DIM = HIDDEN // HEADS
+
+with tempfile.TemporaryDirectory() as tmp:
+    def path(*p):
+        return os.path.join(tmp, *p)
+
+    # ---- demo ---------------------------------------------------------------------------------
+    work = path("demo")
+    r = d9d_ok("demo", "--dir", work, "--hidden", HIDDEN, "--layers", LAYERS, "--heads", HEADS,
+               "--kv-heads", KV, "--intermediate", INTER, "--vocab", VOCAB, "--shard-size", "300KB")
+    print(r.stdout)
+    check("d9d demo: OK" in r.stdout, "demo reports OK")
+    for step in ("1. write", "2. convert", "3. verify", "4. convert", "5. verify", "GB/s"):
+        check(step in r.stdout, f"demo prints {step!r}")
+    original, fused, back = (os.path.join(work, n) for n in ("llama-hf", "fused", "llama-hf-back"))
+    for d in (original, fused, back):
+        check(os.path.exists(os.path.join(d, INDEX)), f"{d} has an index")
+    r = d9d("demo", "--hidden", 64, "--heads", 6)
+    check(r.returncode == 1 and "--heads" in r.stderr, "demo rejects a hidden size heads do not divide")
+
+    # ---- inspect --------------------------------------------------------------------------------
+    info = json.loads(d9d_ok("inspect", fused, "--json").stdout)
+    index = json.load(open(os.path.join(fused, INDEX)))
+    check(info["total_tensors"] == len(index["weight_map"]) == 3 + 6 * LAYERS,
+          f"inspect counts {info['total_tensors']} tensors")
+    check(info["total_size"] == index["metadata"]["total_size"], "inspect's total is the index's")
+    check({t["name"]: t["file"] for t in info["tensors"]} == index["weight_map"],
+          "inspect puts every tensor in the index's file")
+    qkv = next(t for t in info["tensors"] if t["name"] == "layers.1.attn.qkv.weight")
+    check(qkv["shape"] == [(HEADS + 2 * KV) * HEAD_DIM, HIDDEN] and qkv["dtype"] == "BF16",
+          f"fused qkv shape {qkv['shape']}")
+    table = d9d_ok("inspect", fused).stdout
+    check("layers.1.attn.qkv.weight" in table and f"{info['total_tensors']} tensors" in table,
+          "inspect prints a table and the totals")
+    single = path("single.safetensors")
+    shutil.copy(os.path.join(original, sorted(set(json.load(open(os.path.join(original, INDEX)))
+                                                  ["weight_map"].values()))[0]), single)
+    check(d9d("inspect", single).returncode == 0, "inspect reads a single .safetensors file")
+
+    # ---- the conversion record ----------------------------------------------------------------
+    record = json.load(open(os.path.join(fused, SIDECAR)))
+    check(record["d9d_conversion"] == 1 and record["spec"] == open(LLAMA).read(),
+          "the record holds the spec's text")
+    orig_info = json.loads(d9d_ok("inspect", original, "--json").stdout)
+    check({t["name"]: [t["dtype"], t["shape"]] for t in orig_info["tensors"]} == record["source"],
+          "the record holds every source tensor's dtype and shape")
+    check(SIDECAR not in index["weight_map"].values(), "the record is not a shard")
+
+    # ---- plan == convert, for several shard sizes ---------------------------------------------
+    for size in ("260KB", "1MB", "5GB"):
+        plan = json.loads(d9d_ok("plan", original, "--spec", LLAMA, "--shard-size", size, "--json")
+                          .stdout)
+        out = path(f"out_{size}")
+        d9d_ok("convert", original, out, "--spec", LLAMA, "--shard-size", size, "--no-progress")
+        got = json.load(open(os.path.join(out, INDEX)))
+        check(plan["ok"] and {o["name"]: o["file"] for o in plan["outputs"]} == got["weight_map"],
+              f"plan's layout at --shard-size {size} is convert's")
+        check(sum(o["bytes"] for o in plan["outputs"]) == got["metadata"]["total_size"],
+              f"plan's bytes at {size}")
+        r = d9d("verify", out, fused, "--no-progress")
+        check(r.returncode == 0, f"convert at {size} equals the demo's fused checkpoint")
+    plan = d9d_ok("plan", fused, "--reverse").stdout
+    check("plan: ok" in plan and "model.layers.0.self_attn.q_proj.weight" in plan,
+          "plan --reverse plans the inverse")
+
+    # ---- --reverse, and an explicit inverse spec ------------------------------------------------
+    back2 = path("back2")
+    d9d_ok("convert", fused, back2, "--reverse", "--no-progress")
+    check(not os.path.exists(os.path.join(back2, SIDECAR)), "a reverse conversion leaves no record")
+    check(d9d("verify", back2, original).returncode == 0, "--reverse is bit-exact")
+    inverse = json.load(open(spec("fused_to_llama_hf.json")))
+    for rule in inverse["rules"]:
+        if rule["op"] in ("split", "split_tensors"):
+            rule["sizes"] = [HEADS * HEAD_DIM, KV * HEAD_DIM, KV * HEAD_DIM]
+    inv_path = path("inverse.json")
+    json.dump(inverse, open(inv_path, "w"))
+    back3 = path("back3")
+    d9d_ok("convert", fused, back3, "--spec", inv_path, "--no-progress")
+    check(d9d("verify", back3, original).returncode == 0, "an explicit inverse spec is bit-exact")
+    a = load_checkpoint(back3)
+    b = load_checkpoint(original)
+    check(a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a),
+          "Python safetensors reads the same bytes")
+
+    # ---- threads, budget, overwrite -------------------------------------------------------------
+    slow = path("slow")
+    d9d_ok("convert", original, slow, "--spec", LLAMA, "--threads", 1, "--memory-budget", "64KiB",
+           "--shard-size", "300KB", "--no-progress")
+    check(d9d("verify", slow, fused).returncode == 0, "one thread and a tiny budget: same tensors")
+    d9d_ok("convert", original, slow, "--spec", LLAMA, "--overwrite", "--shard-size", "5GB",
+           "--no-progress")
+    names = sorted(n for n in os.listdir(slow) if n.endswith(".safetensors"))
+    check(names == ["model-00001-of-00001.safetensors"], f"--overwrite leaves only the new shards {names}")
+    check(d9d("verify", slow, fused).returncode == 0, "--overwrite wrote the same tensors")
+    check(d9d("verify", original, fused, "--spec", LLAMA).returncode == 0, "verify --spec")
+    r = d9d("verify", original, fused)
+    check(r.returncode == 1 and "only in A" in r.stdout and "only in B" in r.stdout,
+          "verify without the spec reports the renamed tensors")
+
+    # ---- "unmatched": keep and drop -------------------------------------------------------------
+    partial = {"d9d_mapper_spec": 1, "unmatched": "keep", "rules": [
+        {"op": "rename_tensor", "source": "model.norm.weight", "target": "final_norm.weight"},
+        {"op": "transpose", "source": "model.layers.{L}.mlp.down_proj.weight", "dims": [0, 1]}]}
+    for policy in ("keep", "drop"):
+        partial["unmatched"] = policy
+        sp = path(f"{policy}.json")
+        json.dump(partial, open(sp, "w"))
+        out, rev = path(f"{policy}_out"), path(f"{policy}_back")
+        d9d_ok("convert", original, out, "--spec", sp, "--no-progress")
+        keys = {t["name"] for t in json.loads(d9d_ok("inspect", out, "--json").stdout)["tensors"]}
+        if policy == "keep":
+            check(len(keys) == len(record["source"]) and "final_norm.weight" in keys,
+                  "keep passes the other tensors through")
+        else:
+            check(keys == {"final_norm.weight"} | {f"model.layers.{i}.mlp.down_proj.weight"
+                                                   for i in range(LAYERS)}, f"drop keeps {keys}")
+            check(len(json.load(open(os.path.join(out, SIDECAR)))["dropped"]) ==
+                  len(record["source"]) - len(keys), "the record lists the dropped tensors")
+        d9d_ok("convert", out, rev, "--reverse", "--no-progress")
+        r = d9d("verify", rev, original)
+        if policy == "keep":
+            check(r.returncode == 0, "keep: --reverse is bit-exact (transpose undone)")
+        else:
+            check(r.returncode == 1 and f"0 of {LAYERS + 1} compared tensors differ" in r.stdout
+                  and "only in B" in r.stdout, f"drop: verify lists what cannot come back\n{r.stdout}")
+
+finish("cli_roundtrip")
