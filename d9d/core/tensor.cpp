@@ -184,6 +184,11 @@ std::ostream& operator<<(std::ostream& out, const Tensor& tensor) { return out <
 Tensor Tensor::transpose(int64_t dim0, int64_t dim1) const {
   detail::check_defined(*this, "transpose");
   detail::check_elements(dtype_, "transpose");
+  if (dim() == 0) {  // as PyTorch: a scalar accepts dims 0 and -1, and is its own transpose
+    wrap_dim(dim0, 1, "transpose");
+    wrap_dim(dim1, 1, "transpose");
+    return *this;
+  }
   const auto a = static_cast<size_t>(wrap_dim(dim0, dim(), "transpose"));
   const auto b = static_cast<size_t>(wrap_dim(dim1, dim(), "transpose"));
   Tensor out = *this;

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 int main(int argc, char** argv) {
   if (argc != 5) {

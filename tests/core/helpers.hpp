@@ -5,7 +5,7 @@
 #include <random>
 #include <vector>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 namespace d9d::test {
 

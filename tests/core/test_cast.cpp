@@ -6,7 +6,7 @@
 #include <cstring>
 #include <limits>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 using namespace d9d;
 

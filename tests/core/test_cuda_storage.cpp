@@ -5,7 +5,7 @@
 
 #include <cstdio>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 #include "helpers.hpp"
 

@@ -2,7 +2,7 @@
 // reference, over random shapes, every dim (negative too) and every element size.
 #include <doctest/doctest.h>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 #include "helpers.hpp"
 

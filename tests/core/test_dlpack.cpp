@@ -1,6 +1,6 @@
 #include <doctest/doctest.h>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 #include "helpers.hpp"
 

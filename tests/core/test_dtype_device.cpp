@@ -4,7 +4,7 @@
 #include <sstream>
 #include <string>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 using namespace d9d;
 

@@ -2,7 +2,7 @@
 
 #include <numeric>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 #include "helpers.hpp"
 
@@ -43,6 +43,8 @@ TEST_CASE("a scalar tensor has an empty shape and one element") {
   CHECK(s.unsqueeze(0).shape() == Shape{1});
   CHECK(s.squeeze(0).dim() == 0);
   CHECK(s.reshape({1, 1}).shape() == Shape{1, 1});
+  CHECK(s.transpose(0, -1).item<double>() == 2.5);  // as torch: a scalar is its own transpose
+  CHECK_THROWS_AS(s.transpose(0, 1), IndexError);
 }
 
 TEST_CASE("factory arguments are checked") {

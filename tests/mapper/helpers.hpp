@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 #include <d9d/mapper.hpp>
 
 namespace d9d::mapper::test {

@@ -1,10 +1,13 @@
-// The whole public API of d9d.
+// The whole public API of d9d: core, io, mapper and the streamed engine. Include it from code
+// built against the whole library (dependency('d9d') or pkg-config d9d); d9d's own layers
+// include only the headers of the layers below them.
 #pragma once
 
-#include <d9d/device.hpp>
-#include <d9d/dims.hpp>
-#include <d9d/dlpack.hpp>
-#include <d9d/dtype.hpp>
-#include <d9d/error.hpp>
-#include <d9d/storage.hpp>
-#include <d9d/tensor.hpp>
+#include <d9d/core.hpp>
+#include <d9d/io/checkpoint.hpp>
+#include <d9d/io/mapped_file.hpp>
+#include <d9d/io/safetensors.hpp>
+#include <d9d/mapper.hpp>
+#include <d9d/model_state/progress.hpp>
+#include <d9d/model_state/reader.hpp>
+#include <d9d/model_state/writer.hpp>
