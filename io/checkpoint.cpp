@@ -379,7 +379,7 @@ std::map<std::string, Tensor> Checkpoint::load(const std::vector<std::string>& n
     const auto [slot, inserted] = out.try_emplace(name);
     if (!inserted) continue;  // a name asked for twice is read once
     const SafetensorsFile& file = impl_->opened[f];
-    slot->second = Tensor::from_storage(detail::allocate_host(static_cast<size_t>(info->nbytes())),
+    slot->second = Tensor::from_storage(Storage::allocate(static_cast<size_t>(info->nbytes())),
                                         info->dtype, info->shape);
     ranges.push_back({&file.mapped_file(), static_cast<uint64_t>(file.data_offset() + info->begin),
                       static_cast<std::byte*>(slot->second.mutable_data_ptr()),

@@ -1,7 +1,6 @@
 #include "posix.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -180,27 +179,6 @@ void parallel_indices(int64_t count, int threads, const std::function<void(int64
   work();
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
-}
-
-Storage allocate_host(size_t nbytes) {
-  constexpr size_t kHugePage = size_t{2} << 20;
-  if (nbytes < 2 * kHugePage) return Storage::allocate(nbytes);
-  const size_t rounded = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
-  const size_t reserve = rounded + kHugePage;  // room to align the start to 2 MiB
-  void* raw = ::mmap(nullptr, reserve, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) {
-    d9d::detail::throw_error<Error>("out of host memory allocating ", nbytes,
-                                    " bytes (mmap: ", std::strerror(errno), ")");
-  }
-  auto* base = static_cast<std::byte*>(raw);
-  const auto addr = reinterpret_cast<uintptr_t>(base);
-  const size_t head = (kHugePage - addr % kHugePage) % kHugePage;
-  if (head > 0) ::munmap(base, head);
-  if (reserve - head > rounded) ::munmap(base + head + rounded, reserve - head - rounded);
-  std::byte* data = base + head;
-  ::madvise(data, rounded, MADV_HUGEPAGE);  // a hint; without THP the memory works all the same
-  return Storage::wrap(data, nbytes, Device::cpu(), StorageKind::kHost, /*writable=*/true,
-                       [rounded](std::byte* p) { ::munmap(p, rounded); });
 }
 
 }  // namespace d9d::io::detail

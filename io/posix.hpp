@@ -90,10 +90,4 @@ class AtomicFile {
 // core's pool is private to core; see the report for the proposed core API.
 void parallel_indices(int64_t count, int threads, const std::function<void(int64_t)>& fn);
 
-// Uninitialized host memory for a tensor copy. Buffers of 4 MiB and more are anonymous mappings
-// aligned to 2 MiB and advised MADV_HUGEPAGE: the first touch of fresh memory then faults once per
-// 2 MiB instead of once per 4 KiB, which is most of the cost of filling new memory (measured: 4.4
-// -> 8.3 GB/s for a 2-thread pread into fresh memory). Smaller buffers come from Storage::allocate.
-Storage allocate_host(size_t nbytes);
-
 }  // namespace d9d::io::detail

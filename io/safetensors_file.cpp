@@ -8,6 +8,14 @@
 // to this process's resident set on top of the copies, and a file truncated under us is an
 // IoError instead of SIGBUS. Adjacent small tensors are read with one preadv (up to 1024 pieces),
 // so a file of many small tensors costs few system calls.
+//
+// Note [fresh memory]: copies land in Storage::allocate memory (core's allocator, whose cache of
+// freed blocks lets a streaming reader reuse warm memory). Filling brand-new memory costs the
+// kernel's page zeroing on first touch, a third pass over the bytes that no reader can avoid, so
+// load_all stays below the pread-into-warm-memory limit while read_into (buffers the caller
+// already owns) reaches it. MADV_HUGEPAGE on the destination was tried and dropped: it helps when
+// the memory was recently freed in this process (5.7 vs 3.4 GB/s here), but on this VM a fresh
+// process faulting in huge pages the host has reclaimed ran 3-5x slower than with 4 KiB pages.
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -133,7 +141,7 @@ Tensor SafetensorsFile::tensor(std::string_view name) const {
 
 Tensor SafetensorsFile::load(std::string_view name) const {
   const TensorInfo& info = impl_->infos[impl_->find(name)];
-  Tensor out = Tensor::from_storage(detail::allocate_host(static_cast<size_t>(info.nbytes())),
+  Tensor out = Tensor::from_storage(Storage::allocate(static_cast<size_t>(info.nbytes())),
                                     info.dtype, info.shape);
   const ReadRange range{impl_->file.get(), static_cast<uint64_t>(impl_->file_offset(info)),
                         static_cast<std::byte*>(out.mutable_data_ptr()),
@@ -168,7 +176,7 @@ std::map<std::string, Tensor> SafetensorsFile::load_all() const {
   ranges.reserve(impl_->keys.size());
   for (size_t i = 0; i < impl_->keys.size(); ++i) {
     const TensorInfo& info = impl_->infos[i];
-    Tensor t = Tensor::from_storage(detail::allocate_host(static_cast<size_t>(info.nbytes())),
+    Tensor t = Tensor::from_storage(Storage::allocate(static_cast<size_t>(info.nbytes())),
                                     info.dtype, info.shape);
     ranges.push_back({impl_->file.get(), static_cast<uint64_t>(impl_->file_offset(info)),
                       static_cast<std::byte*>(t.mutable_data_ptr()),

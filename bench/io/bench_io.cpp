@@ -5,9 +5,8 @@
 //   bench_io pread CKPT REPS THREADS [fresh]
 //                                    the machine's limit: pread of the same bytes (every file's
 //                                    data section) into one buffer, faulted in before timing; with
-//                                    "fresh", into new memory each rep (2 MiB-aligned, advised
-//                                    MADV_HUGEPAGE, as d9d allocates), allocation timed: the limit
-//                                    for any loader that must hand out new memory
+//                                    "fresh", into new memory each rep (allocation timed): the
+//                                    limit for any loader that must hand out new memory
 //   bench_io into CKPT REPS          every tensor into buffers allocated and faulted in before
 //                                    timing (Checkpoint::read_into), as an engine fills its weights
 //   bench_io header FILE REPS        SafetensorsFile::open (map + validate) of FILE
@@ -99,8 +98,7 @@ int pread_limit(const std::string& path, int reps, int threads, bool fresh) {
     total += spans.back().size;
   }
   std::vector<char> warm_buffer(fresh ? 0 : static_cast<size_t>(total), 1);  // faulted in
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t mapped = (static_cast<size_t>(total) + 2 * kHuge - 1) / kHuge * kHuge;
+  const auto mapped = static_cast<size_t>(total);
   constexpr int64_t kChunk = int64_t{8} << 20;
   struct Job {
     int fd;
@@ -117,8 +115,7 @@ int pread_limit(const std::string& path, int reps, int threads, bool fresh) {
     if (fresh) {
       raw = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (raw == MAP_FAILED) return 1;
-      base = static_cast<char*>(raw) + (kHuge - reinterpret_cast<uintptr_t>(raw) % kHuge) % kHuge;
-      ::madvise(base, mapped - kHuge, MADV_HUGEPAGE);
+      base = static_cast<char*>(raw);
     }
     char* dst = base;
     for (const Span& s : spans) {
