@@ -383,7 +383,7 @@ std::map<std::string, Tensor> Checkpoint::load(const std::vector<std::string>& n
                                         info->dtype, info->shape);
     ranges.push_back({&file.mapped_file(), static_cast<uint64_t>(file.data_offset() + info->begin),
                       static_cast<std::byte*>(slot->second.mutable_data_ptr()),
-                      static_cast<uint64_t>(info->nbytes())});
+                      static_cast<uint64_t>(info->nbytes()), /*populate=*/true});
   }
   sort_by_file_offset(ranges);
   read_ranges(ranges);

@@ -20,8 +20,9 @@
 // Checkpoint::open then maps and validates every shard the index names (every rule of
 // safetensors.hpp) and checks that each indexed tensor is in the shard the index names.
 // Tensors a shard holds but the index does not name are not part of the checkpoint (transformers
-// ignores them too). total_size is not compared with the shards: writers disagree on it (huggingface_hub counts a
-// storage shared by several tensors once), so it is reported, not enforced.
+// ignores them too). total_size is not compared with the shards: writers disagree on it
+// (huggingface_hub counts a storage shared by several tensors once), so it is reported, not
+// enforced.
 #pragma once
 
 #include <cstdint>
