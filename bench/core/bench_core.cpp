@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include <d9d/d9d.hpp>
+#include <d9d/core.hpp>
 
 using namespace d9d;
 
