@@ -144,6 +144,23 @@ SafetensorsIndex SafetensorsIndex::parse(std::string_view json, std::string_view
   return index;
 }
 
+void SafetensorsIndex::add_shard(const std::string& file, const SafetensorsHeader& header) {
+  D9D_CHECK(is_plain_file_name(file), "SafetensorsIndex::add_shard: ", detail::quote_name(file),
+            " is not a plain file name");
+  for (const auto& [tensor, info] : header.tensors) {  // check all first: a failure changes nothing
+    const auto it = weight_map.find(tensor);
+    D9D_CHECK(it == weight_map.end(), "SafetensorsIndex::add_shard: tensor ",
+              detail::quote_name(tensor), " of shard ", detail::quote_name(file),
+              " is already in shard ", detail::quote_name(it->second));
+  }
+  int64_t bytes = total_size.value_or(0);
+  for (const auto& [tensor, info] : header.tensors) {
+    weight_map.emplace(tensor, file);
+    bytes += info.nbytes();
+  }
+  total_size = bytes;
+}
+
 SafetensorsIndex SafetensorsIndex::read(const std::filesystem::path& path) {
   const MappedFile file = MappedFile::open(path);
   return parse({reinterpret_cast<const char*>(file.data()), file.size()}, path.string());

@@ -196,6 +196,35 @@ TEST_CASE("a missing shard, a broken shard, an empty directory and an ambiguous 
   }
 }
 
+TEST_CASE("an index built from streamed shards' layouts opens as a checkpoint") {
+  TempDir dir;
+  const std::vector<std::vector<TensorDecl>> shards = {
+      {{"a", DType::F32, {2, 3}}, {"b", DType::U8, {5}}}, {{"c", DType::BF16, {4}}}};
+  SafetensorsIndex index;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string name = shard_file_name(static_cast<int>(s), 2);
+    SafetensorsWriter w(dir / name, shards[s]);
+    for (const TensorDecl& d : shards[s]) w.write(d.name, patterned(d.shape, d.dtype));
+    w.commit();
+    index.add_shard(name, w.layout().header);
+  }
+  CHECK(index.total_size == 24 + 5 + 8);
+  CHECK_THROWS_WITH_AS(
+      index.add_shard(
+          "x.safetensors",
+          validate_safetensors(
+              as_bytes(image(R"({"c":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 1)), "x")),
+      doctest::Contains("\"c\" of shard \"x.safetensors\" is already in shard"), ValueError);
+  CHECK_THROWS_AS(index.add_shard("../x", SafetensorsHeader{}), ValueError);
+  CHECK(index.weight_map.size() == 3);  // the failed adds changed nothing
+  CHECK(index.weight_map.at("c") == shard_file_name(1, 2));
+  CHECK(index.total_size == 37);
+  index.write(dir / kIndexFileName);
+  const Checkpoint ckpt = Checkpoint::open(dir.path());
+  CHECK(ckpt.keys() == std::vector<std::string>{"a", "b", "c"});
+  CHECK(ckpt.index()->total_size == 37);
+}
+
 TEST_CASE("SafetensorsIndex::write is atomic and refuses unsafe names") {
   TempDir dir;
   SafetensorsIndex index;

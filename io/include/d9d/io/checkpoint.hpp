@@ -53,6 +53,12 @@ struct SafetensorsIndex {
   std::map<std::string, std::string> extra_metadata;  // other metadata keys -> raw JSON values
   std::map<std::string, std::string> weight_map;      // tensor name -> shard file name
 
+  // Adds every tensor of a shard to weight_map and its bytes to total_size (which becomes the sum
+  // of tensor bytes, as transformers computes it). For writers: pass each shard's
+  // SafetensorsWriter::layout().header. Throws ValueError if `file` is not a plain file name or a
+  // tensor is already mapped to a shard (and then changes nothing).
+  void add_shard(const std::string& file, const SafetensorsHeader& header);
+
   // Parses and checks index JSON; `name` is the file name used in error messages.
   static SafetensorsIndex parse(std::string_view json, std::string_view name);
   // Reads and parses the file at `path`. Throws IoError or FormatError.
