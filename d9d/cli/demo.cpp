@@ -8,6 +8,7 @@
 // Exits 0 only if every comparison matched.
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -177,7 +178,18 @@ int run_demo(const DemoOptions& o) {
   const DType dtype = parse_dtype(o.dtype);
   const Specs specs = llama_specs(o, dtype);
   int64_t total = 0;
-  for (const auto& [name, spec] : specs) total += spec.nbytes();
+  int64_t largest = 0;
+  for (const auto& [name, spec] : specs) {
+    total += spec.nbytes();
+    largest = std::max(largest, spec.nbytes());
+  }
+  // Several shards by default, each big enough for the largest tensor, fused ones included.
+  const int64_t bits = dtype_bits(dtype);
+  const int64_t qkv_bytes = (o.heads + 2 * o.kv_heads) * (o.hidden / o.heads) * o.hidden * bits / 8;
+  const int64_t gate_up_bytes = 2 * o.intermediate * o.hidden * bits / 8;
+  const int64_t shard_size = o.shard_size > 0
+                                 ? o.shard_size
+                                 : std::max({largest, qkv_bytes, gate_up_bytes, (total + 3) / 4});
 
   // The work directory: --dir, or a fresh one under $TMPDIR that goes away at the end.
   fs::path dir;
@@ -208,18 +220,19 @@ int run_demo(const DemoOptions& o) {
   std::printf(
       "d9d demo: a Llama-shaped checkpoint to fused QKV + gate_up and back, checked bit for bit\n"
       "  model: hidden %lld, %lld layers, %lld heads (%lld KV heads, head_dim %lld), "
-      "intermediate %lld, vocab %lld, %s: %zu tensors, %s\n"
+      "intermediate %lld, vocab %lld, %s: %zu tensors, %s; shards of at most %s\n"
       "  in %s%s\n\n",
       static_cast<long long>(o.hidden), static_cast<long long>(o.layers),
       static_cast<long long>(o.heads), static_cast<long long>(o.kv_heads),
       static_cast<long long>(o.hidden / o.heads), static_cast<long long>(o.intermediate),
       static_cast<long long>(o.vocab), o.dtype.c_str(), specs.size(), format_bytes(total).c_str(),
-      dir.string().c_str(), remove_dir ? " (removed at the end; --dir or --keep keeps it)" : "");
+      format_bytes(shard_size).c_str(), dir.string().c_str(),
+      remove_dir ? " (removed at the end; --dir or --keep keeps it)" : "");
   std::fflush(stdout);
 
   // 1. The original checkpoint, made tensor by tensor.
   model_state::WriteOptions wo;
-  wo.shard_size = o.shard_size;
+  wo.shard_size = shard_size;
   wo.show_progress = o.progress;
   wo.overwrite = true;
   {
@@ -242,7 +255,7 @@ int run_demo(const DemoOptions& o) {
   co.dest = fused;
   co.spec_text = std::string(kLlamaHfToFusedSpec);
   co.spec_origin = "examples/specs/llama_hf_to_fused.json";
-  co.shard_size = o.shard_size;
+  co.shard_size = shard_size;
   co.threads = o.threads;
   co.overwrite = true;
   co.progress = o.progress;

@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
   // convert
   ConvertOptions convert;
   std::string convert_shard_size = "5GB";
-  std::string convert_budget = "2GiB";
+  std::string convert_budget = "256MiB";  // Note [CLI memory budget]
   std::string convert_device = "cpu";
   bool no_progress = false;
   CLI::App* convert_cmd =
@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
 
   // verify
   VerifyOptions verify;
-  std::string verify_budget = "2GiB";
+  std::string verify_budget = "256MiB";
   bool verify_no_progress = false;
   CLI::App* verify_cmd = app.add_subcommand(
       "verify", "Compare two checkpoints tensor by tensor, bit for bit (exit 1 if they differ)");
@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
 
   // demo
   DemoOptions demo;
-  std::string demo_shard_size = "100MB";
+  std::string demo_shard_size = "auto";
   CLI::App* demo_cmd = app.add_subcommand(
       "demo",
       "Make a Llama-shaped checkpoint, convert it to fused QKV + gate_up and back, verify it is "
@@ -157,8 +157,11 @@ int main(int argc, char** argv) {
   demo_cmd->add_option("--dtype", demo.dtype, "BF16, F16 or F32")
       ->check(CLI::IsMember({"BF16", "F16", "F32"}))
       ->capture_default_str();
-  demo_cmd->add_option("--shard-size", demo_shard_size, "Shard size of every checkpoint")
-      ->check(size_validator())
+  demo_cmd
+      ->add_option("--shard-size", demo_shard_size,
+                   "Shard size of every checkpoint (auto: a quarter of the model, at least its "
+                   "largest tensor)")
+      ->check(CLI::IsMember({"auto"}) | size_validator())
       ->capture_default_str();
   demo_cmd->add_option("--seed", demo.seed, "Seed of the random weights")->capture_default_str();
   demo_cmd->add_option("--threads", demo.threads, "Reader threads (0: one per core)")
@@ -205,7 +208,7 @@ int main(int argc, char** argv) {
       return run_verify(verify).equal() ? kExitOk : kExitFailure;
     }
     if (*demo_cmd) {
-      demo.shard_size = parse_size(demo_shard_size);
+      demo.shard_size = demo_shard_size == "auto" ? 0 : parse_size(demo_shard_size);
       return run_demo(demo);
     }
   } catch (const d9d::Error& e) {
