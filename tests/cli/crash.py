@@ -11,6 +11,7 @@ the writer's temporary files and kills the process while they are there.
   python3 crash.py D9D SPECS_DIR
 """
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -69,17 +70,24 @@ with tempfile.TemporaryDirectory() as tmp:
     check(len(shards) >= 4, f"the conversion writes several shards ({len(shards)})")
 
     out = os.path.join(tmp, "out")
+    last = len(shards)
+    # Killed while the first shard is being written, once a shard is complete (under its
+    # temporary name), and while the last shard is being written (just before the renames).
+    points = [("first shard being written", lambda t: len(t) >= 1),
+              ("a shard complete", lambda t: any(n.startswith(".d9d-shard-") for n in t)),
+              ("last shard being written",
+               lambda t: any(f"-0-{last}.safetensors.d9d-tmp-" in n for n in t))]
     tested = 0
-    # Killed as soon as the first temporary shard appears, then once a later one exists, then
-    # after a moment (some shards complete, still under temporary names).
-    for what, when in [("first temporary", lambda t: len(t) >= 1),
-                       ("several temporaries", lambda t: len(t) >= 3),
-                       ("a moment later", None)]:
-        if when is None:
-            start = time.monotonic()
-            when = lambda t, start=start: t and time.monotonic() - start > took / 2  # noqa: E731
-        tested += convert_and_kill(src, out, when, what)
+    killed = False
+    for what, when in points:
+        killed = convert_and_kill(src, out, when, what)
+        tested += killed
+        if not killed:  # it finished: the next attempt starts from an empty directory
+            shutil.rmtree(out)
+    if not killed:  # the rerun below must find a dead run's temporaries
+        killed = convert_and_kill(src, out, points[0][1], points[0][0] + " (again)")
     check(tested >= 2, f"at least two kills landed mid-write ({tested})")
+    check(killed, "the last attempt was killed, leaving its temporaries for the rerun")
 
     # Running again succeeds, sweeps the dead runs' temporaries, and writes the same checkpoint.
     r = d9d("convert", src, out, "--spec", LLAMA, "--shard-size", "80MB", "--no-progress")
