@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <cstring>
+
 #include "helpers.hpp"
 
 namespace d9d::io::test {
@@ -169,6 +171,32 @@ TEST_CASE("large tensors are read in parallel chunks, exactly") {
   for (const auto& [name, t] : tensors) REQUIRE(equal(all.at(name), t));
 }
 
+TEST_CASE("read_ranges copies ranges of several files, joined or split, on several threads") {
+  TempDir dir;
+  std::string a(10 << 20, '\0'), b(3000, '\0');
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<char>(i * 31 % 251);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<char>(i % 7);
+  write_file(dir / "a", a);
+  write_file(dir / "b", b);
+  const MappedFile fa = MappedFile::open(dir / "a");
+  const MappedFile fb = MappedFile::open(dir / "b");
+  std::vector<std::byte> out_a(a.size() - 5), out_b1(1000), out_b2(1000), out_b3(7);
+  const std::vector<ReadRange> ranges = {
+      {&fa, 5, out_a.data(), out_a.size(), true},  // 10 MiB: split into chunks
+      {&fb, 0, out_b1.data(), 1000, false},        // adjacent: one preadv
+      {&fb, 1000, out_b2.data(), 1000, false},
+      {&fb, 2993, out_b3.data(), 7, false},
+      {&fb, 0, nullptr, 0, false},  // empty: ignored
+  };
+  read_ranges(ranges, 2);
+  CHECK(std::memcmp(out_a.data(), a.data() + 5, out_a.size()) == 0);
+  CHECK(std::memcmp(out_b1.data(), b.data(), 1000) == 0);
+  CHECK(std::memcmp(out_b2.data(), b.data() + 1000, 1000) == 0);
+  CHECK(std::memcmp(out_b3.data(), b.data() + 2993, 7) == 0);
+  const ReadRange past{&fb, 2995, out_b3.data(), 7, false};
+  CHECK_THROWS_WITH_AS(read_ranges({&past, 1}), doctest::Contains("pass the end of"), ValueError);
+}
+
 TEST_CASE("read_ranges reports a file truncated after it was opened") {
   TempDir dir;
   save_safetensors(dir / "t.safetensors", {{"a", patterned({1 << 16}, DType::U8)}});
@@ -179,12 +207,11 @@ TEST_CASE("read_ranges reports a file truncated after it was opened") {
 
 TEST_CASE("a header not in offset order is listed in file order and looked up by name") {
   TempDir dir;
-  write_file(dir / "r.safetensors",
-             image(R"({"c":{"dtype":"U8","shape":[2],"data_offsets":[3,5]},)"
-                   R"("z":{"dtype":"F32","shape":[0],"data_offsets":[1,1]},)"
-                   R"("b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]},)"
-                   R"("a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
-                   5));
+  write_file(dir / "r.safetensors", image(R"({"c":{"dtype":"U8","shape":[2],"data_offsets":[3,5]},)"
+                                          R"("z":{"dtype":"F32","shape":[0],"data_offsets":[1,1]},)"
+                                          R"("b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]},)"
+                                          R"("a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+                                          5));
   const SafetensorsFile f = SafetensorsFile::open(dir / "r.safetensors");
   CHECK(f.keys() == std::vector<std::string>{"a", "z", "b", "c"});
   CHECK(f.sorted_keys() == std::vector<std::string>{"a", "b", "c", "z"});
