@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(meson ninja-build g++ pkg-config doctest-dev nlohmann-json3-dev libcli11-dev
-          libdlpack-dev libopenmpi-dev openmpi-bin python3 python3-venv python3-pip)
+          libdlpack-dev libopenmpi-dev openmpi-bin python3 python3-venv python3-pip
+          clang libclang-rt-14-dev)  # clang: the libFuzzer build of the safetensors parser
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -19,7 +20,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python3 ] || ! .venv/bin/python3 -c "import numpy, ml_dtypes" 2>/dev/null; then
+if [ ! -x .venv/bin/python3 ] ||
+   ! .venv/bin/python3 -c "import numpy, ml_dtypes, safetensors, huggingface_hub" 2>/dev/null; then
   echo "bootstrap: creating .venv with the Python test oracles"
   python3 -m venv .venv
   .venv/bin/python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
