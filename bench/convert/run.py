@@ -18,7 +18,8 @@ each tool in a fresh process on the same bytes:
   cp -r            the same bytes copied (the limit: read once, write once), and the same
                    followed by `sync` of the copied files (durable, as d9d's default output is)
 
-and reports the median seconds, GB/s (source bytes / seconds), peak RSS (GNU time's maximum
+(in a shuffled order each round, each measured run after a discarded one of the same tool:
+Note [warm-up run]) and reports the median seconds, GB/s (source bytes / seconds), peak RSS (GNU time's maximum
 resident set size; Note [measuring peak RSS]) and the ratios as a Markdown table, with the load
 average. The output is written under DIR and
 removed after each run (`sync` between runs, untimed, so one run's writeback does not land in the
@@ -27,6 +28,7 @@ next). Finally d9d's output is checked tensor by tensor against the reference's 
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -87,9 +89,13 @@ def source_bytes(src):
 
 
 def warm(src):
+    """Reads the source once so it is page-cached, into one small buffer: reading it in fresh
+    64 MB bytes objects (mmap, munmap, 32 times) made the next d9d run 2x slower here (Note
+    [warm-up run])."""
+    buf = bytearray(4 << 20)
     for f in sorted(os.listdir(src)):
-        with open(os.path.join(src, f), "rb") as fh:
-            while fh.read(64 << 20):
+        with open(os.path.join(src, f), "rb", buffering=0) as fh:
+            while fh.readinto(buf):
                 pass
 
 
@@ -129,6 +135,12 @@ def run_once(cmd):
     return seconds, usage.ru_maxrss * 1024
 
 
+def settle(out):
+    """Removes the last run's output; sync, so its writeback does not land in the next run."""
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(["sync"])
+
+
 def loadavg():
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -139,6 +151,8 @@ def main():
     ap.add_argument("--dir", default=os.path.join(ROOT, "build-bench-convert"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="measure every run (default: a discarded run of the tool first)")
     ap.add_argument("--make", metavar="SRC", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.make:
@@ -185,11 +199,20 @@ def main():
     load_before = loadavg()
     results = {name: [] for name, _ in tools}
     for r in range(args.runs):
-        for name, cmd in tools:
-            shutil.rmtree(out, ignore_errors=True)
-            subprocess.run(["sync"])
-            warm(src)
-            seconds, rss = run_once(cmd)
+        # A different order each round: this VM's page-cache writes have slow spells, and a
+        # fixed order would pin them on whichever tool comes first.
+        order = list(tools)
+        random.Random(r).shuffle(order)
+        for name, cmd in order:
+            # Note [warm-up run]: each measured run follows a discarded run of the same tool.
+            # This VM gives freed memory back to its host, and the next process to touch that
+            # much memory pays the host's page faults: d9d convert --no-fsync took 2.7 s right
+            # after the reference (which frees 2.3 GB at exit), 0.55-0.64 s after itself, as
+            # long as cp -r. After itself, every tool meets the conditions it makes.
+            for _ in range(1 if args.no_warmup else 2):
+                settle(out)
+                warm(src)
+                seconds, rss = run_once(cmd)
             results[name].append((seconds, rss))
             print(f"run {r + 1}: {name}: {seconds:.2f} s, {rss / 2**20:.0f} MiB", file=sys.stderr)
     shutil.rmtree(out, ignore_errors=True)
@@ -209,16 +232,18 @@ def main():
             shutil.rmtree(d, ignore_errors=True)
 
     med = {n: (statistics.median(s for s, _ in v), max(m for _, m in v)) for n, v in results.items()}
+    best = {n: min(s for s, _ in v) for n, v in results.items()}
     base_t, base_rss = med["d9d convert"]
     print(f"\nConversion of a {nbytes / 1e9:.2f} GB Llama-shaped checkpoint "
           f"({args.layers} layers, BF16, page-cached) to fused QKV + gate_up, 1 GiB shards; "
           f"median of {args.runs} runs; {os.cpu_count()} cores; load average "
           f"{load_before} before, {load_after} after.\n")
-    print("| tool | seconds | GB/s | peak RSS | speed vs d9d convert | peak RSS vs d9d convert |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| tool | seconds (median) | GB/s | best run, s | peak RSS | speed vs d9d convert | "
+          "peak RSS vs d9d convert |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (t, rss) in med.items():
-        print(f"| {name} | {t:.2f} | {nbytes / t / 1e9:.2f} | {rss / 2**20:.0f} MiB | "
-              f"{base_t / t:.2f} | {rss / base_rss:.2f} |")
+        print(f"| {name} | {t:.2f} | {nbytes / t / 1e9:.2f} | {best[name]:.2f} | "
+              f"{rss / 2**20:.0f} MiB | {base_t / t:.2f} | {rss / base_rss:.2f} |")
     print()
     ref = next((v for n, v in med.items() if n.startswith("reference")), None)
     if ref:
