@@ -7,6 +7,7 @@
 
 #include <d9d/io/checkpoint.hpp>
 #include <d9d/model_state/reader.hpp>
+#include <d9d/model_state/writer.hpp>
 
 #include "cli.hpp"
 
@@ -32,23 +33,18 @@ struct PlannedShard {
   int64_t bytes = 0;
 };
 
-// The writer's rule (Note [streamed shards] in writer.hpp): outputs in stream order; a shard
-// closes when the next tensor would take it past shard_size. Tensors larger than a shard are
-// returned in `too_large`.
+// The writer's layout (model_state::assign_shards), summed per shard; tensors larger than a shard
+// are returned in `too_large` (the writer would refuse them).
 std::vector<PlannedShard> layout_shards(
     const std::vector<std::pair<std::string, mapper::TensorSpec>>& outputs, int64_t shard_size,
     std::vector<size_t>& shard_of, std::vector<std::string>& too_large) {
-  std::vector<PlannedShard> shards;
-  shard_of.clear();
-  for (const auto& [name, spec] : outputs) {
-    const int64_t bytes = spec.nbytes();
-    if (bytes > shard_size) too_large.push_back(name);
-    if (shards.empty() || (shards.back().tensors > 0 && shards.back().bytes + bytes > shard_size)) {
-      shards.emplace_back();
-    }
-    ++shards.back().tensors;
-    shards.back().bytes += bytes;
-    shard_of.push_back(shards.size() - 1);
+  shard_of = model_state::assign_shards(outputs, shard_size);
+  std::vector<PlannedShard> shards(shard_of.empty() ? 0 : shard_of.back() + 1);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const int64_t bytes = outputs[i].second.nbytes();
+    if (bytes > shard_size) too_large.push_back(outputs[i].first);
+    ++shards[shard_of[i]].tensors;
+    shards[shard_of[i]].bytes += bytes;
   }
   for (size_t i = 0; i < shards.size(); ++i) {
     shards[i].file = io::shard_file_name(static_cast<int>(i), static_cast<int>(shards.size()));

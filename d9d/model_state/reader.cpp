@@ -145,6 +145,7 @@ struct ModelStateStream::Impl {
   MapperPtr mapper;
   ReadOptions options;
   ReadPlan plan;
+  std::optional<std::vector<std::pair<std::string, TensorSpec>>> planned_specs;  // plan.outputs()
 
   std::mutex mu;
   std::condition_variable workers_cv;   // budget freed or a group to start
@@ -296,6 +297,11 @@ ModelStateStream::~ModelStateStream() = default;
 
 const ReadPlan& ModelStateStream::plan() const { return impl_->plan; }
 
+const std::optional<std::vector<std::pair<std::string, TensorSpec>>>&
+ModelStateStream::planned_specs() const {
+  return impl_->planned_specs;
+}
+
 ModelStateStream::iterator ModelStateStream::begin() {
   D9D_CHECK(!impl_->started, "read_model_state: the stream is single-pass; begin() was called twice");
   impl_->started = true;
@@ -322,6 +328,7 @@ ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr ma
                                                        options);
   impl->current_it = impl->current.end();
   impl->plan = plan_read(impl->checkpoint, *impl->mapper);
+  impl->planned_specs = impl->plan.outputs();
   return ModelStateStream(std::move(impl));
 }
 
@@ -331,8 +338,8 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
   ModelStateStream stream = read_model_state(src, std::move(mapper), options);
   // Check every output against its target before reading anything (outputs a custom mapper
   // cannot infer are checked as they arrive, by copy_).
-  for (const auto& [name, spec] : stream.planned_specs().value_or(
-           std::vector<std::pair<std::string, TensorSpec>>{})) {
+  static const std::vector<std::pair<std::string, TensorSpec>> kNone;
+  for (const auto& [name, spec] : stream.planned_specs() ? *stream.planned_specs() : kNone) {
     auto it = target.find(name);
     D9D_CHECK(it != target.end(), "load_model_state: the mapper produces ", name,
               " but the target has no tensor of that name");

@@ -46,6 +46,12 @@ std::optional<long> temp_file_pid(const std::string& name) {
   return pid;
 }
 
+// The reference's rule: the open shard (of `count` tensors, `bytes` bytes) is closed when the next
+// tensor would take it past shard_size; an empty shard takes any tensor.
+bool closes_shard(size_t count, int64_t bytes, int64_t next, int64_t shard_size) {
+  return count > 0 && bytes + next > shard_size;
+}
+
 bool process_alive(long pid) { return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM; }
 
 std::string group_list(const std::vector<const StateGroup*>& groups, size_t limit = 20) {
@@ -105,11 +111,6 @@ struct ShardWriter::Impl {
               " bytes, more than the shard size of ", options.shard_size, " bytes");
   }
 
-  // The reference's rule: a shard closes when the next tensor would take it past shard_size.
-  bool starts_new_shard(int64_t open_bytes, bool open_empty, int64_t bytes) const {
-    return !open_empty && open_bytes + bytes > options.shard_size;
-  }
-
   // Applies the group of `input` if `input` was its last missing one; returns its outputs.
   std::optional<StateDict> arrive(const std::string& name, const Tensor& tensor) {
     D9D_CHECK(seen.insert(name).second, "write_model_state: the source yields ", name, " twice");
@@ -164,7 +165,7 @@ struct ShardWriter::Impl {
   void write_unplanned(const std::string& name, const Tensor& tensor) {
     const int64_t bytes = tensor.nbytes();
     check_fits(name, bytes);
-    if (starts_new_shard(pending_bytes, pending.empty(), bytes)) flush_pending();
+    if (closes_shard(pending.size(), pending_bytes, bytes, options.shard_size)) flush_pending();
     pending.emplace_back(name, tensor);
     pending_bytes += bytes;
     result.total_size += bytes;
@@ -205,14 +206,34 @@ ShardWriter::~ShardWriter() {
 
 int64_t ShardWriter::planned_output_count() const { return impl_->output_count; }
 
+std::vector<size_t> assign_shards(std::span<const std::pair<std::string, TensorSpec>> outputs,
+                                  int64_t shard_size) {
+  std::vector<size_t> shard_of;
+  shard_of.reserve(outputs.size());
+  size_t shards = 0, open_count = 0;
+  int64_t open_bytes = 0;
+  for (const auto& [name, spec] : outputs) {
+    const int64_t bytes = spec.nbytes();
+    if (shards == 0 || closes_shard(open_count, open_bytes, bytes, shard_size)) {
+      ++shards;
+      open_count = 0;
+      open_bytes = 0;
+    }
+    ++open_count;
+    open_bytes += bytes;
+    shard_of.push_back(shards - 1);
+  }
+  return shard_of;
+}
+
 void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> source) {
   Impl& w = *impl_;
   D9D_CHECK(!w.planned && w.seen.empty(), "write_model_state: plan() must come first, and once");
+  // The outputs in the order their groups will complete as the source arrives.
   std::vector<size_t> remaining = w.remaining;
   std::vector<SpecDict> inputs(w.groups.size());
   std::set<std::string> names;
-  int64_t open_bytes = 0;
-  int64_t total_bytes = 0;
+  std::vector<std::pair<std::string, TensorSpec>> outputs;
   for (const auto& [name, spec] : source) {
     D9D_CHECK(names.insert(name).second, "write_model_state: the source yields ", name, " twice");
     auto it = w.group_of_input.find(name);
@@ -220,28 +241,17 @@ void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> sourc
     const size_t g = it->second;
     inputs[g][name] = spec;
     if (--remaining[g] > 0) continue;
-    SpecDict outputs;
+    SpecDict group_outputs;
     try {
-      outputs = w.mapper->infer(inputs[g]);
+      group_outputs = w.mapper->infer(inputs[g]);
     } catch (const Error& e) {
-      d9d::detail::throw_error<ValueError>("write_model_state: group ", mapper::to_string(*w.groups[g]),
-                                      " cannot take the source's tensors: ", e.what());
+      d9d::detail::throw_error<ValueError>("write_model_state: group ",
+                                           mapper::to_string(*w.groups[g]),
+                                           " cannot take the source's tensors: ", e.what());
     }
-    for (const auto& [out, out_spec] : outputs) {
-      const int64_t bytes = out_spec.nbytes();
-      w.check_fits(out, bytes);
-      if (w.shards.empty() || w.starts_new_shard(open_bytes, w.shards.back().decls.empty(), bytes)) {
-        w.shards.emplace_back();
-        w.shards.back().file = temp_shard_name(w.tag, w.shards.size() - 1);
-        open_bytes = 0;
-      }
-      Impl::Shard& shard = w.shards.back();
-      shard.decls.push_back({out, out_spec.dtype, out_spec.shape});
-      shard.bytes += bytes;
-      open_bytes += bytes;
-      total_bytes += bytes;
-      w.shard_of.emplace(out, w.shards.size() - 1);
-      w.result.weight_map.emplace_back(out, shard.file);
+    for (auto& [out, out_spec] : group_outputs) {
+      w.check_fits(out, out_spec.nbytes());
+      outputs.emplace_back(out, std::move(out_spec));
     }
   }
   std::vector<const StateGroup*> unsatisfied;
@@ -251,6 +261,22 @@ void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> sourc
   D9D_CHECK(unsatisfied.empty(), "write_model_state: the source does not provide every input of ",
             unsatisfied.size(), " group", unsatisfied.size() == 1 ? "" : "s", ": ",
             group_list(unsatisfied));
+  // Lay the outputs out in shards.
+  const std::vector<size_t> shard_of = assign_shards(outputs, w.options.shard_size);
+  int64_t total_bytes = 0;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto& [out, spec] = outputs[i];
+    if (shard_of[i] == w.shards.size()) {
+      w.shards.emplace_back();
+      w.shards.back().file = temp_shard_name(w.tag, shard_of[i]);
+    }
+    Impl::Shard& shard = w.shards[shard_of[i]];
+    shard.decls.push_back({out, spec.dtype, spec.shape});
+    shard.bytes += spec.nbytes();
+    total_bytes += spec.nbytes();
+    w.shard_of.emplace(out, shard_of[i]);
+    w.result.weight_map.emplace_back(out, shard.file);
+  }
   w.result.total_size = total_bytes;
   w.planned = true;
   w.progress.emplace(w.options.label, w.output_count, total_bytes, w.options.show_progress);

@@ -47,7 +47,7 @@ struct ReadOptions {
   // Reader threads; 0: d9d::num_threads().
   int threads = 0;
   // Bytes of groups being read or waiting for the consumer (see Note [read-ahead budget]).
-  int64_t memory_budget = int64_t{2} << 30;
+  int64_t memory_budget = int64_t{512} << 20;
   bool show_progress = true;
   std::string label = "Loading Model States";
 };
@@ -122,9 +122,7 @@ class ModelStateStream {
   const ReadPlan& plan() const;
   // Every (name, spec) the stream will yield, in order: what a writer needs to lay out its shards
   // before the first tensor arrives (nullopt if a group's outputs cannot be inferred).
-  std::optional<std::vector<std::pair<std::string, TensorSpec>>> planned_specs() const {
-    return plan().outputs();
-  }
+  const std::optional<std::vector<std::pair<std::string, TensorSpec>>>& planned_specs() const;
 
   struct Impl;
 

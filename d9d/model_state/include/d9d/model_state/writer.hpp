@@ -101,6 +101,12 @@ class ShardWriter {
   std::unique_ptr<Impl> impl_;
 };
 
+// The reference's shard rule: given outputs in write order, the (0-based) shard of each; a shard
+// closes when the next tensor would take it past shard_size bytes. (A tensor larger than a shard
+// gets a shard of its own here; the writer rejects it.)
+std::vector<size_t> assign_shards(std::span<const std::pair<std::string, TensorSpec>> outputs,
+                                  int64_t shard_size);
+
 // Renames the shards of every process (in the order given) to model-0000i-of-0000N.safetensors
 // and writes the index. (Note [atomic checkpoint].)
 void finalize_checkpoint(const std::filesystem::path& dest_dir, std::span<const LocalShards> parts,
@@ -136,7 +142,9 @@ void write_model_state_local(const std::filesystem::path& dest_dir, MapperPtr ma
   prepare_destination(dest_dir, options);
   ShardWriter writer(dest_dir, std::move(mapper), options);
   if constexpr (detail::PlannedSource<std::remove_cvref_t<Source>>) {
-    if (const auto specs = source.planned_specs()) writer.plan(*specs);
+    const std::optional<std::vector<std::pair<std::string, TensorSpec>>> specs =
+        source.planned_specs();
+    if (specs) writer.plan(*specs);
   } else if constexpr (std::ranges::forward_range<Source>) {
     const auto specs = detail::specs_in_order(source);
     writer.plan(specs);
