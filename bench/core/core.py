@@ -60,6 +60,10 @@ def numpy_ops(reps):
     x = rand((n, n), BF16)
     run("transpose", "BF16 [4096,4096] transpose(0,1).contiguous()", 2 * x.nbytes,
         lambda: np.ascontiguousarray(x.T))
+    big = rand((2 * n, 2 * n), BF16)
+    run("transpose", "BF16 [8192,8192] transpose(0,1).contiguous()", 2 * big.nbytes,
+        lambda: np.ascontiguousarray(big.T))
+    del big
     f = rand((n, n), np.float32)
     run("transpose", "F32 [4096,4096] transpose(0,1).contiguous()", 2 * f.nbytes,
         lambda: np.ascontiguousarray(f.T))
