@@ -89,16 +89,6 @@ ConvertResult run_convert(const ConvertOptions& options) {
   wo.overwrite = options.overwrite;
   wo.fsync = options.fsync;
 
-  if (!options.overwrite && fs::is_directory(options.dest, ec)) {
-    for (const auto& entry : fs::directory_iterator(options.dest)) {
-      const std::string name = entry.path().filename().string();
-      D9D_CHECK_AS(io::IoError,
-                   name != io::kIndexFileName &&
-                       !(name.ends_with(".safetensors") && name.rfind('.', 0) != 0),
-                   "convert: ", options.dest.string(), " already holds a checkpoint (", name,
-                   "); write elsewhere, or pass --overwrite to replace it");
-    }
-  }
   CreatedDirGuard guard(options.dest);
   // write_model_state_local, spelled out so that the record of an earlier conversion goes just
   // before the new checkpoint replaces the old one (Note [conversion sidecar]).

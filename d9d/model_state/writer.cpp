@@ -357,7 +357,8 @@ void prepare_destination(const fs::path& dest_dir, const WriteOptions& options) 
                                (name.size() > 12 && name.ends_with(".safetensors"));
     D9D_CHECK_AS(io::IoError, !is_checkpoint, "write_model_state: ", dest_dir.string(),
                  " already holds a checkpoint (", name,
-                 "); write elsewhere or set overwrite to replace it");
+                 "); write elsewhere, or allow replacing it (WriteOptions::overwrite, "
+                 "--overwrite on the command line)");
   }
 }
 
