@@ -191,7 +191,7 @@ Tensor Tensor::transpose(int64_t dim0, int64_t dim1) const {
   }
   const auto a = static_cast<size_t>(wrap_dim(dim0, dim(), "transpose"));
   const auto b = static_cast<size_t>(wrap_dim(dim1, dim(), "transpose"));
-  Tensor out = *this;
+  Tensor out = view_base();
   std::swap(out.shape_[a], out.shape_[b]);
   std::swap(out.strides_[a], out.strides_[b]);
   return out;
@@ -202,7 +202,7 @@ Tensor Tensor::permute(const Dims& dims) const {
   detail::check_elements(dtype_, "permute");
   D9D_CHECK_INDEX(static_cast<int64_t>(dims.size()) == dim(), "permute: ", dims, " has ",
                   dims.size(), " dims but the tensor of shape ", shape_, " has ", dim());
-  Tensor out = *this;
+  Tensor out = view_base();
   std::vector<bool> seen(dims.size(), false);
   for (size_t i = 0; i < dims.size(); ++i) {
     const auto d = static_cast<size_t>(wrap_dim(dims[i], dim(), "permute"));
@@ -216,7 +216,7 @@ Tensor Tensor::permute(const Dims& dims) const {
 
 Tensor Tensor::squeeze() const {
   detail::check_defined(*this, "squeeze");
-  Tensor out = *this;
+  Tensor out = view_base();
   out.shape_ = {};
   out.strides_ = {};
   for (size_t i = 0; i < shape_.size(); ++i) {
@@ -235,7 +235,7 @@ Tensor Tensor::squeeze(int64_t dim) const {
   }
   const auto d = static_cast<size_t>(wrap_dim(dim, this->dim(), "squeeze"));
   if (shape_[d] != 1) return *this;
-  Tensor out = *this;
+  Tensor out = view_base();
   out.shape_.erase(d);
   out.strides_.erase(d);
   return out;
@@ -244,7 +244,7 @@ Tensor Tensor::squeeze(int64_t dim) const {
 Tensor Tensor::unsqueeze(int64_t dim) const {
   detail::check_defined(*this, "unsqueeze");
   const auto d = static_cast<size_t>(wrap_dim(dim, this->dim() + 1, "unsqueeze"));
-  Tensor out = *this;
+  Tensor out = view_base();
   const int64_t stride = d < shape_.size() ? shape_[d] * strides_[d] : 1;
   out.shape_.insert(d, 1);
   out.strides_.insert(d, stride);
@@ -324,7 +324,7 @@ Tensor Tensor::view(const Shape& shape) const {
   auto strides = view_strides(shape_, strides_, target);
   D9D_CHECK(strides.has_value(), "view: shape ", shape, " is not a view of ", str(),
             " with strides ", strides_, " (use reshape, which copies)");
-  Tensor out = *this;
+  Tensor out = view_base();
   out.shape_ = target;
   out.strides_ = *strides;
   return out;
@@ -334,7 +334,7 @@ Tensor Tensor::reshape(const Shape& shape) const {
   detail::check_defined(*this, "reshape");
   const Shape target = infer_shape(shape, numel(), shape_, "reshape");
   if (auto strides = view_strides(shape_, strides_, target)) {
-    Tensor out = *this;
+    Tensor out = view_base();
     out.shape_ = target;
     out.strides_ = *strides;
     return out;
@@ -353,7 +353,7 @@ Tensor Tensor::narrow(int64_t dim, int64_t start, int64_t length) const {
   if (start < 0) start += size;
   D9D_CHECK(length >= 0 && start + length <= size, "narrow: start ", start, " + length ", length,
             " exceeds dim ", dim, " of size ", size, " (shape ", shape_, ")");
-  Tensor out = *this;
+  Tensor out = view_base();
   out.shape_[d] = length;
   if (length > 0) out.offset_ += start * strides_[d] * element_size();
   return out;
@@ -368,7 +368,7 @@ Tensor Tensor::select(int64_t dim, int64_t index) const {
   D9D_CHECK_INDEX(index >= -size && index < size, "select: index ", index,
                   " is out of range for dim ", dim, " of size ", size, " (shape ", shape_, ")");
   if (index < 0) index += size;
-  Tensor out = *this;
+  Tensor out = view_base();
   out.offset_ += index * strides_[d] * element_size();
   out.shape_.erase(d);
   out.strides_.erase(d);

@@ -236,3 +236,25 @@ TEST_CASE("CUDA tensors are refused by CPU data movement with a DeviceError") {
   CHECK_THROWS_AS(Tensor::empty({4}, DType::F32, Device::cuda(0)), DeviceError);
   CHECK_THROWS_AS(Storage::allocate_pinned(16), DeviceError);
 }
+
+TEST_CASE("an attachment goes with copies and this very tensor, never with another view") {
+  struct Tag final : TensorAttachment {};
+  const Tensor plain = Tensor::arange(6, DType::F32).reshape({2, 3});
+  CHECK(plain.attachment() == nullptr);
+  const auto tag = std::make_shared<const Tag>();
+  const Tensor t = plain.with_attachment(tag);
+  CHECK(t.attachment() == tag);
+  CHECK(t.data_ptr() == plain.data_ptr());
+  CHECK(plain.attachment() == nullptr);  // with_attachment makes a new handle
+  const Tensor copy = t;                 // NOLINT(performance-unnecessary-copy-initialization)
+  CHECK(copy.attachment() == tag);
+  CHECK(t.contiguous().attachment() == tag);  // this very tensor
+  CHECK(t.to(DType::F32).attachment() == tag);
+  CHECK(t.squeeze(0).attachment() == tag);  // dim 0 is not of size 1: the same tensor
+  for (const Tensor& view : {t.transpose(0, 1), t.permute({1, 0}), t.squeeze(), t.unsqueeze(0),
+                             t.view({3, 2}), t.reshape({6}), t.narrow(1, 0, 3), t.select(0, 1),
+                             t.clone(), t.to(DType::BF16), t.transpose(0, 1).contiguous()}) {
+    CHECK(view.attachment() == nullptr);
+  }
+  CHECK(t.with_attachment(nullptr).attachment() == nullptr);
+}

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,18 @@
 #include <d9d/storage.hpp>
 
 namespace d9d {
+
+// Note [tensor attachment]: a layer above core may attach one immutable, reference-counted object
+// to a Tensor value, which core carries without knowing what it is. d9d::dist attaches a DTensor's
+// spec (global shape, device mesh, placements), so that a StateDict value can be a distributed
+// tensor while core knows nothing of ranks. Copies of the Tensor share the attachment, and so does
+// an op that returns this very tensor (contiguous() of a contiguous tensor, to() its own dtype or
+// device, squeeze(dim) of a dim that is not 1); every op that makes a different view or new bytes
+// returns a tensor without one.
+class TensorAttachment {
+ public:
+  virtual ~TensorAttachment() = default;
+};
 
 class Tensor {
  public:
@@ -118,14 +131,30 @@ class Tensor {
   // "Tensor(BF16, [2, 3], cpu)".
   std::string str() const;
 
+  // See Note [tensor attachment]. Null when there is none.
+  const std::shared_ptr<const TensorAttachment>& attachment() const { return attachment_; }
+  // This very tensor (the same view of the same bytes) carrying `attachment` (null: none).
+  Tensor with_attachment(std::shared_ptr<const TensorAttachment> attachment) const {
+    Tensor out = *this;
+    out.attachment_ = std::move(attachment);
+    return out;
+  }
+
  private:
   void check_element_type(DType want, const char* op) const;
+  // A copy of this tensor to be made into a different view: without the attachment.
+  Tensor view_base() const {
+    Tensor out = *this;
+    out.attachment_.reset();
+    return out;
+  }
   const Tensor& copy_across_devices(const Tensor& src) const;
   Storage storage_;
   DType dtype_ = DType::F32;
   int64_t offset_ = 0;
   Shape shape_;
   Strides strides_;
+  std::shared_ptr<const TensorAttachment> attachment_;
 };
 
 std::ostream& operator<<(std::ostream& out, const Tensor& tensor);
