@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstring>
 #include <mutex>
 
 #include <d9d/io/safetensors.hpp>
@@ -64,8 +65,21 @@ SafetensorsFile::~SafetensorsFile() = default;
 SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   auto impl = std::make_unique<Impl>();
   auto file = std::make_shared<MappedFile>(MappedFile::open(path));
+  // Note [header without read-around]: the header is parsed through the mapping, and a fault on
+  // a plain mapping reads the kernel's read-around window (16 MiB with the descriptor's
+  // sequential hint) of tensor data along with it: opening a cold file read 16 MiB it might never
+  // need (d9d inspect of a sharded checkpoint, a rank that loads a slice). So the header is read
+  // with read-around off and exactly its bytes asked for, and the advice is reset afterwards.
+  file->advise(Advice::kRandom);
+  if (file->size() >= 8) {
+    uint64_t n = 0;
+    std::memcpy(&n, file->data(), 8);  // checked by the validation below
+    file->advise(Advice::kWillNeed, 0,
+                 static_cast<size_t>(std::min<uint64_t>(n, file->size()) + 8));
+  }
   SafetensorsHeader header =
       detail::validate_safetensors(file->bytes(), path.string(), impl->index);
+  file->advise(Advice::kNormal);
   impl->header_size = header.header_size;
   impl->metadata = std::move(header.metadata);
   impl->keys.reserve(header.tensors.size());

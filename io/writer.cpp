@@ -1,7 +1,11 @@
 // plan_safetensors, SafetensorsWriter and save_safetensors.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cerrno>
 #include <mutex>
 #include <unordered_map>
 
@@ -154,10 +158,41 @@ struct SafetensorsWriter::Impl {
   SaveOptions options;
   SafetensorsLayout layout;
   detail::AtomicFile file;
+  // Note [shared file]: the file itself, not a temporary of it.
+  bool shared = false;
+  bool creator = false;
+  detail::FileDescriptor shared_fd;
   std::unordered_map<std::string_view, size_t> index;  // views into layout's names
   std::mutex mu;
   std::vector<std::map<int64_t, int64_t>> written;  // per tensor: merged [begin, end) pieces
   bool committed = false;
+
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() { abandon_shared(); }
+
+  void abandon_shared() noexcept {
+    if (!shared) return;
+    const bool remove = creator && !committed && shared_fd.get() >= 0;
+    shared_fd.reset();
+    if (remove) ::unlink(path.c_str());
+  }
+  int fd() const { return shared ? shared_fd.get() : file.fd(); }
+  void write_at(uint64_t offset, const std::byte* data, size_t size) const {
+    if (shared) {
+      detail::pwrite_all(shared_fd.get(), offset, data, size, path);
+    } else {
+      file.write_at(offset, data, size);
+    }
+  }
+
+  void index_layout() {
+    const auto& planned = layout.header.tensors;
+    index.reserve(planned.size());
+    for (size_t i = 0; i < planned.size(); ++i) index.emplace(planned[i].first, i);
+    written.resize(planned.size());
+  }
 
   size_t find(std::string_view name) const {
     const auto it = index.find(name);
@@ -166,7 +201,7 @@ struct SafetensorsWriter::Impl {
     return it->second;
   }
   void check_open() const {
-    D9D_CHECK(!committed && file.fd() >= 0, "SafetensorsWriter ", path.string(),
+    D9D_CHECK(!committed && fd() >= 0, "SafetensorsWriter ", path.string(),
               ": the writer was already committed or abandoned");
   }
 
@@ -208,8 +243,8 @@ struct SafetensorsWriter::Impl {
     if (size == 0) return;
     claim(i, offset, offset + size);
     try {
-      file.write_at(static_cast<uint64_t>(layout.header.data_offset() + info.begin + offset),
-                    bytes.data(), bytes.size());
+      write_at(static_cast<uint64_t>(layout.header.data_offset() + info.begin + offset),
+               bytes.data(), bytes.size());
     } catch (...) {
       unclaim(i, offset);
       throw;
@@ -278,13 +313,70 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
   impl_->path = path;
   impl_->options = options;
   impl_->layout = plan_safetensors(tensors, metadata, options);
-  const auto& planned = impl_->layout.header.tensors;
-  impl_->index.reserve(planned.size());
-  for (size_t i = 0; i < planned.size(); ++i) impl_->index.emplace(planned[i].first, i);
-  impl_->written.resize(planned.size());
+  impl_->index_layout();
   impl_->file = detail::AtomicFile(path, impl_->layout.file_size);
   const std::string& prefix = impl_->layout.prefix;
   impl_->file.write_at(0, reinterpret_cast<const std::byte*>(prefix.data()), prefix.size());
+}
+
+SafetensorsWriter SafetensorsWriter::create_shared(const std::filesystem::path& path,
+                                                   std::span<const TensorDecl> tensors,
+                                                   const Metadata& metadata,
+                                                   const SaveOptions& options) {
+  SafetensorsWriter writer;
+  writer.impl_ = std::make_unique<Impl>();
+  Impl& w = *writer.impl_;
+  w.path = path;
+  w.options = options;
+  w.layout = plan_safetensors(tensors, metadata, options);
+  w.index_layout();
+  w.shared = true;
+  w.shared_fd =
+      detail::FileDescriptor(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
+  if (w.shared_fd.get() < 0) detail::throw_errno("create", path, errno);
+  w.creator = true;
+  // The full size up front: reserved where the file system can, zeros (a hole) otherwise.
+  const auto size = static_cast<off_t>(w.layout.file_size);
+  int rc = 0;
+  do {
+    rc = ::fallocate(w.shared_fd.get(), 0, 0, size);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0 && errno != EOPNOTSUPP && errno != ENOSYS) {
+    detail::throw_errno("reserve space for", path, errno);
+  }
+  if (::ftruncate(w.shared_fd.get(), size) != 0) detail::throw_errno("resize", path, errno);
+  const std::string& prefix = w.layout.prefix;
+  w.write_at(0, reinterpret_cast<const std::byte*>(prefix.data()), prefix.size());
+  return writer;
+}
+
+SafetensorsWriter SafetensorsWriter::open_shared(const std::filesystem::path& path,
+                                                 std::span<const TensorDecl> tensors,
+                                                 const Metadata& metadata,
+                                                 const SaveOptions& options) {
+  SafetensorsWriter writer;
+  writer.impl_ = std::make_unique<Impl>();
+  Impl& w = *writer.impl_;
+  w.path = path;
+  w.options = options;
+  w.layout = plan_safetensors(tensors, metadata, options);
+  w.index_layout();
+  w.shared = true;
+  w.shared_fd = detail::FileDescriptor(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (w.shared_fd.get() < 0) detail::throw_errno("open", path, errno);
+  const off_t size = ::lseek(w.shared_fd.get(), 0, SEEK_END);
+  if (size < 0) detail::throw_errno("seek", path, errno);
+  const std::string& prefix = w.layout.prefix;
+  std::string found(prefix.size(), '\0');
+  if (size == static_cast<off_t>(w.layout.file_size)) {
+    detail::pread_all(w.shared_fd.get(), 0, reinterpret_cast<std::byte*>(found.data()),
+                      found.size(), path);
+  }
+  D9D_CHECK_AS(IoError, size == static_cast<off_t>(w.layout.file_size) && found == prefix,
+               "SafetensorsWriter::open_shared ", path.string(),
+               ": the file is not the one planned from these tensors (", size, " bytes, ",
+               w.layout.file_size, " planned; or another header)");
+  return writer;
 }
 
 SafetensorsWriter::SafetensorsWriter(SafetensorsWriter&&) noexcept = default;
@@ -336,6 +428,16 @@ bool SafetensorsWriter::complete() const {
 void SafetensorsWriter::commit() {
   D9D_CHECK(impl_ != nullptr, "SafetensorsWriter: use of a moved-from writer");
   impl_->check_open();
+  if (impl_->shared) {  // Note [shared file]
+    const int fd = impl_->shared_fd.release();
+    const bool synced = !impl_->options.fsync || ::fsync(fd) == 0;
+    const int err = errno;
+    const bool closed = ::close(fd) == 0;
+    if (!synced) detail::throw_errno("fsync", impl_->path, err);
+    if (!closed) detail::throw_errno("close", impl_->path, errno);
+    impl_->committed = true;
+    return;
+  }
   {
     std::lock_guard lock(impl_->mu);
     std::vector<std::string_view> missing;
@@ -358,7 +460,9 @@ void SafetensorsWriter::commit() {
 }
 
 void SafetensorsWriter::abandon() noexcept {
-  if (impl_) impl_->file.abandon();
+  if (!impl_) return;
+  impl_->abandon_shared();
+  impl_->file.abandon();
 }
 
 // ---- save_safetensors ---------------------------------------------------------------------------

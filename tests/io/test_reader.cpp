@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <fstream>
 
 #include "helpers.hpp"
 
@@ -80,6 +81,32 @@ struct Fixture {
                      {{"format", "pt"}, {"note", "caf\xC3\xA9"}});
   }
 };
+
+TEST_CASE("opening a cold file reads its header, not the kernel's read-around of tensor data") {
+  std::ifstream probe("/proc/self/io");
+  if (!probe) return;  // no per-process I/O accounting here
+  auto read_bytes = [] {
+    std::ifstream io("/proc/self/io");
+    std::string key;
+    int64_t value = 0;
+    while (io >> key >> value) {
+      if (key == "read_bytes:") return value;
+    }
+    return int64_t{-1};
+  };
+  TempDir dir;
+  const auto path = dir / "big.safetensors";
+  save_safetensors(path,
+                   std::map<std::string, Tensor>{{"w", Tensor::zeros({32 << 20}, DType::U8)}});
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);  // clean (fsynced) pages: evicted
+  ::close(fd);
+  const int64_t before = read_bytes();
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  CHECK(read_bytes() - before <= 64 << 10);  // was 16 MiB: Note [header without read-around]
+  CHECK(f.info("w").nbytes() == 32 << 20);
+}
 
 TEST_CASE("SafetensorsFile exposes keys in file and sorted order, infos and metadata") {
   Fixture fx;

@@ -176,6 +176,61 @@ TEST_CASE("SafetensorsWriter rejects writes that do not match the plan") {
   CHECK(w.complete());
 }
 
+TEST_CASE("a shared file written by several writers is the file one writer would write") {
+  TempDir dir;
+  const Tensor a = patterned({300, 7}, DType::BF16, 1);
+  const Tensor b = patterned({123}, DType::U8, 2);
+  const Tensor c = patterned({7, 3}, DType::F64, 3).transpose(0, 1);  // strided
+  const std::vector<TensorDecl> decls = {{"a", DType::BF16, {300, 7}},
+                                         {"b", DType::U8, {123}},
+                                         {"c", DType::F64, {3, 7}},
+                                         {"e", DType::F32, {0}}};
+  const SaveOptions options{.alignment = 4096, .fsync = false};
+  save_safetensors(dir / "one.safetensors",
+                   std::map<std::string, Tensor>{
+                       {"a", a}, {"b", b}, {"c", c}, {"e", Tensor::zeros({0}, DType::F32)}},
+                   default_metadata(), options);
+  const auto path = dir / ".shared.safetensors";
+  SafetensorsWriter::create_shared(path, decls, default_metadata(), options).commit();
+  CHECK_THROWS_AS(SafetensorsWriter::create_shared(path, decls, default_metadata(), options),
+                  IoError);  // it exists
+  // Two "processes", each with its own tensors, in pieces from the other end.
+  SafetensorsWriter p1 = SafetensorsWriter::open_shared(path, decls, default_metadata(), options);
+  SafetensorsWriter p2 = SafetensorsWriter::open_shared(path, decls, default_metadata(), options);
+  p2.write("c", c);
+  const std::string bytes = bytes_of(a);
+  p1.write_bytes("a", 1000, as_bytes(std::string_view(bytes).substr(1000)));
+  p1.write_bytes("a", 0, as_bytes(std::string_view(bytes).substr(0, 1000)));
+  p2.write("b", b);
+  CHECK_FALSE(p1.complete());  // each sees only its own writes
+  p1.commit();                 // no completeness check, no rename
+  p2.commit();
+  CHECK(read_file(path) == read_file(dir / "one.safetensors"));
+  std::filesystem::rename(path, dir / "two.safetensors");
+  CHECK(equal(SafetensorsFile::open(dir / "two.safetensors").tensor("c"), c));
+}
+
+TEST_CASE(
+    "open_shared refuses a file planned from other tensors; an uncommitted creator cleans up") {
+  TempDir dir;
+  const std::vector<TensorDecl> decls = {{"a", DType::F32, {4}}};
+  const auto path = dir / "s.safetensors";
+  CHECK_THROWS_AS(SafetensorsWriter::open_shared(path, decls), IoError);  // not created yet
+  {
+    SafetensorsWriter creator = SafetensorsWriter::create_shared(path, decls);
+    CHECK(std::filesystem::file_size(path) == static_cast<uintmax_t>(creator.layout().file_size));
+    CHECK_THROWS_WITH_AS(
+        SafetensorsWriter::open_shared(path, std::vector<TensorDecl>{{"a", DType::F32, {2, 2}}}),
+        doctest::Contains("not the one planned"), IoError);
+    CHECK_THROWS_AS(
+        SafetensorsWriter::open_shared(path, std::vector<TensorDecl>{{"b", DType::F32, {4}}}),
+        IoError);
+    SafetensorsWriter other = SafetensorsWriter::open_shared(path, decls);
+    other.write("a", patterned({4}, DType::F32));
+  }  // the creator never committed: the file goes, whatever the others did
+  CHECK(dir.list().empty());
+}
+
 TEST_CASE("a writer dropped before commit leaves no file, and an earlier file stays intact") {
   TempDir dir;
   const auto path = dir / "m.safetensors";

@@ -226,6 +226,29 @@ class SafetensorsWriter {
   // the header.
   SafetensorsWriter(const std::filesystem::path& path, std::span<const TensorDecl> tensors,
                     const Metadata& metadata = default_metadata(), const SaveOptions& options = {});
+
+  // Note [shared file]: one file written by several processes at once (`mpirun d9d convert`).
+  // Its layout follows from the declarations alone, so every process knows every offset. One
+  // process create_shared()s the file under a name of the caller's choosing (header written, full
+  // size reserved, data zero); then every process that owns tensors of it open_shared()s it and
+  // writes them at their planned offsets. commit() of a shared writer makes this process's writes
+  // durable (fsync, when options.fsync) and closes it: it checks nothing beyond this writer's own
+  // writes and renames nothing, because the caller publishes the file once every process has
+  // committed. A shared writer destroyed without commit() leaves the file, except that the
+  // creator's removes it.
+  //
+  // Creates `path` (which must not exist; IoError otherwise) for the planned file.
+  static SafetensorsWriter create_shared(const std::filesystem::path& path,
+                                         std::span<const TensorDecl> tensors,
+                                         const Metadata& metadata = default_metadata(),
+                                         const SaveOptions& options = {});
+  // Opens the file create_shared() made from the same declarations, metadata and options; throws
+  // IoError when its size or header is not the planned one (a process that planned differently).
+  static SafetensorsWriter open_shared(const std::filesystem::path& path,
+                                       std::span<const TensorDecl> tensors,
+                                       const Metadata& metadata = default_metadata(),
+                                       const SaveOptions& options = {});
+
   SafetensorsWriter(SafetensorsWriter&&) noexcept;
   SafetensorsWriter& operator=(SafetensorsWriter&&) noexcept;
   ~SafetensorsWriter();  // abandons the file unless committed
@@ -239,14 +262,17 @@ class SafetensorsWriter {
   // Writes bytes [offset, offset + bytes.size()) of tensor `name`'s data. Each byte of each tensor
   // must be written exactly once (a second write of a byte is an error).
   void write_bytes(std::string_view name, int64_t offset, std::span<const std::byte> bytes);
-  // True when every byte of every tensor has been written.
+  // True when every byte of every tensor has been written (by this writer).
   bool complete() const;
   // Checks complete(), then fsyncs, renames the temporary to `path` and fsyncs the directory.
+  // (A shared writer: see Note [shared file].)
   void commit();
-  // Removes the temporary file now; the writer is then unusable.
+  // Removes the temporary file now; the writer is then unusable. (A shared writer: closes it, and
+  // the creator's removes the file.)
   void abandon() noexcept;
 
  private:
+  SafetensorsWriter() = default;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
