@@ -7,6 +7,8 @@
 #include <sstream>
 #include <unordered_set>
 
+#include <d9d/dist/dtensor.hpp>
+
 #include "internal.hpp"
 #include "shape_rules.hpp"
 
@@ -43,6 +45,16 @@ void check_unique(const char* op, const std::vector<std::string>& names, const c
   }
 }
 
+// Note [DTensor in a StateDict]: an op that moves data would move only this rank's slice, and
+// could not say what the result is; the user gathers first.
+void check_not_dtensor(const std::string& who, const std::string& name, const Tensor& tensor) {
+  if (!dist::is_dtensor(tensor)) return;
+  d9d::detail::throw_error<ValueError>(who, ": '", name, "' is a distributed tensor (",
+                                       dist::as_dtensor(tensor)->str(),
+                                       "); this op needs the whole tensor: gather_full_tensor it "
+                                       "first");
+}
+
 std::string dims_str(const std::vector<int64_t>& v) {
   std::ostringstream out;
   out << Dims(v);
@@ -67,6 +79,7 @@ StateDict SingleTensorMapper::apply(StateDict group) const {
   } catch (const Error&) {
     rethrow_with(str_cat(describe(), ": '", source_, "' is ", spec, ": "));
   }
+  if (!accepts_dtensor()) check_not_dtensor(describe(), source_, input);
   StateDict out;
   out.emplace(target_, apply_one(std::move(input)));
   return out;
@@ -396,24 +409,32 @@ std::string CastMapper::describe() const {
 
 // ---- distributed tensors ------------------------------------------------------------------------
 
-DistributeMapper::DistributeMapper(std::string name) : SingleTensorMapper(name, name) {}
-Tensor DistributeMapper::apply_one(Tensor) const {
-  throw Error(str_cat(describe(),
-                      ": distributing a tensor needs d9d::dist (device meshes and "
-                      "DTensor), which this build of d9d does not include yet"));
+DistributeMapper::DistributeMapper(std::string name, dist::DeviceMesh mesh,
+                                   std::vector<dist::Placement> placements)
+    : SingleTensorMapper(name, name), mesh_(std::move(mesh)), placements_(std::move(placements)) {
+  D9D_CHECK(static_cast<int64_t>(placements_.size()) <= mesh_.ndim(), describe(), ": ",
+            placements_.size(), " placements for the ", mesh_.ndim(), "-D mesh ", mesh_.str());
+}
+TensorSpec DistributeMapper::infer_one(const TensorSpec& input) const {
+  dist::normalize_placements(mesh_, placements_, static_cast<int64_t>(input.shape.size()));
+  return input;
+}
+Tensor DistributeMapper::apply_one(Tensor input) const {
+  return dist::distribute_tensor(input, mesh_, placements_).as_tensor();
 }
 MapperPtr DistributeMapper::inverse(const SpecDict&) const {
   return std::make_shared<GatherFullTensorMapper>(source());
 }
 std::string DistributeMapper::describe() const {
-  return describe_op("distribute", "");
+  return describe_op("distribute", dist::to_string(placements_));
 }
 
 GatherFullTensorMapper::GatherFullTensorMapper(std::string name) : SingleTensorMapper(name, name) {}
-Tensor GatherFullTensorMapper::apply_one(Tensor) const {
-  throw Error(str_cat(describe(),
-                      ": gathering a distributed tensor needs d9d::dist (device "
-                      "meshes and DTensor), which this build of d9d does not include yet"));
+Tensor GatherFullTensorMapper::apply_one(Tensor input) const {
+  const std::optional<dist::DTensor> d = dist::as_dtensor(input);
+  D9D_CHECK(d.has_value(), describe(), ": cannot gather anything but a DTensor; '", source(),
+            "' is ", input.str());
+  return d->full_tensor();
 }
 std::string GatherFullTensorMapper::describe() const {
   return describe_op("gather_full_tensor", "");
@@ -494,6 +515,7 @@ StateDict ManyToOneMapper::apply(StateDict group) const {
   specs.reserve(sources_.size());
   for (const auto& name : sources_) {
     inputs.push_back(group.at(name));
+    check_not_dtensor(describe(), name, inputs.back());
     specs.push_back(TensorSpec::of(inputs.back()));
   }
   for (const auto& s : specs) spec_ptrs.push_back(&s);
@@ -672,6 +694,7 @@ OneToManyMapper::OneToManyMapper(const char* op, std::string source,
 StateDict OneToManyMapper::apply(StateDict group) const {
   detail::check_group_inputs(*this, *groups_.begin(), group);
   Tensor input = std::move(group.begin()->second);
+  check_not_dtensor(describe(), source_, input);
   const TensorSpec spec = TensorSpec::of(input);
   try {
     infer_pieces(spec);
@@ -863,11 +886,9 @@ MapperPtr split_tensors(std::string source, std::vector<std::string> targets,
   return std::make_shared<SplitTensorsMapper>(std::move(source), std::move(targets),
                                               std::move(sizes), dim);
 }
-MapperPtr distribute(std::string name, const dist::DeviceMesh& /*mesh*/,
-                     const std::vector<dist::Placement>& /*placements*/) {
-  // The mesh and placements are kept by the d9d::dist implementation; until it exists the
-  // mapper has the right topology and specs, and apply() says what is missing.
-  return std::make_shared<DistributeMapper>(std::move(name));
+MapperPtr distribute(std::string name, const dist::DeviceMesh& mesh,
+                     const std::vector<dist::Placement>& placements) {
+  return std::make_shared<DistributeMapper>(std::move(name), mesh, placements);
 }
 MapperPtr gather_full_tensor(std::string name) {
   return std::make_shared<GatherFullTensorMapper>(std::move(name));

@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include <d9d/dist/dtensor.hpp>
+
 #include "internal.hpp"
 
 namespace d9d::mapper {
@@ -35,6 +37,10 @@ std::string to_string(const StateGroup& group) {
 }
 
 // ---- TensorSpec ---------------------------------------------------------------------------------
+
+TensorSpec TensorSpec::of(const Tensor& tensor) {
+  return {tensor.dtype(), dist::global_shape(tensor)};
+}
 
 std::string TensorSpec::str() const {
   std::ostringstream out;

@@ -2,6 +2,8 @@
 // ops beyond the reference and the errors every op raises.
 #include <doctest/doctest.h>
 
+#include <d9d/dist/dtensor.hpp>
+
 #include "helpers.hpp"
 
 using namespace d9d;
@@ -136,18 +138,38 @@ TEST_CASE("unsqueeze inserts a dim of size 1 (test_unsqueeze_mapper)") {
 }
 
 TEST_CASE(
-    "distribute and gather_full_tensor have their topology and need d9d::dist to run "
-    "(local part of test_dtensor_mapper_logic)") {
+    "distribute and gather_full_tensor over a world of one (local part of "
+    "test_dtensor_mapper_logic; the 2-rank run is in tests/dist)") {
+  const dist::DeviceMesh mesh(dist::init(dist::Backend::kLocal), {1}, {"dp"});
+  MapperPtr d = distribute("w", mesh, {dist::Shard{0}});
+  CHECK(d->state_dependency_groups() == groups({group({"w"}, {"w"})}));
+  CHECK(d->infer({{"w", {DType::F32, {4, 2}}}}) == SpecDict{{"w", {DType::F32, {4, 2}}}});
+  CHECK(d->describe() == "distribute(w, (Shard(dim=0),))");
+  CHECK_THROWS_AS(d->infer({{"w", {DType::F32, {}}}}), IndexError);  // Shard(0) of a scalar
+  const Tensor full = Tensor::arange(8, DType::F32).reshape({4, 2});
+  const Tensor w = d->apply({{"w", full}}).at("w");
+  REQUIRE(dist::is_dtensor(w));
+  CHECK(dist::as_dtensor(w)->local().shape() == Shape{4, 2});
+  CHECK(TensorSpec::of(w) == TensorSpec{DType::F32, {4, 2}});
+  CHECK(dist::as_dtensor(w)->placements() == std::vector<dist::Placement>{dist::Shard{0}});
+  CHECK(dist::as_dtensor(w)->device_mesh() == mesh);
+
   MapperPtr g = gather_full_tensor("w");
   CHECK(g->state_dependency_groups() == groups({group({"w"}, {"w"})}));
   CHECK(g->infer({{"w", {DType::F32, {4, 2}}}}) == SpecDict{{"w", {DType::F32, {4, 2}}}});
+  const Tensor back = g->apply({{"w", w}}).at("w");
+  CHECK(!dist::is_dtensor(back));
+  CHECK(equal(back, full));
+  // As the reference: "Cannot gather anything but DTensor".
   CHECK_THROWS_WITH_AS(g->apply({{"w", Tensor::zeros({4, 2}, DType::F32)}}),
-                       doctest::Contains("d9d::dist"), Error);
-  auto d = std::make_shared<DistributeMapper>("w");
-  CHECK(d->state_dependency_groups() == groups({group({"w"}, {"w"})}));
-  CHECK_THROWS_WITH_AS(d->apply({{"w", Tensor::zeros({4, 2}, DType::F32)}}),
-                       doctest::Contains("d9d::dist"), Error);
+                       doctest::Contains("anything but a DTensor"), ValueError);
   CHECK(d->inverse()->describe() == "gather_full_tensor(w)");
+  // Ops that move data refuse a DTensor; renaming passes it on.
+  CHECK_THROWS_WITH_AS(transpose("w", 0, 1)->apply({{"w", w}}),
+                       doctest::Contains("gather_full_tensor it first"), ValueError);
+  CHECK_THROWS_AS(stack_tensors({"w"}, "s", 0)->apply({{"w", w}}), ValueError);
+  CHECK_THROWS_AS(chunk_tensors("w", {"a", "b"}, 0)->apply({{"w", w}}), ValueError);
+  CHECK(dist::is_dtensor(rename_tensor("w", "v")->apply({{"w", w}}).at("v")));
 }
 
 // ---- beyond the reference -----------------------------------------------------------------------

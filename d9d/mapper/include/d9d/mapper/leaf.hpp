@@ -22,13 +22,10 @@
 #include <vector>
 
 #include <d9d/dims.hpp>
+#include <d9d/dist/device_mesh.hpp>
+#include <d9d/dist/placement.hpp>
 #include <d9d/dtype.hpp>
 #include <d9d/mapper/mapper.hpp>
-
-namespace d9d::dist {
-class DeviceMesh;
-class Placement;
-}  // namespace d9d::dist
 
 namespace d9d::mapper {
 
@@ -66,8 +63,10 @@ MapperPtr permute(std::string name, Dims dims);
 // target: uneven splits such as a GQA-fused QKV. Contiguous pieces.
 MapperPtr split_tensors(std::string source, std::vector<std::string> targets,
                         std::vector<int64_t> sizes, int64_t dim);
-// Distributed tensors: declared here, completed with d9d::dist. Until then their topology and
-// specs are real and apply() throws an Error saying that d9d::dist is needed.
+// Distributed tensors (Note [DTensor in a StateDict] in <d9d/dist/dtensor.hpp>). distribute makes
+// `name` this rank's slice as a DTensor (dist::distribute_tensor: a view, no communication; the
+// spec stays the global one); gather_full_tensor all-gathers a DTensor into the whole tensor
+// (collective over the mesh; anything but a DTensor is a ValueError, as in the reference).
 MapperPtr distribute(std::string name, const dist::DeviceMesh& mesh,
                      const std::vector<dist::Placement>& placements);
 MapperPtr gather_full_tensor(std::string name);
@@ -88,6 +87,9 @@ class SingleTensorMapper : public ModelStateMapper {
 
  protected:
   SingleTensorMapper(std::string source, std::string target);
+  // Whether apply_one() takes a DTensor (Note [DTensor in a StateDict]); the ops that move data
+  // do not (an error naming the tensor says to gather it first).
+  virtual bool accepts_dtensor() const { return false; }
   // The output spec for an input spec; throws the errors apply_one() would.
   virtual TensorSpec infer_one(const TensorSpec& input) const = 0;
   // The output tensor; called only after infer_one() accepted the input's spec.
@@ -110,6 +112,7 @@ class IdentityMapper final : public SingleTensorMapper {
   std::string describe() const override;
 
  protected:
+  bool accepts_dtensor() const override { return true; }
   TensorSpec infer_one(const TensorSpec& input) const override { return input; }
   Tensor apply_one(Tensor input) const override { return input; }
 };
@@ -122,6 +125,7 @@ class RenameTensorMapper final : public SingleTensorMapper {
   std::string describe() const override;
 
  protected:
+  bool accepts_dtensor() const override { return true; }
   TensorSpec infer_one(const TensorSpec& input) const override { return input; }
   Tensor apply_one(Tensor input) const override { return input; }
 };
@@ -235,14 +239,23 @@ bool is_lossless_cast(DType from, DType to);
 
 class DistributeMapper final : public SingleTensorMapper {
  public:
-  explicit DistributeMapper(std::string name);
+  DistributeMapper(std::string name, dist::DeviceMesh mesh,
+                   std::vector<dist::Placement> placements);
   MapperPtr inverse(const SpecDict& input_specs) const override;
   using ModelStateMapper::inverse;
   std::string describe() const override;
+  const dist::DeviceMesh& device_mesh() const { return mesh_; }
+  const std::vector<dist::Placement>& placements() const { return placements_; }
 
  protected:
-  TensorSpec infer_one(const TensorSpec& input) const override { return input; }
+  bool accepts_dtensor() const override { return true; }
+  // The spec stays the global one; a Shard dim out of range is an error here already.
+  TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
+
+ private:
+  dist::DeviceMesh mesh_;
+  std::vector<dist::Placement> placements_;
 };
 
 class GatherFullTensorMapper final : public SingleTensorMapper {
@@ -251,6 +264,7 @@ class GatherFullTensorMapper final : public SingleTensorMapper {
   std::string describe() const override;
 
  protected:
+  bool accepts_dtensor() const override { return true; }
   TensorSpec infer_one(const TensorSpec& input) const override { return input; }
   Tensor apply_one(Tensor input) const override;
 };

@@ -16,7 +16,8 @@ struct TensorSpec {
   DType dtype = DType::F32;
   Shape shape;
 
-  static TensorSpec of(const Tensor& tensor) { return {tensor.dtype(), tensor.shape()}; }
+  // The tensor's dtype and shape; a DTensor's global shape (Note [DTensor in a StateDict]).
+  static TensorSpec of(const Tensor& tensor);
   int64_t numel() const { return numel_of(shape); }
   // numel * bits / 8, as Tensor::nbytes (sub-byte dtypes are packed).
   int64_t nbytes() const { return numel() * dtype_bits(dtype) / 8; }
