@@ -1,11 +1,29 @@
 #include <d9d/model_state/progress.hpp>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <string>
+
+#include <d9d/dist/process_group.hpp>
 
 namespace d9d::model_state {
 namespace {
+
+// Under mpirun a rank's standard error is a pipe to mpirun, which copies it to its own (and its
+// standard output is a pseudo-terminal whatever mpirun's is): a person watches when the
+// launcher's standard error, the parent process's, is a terminal.
+bool watched() {
+  if (isatty(STDERR_FILENO) == 1) return true;
+  if (!dist::launched()) return false;
+  const std::string parent = "/proc/" + std::to_string(::getppid()) + "/fd/2";
+  const int fd = ::open(parent.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool tty = isatty(fd) == 1;
+  ::close(fd);
+  return tty;
+}
 
 std::string format_bytes(double bytes) {
   char buf[32];
@@ -25,7 +43,7 @@ ProgressBar::ProgressBar(std::string label, int64_t total_items, int64_t total_b
     : label_(std::move(label)),
       total_items_(total_items),
       total_bytes_(total_bytes),
-      drawing_(enabled && isatty(STDERR_FILENO) == 1),
+      drawing_(enabled && watched()),
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {
   if (drawing_) draw(false);

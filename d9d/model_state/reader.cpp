@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include <d9d/dist/dtensor.hpp>
 #include <d9d/error.hpp>
 #include <d9d/io/mapped_file.hpp>
 #include <d9d/model_state/progress.hpp>
@@ -107,35 +108,86 @@ const int64_t kPageSize = sysconf(_SC_PAGESIZE);
 
 // A view of a checkpoint tensor whose storage gives the tensor's whole pages back to the kernel
 // when the last reference goes (Note [read-ahead budget]); pages shared with a neighbour stay.
-Tensor releasing_view(const io::Checkpoint& checkpoint, const std::string& name) {
-  const Tensor view = checkpoint.tensor(name);
+// `will_need`: ask the kernel to read the whole tensor ahead now (a view that will only be read in
+// part, Note [reading what a rank owns], is not; its read-ahead advice is put back when it goes).
+Tensor releasing_view(const io::Checkpoint& checkpoint, const std::string& name, bool will_need) {
   const io::CheckpointEntry entry = checkpoint.entry(name);
   const io::SafetensorsFile& file = checkpoint.file(*entry.file);
   std::shared_ptr<const io::MappedFile> mapping = file.shared_mapped_file();
   const int64_t begin = file.data_offset() + entry.info->begin;
   const int64_t end = file.data_offset() + entry.info->end;
+  const int64_t nbytes = end - begin;
+  if (will_need && nbytes >= (int64_t{1} << 20)) {
+    mapping->advise(io::Advice::kWillNeed, static_cast<size_t>(begin), static_cast<size_t>(nbytes));
+  }
   const int64_t first_page = (begin + kPageSize - 1) / kPageSize * kPageSize;
   const int64_t last_page = end / kPageSize * kPageSize;
   Storage storage = Storage::wrap(
-      const_cast<std::byte*>(static_cast<const std::byte*>(view.data_ptr())),
-      static_cast<size_t>(view.nbytes()), Device::cpu(), StorageKind::kMapped, false,
-      [keep = view.storage(), mapping, first_page, last_page](std::byte*) {
+      const_cast<std::byte*>(mapping->data() + begin), static_cast<size_t>(nbytes), Device::cpu(),
+      StorageKind::kMapped, false,
+      [mapping, begin, nbytes, first_page, last_page, will_need](std::byte*) {
         if (last_page > first_page) {
           mapping->advise(io::Advice::kDontNeed, static_cast<size_t>(first_page),
                           static_cast<size_t>(last_page - first_page));
         }
+        if (!will_need && nbytes > 0) {
+          mapping->advise(io::Advice::kNormal, static_cast<size_t>(begin),
+                          static_cast<size_t>(nbytes));
+        }
       });
-  return Tensor(std::move(storage), view.dtype(), view.shape(), view.strides(), 0);
+  return Tensor::from_storage(std::move(storage), entry.info->dtype, entry.info->shape);
 }
 
-// Reads one byte of every page, so the consumer finds the view resident.
+// Reads one byte of every page of the view's elements, so the consumer finds them resident.
 void fault_in(const Tensor& view) {
-  const auto* p = static_cast<const volatile unsigned char*>(view.data_ptr());
-  const int64_t n = view.nbytes();
-  unsigned char sink = 0;
-  for (int64_t i = 0; i < n; i += kPageSize) sink ^= p[i];
-  if (n > 0) sink ^= p[n - 1];
-  (void)sink;
+  if (view.numel() == 0) return;
+  if (view.is_contiguous()) {
+    const auto* p = static_cast<const volatile unsigned char*>(view.data_ptr());
+    const int64_t n = view.nbytes();
+    unsigned char sink = 0;
+    for (int64_t i = 0; i < n; i += kPageSize) sink ^= p[i];
+    sink ^= p[n - 1];
+    (void)sink;
+    return;
+  }
+  if (view.dim() == 1) {  // a strided row: one touch per element, each page once
+    const auto* p = static_cast<const volatile unsigned char*>(view.data_ptr());
+    const int64_t step = view.stride(0) * view.element_size();
+    unsigned char sink = 0;
+    int64_t last_page = -1;
+    for (int64_t i = 0; i < view.size(0); ++i) {
+      const int64_t at = i * step;
+      if (at / kPageSize != last_page) sink ^= p[at];
+      last_page = at / kPageSize;
+    }
+    (void)sink;
+    return;
+  }
+  for (int64_t i = 0; i < view.size(0); ++i) fault_in(view.select(0, i));
+}
+
+// Note [reading what a rank owns]: load_model_state into a DTensor target needs only this rank's
+// slice. The group's inputs are then views with no read-ahead asked for; the mapper runs on them
+// (a view op such as identity or rename touches no byte); distribute_tensor narrows the output to
+// this rank's slice (a view again); and only then is the slice read in: a packed slice (Shard on
+// dim 0) with read-around off (MADV_RANDOM) and the kernel asked for exactly its pages
+// (MADV_WILLNEED), so a rank reads about 1/N of the tensor, not the whole of it. A mapper that
+// moves data (transpose, stack, ...) reads its whole inputs, necessarily.
+void read_slice(
+    const Tensor& local,
+    const std::vector<std::pair<const std::byte*, std::shared_ptr<const io::MappedFile>>>& inputs) {
+  if (local.numel() > 0 && local.storage().kind() == StorageKind::kMapped &&
+      local.is_contiguous()) {
+    const auto* p = static_cast<const std::byte*>(local.data_ptr());
+    for (const auto& [begin, mapping] : inputs) {
+      if (p < mapping->data() || p + local.nbytes() > mapping->data() + mapping->size()) continue;
+      const auto offset = static_cast<size_t>(p - mapping->data());
+      mapping->advise(io::Advice::kRandom, offset, static_cast<size_t>(local.nbytes()));
+      mapping->advise(io::Advice::kWillNeed, offset, static_cast<size_t>(local.nbytes()));
+      break;
+    }
+  }
+  if (local.storage().kind() == StorageKind::kMapped) fault_in(local);
 }
 
 }  // namespace
@@ -146,6 +198,10 @@ struct ModelStateStream::Impl {
   ReadOptions options;
   ReadPlan plan;
   std::optional<std::vector<std::pair<std::string, TensorSpec>>> planned_specs;  // plan.outputs()
+  // load_model_state's DTensor targets: outputs made this rank's slice (Note [reading what a rank
+  // owns]), and which groups have one.
+  std::map<std::string, std::shared_ptr<const dist::DTensorSpec>> distribute_outputs;
+  std::vector<bool> slices_group;
 
   std::mutex mu;
   std::condition_variable workers_cv;   // budget freed or a group to start
@@ -211,7 +267,7 @@ struct ModelStateStream::Impl {
       std::optional<StateDict> outputs;
       std::exception_ptr error;
       try {
-        outputs = run_group(plan.groups[index]);
+        outputs = run_group(plan.groups[index], index < slices_group.size() && slices_group[index]);
       } catch (...) {
         error = std::current_exception();
       }
@@ -228,9 +284,17 @@ struct ModelStateStream::Impl {
     }
   }
 
-  StateDict run_group(const GroupPlan& g) {
+  StateDict run_group(const GroupPlan& g, bool slices) {
     StateDict inputs;
-    for (const auto& [name, spec] : g.inputs) inputs.emplace(name, releasing_view(checkpoint, name));
+    std::vector<std::pair<const std::byte*, std::shared_ptr<const io::MappedFile>>> mappings;
+    for (const auto& [name, spec] : g.inputs) {
+      Tensor view = releasing_view(checkpoint, name, /*will_need=*/!slices);
+      if (slices) {
+        mappings.emplace_back(static_cast<const std::byte*>(view.data_ptr()),
+                              checkpoint.file(*checkpoint.entry(name).file).shared_mapped_file());
+      }
+      inputs.emplace(name, std::move(view));
+    }
     StateDict outputs = mapper->apply(std::move(inputs));
     for (const std::string& name : g.group.outputs) {
       D9D_CHECK(outputs.contains(name), "read_model_state: group ", mapper::to_string(g.group),
@@ -246,6 +310,15 @@ struct ModelStateStream::Impl {
                 TensorSpec::of(it->second).str(), " but its infer() promised ", spec.str());
     }
     for (auto& [name, tensor] : outputs) {
+      if (slices) {
+        if (auto it = distribute_outputs.find(name); it != distribute_outputs.end()) {
+          const dist::DTensor local =
+              dist::distribute_tensor(tensor, it->second->mesh, it->second->placements);
+          read_slice(local.local(), mappings);
+          tensor = local.as_tensor();
+          continue;
+        }
+      }
       if (options.device.is_cuda()) {
         tensor = tensor.to(options.device);
       } else if (tensor.storage().kind() == StorageKind::kMapped) {
@@ -337,27 +410,53 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
   options.device = Device::cpu();  // outputs are copied straight into the targets
   ModelStateStream stream = read_model_state(src, std::move(mapper), options);
   // Check every output against its target before reading anything (outputs a custom mapper
-  // cannot infer are checked as they arrive, by copy_).
+  // cannot infer are checked as they arrive, by copy_). Specs are global: a DTensor target is
+  // checked by its global shape.
   static const std::vector<std::pair<std::string, TensorSpec>> kNone;
   for (const auto& [name, spec] : stream.planned_specs() ? *stream.planned_specs() : kNone) {
     auto it = target.find(name);
     D9D_CHECK(it != target.end(), "load_model_state: the mapper produces ", name,
               " but the target has no tensor of that name");
     D9D_CHECK(it->second.defined(), "load_model_state: the target tensor ", name, " is undefined");
-    D9D_CHECK(it->second.dtype() == spec.dtype && it->second.shape() == spec.shape,
-              "load_model_state: ", name, " is ", spec.str(), " in the checkpoint but the target is ",
-              TensorSpec::of(it->second).str());
+    D9D_CHECK(TensorSpec::of(it->second) == spec, "load_model_state: ", name, " is ", spec.str(),
+              " in the checkpoint but the target is ", TensorSpec::of(it->second).str());
     D9D_CHECK_AS(DeviceError, it->second.device() == device, "load_model_state: the target ", name,
                  " is on ", it->second.device(), ", not on ", device);
+  }
+  // DTensor targets take this rank's slice only (Note [reading what a rank owns]).
+  ModelStateStream::Impl& impl = *stream.impl_;
+  for (const auto& [name, tensor] : target) {
+    if (auto d = dist::as_dtensor(tensor)) impl.distribute_outputs.emplace(name, d->spec());
+  }
+  if (!impl.distribute_outputs.empty()) {
+    impl.slices_group.resize(impl.plan.groups.size());
+    for (size_t i = 0; i < impl.plan.groups.size(); ++i) {
+      for (const std::string& out : impl.plan.groups[i].group.outputs) {
+        if (impl.distribute_outputs.contains(out)) impl.slices_group[i] = true;
+      }
+    }
   }
   for (auto&& [name, tensor] : stream) {
     auto it = target.find(name);
     D9D_CHECK(it != target.end(), "load_model_state: the mapper produced ", name,
               " but the target has no tensor of that name");
-    D9D_CHECK(it->second.dtype() == tensor.dtype() && it->second.shape() == tensor.shape(),
-              "load_model_state: ", name, " is ", TensorSpec::of(tensor).str(),
-              " but the target is ", TensorSpec::of(it->second).str());
-    it->second.copy_(tensor);
+    D9D_CHECK(TensorSpec::of(it->second) == TensorSpec::of(tensor), "load_model_state: ", name,
+              " is ", TensorSpec::of(tensor).str(), " but the target is ",
+              TensorSpec::of(it->second).str());
+    const std::optional<dist::DTensor> source = dist::as_dtensor(tensor);
+    const std::optional<dist::DTensor> dest = dist::as_dtensor(it->second);
+    D9D_CHECK(source.has_value() == dest.has_value(), "load_model_state: the mapper produced ",
+              name, " as ", source ? source->str() : tensor.str(), " but the target is ",
+              dest ? dest->str() : it->second.str());
+    if (dest) {
+      D9D_CHECK(source->device_mesh() == dest->device_mesh() &&
+                    source->placements() == dest->placements(),
+                "load_model_state: the mapper produced ", name, " as ", source->str(),
+                " but the target is ", dest->str());
+      dest->local().copy_(source->local());
+    } else {
+      it->second.copy_(tensor);
+    }
   }
 }
 

@@ -11,7 +11,10 @@
 #include <sstream>
 #include <unordered_map>
 
+#include <d9d/dist/dtensor.hpp>
 #include <d9d/error.hpp>
+#include <d9d/mapper/compose.hpp>
+#include <d9d/mapper/leaf.hpp>
 #include <d9d/model_state/progress.hpp>
 
 namespace d9d::model_state {
@@ -21,10 +24,7 @@ namespace {
 
 constexpr std::string_view kShardPrefix = ".d9d-shard-";  // .d9d-shard-<pid>-<tag>-<k>.safetensors
 
-std::string temp_shard_name(const std::string& tag, size_t k) {
-  return std::string(kShardPrefix) + std::to_string(::getpid()) + "-" + tag + "-" +
-         std::to_string(k + 1) + ".safetensors";
-}
+using detail::temp_shard_name;
 
 // The pid in a temporary name of ours or of io's atomic writer, if the name is one.
 std::optional<long> temp_file_pid(const std::string& name) {
@@ -64,6 +64,11 @@ std::string group_list(const std::vector<const StateGroup*>& groups, size_t limi
 }
 
 }  // namespace
+
+std::string detail::temp_shard_name(const std::string& tag, size_t index) {
+  return std::string(kShardPrefix) + std::to_string(::getpid()) + "-" + tag + "-" +
+         std::to_string(index + 1) + ".safetensors";
+}
 
 // ---- ShardWriter --------------------------------------------------------------------------------
 
@@ -290,6 +295,10 @@ void ShardWriter::add(const std::string& name, const Tensor& tensor) {
   std::optional<StateDict> outputs = w.arrive(name, tensor);
   if (!outputs) return;
   for (const auto& [out, t] : *outputs) {
+    // Note [DTensor in a StateDict]: a shard holds whole tensors.
+    D9D_CHECK(!dist::is_dtensor(t), "write_model_state: ", out, " is a distributed tensor (",
+              dist::as_dtensor(t)->str(),
+              "); gather it first (gather_full_tensor, as save_model_state does)");
     if (w.planned) {
       w.write_planned(out, t);
     } else {
@@ -402,9 +411,23 @@ void finalize_checkpoint(const fs::path& dest_dir, std::span<const LocalShards> 
   index.write(dest_dir / io::kIndexFileName, options.fsync);  // atomic, fsyncs the directory
 }
 
+MapperPtr detail::gather_dtensor_inputs(const StateDict& state, MapperPtr mapper) {
+  std::vector<MapperPtr> extract;
+  bool any = false;
+  for (const std::string& name : mapper::all_inputs(*mapper)) {
+    auto it = state.find(name);
+    const bool distributed = it != state.end() && dist::is_dtensor(it->second);
+    any = any || distributed;
+    extract.push_back(distributed ? mapper::gather_full_tensor(name) : mapper::identity(name));
+  }
+  if (!any) return mapper;
+  return mapper::sequential({mapper::parallel(std::move(extract)), std::move(mapper)});
+}
+
 void save_model_state(const fs::path& dest_dir, MapperPtr mapper, const StateDict& state,
                       const WriteOptions& options) {
-  write_model_state_local(dest_dir, std::move(mapper), state, options);
+  write_model_state_local(dest_dir, detail::gather_dtensor_inputs(state, std::move(mapper)), state,
+                          options);
 }
 
 }  // namespace d9d::model_state

@@ -10,7 +10,8 @@ namespace d9d::model_state {
 
 class ProgressBar {
  public:
-  // Draws only when `enabled` and standard error is a terminal; otherwise every call is a no-op.
+  // Draws only when `enabled` and standard error is a terminal (under mpirun: when mpirun's is);
+  // otherwise every call is a no-op.
   // `total_bytes` may be 0 when unknown.
   ProgressBar(std::string label, int64_t total_items, int64_t total_bytes, bool enabled);
   ProgressBar(const ProgressBar&) = delete;

@@ -129,6 +129,8 @@ class ModelStateStream {
  private:
   friend ModelStateStream read_model_state(const std::filesystem::path&, MapperPtr,
                                            const ReadOptions&);
+  friend void load_model_state(const std::filesystem::path&, MapperPtr, Device, StateDict&,
+                               ReadOptions);
   explicit ModelStateStream(std::unique_ptr<Impl> impl);
   value_type* next();
   std::unique_ptr<Impl> impl_;
@@ -141,7 +143,9 @@ ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr ma
 
 // Streams the mapper's outputs into the caller's existing tensors: every output must have a
 // target of the same shape and dtype (the error names the key); targets may be on a CUDA device.
-// Targets the mapper does not produce are left as they are.
+// Targets the mapper does not produce are left as they are. A DTensor target (Note [DTensor in a
+// StateDict] in <d9d/dist/dtensor.hpp>) gets this rank's slice of its output, and the reader
+// reads about that slice only (Note [reading what a rank owns] in reader.cpp).
 void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device device,
                       StateDict& target, ReadOptions options = {});
 

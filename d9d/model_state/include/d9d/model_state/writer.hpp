@@ -118,6 +118,15 @@ void prepare_destination(const std::filesystem::path& dest_dir, const WriteOptio
 
 namespace detail {
 
+// The temporary name of a writer's shard `index` (0-based) in the destination:
+// .d9d-shard-<pid>-<tag>-<index + 1>.safetensors; prepare_destination() removes those of dead
+// processes.
+std::string temp_shard_name(const std::string& tag, size_t index);
+
+// `mapper` preceded by gather_full_tensor of every input that is a DTensor in `state` (the
+// reference's extraction mapper); `mapper` itself when none is.
+MapperPtr gather_dtensor_inputs(const StateDict& state, MapperPtr mapper);
+
 template <class R>
 concept PlannedSource = requires(const R& r) {
   {
@@ -154,7 +163,9 @@ void write_model_state_local(const std::filesystem::path& dest_dir, MapperPtr ma
   finalize_checkpoint(dest_dir, {&shards, 1}, options);
 }
 
-// Writes the mapper's outputs for an in-memory state (a module's state_dict()).
+// Writes the mapper's outputs for an in-memory state (a module's state_dict()). DTensor states
+// are gathered into whole tensors first, as in the reference (collective: in a distributed job
+// every rank of their meshes calls it).
 void save_model_state(const std::filesystem::path& dest_dir, MapperPtr mapper,
                       const StateDict& state, const WriteOptions& options = {});
 
