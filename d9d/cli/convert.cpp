@@ -1,7 +1,12 @@
 // d9d convert CKPT OUT --spec S: a checkpoint through a spec into a new sharded checkpoint.
+// Under `mpirun -np N` the groups are split across the ranks and one checkpoint comes out, byte for
+// byte the single-process one (Note [distributed conversion] in <d9d/model_state/distributed.hpp>).
 #include <iostream>
+#include <optional>
 
+#include <d9d/dist/process_group.hpp>
 #include <d9d/mapper/adapters.hpp>
+#include <d9d/model_state/distributed.hpp>
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
 
@@ -33,61 +38,125 @@ class CreatedDirGuard {
   bool done_ = false;
 };
 
-}  // namespace
-
-ConvertResult run_convert(const ConvertOptions& options) {
-  const Stopwatch clock;
+// The mapper, planned from metadata before anything touches the destination.
+Conversion plan_conversion(const ConvertOptions& options) {
   std::error_code ec;
   if (fs::exists(options.dest, ec) && fs::exists(options.source, ec)) {
     D9D_CHECK(!fs::equivalent(checkpoint_dir(options.source), options.dest, ec),
               "convert: the destination ", options.dest.string(),
               " is the source checkpoint's directory; write elsewhere");
   }
-
-  // Plan from metadata before anything touches the destination.
-  Conversion c;
   if (options.spec_text) {
-    c = options.reverse ? reverse_conversion(options.source, options.spec_text, options.spec_origin)
-                        : forward_conversion(io::Checkpoint::open(options.source),
-                                             *options.spec_text, options.spec_origin);
-  } else {
-    c = make_conversion(options.source, options.spec, options.reverse);
+    return options.reverse
+               ? reverse_conversion(options.source, options.spec_text, options.spec_origin)
+               : forward_conversion(io::Checkpoint::open(options.source), *options.spec_text,
+                                    options.spec_origin);
   }
-  if (!options.quiet && !c.reverse) {
-    for (const std::string& rule : c.mapping.unused_rules) {
-      std::cerr << "d9d: note: rule " << rule << " matched no tensor\n";
-    }
-    if (c.mapping.unmatched == mapper::UnmatchedPolicy::kDrop &&
-        !c.mapping.unmatched_keys.empty()) {
-      std::cerr << "d9d: note: " << c.mapping.unmatched_keys.size()
-                << " tensors no rule matches are dropped (the spec says \"unmatched\": \"drop\")\n";
-    }
-  }
+  return make_conversion(options.source, options.spec, options.reverse);
+}
 
-  if (options.threads > 0) set_num_threads(options.threads);
+void print_notes(const ConvertOptions& options, const Conversion& c) {
+  if (options.quiet || c.reverse) return;
+  for (const std::string& rule : c.mapping.unused_rules) {
+    std::cerr << "d9d: note: rule " << rule << " matched no tensor\n";
+  }
+  if (c.mapping.unmatched == mapper::UnmatchedPolicy::kDrop && !c.mapping.unmatched_keys.empty()) {
+    std::cerr << "d9d: note: " << c.mapping.unmatched_keys.size()
+              << " tensors no rule matches are dropped (the spec says \"unmatched\": \"drop\")\n";
+  }
+}
+
+model_state::ReadOptions read_options(const ConvertOptions& options, const Conversion& c) {
   model_state::ReadOptions ro;
   ro.device = options.device;
   ro.threads = options.threads;
   ro.memory_budget = options.memory_budget;
   ro.show_progress = options.progress;
   ro.label = c.reverse ? "Converting back" : "Converting";
-  model_state::ModelStateStream stream =
-      model_state::read_model_state(options.source, c.mapper, ro);
+  return ro;
+}
 
+model_state::WriteOptions write_options(const ConvertOptions& options) {
+  model_state::WriteOptions wo;
+  wo.shard_size = options.shard_size;
+  wo.show_progress = false;  // the read stream's bar shows the same work
+  wo.overwrite = options.overwrite;
+  wo.fsync = options.fsync;
+  return wo;
+}
+
+ConvertResult summarize(const ConvertOptions& options, const Conversion& c,
+                        const model_state::ReadPlan& plan, const Stopwatch& clock, int ranks) {
   ConvertResult result;
-  const model_state::ReadPlan& plan = stream.plan();
   for (const model_state::GroupPlan& g : plan.groups) {
     result.input_count += static_cast<int64_t>(g.inputs.size());
   }
   result.input_bytes = plan.input_bytes;
   result.output_count = plan.output_count;
   result.output_bytes = plan.output_bytes;
+  const io::SafetensorsIndex index = io::SafetensorsIndex::read(options.dest / io::kIndexFileName);
+  result.shard_count = static_cast<int64_t>(index.files().size());
+  result.seconds = clock.seconds();
+  if (!options.quiet) {
+    std::cout << "d9d convert: " << result.input_count << " tensors ("
+              << format_bytes(result.input_bytes) << ") from " << options.source.string() << " -> "
+              << result.output_count << " tensors (" << format_bytes(result.output_bytes) << ") in "
+              << result.shard_count << " shard" << (result.shard_count == 1 ? "" : "s") << " in "
+              << options.dest.string() << (c.reverse ? " (reversed)" : "")
+              << (ranks > 1 ? " by " + std::to_string(ranks) + " ranks" : "") << ", "
+              << format_seconds(result.seconds) << ", "
+              << format_rate(result.output_bytes, result.seconds) << "\n";
+  }
+  return result;
+}
 
-  model_state::WriteOptions wo;
-  wo.shard_size = options.shard_size;
-  wo.show_progress = false;  // the read stream's bar shows the same work
-  wo.overwrite = options.overwrite;
-  wo.fsync = options.fsync;
+// Every rank plans the same conversion; rank 0 alone speaks, keeps the destination directory
+// tidy and writes the sidecar.
+ConvertResult run_convert_distributed(const ConvertOptions& options, dist::ProcessGroup& world) {
+  const Stopwatch clock;
+  const bool rank0 = world.rank() == 0;
+  Conversion c;
+  std::string error;
+  try {
+    c = plan_conversion(options);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  error = dist::agree_on_error(world, error);
+  if (!error.empty()) throw dist::CollectiveError(error);
+  if (rank0) print_notes(options, c);
+
+  if (options.threads > 0) set_num_threads(options.threads);
+  std::optional<CreatedDirGuard> guard;
+  if (rank0) guard.emplace(options.dest);
+  const model_state::ReadPlan plan = model_state::convert_model_state_distributed(
+      options.source, options.dest, c.mapper, world, read_options(options, c),
+      write_options(options), [&] {
+        std::error_code ec;
+        fs::remove(options.dest / kSidecarFileName, ec);  // Note [conversion sidecar]
+      });
+  if (rank0 && !c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
+  if (guard) guard->done();
+  ConvertOptions quiet_unless_rank0 = options;
+  quiet_unless_rank0.quiet = options.quiet || !rank0;
+  return summarize(quiet_unless_rank0, c, plan, clock, world.size());
+}
+
+}  // namespace
+
+ConvertResult run_convert(const ConvertOptions& options) {
+  if (dist::is_initialized() && dist::world()->size() > 1) {
+    return run_convert_distributed(options, *dist::world());
+  }
+  const Stopwatch clock;
+  // Plan from metadata before anything touches the destination.
+  const Conversion c = plan_conversion(options);
+  print_notes(options, c);
+
+  if (options.threads > 0) set_num_threads(options.threads);
+  model_state::ModelStateStream stream =
+      model_state::read_model_state(options.source, c.mapper, read_options(options, c));
+  const model_state::WriteOptions wo = write_options(options);
 
   CreatedDirGuard guard(options.dest);
   // write_model_state_local, spelled out so that the record of an earlier conversion goes just
@@ -99,25 +168,13 @@ ConvertResult run_convert(const ConvertOptions& options) {
     if (const auto specs = stream.planned_specs()) writer.plan(*specs);
     for (auto&& [name, tensor] : stream) writer.add(name, tensor);
     const model_state::LocalShards shards = writer.finish();
+    std::error_code ec;
     fs::remove(options.dest / kSidecarFileName, ec);
     model_state::finalize_checkpoint(options.dest, {&shards, 1}, wo);
   }
   if (!c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
   guard.done();
-
-  const io::SafetensorsIndex index = io::SafetensorsIndex::read(options.dest / io::kIndexFileName);
-  result.shard_count = static_cast<int64_t>(index.files().size());
-  result.seconds = clock.seconds();
-  if (!options.quiet) {
-    std::cout << "d9d convert: " << result.input_count << " tensors ("
-              << format_bytes(result.input_bytes) << ") from " << options.source.string() << " -> "
-              << result.output_count << " tensors (" << format_bytes(result.output_bytes) << ") in "
-              << result.shard_count << " shard" << (result.shard_count == 1 ? "" : "s") << " in "
-              << options.dest.string() << (c.reverse ? " (reversed)" : "") << ", "
-              << format_seconds(result.seconds) << ", "
-              << format_rate(result.output_bytes, result.seconds) << "\n";
-  }
-  return result;
+  return summarize(options, c, stream.plan(), clock, 1);
 }
 
 }  // namespace d9d::cli

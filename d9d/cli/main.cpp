@@ -2,11 +2,16 @@
 //
 // Exit status: 0 ok, 1 failure (an error, or verify/plan/demo answering "no"), 2 usage error.
 // Errors print as "d9d: error: <message>" on standard error.
+//
+// Under `mpirun -np N` (N > 1) only `convert` runs, on every rank (Note [distributed conversion]);
+// rank 0 alone prints. An error every rank agreed on ends every rank with status 1; an error only
+// this rank knows about ends the whole job (Note [bounded failure]), so no rank waits for it.
 #include <iostream>
 #include <string>
 
 #include <CLI/CLI.hpp>
 
+#include <d9d/dist/process_group.hpp>
 #include <d9d/error.hpp>
 
 #include "cli.hpp"
@@ -171,10 +176,28 @@ int main(int argc, char** argv) {
   demo_cmd->add_flag("--keep", demo.keep, "Keep the temporary directory");
   demo_cmd->add_flag("--progress", demo.progress, "Show progress bars");
 
+  d9d::dist::ProcessGroupPtr world;
+  try {
+    world = d9d::dist::init();  // a world of one unless a launcher started this process
+  } catch (const d9d::Error& e) {
+    std::cerr << "d9d: error: " << e.what() << "\n";
+    return kExitFailure;
+  }
+  const bool rank0 = world->rank() == 0;
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (!rank0) return e.get_exit_code() == 0 ? kExitOk : kExitUsage;  // rank 0 says it
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
+  }
+  if (world->size() > 1 && !*convert_cmd) {
+    if (rank0) {
+      std::cerr << "d9d: only `d9d convert` runs under mpirun with more than one process (this "
+                   "job has "
+                << world->size() << ")\n";
+    }
+    return kExitUsage;
   }
 
   try {
@@ -211,15 +234,18 @@ int main(int argc, char** argv) {
       demo.shard_size = demo_shard_size == "auto" ? 0 : parse_size(demo_shard_size);
       return run_demo(demo);
     }
-  } catch (const d9d::Error& e) {
-    std::cerr << "d9d: error: " << e.what() << "\n";
-    return kExitFailure;
-  } catch (const std::bad_alloc&) {
-    std::cerr << "d9d: error: out of memory\n";
+  } catch (const d9d::dist::CollectiveError& e) {  // every rank has it: rank 0 says it
+    if (rank0) std::cerr << "d9d: error: " << e.what() << "\n";
     return kExitFailure;
   } catch (const std::exception& e) {
-    std::cerr << "d9d: error: " << e.what() << "\n";
-    return kExitFailure;
+    const std::string what =
+        dynamic_cast<const std::bad_alloc*>(&e) != nullptr ? "out of memory" : e.what();
+    if (world->size() == 1) {
+      std::cerr << "d9d: error: " << what << "\n";
+      return kExitFailure;
+    }
+    d9d::dist::abort_job(kExitFailure,
+                         "d9d: error: [rank " + std::to_string(world->rank()) + "] " + what);
   }
   return kExitUsage;
 }
