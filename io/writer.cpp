@@ -187,7 +187,11 @@ struct SafetensorsWriter::Impl {
     }
   }
 
-  void index_layout() {
+  void plan(const std::filesystem::path& file_path, std::span<const TensorDecl> tensors,
+            const Metadata& metadata, const SaveOptions& save_options) {
+    path = file_path;
+    options = save_options;
+    layout = plan_safetensors(tensors, metadata, save_options);
     const auto& planned = layout.header.tensors;
     index.reserve(planned.size());
     for (size_t i = 0; i < planned.size(); ++i) index.emplace(planned[i].first, i);
@@ -310,10 +314,7 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
                                      std::span<const TensorDecl> tensors, const Metadata& metadata,
                                      const SaveOptions& options)
     : impl_(std::make_unique<Impl>()) {
-  impl_->path = path;
-  impl_->options = options;
-  impl_->layout = plan_safetensors(tensors, metadata, options);
-  impl_->index_layout();
+  impl_->plan(path, tensors, metadata, options);
   impl_->file = detail::AtomicFile(path, impl_->layout.file_size);
   const std::string& prefix = impl_->layout.prefix;
   impl_->file.write_at(0, reinterpret_cast<const std::byte*>(prefix.data()), prefix.size());
@@ -326,10 +327,7 @@ SafetensorsWriter SafetensorsWriter::create_shared(const std::filesystem::path& 
   SafetensorsWriter writer;
   writer.impl_ = std::make_unique<Impl>();
   Impl& w = *writer.impl_;
-  w.path = path;
-  w.options = options;
-  w.layout = plan_safetensors(tensors, metadata, options);
-  w.index_layout();
+  w.plan(path, tensors, metadata, options);
   w.shared = true;
   w.shared_fd =
       detail::FileDescriptor(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
@@ -357,10 +355,7 @@ SafetensorsWriter SafetensorsWriter::open_shared(const std::filesystem::path& pa
   SafetensorsWriter writer;
   writer.impl_ = std::make_unique<Impl>();
   Impl& w = *writer.impl_;
-  w.path = path;
-  w.options = options;
-  w.layout = plan_safetensors(tensors, metadata, options);
-  w.index_layout();
+  w.plan(path, tensors, metadata, options);
   w.shared = true;
   w.shared_fd = detail::FileDescriptor(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   if (w.shared_fd.get() < 0) detail::throw_errno("open", path, errno);
