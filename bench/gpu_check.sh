@@ -29,8 +29,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 step "configure ($build)"
 rm -rf "$build" "$logs"
 mkdir -p "$logs"
+# -Dwerror=false: that machine's host compiler may differ from the development machine's and
+# warn where ours does not; warnings are errors on the development machine and in CI, and a new
+# warning there must not stop the GPU check.
 meson setup "$build" -Dbuildtype=release -Dvendored-deps=.gpu-deps -Dmpi=disabled \
-  -Dcuda=enabled -Dtests=true >"$logs/setup.log" 2>&1 || { cat "$logs/setup.log"; exit 1; }
+  -Dcuda=enabled -Dtests=true -Dwerror=false >"$logs/setup.log" 2>&1 || { cat "$logs/setup.log"; exit 1; }
 grep -A8 '^  d9d$' "$logs/setup.log" || true
 
 step "build (only what the check runs)"
