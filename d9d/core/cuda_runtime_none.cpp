@@ -15,17 +15,21 @@ namespace {
 
 }  // namespace
 
-void* cuda_malloc(size_t, int) { no_cuda("allocating CUDA memory"); }
-void cuda_free(void*, int) noexcept {}
+CudaBlock cuda_malloc(size_t, int) { no_cuda("allocating CUDA memory"); }
+void cuda_free(CudaBlock) noexcept {}
 void* cuda_malloc_host(size_t) { no_cuda("allocating pinned host memory"); }
 void cuda_free_host(void*) noexcept {}
 void cuda_memcpy(void*, const void*, size_t, CopyDirection, int) { no_cuda("copying to or from a CUDA device"); }
-
+void cuda_memcpy_peer(void*, int, const void*, int, size_t) { no_cuda("copying between CUDA devices"); }
 void cuda_memset_zero(void*, size_t, int) { no_cuda("clearing CUDA memory"); }
+void cuda_run_copies(std::span<const CopyTask>, int) { no_cuda("copying on a CUDA device"); }
+void cuda_cast(const std::byte*, DType, std::byte*, DType, int64_t, int) { no_cuda("converting on a CUDA device"); }
 
 }  // namespace detail
 
 bool cuda_compiled() { return false; }
 int cuda_device_count() { return 0; }
+void set_cuda_cache_limit(size_t) {}
+size_t cuda_cache_bytes() { return 0; }
 
 }  // namespace d9d

@@ -1,5 +1,6 @@
-// Bit-exact conversions between F32 and the narrow float formats (private to core; written so the
-// CUDA kernels can include it and round exactly as the CPU does).
+// Bit-exact conversions between F32 and the narrow float formats (private to core; the CUDA
+// kernels include it too, see Note [one set of conversion rules] in cast_rules.hpp, so the GPU
+// rounds exactly as the CPU does).
 //
 // Note [rounding as PyTorch]: every narrow format is encoded from F32 with round-to-nearest-even,
 // the way c10 (Half.h, BFloat16.h, Float8_*.h) does it, including its choices for the special
@@ -21,15 +22,23 @@
 namespace d9d::detail {
 
 D9D_HOST_DEVICE uint32_t f32_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
+#endif
 }
 
 D9D_HOST_DEVICE float f32_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+#endif
 }
 
 enum class FloatStyle {

@@ -5,6 +5,7 @@
 #include <d9d/tensor.hpp>
 
 #include "copy.hpp"
+#include "cuda_runtime.hpp"
 #include "tensor_checks.hpp"
 
 namespace d9d {
@@ -13,12 +14,14 @@ using detail::wrap_dim;
 
 namespace {
 
-// Every tensor defined, on the CPU, with addressable elements and the dtype of the first.
+// Every tensor defined, on the device of the first, with addressable elements and its dtype.
 void check_joinable(const std::vector<Tensor>& tensors, const char* op) {
   D9D_CHECK(!tensors.empty(), op, ": expected a non-empty list of tensors");
   for (size_t i = 0; i < tensors.size(); ++i) {
     D9D_CHECK(tensors[i].defined(), op, ": tensor ", i, " is undefined");
-    detail::check_cpu(tensors[i], op);
+    D9D_CHECK_AS(DeviceError, tensors[i].device() == tensors[0].device(), op, ": tensor ", i,
+                 " is on ", tensors[i].device(), " but tensor 0 is on ", tensors[0].device(),
+                 " (move it with to() first)");
     detail::check_elements(tensors[i].dtype(), op);
     D9D_CHECK_TYPE(tensors[i].dtype() == tensors[0].dtype(), op, ": tensor ", i, " is ",
                    tensors[i].dtype(), " but tensor 0 is ", tensors[0].dtype(),
@@ -26,14 +29,19 @@ void check_joinable(const std::vector<Tensor>& tensors, const char* op) {
   }
 }
 
-// Copies each source into the matching destination view, as one parallel job.
-void copy_all(const std::vector<Tensor>& dsts, const std::vector<Tensor>& srcs) {
+// Copies each source into the matching destination view, as one parallel job (on a CUDA
+// device: one kernel launch for all of them).
+void copy_all(const std::vector<Tensor>& dsts, const std::vector<Tensor>& srcs, Device device) {
   std::vector<detail::CopyTask> tasks;
   tasks.reserve(srcs.size());
   for (size_t i = 0; i < srcs.size(); ++i) {
     if (srcs[i].numel() > 0) tasks.push_back(detail::copy_task(dsts[i], srcs[i]));
   }
-  detail::run_copies(tasks);
+  if (device.is_cuda()) {
+    detail::cuda_run_copies(tasks, device.index());
+  } else {
+    detail::run_copies(tasks);
+  }
 }
 
 }  // namespace
@@ -48,11 +56,11 @@ Tensor stack(const std::vector<Tensor>& tensors, int64_t dim) {
   const auto d = wrap_dim(dim, tensors[0].dim() + 1, "stack");
   Shape out_shape = shape;
   out_shape.insert(static_cast<size_t>(d), static_cast<int64_t>(tensors.size()));
-  Tensor out = Tensor::empty(out_shape, tensors[0].dtype());
+  Tensor out = Tensor::empty(out_shape, tensors[0].dtype(), tensors[0].device());
   std::vector<Tensor> slots;
   slots.reserve(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) slots.push_back(out.select(d, static_cast<int64_t>(i)));
-  copy_all(slots, tensors);
+  copy_all(slots, tensors, out.device());
   return out;
 }
 
@@ -68,7 +76,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
     parts.push_back(t);
     positions.push_back(i);
   }
-  if (parts.empty()) return Tensor::empty({0}, tensors[0].dtype());
+  if (parts.empty()) return Tensor::empty({0}, tensors[0].dtype(), tensors[0].device());
   const Tensor& ref = parts[0];
   const auto d = static_cast<size_t>(wrap_dim(dim, ref.dim(), "cat"));
   int64_t total = 0;
@@ -84,7 +92,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   }
   Shape out_shape = ref.shape();
   out_shape[d] = total;
-  Tensor out = Tensor::empty(out_shape, ref.dtype());
+  Tensor out = Tensor::empty(out_shape, ref.dtype(), ref.device());
   std::vector<Tensor> slots;
   slots.reserve(parts.size());
   int64_t offset = 0;
@@ -92,7 +100,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
     slots.push_back(out.narrow(static_cast<int64_t>(d), offset, t.shape()[d]));
     offset += t.shape()[d];
   }
-  copy_all(slots, parts);
+  copy_all(slots, parts, out.device());
   return out;
 }
 
@@ -142,11 +150,12 @@ std::vector<Tensor> unbind(const Tensor& tensor, int64_t dim) {
 bool equal(const Tensor& a, const Tensor& b) {
   detail::check_defined(a, "equal");
   detail::check_defined(b, "equal");
+  D9D_CHECK_AS(DeviceError, a.device() == b.device(), "equal: ", a.str(), " and ", b.str(),
+               " are on different devices");
   if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  detail::check_cpu(a, "equal");
-  detail::check_cpu(b, "equal");
-  const Tensor pa = a.contiguous();
-  const Tensor pb = b.contiguous();
+  // On a CUDA device: packed there by the copy kernel, compared here.
+  const Tensor pa = a.contiguous().to(Device::cpu());
+  const Tensor pb = b.contiguous().to(Device::cpu());
   const auto n = static_cast<size_t>(pa.nbytes());
   return n == 0 || std::memcmp(pa.data_ptr(), pb.data_ptr(), n) == 0;
 }

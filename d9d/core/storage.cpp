@@ -16,9 +16,9 @@ Storage Storage::allocate(size_t nbytes, Device device) {
   if (device.is_cuda()) {
     impl.kind = StorageKind::kCuda;
     if (nbytes > 0) {
-      impl.data = static_cast<std::byte*>(detail::cuda_malloc(nbytes, device.index()));
-      const int index = device.index();
-      impl.deleter = [index](std::byte* p) { detail::cuda_free(p, index); };
+      const detail::CudaBlock block = detail::cuda_malloc(nbytes, device.index());
+      impl.data = static_cast<std::byte*>(block.data);
+      impl.deleter = [block](std::byte*) { detail::cuda_free(block); };
     }
     return storage;
   }

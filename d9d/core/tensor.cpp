@@ -111,8 +111,7 @@ Tensor tensor_from_elements(const void* values, int64_t count, DType value_dtype
 
 void tensor_to_elements(const Tensor& tensor, DType value_dtype, void* out) {
   check_defined(tensor, "to_vector");
-  check_cpu(tensor, "to_vector");
-  const Tensor packed = tensor.to(value_dtype).contiguous();
+  const Tensor packed = tensor.to(value_dtype).contiguous().to(Device::cpu());
   if (packed.nbytes() > 0) std::memcpy(out, packed.data_ptr(), static_cast<size_t>(packed.nbytes()));
 }
 
@@ -392,7 +391,20 @@ Tensor Tensor::clone() const {
 Tensor Tensor::to(DType dtype) const {
   detail::check_defined(*this, "to");
   if (dtype == dtype_) return *this;
-  detail::check_cpu(*this, "to");
+  if (device().is_cuda()) {
+    D9D_CHECK_TYPE(!is_sub_byte(dtype_) && !is_sub_byte(dtype), "to: cannot convert ", dtype_,
+                   " to ", dtype, ": packed sub-byte dtypes have no element conversion");
+    Tensor src = contiguous();
+    // The kernel loads whole elements; a foreign (DLPack) view may start off their alignment.
+    if (reinterpret_cast<uintptr_t>(src.data_ptr()) % static_cast<uintptr_t>(element_size()) != 0) {
+      src = clone();
+    }
+    Tensor out = empty(shape_, dtype, device());
+    detail::cuda_cast(static_cast<const std::byte*>(src.data_ptr()), dtype_,
+                      static_cast<std::byte*>(out.mutable_data_ptr()), dtype, numel(),
+                      device().index());
+    return out;
+  }
   const Tensor src = contiguous();
   Tensor out = empty(shape_, dtype);
   detail::cast_contiguous(static_cast<const std::byte*>(src.data_ptr()), dtype_,
@@ -408,27 +420,48 @@ Tensor Tensor::to(Device device) const {
   return out;
 }
 
-// Copies involving a CUDA tensor: packed bytes of the same dtype move with the CUDA runtime; a
-// strided CPU source is packed first. Anything else (a strided CUDA side, a conversion on the
-// device) needs the CUDA kernels.
+// Copies involving a CUDA tensor (the caller has checked shapes and the destination, and there
+// is at least one element). Conversion happens on the source's device, then: host <-> device
+// and device <-> device moves of packed bytes with the CUDA runtime, and strided copies on the
+// device with the kernels (a strided destination on another device is filled through a packed
+// temporary there).
 const Tensor& Tensor::copy_across_devices(const Tensor& src) const {
-  const Tensor source = src.device().is_cpu() ? src.to(dtype_).contiguous() : src;
-  D9D_CHECK_AS(DeviceError, source.dtype_ == dtype_ && is_contiguous() && source.is_contiguous(),
-               "copy_: copying ", src.str(), " into ", str(),
-               " needs a conversion or a strided copy on the device, which needs d9d's CUDA kernels");
-  const auto bytes = static_cast<size_t>(nbytes());
-  if (bytes == 0) return *this;
   using detail::CopyDirection;
-  if (device().is_cpu()) {
-    detail::cuda_memcpy(mutable_data_ptr(), source.data_ptr(), bytes, CopyDirection::kDeviceToHost,
-                        source.device().index());
-  } else if (source.device().is_cpu()) {
-    detail::cuda_memcpy(mutable_data_ptr(), source.data_ptr(), bytes, CopyDirection::kHostToDevice,
-                        device().index());
-  } else {
-    detail::cuda_memcpy(mutable_data_ptr(), source.data_ptr(), bytes,
-                        CopyDirection::kDeviceToDevice, device().index());
+  const auto bytes = static_cast<size_t>(nbytes());
+  if (src.device() == device()) {
+    // Same CUDA device: one strided-copy launch (through a temporary when the views share bytes).
+    const Tensor staged = detail::may_overlap(*this, src) ? src.clone() : src;
+    if (is_sub_byte(dtype_) || is_sub_byte(src.dtype_)) {  // packed: always contiguous
+      const Tensor typed = staged.to(dtype_);  // throws TypeError unless the dtypes agree
+      detail::cuda_memcpy(mutable_data_ptr(), typed.data_ptr(), bytes,
+                          CopyDirection::kDeviceToDevice, device().index());
+      return *this;
+    }
+    const Tensor typed = staged.to(dtype_);
+    const detail::CopyTask task = detail::copy_task(*this, typed);
+    detail::cuda_run_copies({&task, 1}, device().index());
+    return *this;
   }
+  const Tensor source = src.to(dtype_).contiguous();  // converted on its own device
+  if (device().is_cpu()) {  // from a CUDA device
+    if (is_contiguous()) {
+      detail::cuda_memcpy(mutable_data_ptr(), source.data_ptr(), bytes,
+                          CopyDirection::kDeviceToHost, source.device().index());
+    } else {
+      copy_(source.to(Device::cpu()));
+    }
+    return *this;
+  }
+  // From the host or another CUDA device: packed bytes, then a strided copy here if needed.
+  const Tensor packed = is_contiguous() ? *this : empty(shape_, dtype_, device());
+  if (source.device().is_cpu()) {
+    detail::cuda_memcpy(packed.mutable_data_ptr(), source.data_ptr(), bytes,
+                        CopyDirection::kHostToDevice, device().index());
+  } else {
+    detail::cuda_memcpy_peer(packed.mutable_data_ptr(), device().index(), source.data_ptr(),
+                             source.device().index(), bytes);
+  }
+  if (!is_contiguous()) copy_(packed);
   return *this;
 }
 
@@ -437,13 +470,13 @@ const Tensor& Tensor::copy_(const Tensor& src) const {
   detail::check_defined(src, "copy_");
   D9D_CHECK(shape_ == src.shape_, "copy_: source shape ", src.shape_,
             " does not match destination shape ", shape_);
-  if (!device().is_cpu() || !src.device().is_cpu()) return copy_across_devices(src);
   void* dst_ptr = mutable_data_ptr();
   for (size_t i = 0; i < shape_.size(); ++i) {
     D9D_CHECK(strides_[i] != 0 || shape_[i] <= 1, "copy_: the destination ", str(),
               " has stride 0 in dim ", i, ", so several elements share one memory location");
   }
   if (numel() == 0) return *this;
+  if (!device().is_cpu() || !src.device().is_cpu()) return copy_across_devices(src);
   if (src.dtype_ != dtype_) return copy_(src.to(dtype_));
   if (is_sub_byte(dtype_)) {  // packed tensors are always contiguous
     std::memmove(dst_ptr, src.data_ptr(), static_cast<size_t>(nbytes()));

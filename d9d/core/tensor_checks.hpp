@@ -25,12 +25,6 @@ inline void check_elements(DType dtype, const char* op) {
                  "whole and written");
 }
 
-inline void check_cpu(const Tensor& t, const char* op) {
-  D9D_CHECK_AS(DeviceError, t.device().is_cpu(), op, ": ", t.str(),
-               " is on a CUDA device; data movement on CUDA tensors needs d9d's CUDA kernels, "
-               "which this build does not have");
-}
-
 // Number of elements of `shape`, with every size checked non-negative and the product for overflow.
 inline int64_t checked_numel(const Shape& shape, const char* op) {
   int64_t n = 1;

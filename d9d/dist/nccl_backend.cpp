@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "../core/cuda_check.hpp"  // D9D_CUDA_CHECK: header-only, CUDA builds only
 #include "backends.hpp"
 
 namespace d9d::dist::detail {
@@ -15,15 +16,17 @@ using d9d::detail::str_cat;
 
 namespace {
 
-void check_nccl(ncclResult_t rc, const char* op) {
-  if (rc == ncclSuccess) return;
-  d9d::detail::throw_error<DeviceError>("NCCL: ", op, " failed: ", ncclGetErrorString(rc));
-}
-
-void check_cuda(cudaError_t rc, const char* op) {
-  if (rc == cudaSuccess) return;
-  d9d::detail::throw_error<DeviceError>("CUDA: ", op, " failed: ", cudaGetErrorString(rc));
-}
+// Checks an NCCL call as D9D_CUDA_CHECK checks a CUDA call: the error names the call, NCCL's
+// message and the context given (the device, the sizes).
+#define D9D_NCCL_CHECK(call, ...)                                                         \
+  do {                                                                                    \
+    const ncclResult_t d9d_nccl_rc_ = (call);                                             \
+    if (d9d_nccl_rc_ != ncclSuccess) [[unlikely]] {                                       \
+      ::d9d::detail::throw_error<DeviceError>(#call, " failed: ",                         \
+                                              ncclGetErrorString(d9d_nccl_rc_), " (",     \
+                                              __VA_ARGS__, ")");                          \
+    }                                                                                     \
+  } while (0)
 
 class NcclProcessGroup final : public ProcessGroup {
  public:
@@ -32,8 +35,9 @@ class NcclProcessGroup final : public ProcessGroup {
         comm_(comm),
         device_(device),
         host_(std::move(host)) {
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    D9D_CUDA_CHECK(cudaSetDevice(device_), "NCCL group on cuda:", device_);
+    D9D_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+                   "NCCL group on cuda:", device_);
   }
   ~NcclProcessGroup() override {
     cudaSetDevice(device_);
@@ -46,33 +50,34 @@ class NcclProcessGroup final : public ProcessGroup {
  protected:
   void all_gather_bytes(const std::byte* input, std::byte* output,
                         std::span<const int64_t> bytes) override {
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
+    D9D_CUDA_CHECK(cudaSetDevice(device_), "cuda:", device_);
     const bool even =
         std::all_of(bytes.begin(), bytes.end(), [&](int64_t b) { return b == bytes[0]; });
     if (even) {
-      check_nccl(
+      D9D_NCCL_CHECK(
           ncclAllGather(input, output, static_cast<size_t>(bytes[0]), ncclUint8, comm_, stream_),
-          "ncclAllGather");
+          "cuda:", device_, ", rank ", rank(), " of ", size(), ", ", bytes[0], " bytes per rank");
     } else {  // NCCL has no all-gather of uneven sizes: one broadcast per rank, grouped
-      check_nccl(ncclGroupStart(), "ncclGroupStart");
+      D9D_NCCL_CHECK(ncclGroupStart(), "cuda:", device_);
       int64_t offset = 0;
       for (int r = 0; r < size(); ++r) {
         const auto n = static_cast<size_t>(bytes[static_cast<size_t>(r)]);
         const void* send = r == rank() ? static_cast<const void*>(input) : output + offset;
-        check_nccl(ncclBroadcast(send, output + offset, n, ncclUint8, r, comm_, stream_),
-                   "ncclBroadcast");
+        D9D_NCCL_CHECK(ncclBroadcast(send, output + offset, n, ncclUint8, r, comm_, stream_),
+                       "cuda:", device_, ", root ", r, " of ", size(), ", ", n, " bytes");
         offset += static_cast<int64_t>(n);
       }
-      check_nccl(ncclGroupEnd(), "ncclGroupEnd");
+      D9D_NCCL_CHECK(ncclGroupEnd(), "cuda:", device_, ", uneven all_gather of ", size(),
+                     " ranks");
     }
-    check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    D9D_CUDA_CHECK(cudaStreamSynchronize(stream_), "all_gather on cuda:", device_);
   }
   void broadcast_bytes(std::byte* data, int64_t bytes, int root) override {
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-    check_nccl(
+    D9D_CUDA_CHECK(cudaSetDevice(device_), "cuda:", device_);
+    D9D_NCCL_CHECK(
         ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclUint8, root, comm_, stream_),
-        "ncclBroadcast");
-    check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+        "cuda:", device_, ", root ", root, ", ", bytes, " bytes");
+    D9D_CUDA_CHECK(cudaStreamSynchronize(stream_), "broadcast on cuda:", device_);
   }
   void all_gather_host_bytes(const std::byte* input, std::byte* output,
                              std::span<const int64_t> bytes) override {
@@ -82,16 +87,16 @@ class NcclProcessGroup final : public ProcessGroup {
     RawAccess::broadcast_host_bytes(*host_, data, bytes, root);
   }
   void barrier_impl() override {
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-    check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    D9D_CUDA_CHECK(cudaSetDevice(device_), "cuda:", device_);
+    D9D_CUDA_CHECK(cudaStreamSynchronize(stream_), "barrier on cuda:", device_);
     host_->barrier();
   }
   ProcessGroupPtr split_impl(int color, int key) override {
     ProcessGroupPtr host = host_->split(color, key);
     ncclComm_t comm = nullptr;
-    check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-    check_nccl(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &comm, nullptr),
-               "ncclCommSplit");
+    D9D_CUDA_CHECK(cudaSetDevice(device_), "cuda:", device_);
+    D9D_NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &comm, nullptr),
+                   "cuda:", device_, ", color ", color, ", key ", key);
     if (host == nullptr) return nullptr;
     return std::make_shared<NcclProcessGroup>(comm, device_, std::move(host));
   }
@@ -117,12 +122,13 @@ ProcessGroupPtr nccl_init_world(ProcessGroupPtr host, int local_rank) {
   D9D_CHECK_AS(DeviceError, local_rank < devices, "dist::init: local rank ", local_rank,
                " needs cuda:", local_rank, " but only ", devices,
                " CUDA device(s) are visible (one rank per GPU)");
-  check_cuda(cudaSetDevice(local_rank), "cudaSetDevice");
+  D9D_CUDA_CHECK(cudaSetDevice(local_rank), "cuda:", local_rank);
   ncclUniqueId id;
-  if (host->rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  if (host->rank() == 0) D9D_NCCL_CHECK(ncclGetUniqueId(&id), "rank 0 on cuda:", local_rank);
   RawAccess::broadcast_host_bytes(*host, reinterpret_cast<std::byte*>(&id), sizeof id, 0);
   ncclComm_t comm = nullptr;
-  check_nccl(ncclCommInitRank(&comm, host->size(), id, host->rank()), "ncclCommInitRank");
+  D9D_NCCL_CHECK(ncclCommInitRank(&comm, host->size(), id, host->rank()), "cuda:", local_rank,
+                 ", rank ", host->rank(), " of ", host->size());
   return std::make_shared<NcclProcessGroup>(comm, local_rank, std::move(host));
 }
 

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <exception>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -15,6 +16,7 @@
 #include <d9d/error.hpp>
 #include <d9d/io/mapped_file.hpp>
 #include <d9d/model_state/progress.hpp>
+#include <d9d/upload.hpp>
 
 namespace d9d::model_state {
 
@@ -215,6 +217,9 @@ struct ModelStateStream::Impl {
   bool stop = false;
   bool started = false;
   std::vector<std::thread> workers;
+  // Device cuda:N: the group's inputs go up through pinned staging buffers before the group runs
+  // there (Note [pinned staging ring]); the reader threads are the ones filling the buffers.
+  std::unique_ptr<DeviceUploader> uploader;
 
   // The group being handed out, and the consumer's place in it.
   StateDict current;
@@ -238,6 +243,7 @@ struct ModelStateStream::Impl {
     results.resize(plan.groups.size());
     errors.resize(plan.groups.size());
     progress.emplace(options.label, plan.output_count, plan.output_bytes, options.show_progress);
+    if (options.device.is_cuda()) uploader = std::make_unique<DeviceUploader>(options.device);
     const size_t threads = std::min<size_t>(
         options.threads > 0 ? static_cast<size_t>(options.threads)
                             : static_cast<size_t>(d9d::num_threads()),
@@ -289,6 +295,11 @@ struct ModelStateStream::Impl {
     std::vector<std::pair<const std::byte*, std::shared_ptr<const io::MappedFile>>> mappings;
     for (const auto& [name, spec] : g.inputs) {
       Tensor view = releasing_view(checkpoint, name, /*will_need=*/!slices);
+      if (uploader && !slices) {
+        // The mapped bytes go to the device; the view (and its pages) is released right after.
+        inputs.emplace(name, uploader->upload(view));
+        continue;
+      }
       if (slices) {
         mappings.emplace_back(static_cast<const std::byte*>(view.data_ptr()),
                               checkpoint.file(*checkpoint.entry(name).file).shared_mapped_file());
@@ -320,7 +331,7 @@ struct ModelStateStream::Impl {
         }
       }
       if (options.device.is_cuda()) {
-        tensor = tensor.to(options.device);
+        tensor = tensor.to(options.device);  // a no-op unless a mapper made a host tensor
       } else if (tensor.storage().kind() == StorageKind::kMapped) {
         fault_in(tensor);
       }

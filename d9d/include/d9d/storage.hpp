@@ -24,7 +24,7 @@ class Storage {
   Storage() = default;
 
   // Uninitialized bytes on `device`: 64-byte aligned host memory (page-aligned from 1 MiB), or
-  // CUDA memory. Zero bytes is valid and
+  // CUDA memory (256-byte aligned, from a bounded cache of freed blocks). Zero bytes is valid and
   // allocates nothing.
   static Storage allocate(size_t nbytes, Device device = Device::cpu());
   // Page-locked host memory for fast host<->device copies; throws DeviceError without CUDA.
@@ -66,6 +66,12 @@ class Storage {
 void set_host_cache_limit(size_t bytes);
 // Bytes held in that cache now (not counting live tensors).
 size_t host_cache_bytes();
+
+// Freed CUDA blocks are kept for reuse up to this many bytes over all devices (default 4 GiB, or
+// $D9D_CUDA_CACHE_BYTES); 0 returns everything cached to CUDA. No-ops without CUDA.
+void set_cuda_cache_limit(size_t bytes);
+// Bytes of device memory held in that cache now (not counting live tensors).
+size_t cuda_cache_bytes();
 
 // True when d9d was built with CUDA support (the device may still be absent at run time).
 bool cuda_compiled();

@@ -117,8 +117,8 @@ class Tensor {
   Tensor to(DType dtype) const;
   Tensor to(Device device) const;
   // Copies `src` (same shape; converted if the dtype differs) into this tensor's elements. Either
-  // side may be on a CUDA device when both are packed and of one dtype (a strided or differently
-  // typed CPU source is packed and converted on the CPU first).
+  // side may be on a CUDA device, with any strides and dtypes: the conversion runs on the source's
+  // device, strided copies on a CUDA device run d9d's kernels. Returns when the bytes are there.
   const Tensor& copy_(const Tensor& src) const;
 
   // The elements in row-major order, converted to T.

@@ -41,8 +41,9 @@ using mapper::StateGroup;
 using mapper::TensorSpec;
 
 struct ReadOptions {
-  // Where the outputs go. On cuda:N the groups are applied on the CPU and their outputs copied to
-  // the device.
+  // Where the outputs go. On cuda:N each group's input bytes are copied from the mapped files to
+  // the device through a ring of pinned staging buffers (Note [pinned staging ring] in
+  // <d9d/upload.hpp>, filled by the reader threads) and the group is applied on the device.
   Device device = Device::cpu();
   // Reader threads; 0: d9d::num_threads().
   int threads = 0;

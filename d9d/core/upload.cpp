@@ -1,0 +1,136 @@
+// See Note [pinned staging ring] in <d9d/upload.hpp>. CUDA builds only.
+#include <d9d/upload.hpp>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <vector>
+
+#include "cuda_check.hpp"
+#include "cuda_runtime.hpp"
+
+namespace d9d {
+
+struct DeviceUploader::Impl {
+  struct Slot {
+    std::byte* host = nullptr;  // pinned
+    cudaStream_t stream = nullptr;
+    cudaEvent_t done = nullptr;  // recorded after the slot's last copy
+  };
+
+  int device = 0;
+  size_t buffer_bytes = 0;
+  std::vector<cudaStream_t> streams;
+  std::vector<Slot> slots;
+  std::mutex mu;
+  std::condition_variable freed;
+  std::deque<size_t> free_slots;  // FIFO, so consecutive chunks alternate streams
+
+  ~Impl() {
+    cudaSetDevice(device);
+    for (cudaStream_t s : streams) cudaStreamSynchronize(s);
+    for (Slot& slot : slots) {
+      if (slot.done != nullptr) cudaEventDestroy(slot.done);
+      if (slot.host != nullptr) detail::cuda_free_host(slot.host);
+    }
+    for (cudaStream_t s : streams) cudaStreamDestroy(s);
+  }
+
+  size_t acquire() {
+    std::unique_lock lock(mu);
+    freed.wait(lock, [&] { return !free_slots.empty(); });
+    const size_t i = free_slots.front();
+    free_slots.pop_front();
+    return i;
+  }
+
+  void release(size_t i) {
+    {
+      std::lock_guard lock(mu);
+      free_slots.push_back(i);
+    }
+    freed.notify_one();
+  }
+};
+
+DeviceUploader::DeviceUploader(Device device, UploadOptions options) {
+  D9D_CHECK_AS(DeviceError, device.is_cuda(), "DeviceUploader: ", device,
+               " is not a CUDA device");
+  D9D_CHECK(options.buffers > 0 && options.buffer_bytes > 0 && options.streams > 0,
+            "DeviceUploader: buffers (", options.buffers, "), buffer_bytes (",
+            options.buffer_bytes, ") and streams (", options.streams, ") must be positive");
+  auto impl = std::make_unique<Impl>();
+  impl->device = device.index();
+  impl->buffer_bytes = static_cast<size_t>(options.buffer_bytes);
+  D9D_CUDA_CHECK(cudaSetDevice(impl->device), "device cuda:", impl->device);
+  for (int i = 0; i < options.streams; ++i) {
+    cudaStream_t s = nullptr;
+    D9D_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "device cuda:",
+                   impl->device);
+    impl->streams.push_back(s);
+  }
+  impl->slots.resize(static_cast<size_t>(options.buffers));
+  for (size_t i = 0; i < impl->slots.size(); ++i) {
+    Impl::Slot& slot = impl->slots[i];
+    slot.host = static_cast<std::byte*>(detail::cuda_malloc_host(impl->buffer_bytes));
+    slot.stream = impl->streams[i % impl->streams.size()];
+    D9D_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming), "device cuda:",
+                   impl->device);
+    impl->free_slots.push_back(i);
+  }
+  impl_ = std::move(impl);
+}
+
+DeviceUploader::~DeviceUploader() = default;
+DeviceUploader::DeviceUploader(DeviceUploader&&) noexcept = default;
+DeviceUploader& DeviceUploader::operator=(DeviceUploader&&) noexcept = default;
+
+Device DeviceUploader::device() const { return Device::cuda(impl_->device); }
+
+Tensor DeviceUploader::upload(const Tensor& src) {
+  D9D_CHECK(src.defined(), "upload: the tensor is undefined");
+  D9D_CHECK_AS(DeviceError, src.device().is_cpu(), "upload: ", src.str(),
+               " is not a host tensor");
+  Impl& impl = *impl_;
+  const Tensor packed = src.contiguous();
+  Tensor out = Tensor::empty(src.shape(), src.dtype(), Device::cuda(impl.device));
+  const auto total = static_cast<size_t>(packed.nbytes());
+  if (total == 0) return out;
+  const auto* from = static_cast<const std::byte*>(packed.data_ptr());
+  auto* to = static_cast<std::byte*>(out.mutable_data_ptr());
+  D9D_CUDA_CHECK(cudaSetDevice(impl.device), "device cuda:", impl.device);
+  std::vector<size_t> used;
+  for (size_t offset = 0; offset < total; offset += impl.buffer_bytes) {
+    const size_t n = std::min(impl.buffer_bytes, total - offset);
+    const size_t i = impl.acquire();
+    Impl::Slot& slot = impl.slots[i];
+    try {
+      D9D_CUDA_CHECK(cudaEventSynchronize(slot.done), "waiting for staging buffer ", i,
+                     " on cuda:", impl.device);
+      std::memcpy(slot.host, from + offset, n);
+      D9D_CUDA_CHECK(cudaMemcpyAsync(to + offset, slot.host, n, cudaMemcpyHostToDevice,
+                                     slot.stream),
+                     "uploading ", src.str(), " to cuda:", impl.device, ", bytes ", offset,
+                     "..", offset + n, " of ", total);
+      D9D_CUDA_CHECK(cudaEventRecord(slot.done, slot.stream), "device cuda:", impl.device);
+    } catch (...) {
+      impl.release(i);
+      throw;
+    }
+    impl.release(i);
+    if (std::find(used.begin(), used.end(), i) == used.end()) used.push_back(i);
+  }
+  // A slot's event may have been recorded again by another upload since: that copy is later on
+  // the same stream, so waiting for it also waits for ours.
+  for (size_t i : used) {
+    D9D_CUDA_CHECK(cudaEventSynchronize(impl.slots[i].done), "uploading ", src.str(),
+                   " to cuda:", impl.device, ", ", total, " bytes");
+  }
+  return out;
+}
+
+}  // namespace d9d

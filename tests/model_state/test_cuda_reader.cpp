@@ -1,0 +1,91 @@
+// read_model_state to a CUDA device: the group transform runs on the device and every output is
+// byte-identical to the CPU read of the same mapper. Exits 77 (skipped) without a CUDA device.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <random>
+
+#include <d9d/d9d.hpp>
+#include <d9d/mapper.hpp>
+#include <d9d/model_state/reader.hpp>
+#include <d9d/model_state/writer.hpp>
+
+using namespace d9d;
+using namespace d9d::mapper;
+using namespace d9d::model_state;
+namespace fs = std::filesystem;
+
+namespace {
+
+Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  Tensor t = Tensor::empty(shape, dtype);
+  auto* p = static_cast<unsigned char*>(t.mutable_data_ptr());
+  for (int64_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<unsigned char>(gen());
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identical to the CPU") {
+  const fs::path dir = fs::temp_directory_path() / ("d9d-cuda-reader-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  StateDict src;
+  for (int l = 0; l < 4; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    src[p + "q"] = random_tensor({96, 64}, DType::BF16, 10 * l + 1);
+    src[p + "k"] = random_tensor({32, 64}, DType::BF16, 10 * l + 2);
+    src[p + "v"] = random_tensor({32, 64}, DType::BF16, 10 * l + 3);
+    src[p + "o"] = random_tensor({64, 96}, DType::F32, 10 * l + 4);
+    src[p + "big"] = random_tensor({3, 1 << 20}, DType::U8, 10 * l + 5);  // several staging chunks
+  }
+  WriteOptions wo;
+  wo.show_progress = false;
+  wo.shard_size = 2 << 20;  // several shards
+  save_model_state(dir, identity_mapper_from_state(src), src, wo);
+
+  std::vector<MapperPtr> parts;
+  for (int l = 0; l < 4; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    parts.push_back(concatenate_tensors({p + "q", p + "k", p + "v"}, p + "qkv", 0));
+    parts.push_back(sequential({transpose(p + "o", 0, 1), cast(p + "o", DType::BF16)}));
+    parts.push_back(stack_tensors({p + "big"}, p + "big_stacked", 1));
+  }
+  const MapperPtr m = parallel(parts);
+  ReadOptions cpu;
+  cpu.show_progress = false;
+  std::map<std::string, Tensor> expect;
+  for (auto&& [name, t] : read_model_state(dir, m, cpu)) expect[name] = t.contiguous();
+  ReadOptions gpu = cpu;
+  gpu.device = Device::cuda(0);
+  gpu.threads = 3;
+  size_t seen = 0;
+  for (auto&& [name, t] : read_model_state(dir, m, gpu)) {
+    INFO(name);
+    CHECK(t.device() == Device::cuda(0));
+    CHECK(t.storage().kind() == StorageKind::kCuda);
+    const Tensor back = t.to(Device::cpu());
+    REQUIRE(expect.contains(name));
+    CHECK(back.dtype() == expect[name].dtype());
+    CHECK(back.shape() == expect[name].shape());
+    CHECK(equal(back.contiguous(), expect[name]));
+    ++seen;
+  }
+  CHECK(seen == expect.size());
+  fs::remove_all(dir);
+}
+
+int main(int argc, char** argv) {
+  if (cuda_device_count() == 0) {
+    std::printf("no CUDA device visible: skipped\n");
+    return 77;
+  }
+  doctest::Context context(argc, argv);
+  return context.run();
+}
