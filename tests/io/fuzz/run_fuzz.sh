@@ -27,7 +27,8 @@ flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,addre
        -fno-sanitize-recover=undefined -I"$root/d9d/include" -I"$root/io/include" -I"$root/io")
 sources=()
 for f in "$root"/d9d/core/*.cpp "$root"/io/*.cpp "$here/fuzz_header.cpp"; do
-  case "$(basename "$f")" in cuda_runtime.cpp) continue ;; esac
+  # A CUDA-only source X.cpp has a stand-in X_none.cpp for builds without CUDA: take the stand-in.
+  [ -e "${f%.cpp}_none.cpp" ] && continue
   sources+=("$f")
 done
 # Rebuild when any source or header is newer than the binary; compile nproc files at a time.
