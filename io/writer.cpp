@@ -187,6 +187,13 @@ struct SafetensorsWriter::Impl {
     }
   }
 
+  // Note [shared file]: the file itself is opened (extra `flags` beside O_RDWR), no temporary.
+  void open_shared(int flags, const char* what) {
+    shared = true;
+    shared_fd = detail::FileDescriptor(::open(path.c_str(), O_RDWR | O_CLOEXEC | flags, 0666));
+    if (shared_fd.get() < 0) detail::throw_errno(what, path, errno);
+  }
+
   void plan(const std::filesystem::path& file_path, std::span<const TensorDecl> tensors,
             const Metadata& metadata, const SaveOptions& save_options) {
     path = file_path;
@@ -328,10 +335,7 @@ SafetensorsWriter SafetensorsWriter::create_shared(const std::filesystem::path& 
   writer.impl_ = std::make_unique<Impl>();
   Impl& w = *writer.impl_;
   w.plan(path, tensors, metadata, options);
-  w.shared = true;
-  w.shared_fd =
-      detail::FileDescriptor(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
-  if (w.shared_fd.get() < 0) detail::throw_errno("create", path, errno);
+  w.open_shared(O_CREAT | O_EXCL, "create");
   w.creator = true;
   // The full size up front: reserved where the file system can, zeros (a hole) otherwise.
   const auto size = static_cast<off_t>(w.layout.file_size);
@@ -356,9 +360,7 @@ SafetensorsWriter SafetensorsWriter::open_shared(const std::filesystem::path& pa
   writer.impl_ = std::make_unique<Impl>();
   Impl& w = *writer.impl_;
   w.plan(path, tensors, metadata, options);
-  w.shared = true;
-  w.shared_fd = detail::FileDescriptor(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-  if (w.shared_fd.get() < 0) detail::throw_errno("open", path, errno);
+  w.open_shared(0, "open");
   const off_t size = ::lseek(w.shared_fd.get(), 0, SEEK_END);
   if (size < 0) detail::throw_errno("seek", path, errno);
   const std::string& prefix = w.layout.prefix;

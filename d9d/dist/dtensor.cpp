@@ -182,20 +182,29 @@ DTensor distribute_tensor(const Tensor& tensor, const DeviceMesh& mesh,
   return DTensor(std::move(local), std::move(spec));
 }
 
-DTensor empty(const Shape& shape, DType dtype, const DeviceMesh& mesh,
-              std::vector<Placement> placements, Device device) {
+namespace {
+
+// A new DTensor whose local tensor `make` allocates from its shape.
+template <class Make>
+DTensor new_dtensor(const Shape& shape, const DeviceMesh& mesh, std::vector<Placement> placements,
+                    Make make) {
   placements = normalize_placements(mesh, placements, static_cast<int64_t>(shape.size()));
   const LocalSlice slice = compute_local_shape_and_global_offset(shape, mesh, placements);
-  return DTensor::from_local(Tensor::empty(slice.shape, dtype, device), mesh, std::move(placements),
-                             shape);
+  return DTensor::from_local(make(slice.shape), mesh, std::move(placements), shape);
+}
+
+}  // namespace
+
+DTensor empty(const Shape& shape, DType dtype, const DeviceMesh& mesh,
+              std::vector<Placement> placements, Device device) {
+  return new_dtensor(shape, mesh, std::move(placements),
+                     [&](const Shape& local) { return Tensor::empty(local, dtype, device); });
 }
 
 DTensor zeros(const Shape& shape, DType dtype, const DeviceMesh& mesh,
               std::vector<Placement> placements, Device device) {
-  placements = normalize_placements(mesh, placements, static_cast<int64_t>(shape.size()));
-  const LocalSlice slice = compute_local_shape_and_global_offset(shape, mesh, placements);
-  return DTensor::from_local(Tensor::zeros(slice.shape, dtype, device), mesh, std::move(placements),
-                             shape);
+  return new_dtensor(shape, mesh, std::move(placements),
+                     [&](const Shape& local) { return Tensor::zeros(local, dtype, device); });
 }
 
 }  // namespace d9d::dist
