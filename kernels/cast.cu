@@ -1,25 +1,25 @@
-// See cast.cuh. Compiled with --fmad=false (Note [one set of conversion rules]).
+// See cast.cuh; the thread's work is in cast_body.hpp (Note [vectorized cast]). Compiled with
+// --fmad=false (Note [one set of conversion rules]).
 #include "cast.cuh"
 
 #include <algorithm>
 
-#include "cast_rules.hpp"
+#include "cast_body.hpp"
 
 namespace d9d::kernels {
 namespace {
-
-using d9d::detail::Raw;
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t{1} << 16;  // the grid strides over larger tensors
 
 template <class D, class S>
 __global__ void __launch_bounds__(kThreads)
-    cast_kernel(const Raw<S>* __restrict__ src, Raw<D>* __restrict__ dst, int64_t count) {
+    cast_kernel(const std::byte* __restrict__ src, std::byte* __restrict__ dst, int64_t count,
+                int64_t items, bool vector) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < count;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < items;
        i += step) {
-    dst[i] = d9d::detail::convert_value<D>(d9d::detail::value_of<S>(src[i]));
+    cast_item<D, S>(src, dst, count, i, vector);
   }
 }
 
@@ -38,9 +38,11 @@ cudaError_t launch_cast(const std::byte* src, DType src_dtype, std::byte* dst, D
         err = cudaErrorMisalignedAddress;
         return;
       }
-      const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, kMaxBlocks);
-      cast_kernel<D, S><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-          reinterpret_cast<const Raw<S>*>(src), reinterpret_cast<Raw<D>*>(dst), count);
+      const bool vector = cast_vectorizable<D, S>(src, dst);
+      const int64_t items = cast_items<D, S>(count, vector);
+      const int64_t blocks = std::min<int64_t>((items + kThreads - 1) / kThreads, kMaxBlocks);
+      cast_kernel<D, S>
+          <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(src, dst, count, items, vector);
       err = cudaGetLastError();
     });
   });

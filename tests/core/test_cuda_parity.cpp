@@ -146,6 +146,22 @@ TEST_CASE("large copies use every word width and stay exact") {
   }
 }
 
+TEST_CASE("transposes (tiled copies) match the CPU: partial tiles, batch dims, narrowed views") {
+  for (DType dtype : {DType::U8, DType::BF16, DType::F32, DType::F64}) {
+    const Tensor full = test::random_tensor({3, 40, 5, 37}, dtype);
+    const Tensor host = full.narrow(1, 3, 33);
+    const Tensor dev = full.to(kGpu).narrow(1, 3, 33);
+    for (const Dims& perm :
+         {Dims{0, 3, 2, 1}, Dims{3, 0, 1, 2}, Dims{2, 3, 0, 1}, Dims{1, 0, 3, 2}}) {
+      prime_poisoned_cache(host.nbytes());
+      check_same(dev.permute(perm).contiguous(), host.permute(perm).contiguous());
+    }
+  }
+  // BF16 pairs moved together (4-byte tile elements).
+  const Tensor pairs = test::random_tensor({50, 40, 2}, DType::BF16);
+  check_same(pairs.to(kGpu).permute({1, 0, 2}).contiguous(), pairs.permute({1, 0, 2}).contiguous());
+}
+
 TEST_CASE("stack and cat of non-contiguous device tensors match the CPU in one launch") {
   for (DType dtype : element_dtypes()) {
     for (int round = 0; round < 4; ++round) {
@@ -238,6 +254,9 @@ TEST_CASE("every dtype conversion on the device is byte-identical to the CPU's")
         INFO(src, " -> ", dst);
         check_same(got, expect);
       }
+      // A source one element in: off 16-byte alignment, the kernel's one-element-per-thread path
+      // (Note [vectorized cast]); the aligned whole tensor above took the vector path.
+      check_same(random.to(kGpu).narrow(0, 1, 4098).to(dst), random.narrow(0, 1, 4098).to(dst));
       // A strided source: converted after the device packs it.
       const Tensor matrix = test::random_tensor({67, 31}, src);
       check_same(matrix.to(kGpu).transpose(0, 1).to(dst), matrix.transpose(0, 1).to(dst));
