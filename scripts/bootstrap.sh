@@ -21,8 +21,18 @@ if ((${#missing[@]})); then
 fi
 
 if [ ! -x .venv/bin/python3 ] ||
-   ! .venv/bin/python3 -c "import numpy, ml_dtypes, safetensors, huggingface_hub" 2>/dev/null; then
-  echo "bootstrap: creating .venv with the Python test oracles"
+   ! .venv/bin/python3 -c "import numpy, ml_dtypes, safetensors, huggingface_hub" 2>/dev/null ||
+   ! .venv/bin/python3 - scripts/requirements-test.txt <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+from packaging.requirements import Requirement
+for line in open(sys.argv[1]):
+    spec = line.split("#")[0].strip()
+    if spec:
+        req = Requirement(spec)
+        assert req.specifier.contains(version(req.name), prereleases=True), spec
+PY
+  echo "bootstrap: creating or updating .venv with the Python test oracles (scripts/requirements-test.txt)"
   python3 -m venv .venv
   .venv/bin/python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
 fi
