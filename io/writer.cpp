@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include <d9d/io/safetensors.hpp>
+#include <d9d/staging.hpp>
 
 #include "json.hpp"
 #include "posix.hpp"
@@ -294,26 +295,13 @@ struct SafetensorsWriter::Impl {
     return offset;
   }
 
+  // Device tensors come to the host through the device's shared staging ring, each chunk
+  // written while the next ones are still crossing the bus (Note [pinned staging ring]).
   void write_device(size_t i, const Tensor& tensor) {
-    // Device tensors come to the host in pieces along dim 0 of a contiguous copy on the device.
-    const Tensor packed = tensor.contiguous();
-    if (packed.dim() == 0 || packed.nbytes() <= kBounceBytes) {
-      const Tensor host = packed.to(Device::cpu());
-      write_bytes(
-          i, 0,
-          {static_cast<const std::byte*>(host.data_ptr()), static_cast<size_t>(host.nbytes())});
-      return;
-    }
-    const int64_t rows = packed.size(0);
-    const int64_t step = std::max<int64_t>(1, kBounceBytes / (packed.nbytes() / rows));
-    int64_t offset = 0;
-    for (int64_t r = 0; r < rows; r += step) {
-      const Tensor host = packed.narrow(0, r, std::min(step, rows - r)).to(Device::cpu());
-      write_bytes(
-          i, offset,
-          {static_cast<const std::byte*>(host.data_ptr()), static_cast<size_t>(host.nbytes())});
-      offset += host.nbytes();
-    }
+    StagingRing::shared(tensor.device())
+        .download(tensor, [&](std::span<const std::byte> bytes, int64_t offset) {
+          write_bytes(i, offset, bytes);
+        });
   }
 };
 

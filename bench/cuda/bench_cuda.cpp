@@ -1,6 +1,7 @@
-// The GPU check's timings (bench/gpu_check.sh runs it): host->device ceilings, the engine's
-// read_model_state to cuda:0, the copy/cast kernels against a device-to-device cudaMemcpy, and an
-// NCCL world-of-one all_gather. Prints one table; exits nonzero if a result is wrong.
+// The GPU check's timings (bench/gpu_check.sh runs it): pinned cudaMemcpy ceilings, the staging
+// ring's download (how device tensors are saved) against pinned D2H, the engine's
+// read_model_state to cuda:0 against pinned H2D, the copy/cast kernels against a device-to-device
+// cudaMemcpy, and an NCCL world-of-one all_gather. Prints one table; exits nonzero if a result is wrong.
 //
 // Usage: bench_cuda SCRATCH_DIR [CHECKPOINT_GIB]   (default 8 GiB; the checkpoint is written under
 // SCRATCH_DIR, read once to bring it into the page cache, then timed, and removed at the end)
@@ -19,11 +20,13 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <d9d/d9d.hpp>
 #include <d9d/dist.hpp>
+#include <d9d/staging.hpp>
 #include <d9d/mapper.hpp>
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
@@ -138,6 +141,11 @@ int main(int argc, char** argv) {
   });
   const double h2d_gbps = static_cast<double>(kCopyBytes) / h2d / 1e9;
   add("pinned cudaMemcpy H2D (ceiling)", static_cast<double>(kCopyBytes), h2d, 0, "");
+  const double d2h = time_median([&] {
+    CHECK_CUDA(cudaMemcpyAsync(pinned, dev_a, kCopyBytes, cudaMemcpyDeviceToHost, cudaStreamPerThread));
+  });
+  const double d2h_gbps = static_cast<double>(kCopyBytes) / d2h / 1e9;
+  add("pinned cudaMemcpy D2H (ceiling)", static_cast<double>(kCopyBytes), d2h, 0, "");
   const double d2d = time_median([&] {
     CHECK_CUDA(cudaMemcpyAsync(dev_b, dev_a, kCopyBytes, cudaMemcpyDeviceToDevice, cudaStreamPerThread));
   });
@@ -146,6 +154,22 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaFree(dev_a));
   CHECK_CUDA(cudaFree(dev_b));
   CHECK_CUDA(cudaFreeHost(pinned));
+
+  // ---- saving from the device: the staging ring into pageable memory, as a file write takes it --
+  {
+    const Tensor d = random_device({int64_t{1} << 30}, DType::U8, 9);
+    std::vector<std::byte> host(size_t{1} << 30);
+    std::memset(host.data(), 0, host.size());  // fault the pages in before timing
+    StagingRing& ring = StagingRing::shared(kGpu);
+    auto sink = [&](std::span<const std::byte> bytes, int64_t offset) {
+      std::memcpy(host.data() + offset, bytes.data(), bytes.size());
+    };
+    add("StagingRing::download -> pageable memory", static_cast<double>(d.nbytes()),
+        time_median([&] { ring.download(d, sink); }), d2h_gbps, "pinned D2H");
+    const Tensor back = d.to(Device::cpu());
+    expect(std::memcmp(back.data_ptr(), host.data(), host.size()) == 0,
+           "StagingRing::download changed the bytes");
+  }
 
   // ---- kernels: bytes read + written, against D2D ----------------------------------------------
   {

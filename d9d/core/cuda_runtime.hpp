@@ -7,7 +7,7 @@
 // thread's per-thread default stream and waits for it before returning, as the CPU ops do. So a
 // device tensor's bytes are final whenever a core op has returned, a freed device block has no
 // work pending on it, and blocks can be reused from the cache without any stream bookkeeping.
-// (The asynchronous path is the engine's host-to-device staging, DeviceUploader, which waits for
+// (The asynchronous path is the engine's host-to-device staging, StagingRing, which waits for
 // its own copies before it returns.)
 #pragma once
 

@@ -16,7 +16,7 @@
 #include <d9d/error.hpp>
 #include <d9d/io/mapped_file.hpp>
 #include <d9d/model_state/progress.hpp>
-#include <d9d/upload.hpp>
+#include <d9d/staging.hpp>
 
 namespace d9d::model_state {
 
@@ -219,7 +219,7 @@ struct ModelStateStream::Impl {
   std::vector<std::thread> workers;
   // Device cuda:N: the group's inputs go up through pinned staging buffers before the group runs
   // there (Note [pinned staging ring]); the reader threads are the ones filling the buffers.
-  std::unique_ptr<DeviceUploader> uploader;
+  StagingRing* staging = nullptr;
 
   // The group being handed out, and the consumer's place in it.
   StateDict current;
@@ -243,7 +243,7 @@ struct ModelStateStream::Impl {
     results.resize(plan.groups.size());
     errors.resize(plan.groups.size());
     progress.emplace(options.label, plan.output_count, plan.output_bytes, options.show_progress);
-    if (options.device.is_cuda()) uploader = std::make_unique<DeviceUploader>(options.device);
+    if (options.device.is_cuda()) staging = &StagingRing::shared(options.device);
     const size_t threads = std::min<size_t>(
         options.threads > 0 ? static_cast<size_t>(options.threads)
                             : static_cast<size_t>(d9d::num_threads()),
@@ -295,9 +295,9 @@ struct ModelStateStream::Impl {
     std::vector<std::pair<const std::byte*, std::shared_ptr<const io::MappedFile>>> mappings;
     for (const auto& [name, spec] : g.inputs) {
       Tensor view = releasing_view(checkpoint, name, /*will_need=*/!slices);
-      if (uploader && !slices) {
+      if (staging != nullptr && !slices) {
         // The mapped bytes go to the device; the view (and its pages) is released right after.
-        inputs.emplace(name, uploader->upload(view));
+        inputs.emplace(name, staging->upload(view));
         continue;
       }
       if (slices) {

@@ -307,7 +307,7 @@ TEST_CASE("freed device blocks are reused from a bounded cache") {
 
 TEST_CASE("the pinned staging ring uploads exactly, from several threads at once") {
   // Tiny buffers so that every tensor takes many chunks and the ring wraps many times.
-  DeviceUploader uploader(kGpu, UploadOptions{3, 4096, 2});
+  StagingRing ring(kGpu, StagingOptions{3, 4096, 2});
   std::vector<Tensor> sources;
   for (int i = 0; i < 16; ++i) {
     sources.push_back(test::random_tensor({test::randint(0, 50000)}, DType::U8));
@@ -319,7 +319,7 @@ TEST_CASE("the pinned staging ring uploads exactly, from several threads at once
   for (size_t t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       try {
-        for (size_t i = t; i < sources.size(); i += 4) results[i] = uploader.upload(sources[i]);
+        for (size_t i = t; i < sources.size(); i += 4) results[i] = ring.upload(sources[i]);
       } catch (const std::exception& e) {
         errors[t] = e.what();
       }
@@ -328,6 +328,56 @@ TEST_CASE("the pinned staging ring uploads exactly, from several threads at once
   for (auto& th : threads) th.join();
   for (const std::string& e : errors) CHECK(e == "");
   for (size_t i = 0; i < sources.size(); ++i) check_same(results[i], sources[i].contiguous());
+}
+
+TEST_CASE("the staging ring downloads in order, uploads and downloads sharing it from several threads") {
+  // 5 tiny buffers for 4 threads that each want up to 4 in flight: a thread must hand over its
+  // chunks before waiting for a buffer, or they would wait on each other for ever.
+  StagingRing ring(kGpu, StagingOptions{5, 4096, 2});
+  std::vector<Tensor> host;
+  for (int i = 0; i < 24; ++i) host.push_back(test::random_tensor({test::randint(0, 60000)}, DType::U8));
+  host.push_back(test::random_tensor({300, 301}, DType::BF16));
+  std::vector<Tensor> device;
+  for (const Tensor& t : host) device.push_back(t.to(kGpu));
+  device.back() = device.back().transpose(0, 1);  // a strided device tensor: packed on the device
+  host.back() = host.back().transpose(0, 1).contiguous();
+  std::vector<std::vector<unsigned char>> got(host.size());
+  std::vector<std::string> errors(4);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        for (size_t i = t; i < host.size(); i += 4) {
+          int64_t expected_offset = 0;
+          ring.download(device[i], [&](std::span<const std::byte> bytes, int64_t offset) {
+            if (offset != expected_offset) throw std::runtime_error("chunk out of order");
+            const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+            got[i].insert(got[i].end(), p, p + bytes.size());
+            expected_offset += static_cast<int64_t>(bytes.size());
+          });
+          (void)ring.upload(host[i]);  // uploads share the ring meanwhile
+        }
+      } catch (const std::exception& e) {
+        errors[t] = e.what();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const std::string& e : errors) CHECK(e == "");
+  for (size_t i = 0; i < host.size(); ++i) CHECK(got[i] == test::packed_bytes(host[i]));
+  // A sink that throws: the error comes out and the ring is whole afterwards.
+  CHECK_THROWS_WITH(ring.download(device.back(),
+                                  [](std::span<const std::byte>, int64_t) {
+                                    throw std::runtime_error("disk full");
+                                  }),
+                    "disk full");
+  std::vector<unsigned char> again;
+  ring.download(device.back(), [&](std::span<const std::byte> bytes, int64_t) {
+    const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+    again.insert(again.end(), p, p + bytes.size());
+  });
+  CHECK(again == test::packed_bytes(host.back()));
+  CHECK_THROWS_AS(ring.download(host[0], [](std::span<const std::byte>, int64_t) {}), DeviceError);
 }
 
 int main(int argc, char** argv) {

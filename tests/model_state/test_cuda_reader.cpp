@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 
@@ -79,6 +81,36 @@ TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identi
   }
   CHECK(seen == expect.size());
   fs::remove_all(dir);
+}
+
+TEST_CASE("save_model_state from device tensors writes the same files as from host tensors") {
+  const fs::path base = fs::temp_directory_path() / ("d9d-cuda-save-" + std::to_string(::getpid()));
+  fs::remove_all(base);
+  StateDict host;
+  host["a"] = random_tensor({1000, 77}, DType::BF16, 1);
+  host["big"] = random_tensor({5, 10 << 20}, DType::U8, 2);  // 50 MB: several staging chunks
+  host["t"] = random_tensor({130, 257}, DType::F32, 3).transpose(0, 1);  // strided
+  host["empty"] = random_tensor({0, 4}, DType::F16, 4);
+  StateDict device;
+  for (const auto& [name, t] : host) device[name] = t.to(Device::cuda(0));
+  WriteOptions wo;
+  wo.show_progress = false;
+  wo.shard_size = 8 << 20;
+  save_model_state(base / "cpu", identity_mapper_from_state(host), host, wo);
+  save_model_state(base / "gpu", identity_mapper_from_state(device), device, wo);
+  size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(base / "cpu")) {
+    INFO(entry.path().filename().string());
+    const fs::path other = base / "gpu" / entry.path().filename();
+    REQUIRE(fs::exists(other));
+    std::ifstream a(entry.path(), std::ios::binary), b(other, std::ios::binary);
+    const std::string bytes_a{std::istreambuf_iterator<char>(a), {}};
+    const std::string bytes_b{std::istreambuf_iterator<char>(b), {}};
+    CHECK(bytes_a == bytes_b);
+    ++files;
+  }
+  CHECK(files >= 3);  // shards and the index
+  fs::remove_all(base);
 }
 
 int main(int argc, char** argv) {

@@ -9,4 +9,4 @@
 #include <d9d/error.hpp>
 #include <d9d/storage.hpp>
 #include <d9d/tensor.hpp>
-#include <d9d/upload.hpp>
+#include <d9d/staging.hpp>

@@ -43,7 +43,7 @@ using mapper::TensorSpec;
 struct ReadOptions {
   // Where the outputs go. On cuda:N each group's input bytes are copied from the mapped files to
   // the device through a ring of pinned staging buffers (Note [pinned staging ring] in
-  // <d9d/upload.hpp>, filled by the reader threads) and the group is applied on the device.
+  // <d9d/staging.hpp>, filled by the reader threads) and the group is applied on the device.
   Device device = Device::cpu();
   // Reader threads; 0: d9d::num_threads().
   int threads = 0;

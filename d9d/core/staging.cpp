@@ -1,5 +1,5 @@
-// See Note [pinned staging ring] in <d9d/upload.hpp>. CUDA builds only.
-#include <d9d/upload.hpp>
+// See Note [pinned staging ring] in <d9d/staging.hpp>. CUDA builds only.
+#include <d9d/staging.hpp>
 
 #include <cuda_runtime_api.h>
 
@@ -7,15 +7,22 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "cuda_check.hpp"
 #include "cuda_runtime.hpp"
 
 namespace d9d {
+namespace {
 
-struct DeviceUploader::Impl {
+constexpr size_t kDownloadDepth = 4;  // chunks one download() keeps in flight
+
+}  // namespace
+
+struct StagingRing::Impl {
   struct Slot {
     std::byte* host = nullptr;  // pinned
     cudaStream_t stream = nullptr;
@@ -48,6 +55,15 @@ struct DeviceUploader::Impl {
     return i;
   }
 
+  // A free slot, or none without waiting.
+  std::optional<size_t> try_acquire() {
+    std::lock_guard lock(mu);
+    if (free_slots.empty()) return std::nullopt;
+    const size_t i = free_slots.front();
+    free_slots.pop_front();
+    return i;
+  }
+
   void release(size_t i) {
     {
       std::lock_guard lock(mu);
@@ -57,11 +73,11 @@ struct DeviceUploader::Impl {
   }
 };
 
-DeviceUploader::DeviceUploader(Device device, UploadOptions options) {
-  D9D_CHECK_AS(DeviceError, device.is_cuda(), "DeviceUploader: ", device,
+StagingRing::StagingRing(Device device, StagingOptions options) {
+  D9D_CHECK_AS(DeviceError, device.is_cuda(), "StagingRing: ", device,
                " is not a CUDA device");
   D9D_CHECK(options.buffers > 0 && options.buffer_bytes > 0 && options.streams > 0,
-            "DeviceUploader: buffers (", options.buffers, "), buffer_bytes (",
+            "StagingRing: buffers (", options.buffers, "), buffer_bytes (",
             options.buffer_bytes, ") and streams (", options.streams, ") must be positive");
   auto impl = std::make_unique<Impl>();
   impl->device = device.index();
@@ -85,13 +101,13 @@ DeviceUploader::DeviceUploader(Device device, UploadOptions options) {
   impl_ = std::move(impl);
 }
 
-DeviceUploader::~DeviceUploader() = default;
-DeviceUploader::DeviceUploader(DeviceUploader&&) noexcept = default;
-DeviceUploader& DeviceUploader::operator=(DeviceUploader&&) noexcept = default;
+StagingRing::~StagingRing() = default;
+StagingRing::StagingRing(StagingRing&&) noexcept = default;
+StagingRing& StagingRing::operator=(StagingRing&&) noexcept = default;
 
-Device DeviceUploader::device() const { return Device::cuda(impl_->device); }
+Device StagingRing::device() const { return Device::cuda(impl_->device); }
 
-Tensor DeviceUploader::upload(const Tensor& src) {
+Tensor StagingRing::upload(const Tensor& src) {
   D9D_CHECK(src.defined(), "upload: the tensor is undefined");
   D9D_CHECK_AS(DeviceError, src.device().is_cpu(), "upload: ", src.str(),
                " is not a host tensor");
@@ -131,6 +147,77 @@ Tensor DeviceUploader::upload(const Tensor& src) {
                    " to cuda:", impl.device, ", ", total, " bytes");
   }
   return out;
+}
+
+void StagingRing::download(const Tensor& src, const Sink& sink) {
+  D9D_CHECK(src.defined(), "download: the tensor is undefined");
+  Impl& impl = *impl_;
+  D9D_CHECK_AS(DeviceError, src.device() == Device::cuda(impl.device), "download: ", src.str(),
+               " is not on this ring's device cuda:", impl.device);
+  const Tensor packed = src.contiguous();
+  const auto total = static_cast<size_t>(packed.nbytes());
+  const auto* from = static_cast<const std::byte*>(packed.data_ptr());
+  D9D_CUDA_CHECK(cudaSetDevice(impl.device), "device cuda:", impl.device);
+  struct Chunk {
+    size_t slot, offset, bytes;
+  };
+  std::deque<Chunk> in_flight;  // oldest first
+  // Waits for the oldest chunk, hands it to the sink and frees its slot.
+  auto retire = [&] {
+    const Chunk c = in_flight.front();
+    in_flight.pop_front();
+    try {
+      D9D_CUDA_CHECK(cudaEventSynchronize(impl.slots[c.slot].done), "downloading ", src.str(),
+                     " from cuda:", impl.device, ", bytes ", c.offset, "..", c.offset + c.bytes,
+                     " of ", total);
+      sink({impl.slots[c.slot].host, c.bytes}, static_cast<int64_t>(c.offset));
+    } catch (...) {
+      impl.release(c.slot);
+      throw;
+    }
+    impl.release(c.slot);
+  };
+  try {
+    for (size_t offset = 0; offset < total; offset += impl.buffer_bytes) {
+      const size_t n = std::min(impl.buffer_bytes, total - offset);
+      if (in_flight.size() == kDownloadDepth) retire();
+      std::optional<size_t> i = impl.try_acquire();
+      while (!i && !in_flight.empty()) {  // hand over what we hold before waiting for others
+        retire();
+        i = impl.try_acquire();
+      }
+      const size_t slot = i ? *i : impl.acquire();
+      in_flight.push_back({slot, offset, n});
+      // Copies on a slot's stream run in order, so the slot's previous copy has left the buffer
+      // before this one lands in it.
+      D9D_CUDA_CHECK(cudaMemcpyAsync(impl.slots[slot].host, from + offset, n,
+                                     cudaMemcpyDeviceToHost, impl.slots[slot].stream),
+                     "downloading ", src.str(), " from cuda:", impl.device, ", bytes ", offset,
+                     "..", offset + n, " of ", total);
+      D9D_CUDA_CHECK(cudaEventRecord(impl.slots[slot].done, impl.slots[slot].stream),
+                     "device cuda:", impl.device);
+    }
+    while (!in_flight.empty()) retire();
+  } catch (...) {
+    // Let the copies still in flight land before their buffers go back to the ring.
+    for (const Chunk& c : in_flight) {
+      (void)cudaEventSynchronize(impl.slots[c.slot].done);
+      impl.release(c.slot);
+    }
+    throw;
+  }
+}
+
+StagingRing& StagingRing::shared(Device device) {
+  D9D_CHECK_AS(DeviceError, device.is_cuda(), "StagingRing::shared: ", device,
+               " is not a CUDA device");
+  static std::mutex mu;
+  // Never destroyed: the CUDA runtime may already be unloaded when static destructors run.
+  static auto* rings = new std::map<int, std::unique_ptr<StagingRing>>();
+  std::lock_guard lock(mu);
+  std::unique_ptr<StagingRing>& ring = (*rings)[device.index()];
+  if (!ring) ring = std::make_unique<StagingRing>(device);
+  return *ring;
 }
 
 }  // namespace d9d
