@@ -26,38 +26,12 @@ __device__ __forceinline__ void copy_block(const DeviceCopy* copies, int count) 
   const int thread = static_cast<int>(threadIdx.x);
   if (c.tiled) {  // the whole block takes this branch, so the barrier in it is safe
     const TilePosition p = tile_position(c, block);
-    switch (c.word) {
-      case 8: tile_load<8>(c, p, thread, tile); break;
-      case 4: tile_load<4>(c, p, thread, tile); break;
-      case 2: tile_load<2>(c, p, thread, tile); break;
-      default: tile_load<1>(c, p, thread, tile); break;
-    }
+    tile_load_any(c, p, thread, tile);
     __syncthreads();
-    switch (c.word) {
-      case 8: tile_store<8>(c, p, thread, tile); break;
-      case 4: tile_store<4>(c, p, thread, tile); break;
-      case 2: tile_store<2>(c, p, thread, tile); break;
-      default: tile_store<1>(c, p, thread, tile); break;
-    }
+    tile_store_any(c, p, thread, tile);
     return;
   }
-  switch (c.word) {
-    case 16:
-      copy_words<16>(c, block, thread);
-      break;
-    case 8:
-      copy_words<8>(c, block, thread);
-      break;
-    case 4:
-      copy_words<4>(c, block, thread);
-      break;
-    case 2:
-      copy_words<2>(c, block, thread);
-      break;
-    default:
-      copy_words<1>(c, block, thread);
-      break;
-  }
+  copy_words_any(c, block, thread);
 }
 
 __global__ void __launch_bounds__(kCopyThreads)

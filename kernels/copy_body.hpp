@@ -4,7 +4,8 @@
 //
 // The kernel, per block: thread 0 finds the block's copy (find_copy) and puts it in shared memory;
 // after a barrier every thread either moves its words (copy_words) or, for a tiled copy, loads its
-// part of the tile (tile_load), waits at a barrier, and stores its part (tile_store).
+// part of the tile (tile_load), waits at a barrier, and stores its part (tile_store). The *_any
+// forms at the end choose the word size from the descriptor.
 #pragma once
 
 #include <cstddef>
@@ -129,6 +130,38 @@ D9D_HOST_DEVICE void tile_store(const DeviceCopy& c, const TilePosition& p, int 
       move_word<W>(dst + (p.b0 + col) * c.dst_strides[c.tile_src_dim],
                    tile + tile_offset(a, col, W));
     }
+  }
+}
+
+// The bodies above take the word size as a template argument; these pick it from the descriptor.
+// One dispatch for the kernel and for tests/kernels, so the test runs the kernel's choice too.
+D9D_HOST_DEVICE void copy_words_any(const DeviceCopy& c, int64_t block, int thread) {
+  switch (c.word) {
+    case 16: copy_words<16>(c, block, thread); break;
+    case 8: copy_words<8>(c, block, thread); break;
+    case 4: copy_words<4>(c, block, thread); break;
+    case 2: copy_words<2>(c, block, thread); break;
+    default: copy_words<1>(c, block, thread); break;
+  }
+}
+
+D9D_HOST_DEVICE void tile_load_any(const DeviceCopy& c, const TilePosition& p, int thread,
+                                   std::byte* tile) {
+  switch (c.word) {
+    case 8: tile_load<8>(c, p, thread, tile); break;
+    case 4: tile_load<4>(c, p, thread, tile); break;
+    case 2: tile_load<2>(c, p, thread, tile); break;
+    default: tile_load<1>(c, p, thread, tile); break;
+  }
+}
+
+D9D_HOST_DEVICE void tile_store_any(const DeviceCopy& c, const TilePosition& p, int thread,
+                                    const std::byte* tile) {
+  switch (c.word) {
+    case 8: tile_store<8>(c, p, thread, tile); break;
+    case 4: tile_store<4>(c, p, thread, tile); break;
+    case 2: tile_store<2>(c, p, thread, tile); break;
+    default: tile_store<1>(c, p, thread, tile); break;
   }
 }
 

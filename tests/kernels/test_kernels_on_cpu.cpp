@@ -37,59 +37,11 @@ void run_copy_kernel_on_cpu(const CopyPlan& plan) {
     if (c.tiled) {
       std::memset(tile, 0xEE, sizeof tile);  // a tile element read before it was loaded shows up
       const TilePosition p = tile_position(c, local);
-      for (int t = 0; t < kCopyThreads; ++t) {
-        switch (c.word) {
-          case 8:
-            tile_load<8>(c, p, t, tile);
-            break;
-          case 4:
-            tile_load<4>(c, p, t, tile);
-            break;
-          case 2:
-            tile_load<2>(c, p, t, tile);
-            break;
-          default:
-            tile_load<1>(c, p, t, tile);
-            break;
-        }
-      }
-      for (int t = 0; t < kCopyThreads; ++t) {  // after the barrier
-        switch (c.word) {
-          case 8:
-            tile_store<8>(c, p, t, tile);
-            break;
-          case 4:
-            tile_store<4>(c, p, t, tile);
-            break;
-          case 2:
-            tile_store<2>(c, p, t, tile);
-            break;
-          default:
-            tile_store<1>(c, p, t, tile);
-            break;
-        }
-      }
+      for (int t = 0; t < kCopyThreads; ++t) tile_load_any(c, p, t, tile);
+      for (int t = 0; t < kCopyThreads; ++t) tile_store_any(c, p, t, tile);  // after the barrier
       continue;
     }
-    for (int t = 0; t < kCopyThreads; ++t) {
-      switch (c.word) {
-        case 16:
-          copy_words<16>(c, local, t);
-          break;
-        case 8:
-          copy_words<8>(c, local, t);
-          break;
-        case 4:
-          copy_words<4>(c, local, t);
-          break;
-        case 2:
-          copy_words<2>(c, local, t);
-          break;
-        default:
-          copy_words<1>(c, local, t);
-          break;
-      }
-    }
+    for (int t = 0; t < kCopyThreads; ++t) copy_words_any(c, local, t);
   }
 }
 
