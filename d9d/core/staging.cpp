@@ -111,41 +111,59 @@ Tensor StagingRing::upload(const Tensor& src) {
   D9D_CHECK(src.defined(), "upload: the tensor is undefined");
   D9D_CHECK_AS(DeviceError, src.device().is_cpu(), "upload: ", src.str(),
                " is not a host tensor");
-  Impl& impl = *impl_;
   const Tensor packed = src.contiguous();
-  Tensor out = Tensor::empty(src.shape(), src.dtype(), Device::cuda(impl.device));
-  const auto total = static_cast<size_t>(packed.nbytes());
-  if (total == 0) return out;
   const auto* from = static_cast<const std::byte*>(packed.data_ptr());
+  return upload(src.shape(), src.dtype(), [&](std::span<std::byte> dst, int64_t offset) {
+    std::memcpy(dst.data(), from + offset, dst.size());
+  });
+}
+
+Tensor StagingRing::upload(const Shape& shape, DType dtype, const Source& source) {
+  Impl& impl = *impl_;
+  Tensor out = Tensor::empty(shape, dtype, Device::cuda(impl.device));
+  const auto total = static_cast<size_t>(out.nbytes());
+  if (total == 0) return out;
   auto* to = static_cast<std::byte*>(out.mutable_data_ptr());
   D9D_CUDA_CHECK(cudaSetDevice(impl.device), "device cuda:", impl.device);
-  std::vector<size_t> used;
-  for (size_t offset = 0; offset < total; offset += impl.buffer_bytes) {
-    const size_t n = std::min(impl.buffer_bytes, total - offset);
-    const size_t i = impl.acquire();
-    Impl::Slot& slot = impl.slots[i];
-    try {
-      D9D_CUDA_CHECK(cudaEventSynchronize(slot.done), "waiting for staging buffer ", i,
-                     " on cuda:", impl.device);
-      std::memcpy(slot.host, from + offset, n);
-      D9D_CUDA_CHECK(cudaMemcpyAsync(to + offset, slot.host, n, cudaMemcpyHostToDevice,
-                                     slot.stream),
-                     "uploading ", src.str(), " to cuda:", impl.device, ", bytes ", offset,
-                     "..", offset + n, " of ", total);
-      D9D_CUDA_CHECK(cudaEventRecord(slot.done, slot.stream), "device cuda:", impl.device);
-    } catch (...) {
-      impl.release(i);
-      throw;
+  std::vector<size_t> used;  // slots that carried a chunk of this upload
+  // A slot's event may have been recorded again by another upload since ours: that copy is later
+  // on the same stream, so waiting for it also waits for ours.
+  auto wait_for_used = [&] {
+    for (size_t i : used) {
+      D9D_CUDA_CHECK(cudaEventSynchronize(impl.slots[i].done), "uploading ", total,
+                     " bytes to cuda:", impl.device);
     }
-    impl.release(i);
-    if (std::find(used.begin(), used.end(), i) == used.end()) used.push_back(i);
+  };
+  try {
+    for (size_t offset = 0; offset < total; offset += impl.buffer_bytes) {
+      const size_t n = std::min(impl.buffer_bytes, total - offset);
+      const size_t i = impl.acquire();
+      Impl::Slot& slot = impl.slots[i];
+      try {
+        D9D_CUDA_CHECK(cudaEventSynchronize(slot.done), "waiting for staging buffer ", i,
+                       " on cuda:", impl.device);
+        source({slot.host, n}, static_cast<int64_t>(offset));
+        D9D_CUDA_CHECK(cudaMemcpyAsync(to + offset, slot.host, n, cudaMemcpyHostToDevice,
+                                       slot.stream),
+                       "uploading ", dtype, shape, " to cuda:", impl.device,
+                       ", bytes ", offset, "..", offset + n, " of ", total);
+        D9D_CUDA_CHECK(cudaEventRecord(slot.done, slot.stream), "device cuda:", impl.device);
+      } catch (...) {
+        impl.release(i);
+        throw;
+      }
+      impl.release(i);
+      if (std::find(used.begin(), used.end(), i) == used.end()) used.push_back(i);
+    }
+  } catch (...) {
+    // `out` goes back to the device cache with the throw: our copies into it must have landed.
+    try {
+      wait_for_used();
+    } catch (...) {
+    }
+    throw;
   }
-  // A slot's event may have been recorded again by another upload since: that copy is later on
-  // the same stream, so waiting for it also waits for ours.
-  for (size_t i : used) {
-    D9D_CUDA_CHECK(cudaEventSynchronize(impl.slots[i].done), "uploading ", src.str(),
-                   " to cuda:", impl.device, ", ", total, " bytes");
-  }
+  wait_for_used();
   return out;
 }
 

@@ -19,6 +19,9 @@ Device StagingRing::device() const { return Device::cpu(); }
 Tensor StagingRing::upload(const Tensor&) {
   detail::throw_error<DeviceError>("upload: d9d was built without CUDA");
 }
+Tensor StagingRing::upload(const Shape&, DType, const Source&) {
+  detail::throw_error<DeviceError>("upload: d9d was built without CUDA");
+}
 
 void StagingRing::download(const Tensor&, const Sink&) {
   detail::throw_error<DeviceError>("download: d9d was built without CUDA");

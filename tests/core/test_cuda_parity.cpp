@@ -380,6 +380,35 @@ TEST_CASE("the staging ring downloads in order, uploads and downloads sharing it
   CHECK_THROWS_AS(ring.download(host[0], [](std::span<const std::byte>, int64_t) {}), DeviceError);
 }
 
+TEST_CASE("the staging ring uploads from a source, in order, and passes on a source's error") {
+  StagingRing ring(kGpu, StagingOptions{3, 4096, 2});
+  const Tensor host = test::random_tensor({70, 301}, DType::F16);  // 42140 bytes: 11 chunks
+  const std::vector<unsigned char> bytes = test::packed_bytes(host);
+  int64_t expected_offset = 0;
+  const Tensor up = ring.upload(host.shape(), host.dtype(), [&](std::span<std::byte> dst, int64_t offset) {
+    CHECK(offset == expected_offset);
+    CHECK(dst.size() <= 4096);
+    std::memcpy(dst.data(), bytes.data() + offset, dst.size());
+    expected_offset += static_cast<int64_t>(dst.size());
+  });
+  CHECK(expected_offset == host.nbytes());
+  CHECK(up.device() == kGpu);
+  check_same(up, host);
+  // A source failing half-way: the error comes out, and the ring keeps working.
+  CHECK_THROWS_WITH(ring.upload(host.shape(), host.dtype(),
+                                [&](std::span<std::byte> dst, int64_t offset) {
+                                  if (offset >= 20000) throw std::runtime_error("short read");
+                                  std::memset(dst.data(), 0, dst.size());
+                                }),
+                    "short read");
+  check_same(ring.upload(host), host);
+  // Nothing to read: the source is not called.
+  const Tensor empty = ring.upload({0, 5}, DType::F32, [](std::span<std::byte>, int64_t) {
+    throw std::runtime_error("called for an empty tensor");
+  });
+  CHECK(empty.shape() == Shape{0, 5});
+}
+
 int main(int argc, char** argv) {
   if (cuda_device_count() == 0) {
     std::printf("no CUDA device visible: skipped\n");

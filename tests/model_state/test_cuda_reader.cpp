@@ -83,6 +83,33 @@ TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identi
   fs::remove_all(dir);
 }
 
+TEST_CASE("read_model_state to cuda:0 reports a shard truncated after it was opened") {
+  // The device path preads into the staging ring (Note [pread into the staging ring]): a short
+  // file is an IoError naming it, not SIGBUS.
+  const fs::path dir = fs::temp_directory_path() / ("d9d-cuda-trunc-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  StateDict src;
+  src["w"] = random_tensor({4, 1 << 20}, DType::U8, 7);
+  WriteOptions wo;
+  wo.show_progress = false;
+  save_model_state(dir, identity_mapper_from_state(src), src, wo);
+  ReadOptions gpu;
+  gpu.show_progress = false;
+  gpu.device = Device::cuda(0);
+  auto stream = read_model_state(dir, identity_mapper_from_state(src), gpu);
+  fs::path shard;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() == ".safetensors") shard = entry.path();
+  }
+  REQUIRE(!shard.empty());
+  fs::resize_file(shard, 200);
+  auto drain = [&] {
+    for (auto&& [name, t] : stream) (void)name;
+  };
+  CHECK_THROWS_WITH_AS(drain(), doctest::Contains(doctest::String(shard.filename().string().c_str())), io::IoError);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("save_model_state from device tensors writes the same files as from host tensors") {
   const fs::path base = fs::temp_directory_path() / ("d9d-cuda-save-" + std::to_string(::getpid()));
   fs::remove_all(base);

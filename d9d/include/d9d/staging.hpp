@@ -5,9 +5,10 @@
 // thread blocked. StagingRing owns a ring of larger pinned buffers instead, each with a copy
 // stream (buffer i uses stream i % streams, so consecutive chunks go out on different streams)
 // and an event recorded after its last copy. To upload a tensor, the calling thread takes a free
-// buffer, waits for that buffer's event (its previous copy has left it), fills it with memcpy from
-// the source (which is where a mapped file is read), enqueues cudaMemcpyAsync and records the
-// event, and moves on to the next chunk while the DMA runs. Several threads upload at once, each
+// buffer, waits for that buffer's event (its previous copy has left it), fills it (memcpy from a
+// host tensor, or the caller's source: the engine preads the checkpoint's bytes straight into
+// the buffer, see Note [pread into the staging ring] in reader.cpp), enqueues cudaMemcpyAsync and
+// records the event, and moves on to the next chunk while the DMA runs. Several threads upload at once, each
 // filling its own buffers. upload() returns when its own copies have finished, so the tensor it
 // returns is ready for any stream, as core's ops expect (Note [synchronous device ops]).
 //
@@ -49,6 +50,13 @@ class StagingRing {
   // A new packed tensor on the device with the elements of `src` (a CPU tensor of any layout);
   // safe to call from several threads at once. Returns when the bytes are on the device.
   Tensor upload(const Tensor& src);
+
+  // The same for bytes that are not in memory yet: a new packed tensor of `shape` and `dtype` on
+  // the device, whose bytes source(dst, offset) writes, chunk by chunk in order of offset,
+  // straight into the pinned buffers (the engine preads a checkpoint's bytes into them). An
+  // exception from the source is passed on after this upload's copies in flight have landed.
+  using Source = std::function<void(std::span<std::byte> dst, int64_t offset)>;
+  Tensor upload(const Shape& shape, DType dtype, const Source& source);
 
   // Calls sink(bytes, offset) for consecutive chunks of the packed bytes of `src` (a tensor on
   // this ring's device), in order of offset; each span is valid only during its call. Safe to
