@@ -41,6 +41,7 @@ cudaError_t launch_cast(const std::byte* src, DType src_dtype, std::byte* dst, D
       const bool vector = cast_vectorizable<D, S>(src, dst);
       const int64_t items = cast_items<D, S>(count, vector);
       const int64_t blocks = std::min<int64_t>((items + kThreads - 1) / kThreads, kMaxBlocks);
+      (void)cudaGetLastError();  // what cudaGetLastError returns next is this launch's
       cast_kernel<D, S>
           <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(src, dst, count, items, vector);
       err = cudaGetLastError();

@@ -57,6 +57,7 @@ cudaError_t launch_strided_copies(const StridedCopyAnyRank* copies, size_t count
   if (plan.copies.size() <= static_cast<size_t>(kInlineCopies)) {
     InlineCopies inline_copies{};
     for (int i = 0; i < n; ++i) inline_copies.copies[i] = plan.copies[static_cast<size_t>(i)];
+    (void)cudaGetLastError();  // what cudaGetLastError returns next is this launch's
     strided_copy_kernel_inline<<<blocks, kCopyThreads, 0, stream>>>(inline_copies, n);
     return cudaGetLastError();
   }
@@ -67,6 +68,7 @@ cudaError_t launch_strided_copies(const StridedCopyAnyRank* copies, size_t count
   // From pageable memory: returns once `plan` has been staged, so it may go out of scope.
   err = cudaMemcpyAsync(device_plan, plan.copies.data(), bytes, cudaMemcpyHostToDevice, stream);
   if (err == cudaSuccess) {
+    (void)cudaGetLastError();
     strided_copy_kernel<<<blocks, kCopyThreads, 0, stream>>>(device_plan, n);
     err = cudaGetLastError();
   }

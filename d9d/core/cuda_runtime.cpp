@@ -142,6 +142,10 @@ void sync_stream(int device, const char* what, size_t count, size_t bytes) {
                  count, " item(s), ", bytes, " bytes");
 }
 
+// A launcher that failed after its kernel went out (its plan's cudaFreeAsync, say) leaves work
+// on the stream: let it finish before the caller's buffers go back to the cache with the throw.
+void wait_after_failed_launch() noexcept { (void)cudaStreamSynchronize(cudaStreamPerThread); }
+
 }  // namespace
 
 CudaBlock cuda_malloc(size_t nbytes, int device) {
@@ -221,18 +225,22 @@ void cuda_run_copies(std::span<const CopyTask> tasks, int device) {
     bytes += static_cast<size_t>(numel_of(t.shape) * t.elem_size);
   }
   D9D_CUDA_CHECK(cudaSetDevice(device), "device cuda:", device);
-  D9D_CUDA_CHECK(kernels::launch_strided_copies(copies.data(), copies.size(), cudaStreamPerThread),
-                 "strided copy on cuda:", device, ", ", copies.size(), " tensor(s), ", bytes,
-                 " bytes");
+  const cudaError_t launch =
+      kernels::launch_strided_copies(copies.data(), copies.size(), cudaStreamPerThread);
+  if (launch != cudaSuccess) wait_after_failed_launch();
+  D9D_CUDA_CHECK(launch, "strided copy on cuda:", device, ", ", copies.size(), " tensor(s), ",
+                 bytes, " bytes");
   sync_stream(device, "strided copy", copies.size(), bytes);
 }
 
 void cuda_cast(const std::byte* src, DType src_dtype, std::byte* dst, DType dst_dtype,
                int64_t count, int device) {
   D9D_CUDA_CHECK(cudaSetDevice(device), "device cuda:", device);
-  D9D_CUDA_CHECK(
-      kernels::launch_cast(src, src_dtype, dst, dst_dtype, count, cudaStreamPerThread),
-      "cast ", src_dtype, " to ", dst_dtype, " on cuda:", device, ", ", count, " elements");
+  const cudaError_t launch =
+      kernels::launch_cast(src, src_dtype, dst, dst_dtype, count, cudaStreamPerThread);
+  if (launch != cudaSuccess) wait_after_failed_launch();
+  D9D_CUDA_CHECK(launch, "cast ", src_dtype, " to ", dst_dtype, " on cuda:", device, ", ", count,
+                 " elements");
   sync_stream(device, "cast", 1, static_cast<size_t>(count * element_size(dst_dtype)));
 }
 

@@ -94,8 +94,11 @@ StagingRing::StagingRing(Device device, StagingOptions options) {
     Impl::Slot& slot = impl->slots[i];
     slot.host = static_cast<std::byte*>(detail::cuda_malloc_host(impl->buffer_bytes));
     slot.stream = impl->streams[i % impl->streams.size()];
-    D9D_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming), "device cuda:",
-                   impl->device);
+    // Blocking sync: a thread waiting for a buffer sleeps instead of spinning on a core that the
+    // other reader threads need for their preads.
+    D9D_CUDA_CHECK(
+        cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming | cudaEventBlockingSync),
+        "device cuda:", impl->device);
     impl->free_slots.push_back(i);
   }
   impl_ = std::move(impl);

@@ -59,13 +59,20 @@ class NcclProcessGroup final : public ProcessGroup {
           "cuda:", device_, ", rank ", rank(), " of ", size(), ", ", bytes[0], " bytes per rank");
     } else {  // NCCL has no all-gather of uneven sizes: one broadcast per rank, grouped
       D9D_NCCL_CHECK(ncclGroupStart(), "cuda:", device_);
-      int64_t offset = 0;
-      for (int r = 0; r < size(); ++r) {
-        const auto n = static_cast<size_t>(bytes[static_cast<size_t>(r)]);
-        const void* send = r == rank() ? static_cast<const void*>(input) : output + offset;
-        D9D_NCCL_CHECK(ncclBroadcast(send, output + offset, n, ncclUint8, r, comm_, stream_),
-                       "cuda:", device_, ", root ", r, " of ", size(), ", ", n, " bytes");
-        offset += static_cast<int64_t>(n);
+      try {
+        int64_t offset = 0;
+        for (int r = 0; r < size(); ++r) {
+          const auto n = static_cast<size_t>(bytes[static_cast<size_t>(r)]);
+          const void* send = r == rank() ? static_cast<const void*>(input) : output + offset;
+          D9D_NCCL_CHECK(ncclBroadcast(send, output + offset, n, ncclUint8, r, comm_, stream_),
+                         "cuda:", device_, ", root ", r, " of ", size(), ", ", n, " bytes");
+          offset += static_cast<int64_t>(n);
+        }
+      } catch (...) {
+        // The group depth is per thread: left open, every later NCCL call of this thread would
+        // be queued into it and silently never run.
+        (void)ncclGroupEnd();
+        throw;
       }
       D9D_NCCL_CHECK(ncclGroupEnd(), "cuda:", device_, ", uneven all_gather of ", size(),
                      " ranks");
@@ -116,20 +123,27 @@ bool nccl_compiled() {
 
 ProcessGroupPtr nccl_init_world(ProcessGroupPtr host, int local_rank) {
   int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
+    (void)cudaGetLastError();
+    devices = 0;
+  }
   D9D_CHECK_AS(DeviceError, devices > 0, "dist::init: the NCCL backend needs a CUDA device, and ",
                "none is visible");
-  D9D_CHECK_AS(DeviceError, local_rank < devices, "dist::init: local rank ", local_rank,
+  // One GPU per rank: cuda:<local rank>, or cuda:0 where the launcher made a single device
+  // visible to each rank (CUDA_VISIBLE_DEVICES per task, as srun --gpus-per-task=1 does); ranks
+  // that really share a device are refused by NCCL.
+  const int device = devices == 1 ? 0 : local_rank;
+  D9D_CHECK_AS(DeviceError, device < devices, "dist::init: local rank ", local_rank,
                " needs cuda:", local_rank, " but only ", devices,
                " CUDA device(s) are visible (one rank per GPU)");
-  D9D_CUDA_CHECK(cudaSetDevice(local_rank), "cuda:", local_rank);
+  D9D_CUDA_CHECK(cudaSetDevice(device), "cuda:", device);
   ncclUniqueId id;
-  if (host->rank() == 0) D9D_NCCL_CHECK(ncclGetUniqueId(&id), "rank 0 on cuda:", local_rank);
+  if (host->rank() == 0) D9D_NCCL_CHECK(ncclGetUniqueId(&id), "rank 0 on cuda:", device);
   RawAccess::broadcast_host_bytes(*host, reinterpret_cast<std::byte*>(&id), sizeof id, 0);
   ncclComm_t comm = nullptr;
-  D9D_NCCL_CHECK(ncclCommInitRank(&comm, host->size(), id, host->rank()), "cuda:", local_rank,
+  D9D_NCCL_CHECK(ncclCommInitRank(&comm, host->size(), id, host->rank()), "cuda:", device,
                  ", rank ", host->rank(), " of ", host->size());
-  return std::make_shared<NcclProcessGroup>(comm, local_rank, std::move(host));
+  return std::make_shared<NcclProcessGroup>(comm, device, std::move(host));
 }
 
 }  // namespace d9d::dist::detail

@@ -406,8 +406,10 @@ std::mutex& world_mutex() {
   return mu;
 }
 ProcessGroupPtr& world_slot() {
-  static ProcessGroupPtr world;
-  return world;
+  // Never destroyed: an NCCL world's communicator and stream must not be torn down after the CUDA
+  // runtime has unloaded at exit (MPI is finalized by its own atexit handler).
+  static auto* world = new ProcessGroupPtr();
+  return *world;
 }
 
 }  // namespace
