@@ -1,6 +1,6 @@
 // The GPU check's timings (bench/gpu_check.sh runs it): pinned cudaMemcpy ceilings, the staging
 // ring's download (how device tensors are saved) against pinned D2H, the engine's
-// read_model_state to cuda:0 against pinned H2D, the copy/cast kernels against a device-to-device
+// read_model_state and load_model_state to cuda:0 against pinned H2D, the copy/cast kernels against a device-to-device
 // cudaMemcpy, and an NCCL world-of-one all_gather. Prints one table; exits nonzero if a result is wrong.
 //
 // Usage: bench_cuda SCRATCH_DIR [CHECKPOINT_GIB]   (default 8 GiB; the checkpoint is written under
@@ -263,6 +263,18 @@ int main(int argc, char** argv) {
            "read_model_state to cuda:0 changed the bytes");
     add("read_model_state -> cuda:0 (page-cached)", static_cast<double>(bytes), seconds, h2d_gbps,
         "pinned H2D");
+    // An inference engine's load: into device tensors it already holds (the groups run on the
+    // device, each output copied into its target).
+    mapper::StateDict targets;
+    for (const auto& [name, t] : state) targets[name] = Tensor::empty(t.shape(), t.dtype(), kGpu);
+    t0 = std::chrono::steady_clock::now();
+    model_state::load_model_state(dir, m, kGpu, targets, ro);
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    expect(equal(targets["w.0"].to(Device::cpu()), payload),
+           "load_model_state into cuda:0 targets changed the bytes");
+    add("load_model_state -> cuda:0 targets (page-cached)", static_cast<double>(bytes), seconds,
+        h2d_gbps, "pinned H2D");
+    targets.clear();
     fs::remove_all(dir);
   }
 

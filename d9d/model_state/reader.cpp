@@ -443,7 +443,14 @@ ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr ma
 
 void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device device,
                       StateDict& target, ReadOptions options) {
-  options.device = Device::cpu();  // outputs are copied straight into the targets
+  // Targets on a CUDA device: the groups run there, their inputs going up through the staging
+  // ring (Note [pread into the staging ring]), and each output is a device-to-device copy into
+  // its target. Otherwise, and with DTensor targets (whose slices are read on the host), outputs
+  // are made on the host and copied straight into the targets.
+  const bool any_dtensor = std::any_of(target.begin(), target.end(), [](const auto& entry) {
+    return dist::as_dtensor(entry.second).has_value();
+  });
+  options.device = device.is_cuda() && !any_dtensor ? device : Device::cpu();
   ModelStateStream stream = read_model_state(src, std::move(mapper), options);
   // Check every output against its target before reading anything (outputs a custom mapper
   // cannot infer are checked as they arrive, by copy_). Specs are global: a DTensor target is

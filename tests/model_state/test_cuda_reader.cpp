@@ -83,6 +83,35 @@ TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identi
   fs::remove_all(dir);
 }
 
+TEST_CASE("load_model_state into cuda:0 targets fills them as the CPU load fills host targets") {
+  const fs::path dir = fs::temp_directory_path() / ("d9d-cuda-load-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  StateDict src;
+  src["q"] = random_tensor({64, 32}, DType::BF16, 1);
+  src["k"] = random_tensor({16, 32}, DType::BF16, 2);
+  src["o"] = random_tensor({3 << 20}, DType::U8, 3);  // several staging chunks
+  WriteOptions wo;
+  wo.show_progress = false;
+  save_model_state(dir, identity_mapper_from_state(src), src, wo);
+  const MapperPtr m =
+      parallel({concatenate_tensors({"q", "k"}, "qk", 0), cast("o", DType::F16)});
+  ReadOptions ro;
+  ro.show_progress = false;
+  StateDict host{{"qk", Tensor::zeros({80, 32}, DType::BF16)},
+                 {"o", Tensor::zeros({3 << 20}, DType::F16)}};
+  load_model_state(dir, m, Device::cpu(), host, ro);
+  StateDict device{{"qk", Tensor::zeros({80, 32}, DType::BF16, Device::cuda(0))},
+                   {"o", Tensor::zeros({3 << 20}, DType::F16, Device::cuda(0))}};
+  const void* qk_storage = device["qk"].data_ptr();
+  load_model_state(dir, m, Device::cuda(0), device, ro);
+  CHECK(device["qk"].data_ptr() == qk_storage);  // filled in place
+  for (const auto& [name, t] : host) {
+    INFO(name);
+    CHECK(equal(device[name].to(Device::cpu()), t));
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("read_model_state to cuda:0 reports a shard truncated after it was opened") {
   // The device path preads into the staging ring (Note [pread into the staging ring]): a short
   // file is an IoError naming it, not SIGBUS.

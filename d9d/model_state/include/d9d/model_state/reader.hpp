@@ -143,7 +143,8 @@ ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr ma
                                   const ReadOptions& options = {});
 
 // Streams the mapper's outputs into the caller's existing tensors: every output must have a
-// target of the same shape and dtype (the error names the key); targets may be on a CUDA device.
+// target of the same shape and dtype (the error names the key); targets may be on a CUDA device
+// (then the groups run on the device too, their inputs uploaded through the staging ring).
 // Targets the mapper does not produce are left as they are. A DTensor target (Note [DTensor in a
 // StateDict] in <d9d/dist/dtensor.hpp>) gets this rank's slice of its output, and the reader
 // reads about that slice only (Note [reading what a rank owns] in reader.cpp).
