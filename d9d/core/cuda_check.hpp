@@ -19,3 +19,32 @@
                                                      " (", __VA_ARGS__, ")");              \
     }                                                                                      \
   } while (0)
+
+namespace d9d::detail {
+
+// Makes `device` the calling thread's current CUDA device for the guard's scope and puts the
+// thread's previous device back after it: a d9d call never leaves an embedding engine's thread on
+// another device. Does not throw; set() is cudaSetDevice's result (cudaSuccess when the device
+// was current already), for D9D_CUDA_CHECK where the caller can throw.
+class CudaDeviceGuard {
+ public:
+  explicit CudaDeviceGuard(int device) noexcept {
+    int current = -1;
+    if (cudaGetDevice(&current) == cudaSuccess && current == device) return;
+    set_ = cudaSetDevice(device);
+    if (set_ == cudaSuccess && current >= 0) previous_ = current;
+  }
+  ~CudaDeviceGuard() {
+    if (previous_ >= 0) (void)cudaSetDevice(previous_);
+  }
+  CudaDeviceGuard(const CudaDeviceGuard&) = delete;
+  CudaDeviceGuard& operator=(const CudaDeviceGuard&) = delete;
+
+  cudaError_t set() const noexcept { return set_; }
+
+ private:
+  cudaError_t set_ = cudaSuccess;
+  int previous_ = -1;  // restored at the end of the scope; -1: nothing to restore
+};
+
+}  // namespace d9d::detail

@@ -38,7 +38,7 @@ struct StagingRing::Impl {
   std::deque<size_t> free_slots;  // FIFO, so consecutive chunks alternate streams
 
   ~Impl() {
-    cudaSetDevice(device);
+    const detail::CudaDeviceGuard device_guard(device);
     for (cudaStream_t s : streams) cudaStreamSynchronize(s);
     for (Slot& slot : slots) {
       if (slot.done != nullptr) cudaEventDestroy(slot.done);
@@ -82,7 +82,8 @@ StagingRing::StagingRing(Device device, StagingOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->device = device.index();
   impl->buffer_bytes = static_cast<size_t>(options.buffer_bytes);
-  D9D_CUDA_CHECK(cudaSetDevice(impl->device), "device cuda:", impl->device);
+  const detail::CudaDeviceGuard device_guard(impl->device);
+  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", impl->device);
   for (int i = 0; i < options.streams; ++i) {
     cudaStream_t s = nullptr;
     D9D_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "device cuda:",
@@ -127,7 +128,8 @@ Tensor StagingRing::upload(const Shape& shape, DType dtype, const Source& source
   const auto total = static_cast<size_t>(out.nbytes());
   if (total == 0) return out;
   auto* to = static_cast<std::byte*>(out.mutable_data_ptr());
-  D9D_CUDA_CHECK(cudaSetDevice(impl.device), "device cuda:", impl.device);
+  const detail::CudaDeviceGuard device_guard(impl.device);
+  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", impl.device);
   std::vector<size_t> used;  // slots that carried a chunk of this upload
   // A slot's event may have been recorded again by another upload since ours: that copy is later
   // on the same stream, so waiting for it also waits for ours.
@@ -178,7 +180,8 @@ void StagingRing::download(const Tensor& src, const Sink& sink) {
   const Tensor packed = src.contiguous();
   const auto total = static_cast<size_t>(packed.nbytes());
   const auto* from = static_cast<const std::byte*>(packed.data_ptr());
-  D9D_CUDA_CHECK(cudaSetDevice(impl.device), "device cuda:", impl.device);
+  const detail::CudaDeviceGuard device_guard(impl.device);
+  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", impl.device);
   struct Chunk {
     size_t slot, offset, bytes;
   };

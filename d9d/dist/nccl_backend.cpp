@@ -35,12 +35,13 @@ class NcclProcessGroup final : public ProcessGroup {
         comm_(comm),
         device_(device),
         host_(std::move(host)) {
-    D9D_CUDA_CHECK(cudaSetDevice(device_), "NCCL group on cuda:", device_);
+    const ::d9d::detail::CudaDeviceGuard device_guard(device_);
+    D9D_CUDA_CHECK(device_guard.set(), "NCCL group on cuda:", device_);
     D9D_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                    "NCCL group on cuda:", device_);
   }
   ~NcclProcessGroup() override {
-    cudaSetDevice(device_);
+    const ::d9d::detail::CudaDeviceGuard device_guard(device_);
     ncclCommDestroy(comm_);
     cudaStreamDestroy(stream_);
   }
@@ -50,7 +51,8 @@ class NcclProcessGroup final : public ProcessGroup {
  protected:
   void all_gather_bytes(const std::byte* input, std::byte* output,
                         std::span<const int64_t> bytes) override {
-    D9D_CUDA_CHECK(cudaSetDevice(device_), "cuda:", device_);
+    const ::d9d::detail::CudaDeviceGuard device_guard(device_);
+    D9D_CUDA_CHECK(device_guard.set(), "cuda:", device_);
     const bool even =
         std::all_of(bytes.begin(), bytes.end(), [&](int64_t b) { return b == bytes[0]; });
     if (even) {
@@ -80,7 +82,8 @@ class NcclProcessGroup final : public ProcessGroup {
     D9D_CUDA_CHECK(cudaStreamSynchronize(stream_), "all_gather on cuda:", device_);
   }
   void broadcast_bytes(std::byte* data, int64_t bytes, int root) override {
-    D9D_CUDA_CHECK(cudaSetDevice(device_), "cuda:", device_);
+    const ::d9d::detail::CudaDeviceGuard device_guard(device_);
+    D9D_CUDA_CHECK(device_guard.set(), "cuda:", device_);
     D9D_NCCL_CHECK(
         ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclUint8, root, comm_, stream_),
         "cuda:", device_, ", root ", root, ", ", bytes, " bytes");
@@ -94,14 +97,16 @@ class NcclProcessGroup final : public ProcessGroup {
     RawAccess::broadcast_host_bytes(*host_, data, bytes, root);
   }
   void barrier_impl() override {
-    D9D_CUDA_CHECK(cudaSetDevice(device_), "cuda:", device_);
+    const ::d9d::detail::CudaDeviceGuard device_guard(device_);
+    D9D_CUDA_CHECK(device_guard.set(), "cuda:", device_);
     D9D_CUDA_CHECK(cudaStreamSynchronize(stream_), "barrier on cuda:", device_);
     host_->barrier();
   }
   ProcessGroupPtr split_impl(int color, int key) override {
     ProcessGroupPtr host = host_->split(color, key);
     ncclComm_t comm = nullptr;
-    D9D_CUDA_CHECK(cudaSetDevice(device_), "cuda:", device_);
+    const ::d9d::detail::CudaDeviceGuard device_guard(device_);
+    D9D_CUDA_CHECK(device_guard.set(), "cuda:", device_);
     D9D_NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &comm, nullptr),
                    "cuda:", device_, ", color ", color, ", key ", key);
     if (host == nullptr) return nullptr;
@@ -136,6 +141,7 @@ ProcessGroupPtr nccl_init_world(ProcessGroupPtr host, int local_rank) {
   D9D_CHECK_AS(DeviceError, device < devices, "dist::init: local rank ", local_rank,
                " needs cuda:", local_rank, " but only ", devices,
                " CUDA device(s) are visible (one rank per GPU)");
+  // The rank's device becomes the process's current one (as set_device does in PyTorch), on purpose.
   D9D_CUDA_CHECK(cudaSetDevice(device), "cuda:", device);
   ncclUniqueId id;
   if (host->rank() == 0) D9D_NCCL_CHECK(ncclGetUniqueId(&id), "rank 0 on cuda:", device);

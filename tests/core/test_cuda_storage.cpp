@@ -3,6 +3,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <cuda_runtime_api.h>
+
 #include <cstdio>
 
 #include <d9d/core.hpp>
@@ -20,6 +22,23 @@ TEST_CASE("tensors move to a CUDA device and back with their bytes intact") {
     Tensor back = dev.to(Device::cpu());
     CHECK(equal(back, host));
   }
+}
+
+TEST_CASE("d9d's calls leave the calling thread on its own current device") {
+  if (cuda_device_count() < 2) {
+    MESSAGE("one CUDA device: nothing to switch between");
+    return;
+  }
+  REQUIRE(cudaSetDevice(1) == cudaSuccess);  // the embedding engine's device
+  const Tensor host = test::random_tensor({300, 77}, DType::BF16);
+  const Tensor dev = host.to(Device::cuda(0));
+  const Tensor out = stack({dev.transpose(0, 1), dev.transpose(0, 1)}, 0).to(DType::F32);
+  CHECK(equal(out.to(Device::cpu()),
+              stack({host.transpose(0, 1), host.transpose(0, 1)}, 0).to(DType::F32)));
+  int current = -1;
+  REQUIRE(cudaGetDevice(&current) == cudaSuccess);
+  CHECK(current == 1);
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
 }
 
 TEST_CASE("zeros on a CUDA device are zero") {
