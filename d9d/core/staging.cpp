@@ -240,7 +240,13 @@ StagingRing& StagingRing::shared(Device device) {
   static auto* rings = new std::map<int, std::unique_ptr<StagingRing>>();
   std::lock_guard lock(mu);
   std::unique_ptr<StagingRing>& ring = (*rings)[device.index()];
-  if (!ring) ring = std::make_unique<StagingRing>(device);
+  if (!ring) {
+    // A buffer for every reader thread to fill plus two crossing the bus: with fewer, threads
+    // wait for buffers and the fills (preads at a few GB/s each), not the bus, set the pace.
+    StagingOptions options;
+    options.buffers = std::max(options.buffers, num_threads() + 2);
+    ring = std::make_unique<StagingRing>(device, options);
+  }
   return *ring;
 }
 
