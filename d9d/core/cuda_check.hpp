@@ -3,6 +3,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <new>
+
 #include <d9d/error.hpp>
 
 // Checks a CUDA runtime call; on failure throws DeviceError naming the call, the runtime's
@@ -24,11 +26,19 @@ namespace d9d::detail {
 
 // Makes `device` the calling thread's current CUDA device for the guard's scope and puts the
 // thread's previous device back after it: a d9d call never leaves an embedding engine's thread on
-// another device. Does not throw; set() is cudaSetDevice's result (cudaSuccess when the device
-// was current already), for D9D_CUDA_CHECK where the caller can throw.
+// another device. Throws DeviceError if the device cannot be made current; the std::nothrow form
+// (for destructors and cleanup) does not, and set() is then cudaSetDevice's result.
 class CudaDeviceGuard {
  public:
-  explicit CudaDeviceGuard(int device) noexcept {
+  explicit CudaDeviceGuard(int device) : CudaDeviceGuard(device, std::nothrow) {
+    if (set_ != cudaSuccess) [[unlikely]] {
+      (void)cudaGetLastError();
+      ::d9d::detail::throw_error<::d9d::DeviceError>("cudaSetDevice(", device, ") failed: ",
+                                                     cudaGetErrorString(set_), " (device cuda:",
+                                                     device, ")");
+    }
+  }
+  CudaDeviceGuard(int device, std::nothrow_t) noexcept {
     int current = -1;
     if (cudaGetDevice(&current) == cudaSuccess && current == device) return;
     set_ = cudaSetDevice(device);

@@ -44,7 +44,7 @@ size_t default_limit() {
 }
 
 void release(const CudaBlock& block) noexcept {
-  const CudaDeviceGuard device_guard(block.device);
+  const CudaDeviceGuard device_guard(block.device, std::nothrow);
   if (device_guard.set() != cudaSuccess || cudaFree(block.data) != cudaSuccess) {
     // At process exit the runtime may already be unloaded; the memory goes with the process.
     std::fprintf(stderr, "d9d: cudaFree of %zu bytes failed on cuda:%d\n", block.capacity,
@@ -155,7 +155,6 @@ CudaBlock cuda_malloc(size_t nbytes, int device) {
                          : round_up(nbytes, kLargeGranule);
   if (CudaBlock reused = cache().take(capacity, device); reused.data != nullptr) return reused;
   const CudaDeviceGuard device_guard(device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", device);
   void* p = nullptr;
   if (cudaMalloc(&p, capacity) != cudaSuccess) {
     (void)cudaGetLastError();  // clear the sticky-free allocation error before retrying
@@ -190,7 +189,6 @@ void cuda_memcpy(void* dst, const void* src, size_t nbytes, CopyDirection direct
                               : direction == CopyDirection::kDeviceToHost ? cudaMemcpyDeviceToHost
                                                                           : cudaMemcpyDeviceToDevice;
   const CudaDeviceGuard device_guard(device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", device);
   D9D_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, kind, cudaStreamPerThread), "device cuda:",
                  device, ", ", nbytes, " bytes");
   sync_stream(device, "cudaMemcpyAsync", 1, nbytes);
@@ -198,7 +196,6 @@ void cuda_memcpy(void* dst, const void* src, size_t nbytes, CopyDirection direct
 
 void cuda_memcpy_peer(void* dst, int dst_device, const void* src, int src_device, size_t nbytes) {
   const CudaDeviceGuard device_guard(dst_device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", dst_device);
   D9D_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, nbytes, cudaStreamPerThread),
                  "cuda:", src_device, " to cuda:", dst_device, ", ", nbytes, " bytes");
   sync_stream(dst_device, "cudaMemcpyPeerAsync", 1, nbytes);
@@ -206,7 +203,6 @@ void cuda_memcpy_peer(void* dst, int dst_device, const void* src, int src_device
 
 void cuda_memset_zero(void* dst, size_t nbytes, int device) {
   const CudaDeviceGuard device_guard(device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", device);
   D9D_CUDA_CHECK(cudaMemsetAsync(dst, 0, nbytes, cudaStreamPerThread), "device cuda:", device,
                  ", ", nbytes, " bytes");
   sync_stream(device, "cudaMemsetAsync", 1, nbytes);
@@ -230,7 +226,6 @@ void cuda_run_copies(std::span<const CopyTask> tasks, int device) {
     bytes += static_cast<size_t>(numel_of(t.shape) * t.elem_size);
   }
   const CudaDeviceGuard device_guard(device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", device);
   const cudaError_t launch =
       kernels::launch_strided_copies(copies.data(), copies.size(), cudaStreamPerThread);
   if (launch != cudaSuccess) wait_after_failed_launch();
@@ -242,7 +237,6 @@ void cuda_run_copies(std::span<const CopyTask> tasks, int device) {
 void cuda_cast(const std::byte* src, DType src_dtype, std::byte* dst, DType dst_dtype,
                int64_t count, int device) {
   const CudaDeviceGuard device_guard(device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", device);
   const cudaError_t launch =
       kernels::launch_cast(src, src_dtype, dst, dst_dtype, count, cudaStreamPerThread);
   if (launch != cudaSuccess) wait_after_failed_launch();

@@ -38,7 +38,7 @@ struct StagingRing::Impl {
   std::deque<size_t> free_slots;  // FIFO, so consecutive chunks alternate streams
 
   ~Impl() {
-    const detail::CudaDeviceGuard device_guard(device);
+    const detail::CudaDeviceGuard device_guard(device, std::nothrow);
     for (cudaStream_t s : streams) cudaStreamSynchronize(s);
     for (Slot& slot : slots) {
       if (slot.done != nullptr) cudaEventDestroy(slot.done);
@@ -83,7 +83,6 @@ StagingRing::StagingRing(Device device, StagingOptions options) {
   impl->device = device.index();
   impl->buffer_bytes = static_cast<size_t>(options.buffer_bytes);
   const detail::CudaDeviceGuard device_guard(impl->device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", impl->device);
   for (int i = 0; i < options.streams; ++i) {
     cudaStream_t s = nullptr;
     D9D_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "device cuda:",
@@ -129,7 +128,6 @@ Tensor StagingRing::upload(const Shape& shape, DType dtype, const Source& source
   if (total == 0) return out;
   auto* to = static_cast<std::byte*>(out.mutable_data_ptr());
   const detail::CudaDeviceGuard device_guard(impl.device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", impl.device);
   std::vector<size_t> used;  // slots that carried a chunk of this upload
   // A slot's event may have been recorded again by another upload since ours: that copy is later
   // on the same stream, so waiting for it also waits for ours.
@@ -181,7 +179,6 @@ void StagingRing::download(const Tensor& src, const Sink& sink) {
   const auto total = static_cast<size_t>(packed.nbytes());
   const auto* from = static_cast<const std::byte*>(packed.data_ptr());
   const detail::CudaDeviceGuard device_guard(impl.device);
-  D9D_CUDA_CHECK(device_guard.set(), "device cuda:", impl.device);
   struct Chunk {
     size_t slot, offset, bytes;
   };

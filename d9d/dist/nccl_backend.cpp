@@ -36,12 +36,11 @@ class NcclProcessGroup final : public ProcessGroup {
         device_(device),
         host_(std::move(host)) {
     const ::d9d::detail::CudaDeviceGuard device_guard(device_);
-    D9D_CUDA_CHECK(device_guard.set(), "NCCL group on cuda:", device_);
     D9D_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                    "NCCL group on cuda:", device_);
   }
   ~NcclProcessGroup() override {
-    const ::d9d::detail::CudaDeviceGuard device_guard(device_);
+    const ::d9d::detail::CudaDeviceGuard device_guard(device_, std::nothrow);
     ncclCommDestroy(comm_);
     cudaStreamDestroy(stream_);
   }
@@ -52,7 +51,6 @@ class NcclProcessGroup final : public ProcessGroup {
   void all_gather_bytes(const std::byte* input, std::byte* output,
                         std::span<const int64_t> bytes) override {
     const ::d9d::detail::CudaDeviceGuard device_guard(device_);
-    D9D_CUDA_CHECK(device_guard.set(), "cuda:", device_);
     const bool even =
         std::all_of(bytes.begin(), bytes.end(), [&](int64_t b) { return b == bytes[0]; });
     if (even) {
@@ -83,7 +81,6 @@ class NcclProcessGroup final : public ProcessGroup {
   }
   void broadcast_bytes(std::byte* data, int64_t bytes, int root) override {
     const ::d9d::detail::CudaDeviceGuard device_guard(device_);
-    D9D_CUDA_CHECK(device_guard.set(), "cuda:", device_);
     D9D_NCCL_CHECK(
         ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclUint8, root, comm_, stream_),
         "cuda:", device_, ", root ", root, ", ", bytes, " bytes");
@@ -98,7 +95,6 @@ class NcclProcessGroup final : public ProcessGroup {
   }
   void barrier_impl() override {
     const ::d9d::detail::CudaDeviceGuard device_guard(device_);
-    D9D_CUDA_CHECK(device_guard.set(), "cuda:", device_);
     D9D_CUDA_CHECK(cudaStreamSynchronize(stream_), "barrier on cuda:", device_);
     host_->barrier();
   }
@@ -106,7 +102,6 @@ class NcclProcessGroup final : public ProcessGroup {
     ProcessGroupPtr host = host_->split(color, key);
     ncclComm_t comm = nullptr;
     const ::d9d::detail::CudaDeviceGuard device_guard(device_);
-    D9D_CUDA_CHECK(device_guard.set(), "cuda:", device_);
     D9D_NCCL_CHECK(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &comm, nullptr),
                    "cuda:", device_, ", color ", color, ", key ", key);
     if (host == nullptr) return nullptr;

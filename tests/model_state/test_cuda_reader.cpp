@@ -33,11 +33,18 @@ Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed) {
   return t;
 }
 
+// An empty scratch folder for one test case.
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("d9d-cuda-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  return dir;
+}
+
 }  // namespace
 
 TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identical to the CPU") {
-  const fs::path dir = fs::temp_directory_path() / ("d9d-cuda-reader-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  const fs::path dir = fresh_dir("reader");
   StateDict src;
   for (int l = 0; l < 4; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
@@ -84,8 +91,7 @@ TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identi
 }
 
 TEST_CASE("load_model_state into cuda:0 targets fills them as the CPU load fills host targets") {
-  const fs::path dir = fs::temp_directory_path() / ("d9d-cuda-load-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  const fs::path dir = fresh_dir("load");
   StateDict src;
   src["q"] = random_tensor({64, 32}, DType::BF16, 1);
   src["k"] = random_tensor({16, 32}, DType::BF16, 2);
@@ -115,8 +121,7 @@ TEST_CASE("load_model_state into cuda:0 targets fills them as the CPU load fills
 TEST_CASE("read_model_state to cuda:0 reports a shard truncated after it was opened") {
   // The device path preads into the staging ring (Note [pread into the staging ring]): a short
   // file is an IoError naming it, not SIGBUS.
-  const fs::path dir = fs::temp_directory_path() / ("d9d-cuda-trunc-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  const fs::path dir = fresh_dir("trunc");
   StateDict src;
   src["w"] = random_tensor({4, 1 << 20}, DType::U8, 7);
   WriteOptions wo;
@@ -135,13 +140,13 @@ TEST_CASE("read_model_state to cuda:0 reports a shard truncated after it was ope
   auto drain = [&] {
     for (auto&& [name, t] : stream) (void)name;
   };
-  CHECK_THROWS_WITH_AS(drain(), doctest::Contains(doctest::String(shard.filename().string().c_str())), io::IoError);
+  const std::string file = shard.filename().string();
+  CHECK_THROWS_WITH_AS(drain(), doctest::Contains(doctest::String(file.c_str())), io::IoError);
   fs::remove_all(dir);
 }
 
 TEST_CASE("save_model_state from device tensors writes the same files as from host tensors") {
-  const fs::path base = fs::temp_directory_path() / ("d9d-cuda-save-" + std::to_string(::getpid()));
-  fs::remove_all(base);
+  const fs::path base = fresh_dir("save");
   StateDict host;
   host["a"] = random_tensor({1000, 77}, DType::BF16, 1);
   host["big"] = random_tensor({5, 10 << 20}, DType::U8, 2);  // 50 MB: several staging chunks
