@@ -9,15 +9,12 @@
 namespace d9d::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t{1} << 16;  // the grid strides over larger tensors
-
 template <class D, class S>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kCastThreads)
     cast_kernel(const std::byte* __restrict__ src, std::byte* __restrict__ dst, int64_t count,
                 int64_t items, bool vector) {
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < items;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kCastThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kCastThreads + threadIdx.x; i < items;
        i += step) {
     cast_item<D, S>(src, dst, count, i, vector);
   }
@@ -40,10 +37,12 @@ cudaError_t launch_cast(const std::byte* src, DType src_dtype, std::byte* dst, D
       }
       const bool vector = cast_vectorizable<D, S>(src, dst);
       const int64_t items = cast_items<D, S>(count, vector);
-      const int64_t blocks = std::min<int64_t>((items + kThreads - 1) / kThreads, kMaxBlocks);
+      const int64_t blocks =
+          std::min<int64_t>((items + kCastThreads - 1) / kCastThreads, kCastMaxBlocks);
       (void)cudaGetLastError();  // what cudaGetLastError returns next is this launch's
       cast_kernel<D, S>
-          <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(src, dst, count, items, vector);
+          <<<static_cast<unsigned>(blocks), kCastThreads, 0, stream>>>(src, dst, count, items,
+                                                                        vector);
       err = cudaGetLastError();
     });
   });

@@ -17,6 +17,11 @@ namespace d9d::kernels {
 
 using d9d::detail::Raw;
 
+// The launch: blocks of kCastThreads threads, at most kCastMaxBlocks of them; each thread strides
+// over the work items by the grid's size.
+inline constexpr int kCastThreads = 256;
+inline constexpr int64_t kCastMaxBlocks = int64_t{1} << 16;
+
 template <class S>
 inline constexpr int kCastVector = static_cast<int>(16 / sizeof(Raw<S>));
 

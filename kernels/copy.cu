@@ -8,12 +8,6 @@
 namespace d9d::kernels {
 namespace {
 
-// Descriptors of a launch with few copies travel in the kernel's parameters: no device allocation
-// and no upload for the common case of one tensor.
-constexpr int kInlineCopies = 8;
-struct InlineCopies {
-  DeviceCopy copies[kInlineCopies];
-};
 static_assert(sizeof(InlineCopies) + sizeof(int) <= 4096,
               "over the classic kernel-parameter limit");
 

@@ -68,6 +68,13 @@ struct DeviceCopy {
   int64_t tiles_src;  // tiles along the source's contiguous dim
 };
 
+// A launch of at most kInlineCopies copies carries their descriptors in the kernel's parameters:
+// no device allocation and no upload for the common case of one tensor.
+inline constexpr int kInlineCopies = 8;
+struct InlineCopies {
+  DeviceCopy copies[kInlineCopies];
+};
+
 struct CopyPlan {
   std::vector<DeviceCopy> copies;
   int64_t blocks = 0;  // in all
