@@ -7,7 +7,10 @@
 # prints one table last. Never touches the card's clocks, power or modes. Takes a few minutes.
 #
 # Usage: bench/gpu_check.sh [CHECKPOINT_GIB]   (default 8; needs that much free disk under $TMPDIR)
-# Environment: BUILD_DIR (default build-gpu-check), TMPDIR (scratch for the synthetic checkpoint).
+# Environment: BUILD_DIR (default build-gpu-check), TMPDIR (scratch for the synthetic checkpoint),
+# EMULATED=1: a rehearsal on a machine without a GPU, everything on the emulated CUDA device
+# (Note [emulated CUDA device] in tests/emulated_cuda/cudart.cpp): checks the script, the build and
+# that every step runs; its figures mean nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -39,6 +42,12 @@ grep -A8 '^  d9d$' "$logs/setup.log" || true
 step "build (only what the check runs)"
 targets=(tests/core/test_cuda_storage tests/core/test_cuda_parity
          tests/model_state/test_cuda_reader bench/cuda/bench_cuda)
+if [ "${EMULATED:-0}" = 1 ]; then
+  major=$(nvcc --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')
+  targets+=("tests/emulated_cuda/libcudart.so.$major" tests/emulated_cuda/libnccl.so.2)
+  export LD_LIBRARY_PATH="$PWD/$build/tests/emulated_cuda" D9D_EMULATED_CUDA_DELAY_US=0
+  echo "gpu_check: EMULATED=1: a rehearsal on the emulated CUDA device; the figures mean nothing"
+fi
 timeout 360 ninja -C "$build" "${targets[@]}" || { echo "gpu_check: build failed" >&2; exit 1; }
 
 step "CUDA tests"

@@ -289,8 +289,10 @@ int main(int argc, char** argv) {
     nccl = ok ? "ok (world 1, 4 MiB F32 all_gather identical)" : "WRONG";
   }
 
-  std::printf("\n%-44s %10s   %s\n", "measurement", "GB/s", "ratio");
-  for (const Row& r : rows) std::printf("%-44s %10.1f   %s\n", r.name.c_str(), r.gbps, r.ratio.c_str());
-  std::printf("%-44s %s\n", "NCCL all_gather sanity", nccl.c_str());
+  std::printf("\n%-50s %10s   %s\n", "measurement", "GB/s", "ratio");
+  for (const Row& r : rows) {
+    std::printf("%-50s %10.1f   %s\n", r.name.c_str(), r.gbps, r.ratio.c_str());
+  }
+  std::printf("%-50s %s\n", "NCCL all_gather sanity", nccl.c_str());
   return failed ? 1 : 0;
 }
