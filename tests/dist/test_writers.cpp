@@ -236,8 +236,18 @@ TEST_CASE("a rank reads about its slice of a Shard(0) tensor, not the whole tens
     ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     ::close(fd);
   }
-  g.barrier();
   const DeviceMesh mesh(dist::world(), {g.size()});
+  // A first load of a small checkpoint, unmeasured: the code it runs for the first time (and may
+  // fault in from disk, which /proc/self/io also counts) is not charged to the slice.
+  const Tensor small = Tensor::arange(g.size() * 1024, DType::I32).reshape({g.size(), 1024});
+  if (g.rank() == 0) {
+    model_state::save_model_state(tmp / "warm", mapper::identity("w"), {{"w", small}},
+                                  quiet_write());
+  }
+  g.barrier();
+  StateDict warm{{"w", dist::zeros(small.shape(), DType::I32, mesh, {Shard{0}}).as_tensor()}};
+  model_state::load_model_state(tmp / "warm", mapper::identity("w"), Device::cpu(), warm,
+                                quiet_read());
   StateDict target{{"w", dist::zeros(big.shape(), DType::I32, mesh, {Shard{0}}).as_tensor()}};
   const int64_t before = read_bytes_so_far();
   model_state::load_model_state(tmp / "ckpt", mapper::identity("w"), Device::cpu(), target,
@@ -248,9 +258,11 @@ TEST_CASE("a rank reads about its slice of a Shard(0) tensor, not the whole tens
       equal(as_dtensor(target.at("w"))->local(), distribute_tensor(big, mesh, {Shard{0}}).local()));
   MESSAGE("rank ", g.rank(), " of ", g.size(), " read ", read >> 10, " KiB for its slice of ",
           slice >> 10, " KiB (the tensor is ", big.nbytes() >> 10, " KiB)");
-  // The slice and its edge pages; far from the whole tensor when there is more than one rank. (A
-  // page cache that did not drop the file reads less: that is fine too.)
-  CHECK(read <= slice + (int64_t{1} << 20));
+  // The slice, its edge pages and the kernel's read-ahead past them: far from the whole tensor
+  // when there is more than one rank. (One full-suite run of 8 ranks saw 3.5 MiB over the slice
+  // with a bound of 1 MiB and no warm-up. A page cache that did not drop the file reads less:
+  // that is fine too.)
+  CHECK(read <= slice + (int64_t{4} << 20));
 }
 
 // ---- the distributed conversion -----------------------------------------------------------------
