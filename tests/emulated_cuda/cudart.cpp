@@ -144,11 +144,14 @@ bool is_pinned(const void* p, size_t n) {
   return find_allocation(p, n, &a) && a.kind == Kind::kPinned;
 }
 
+// Exactly n bytes (under AddressSanitizer, a kernel or copy past the end is reported), aligned as
+// cudaMalloc's (256) and pages.
 void* allocate(size_t n, Kind kind, int device) {
-  const size_t size = (std::max<size_t>(n, 1) + 255) / 256 * 256;
-  void* p = std::aligned_alloc(kind == Kind::kPinned ? 4096 : 256, size);
-  if (p == nullptr) return nullptr;
-  if (kind == Kind::kDevice) std::memset(p, 0xCD, size);
+  void* p = nullptr;
+  if (posix_memalign(&p, kind == Kind::kPinned ? 4096 : 256, std::max<size_t>(n, 1)) != 0) {
+    return nullptr;
+  }
+  if (kind == Kind::kDevice) std::memset(p, 0xCD, n);
   Memory& m = memory();
   std::lock_guard lock(m.mu);
   m.live[reinterpret_cast<uintptr_t>(p)] = {n, kind, device};
@@ -549,6 +552,7 @@ cudaError_t cudaDeviceSynchronize() {
 cudaError_t cudaMalloc(void** p, size_t n) {
   *p = nullptr;
   if (!valid_device(current_device)) return fail(cudaErrorNoDevice);
+  if (n == 0) return cudaSuccess;  // a null pointer, as the real runtime's
   {
     Memory& m = memory();
     std::lock_guard lock(m.mu);
