@@ -158,6 +158,20 @@ void* allocate(size_t n, Kind kind, int device) {
   return p;
 }
 
+// Frees the live allocation of `kind` that starts at p; false if there is none.
+bool deallocate(void* p, Kind kind) {
+  Memory& m = memory();
+  std::lock_guard lock(m.mu);
+  auto it = m.live.find(reinterpret_cast<uintptr_t>(p));
+  if (it == m.live.end() || it->second.kind != kind) return false;
+  if (kind == Kind::kDevice) {
+    m.used[static_cast<size_t>(it->second.device)] -= static_cast<int64_t>(it->second.size);
+  }
+  m.live.erase(it);
+  std::free(p);
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Streams and events
 
@@ -253,23 +267,15 @@ void destroy_stream(Stream* s) {
   delete s;
 }
 
-// The work of the legacy default stream waits for every blocking stream (all devices: the
-// emulation does not keep a legacy stream per device).
-void synchronize_blocking_streams() {
+// Waits for the work of every stream, or of the blocking ones only: what the legacy default
+// stream waits for (on all devices: the emulation keeps no legacy stream per device).
+void synchronize_streams(bool blocking_only) {
   std::vector<Stream*> all;
   {
     std::lock_guard lock(streams().mu);
     for (Stream* s : streams().live) {
-      if (s->blocking()) all.push_back(s);
+      if (!blocking_only || s->blocking()) all.push_back(s);
     }
-  }
-  for (Stream* s : all) s->synchronize();
-}
-void synchronize_all_streams() {
-  std::vector<Stream*> all;
-  {
-    std::lock_guard lock(streams().mu);
-    all.assign(streams().live.begin(), streams().live.end());
   }
   for (Stream* s : all) s->synchronize();
 }
@@ -305,7 +311,7 @@ int device_of(cudaStream_t s) {
 void submit(cudaStream_t s, std::function<void()> work) {
   Stream* st = resolve(s);
   if (st == nullptr) {
-    synchronize_blocking_streams();
+    synchronize_streams(true);
     work();
     return;
   }
@@ -543,7 +549,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
-  synchronize_all_streams();
+  synchronize_streams(false);
   return cudaSuccess;
 }
 
@@ -561,21 +567,19 @@ cudaError_t cudaMalloc(void** p, size_t n) {
     used += static_cast<int64_t>(n);
   }
   *p = allocate(n, Kind::kDevice, current_device);
-  return *p != nullptr ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+  if (*p != nullptr) return cudaSuccess;
+  Memory& m = memory();
+  std::lock_guard lock(m.mu);
+  m.used[static_cast<size_t>(current_device)] -= static_cast<int64_t>(n);
+  return fail(cudaErrorMemoryAllocation);
 }
 
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
-  synchronize_all_streams();  // cudaFree waits for the device
-  Memory& m = memory();
-  std::lock_guard lock(m.mu);
-  auto it = m.live.find(reinterpret_cast<uintptr_t>(p));
-  if (it == m.live.end() || it->second.kind != Kind::kDevice) {
+  synchronize_streams(false);  // cudaFree waits for the device
+  if (!deallocate(p, Kind::kDevice)) {
     return misuse(cudaErrorInvalidValue, "cudaFree", "%p is not a device allocation", p);
   }
-  m.used[static_cast<size_t>(it->second.device)] -= static_cast<int64_t>(it->second.size);
-  m.live.erase(it);
-  std::free(p);
   return cudaSuccess;
 }
 
@@ -593,16 +597,10 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
     return misuse(cudaErrorInvalidValue, "cudaFreeAsync", "%p is not a device allocation", p);
   }
   submit(stream, [p] {
-    Memory& m = memory();
-    std::lock_guard lock(m.mu);
-    auto it = m.live.find(reinterpret_cast<uintptr_t>(p));
-    if (it == m.live.end()) {
+    if (!deallocate(p, Kind::kDevice)) {
       std::fprintf(stderr, "emulated CUDA: cudaFreeAsync: %p freed twice\n", p);
       std::abort();
     }
-    m.used[static_cast<size_t>(it->second.device)] -= static_cast<int64_t>(it->second.size);
-    m.live.erase(it);
-    std::free(p);
   });
   return cudaSuccess;
 }
@@ -614,15 +612,10 @@ cudaError_t cudaMallocHost(void** p, size_t n) {
 
 cudaError_t cudaFreeHost(void* p) {
   if (p == nullptr) return cudaSuccess;
-  synchronize_all_streams();
-  Memory& m = memory();
-  std::lock_guard lock(m.mu);
-  auto it = m.live.find(reinterpret_cast<uintptr_t>(p));
-  if (it == m.live.end() || it->second.kind != Kind::kPinned) {
+  synchronize_streams(false);
+  if (!deallocate(p, Kind::kPinned)) {
     return misuse(cudaErrorInvalidValue, "cudaFreeHost", "%p is not a pinned allocation", p);
   }
-  m.live.erase(it);
-  std::free(p);
   return cudaSuccess;
 }
 
@@ -662,8 +655,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
-  const cudaError_t e = cudaMemcpyAsync(dst, src, n, kind, nullptr);  // the legacy stream: now
-  return e;
+  return cudaMemcpyAsync(dst, src, n, kind, nullptr);  // the legacy stream: now
 }
 
 cudaError_t cudaMemcpyPeerAsync(void* dst, int dst_device, const void* src, int src_device,
@@ -709,7 +701,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (Stream* st = resolve(s)) {
     st->synchronize();
   } else {
-    synchronize_blocking_streams();
+    synchronize_streams(true);
   }
   return cudaSuccess;
 }
