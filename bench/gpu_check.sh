@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: one command on a machine with one H200 (nvcc 13, meson + ninja from pip, NCCL in
-# the CUDA toolkit, no Debian -dev packages, no network). Builds d9d in a fresh build folder with
-# the header-only dependencies of .gpu-deps/ (made on the development machine by
-# scripts/vendor_gpu_deps.sh and carried along with the checkout), runs the CUDA tests (CPU-vs-GPU
+# the CUDA toolkit, no Debian -dev packages, no network). Builds d9d in a fresh build folder from
+# the checkout alone (the header-only dependencies are the copies in subprojects/; nothing needs to
+# be carried), runs the CUDA tests (CPU-vs-GPU
 # parity of every kernel and op, the device path of read_model_state), then times everything and
 # prints one table last. Never touches the card's clocks, power or modes. Takes a few minutes.
 #
@@ -21,11 +21,6 @@ logs="$build-logs"  # kept after the run (ignored by git, as every build* folder
 status=0
 step() { printf '\n== %s (%ds elapsed)\n' "$1" $((SECONDS - start)); }
 
-if [ ! -f .gpu-deps/dlpack/dlpack.h ]; then
-  echo "gpu_check: .gpu-deps/ is missing: run scripts/vendor_gpu_deps.sh on the development" \
-       "machine and carry the folder along" >&2
-  exit 1
-fi
 command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 
@@ -35,7 +30,10 @@ mkdir -p "$logs"
 # -Dwerror=false: that machine's host compiler may differ from the development machine's and
 # warn where ours does not; warnings are errors on the development machine and in CI, and a new
 # warning there must not stop the GPU check.
-meson setup "$build" -Dbuildtype=release -Dvendored-deps=.gpu-deps -Dmpi=disabled \
+# --force-fallback-for: the header-only dependencies from subprojects/ whatever that machine has;
+# --wrap-mode=nodownload: nothing is fetched.
+meson setup "$build" -Dbuildtype=release -Dmpi=disabled --wrap-mode=nodownload \
+  --force-fallback-for=doctest,nlohmann_json,CLI11,dlpack \
   -Dcuda=enabled -Dtests=true -Dwerror=false >"$logs/setup.log" 2>&1 || { cat "$logs/setup.log"; exit 1; }
 grep -A8 '^  d9d$' "$logs/setup.log" || true
 

@@ -1,5 +1,6 @@
 #include <d9d/dlpack.hpp>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -24,16 +25,11 @@ DType dtype_from_dlpack(DLDataType t) {
                                   int{t.code}, " with ", int{t.bits}, " bits");
 }
 
-}  // namespace
-
-DLManagedTensor* to_dlpack(const Tensor& tensor) {
-  detail::check_defined(tensor, "to_dlpack");
-  auto ctx = std::make_unique<ExportContext>();
-  ctx->tensor = tensor;
-  ctx->shape = tensor.shape().vec();
-  ctx->strides = tensor.strides().vec();
-  auto managed = std::make_unique<DLManagedTensor>();
-  DLTensor& dl = managed->dl_tensor;
+// Fills `dl` to view `tensor`, whose shape and strides `ctx` keeps alive.
+void describe(const Tensor& tensor, ExportContext& ctx, DLTensor& dl) {
+  ctx.tensor = tensor;
+  ctx.shape = tensor.shape().vec();
+  ctx.strides = tensor.strides().vec();
   dl.data = const_cast<void*>(tensor.data_ptr());
   dl.device.device_type = tensor.device().is_cuda() ? kDLCUDA : kDLCPU;
   dl.device.device_id = tensor.device().index();
@@ -43,25 +39,14 @@ DLManagedTensor* to_dlpack(const Tensor& tensor) {
   dl.dtype.code = info.dlpack_code;
   dl.dtype.bits = static_cast<uint8_t>(info.bits);
   dl.dtype.lanes = 1;
-  dl.shape = ctx->shape.data();
-  dl.strides = ctx->strides.data();
+  dl.shape = ctx.shape.data();
+  dl.strides = ctx.strides.data();
   dl.byte_offset = 0;
-  managed->manager_ctx = ctx.release();
-  managed->deleter = [](DLManagedTensor* self) {
-    delete static_cast<ExportContext*>(self->manager_ctx);
-    delete self;
-  };
-  return managed.release();
 }
 
-Tensor from_dlpack(DLManagedTensor* managed) {
-  D9D_CHECK(managed != nullptr, "from_dlpack: null DLManagedTensor");
-  // Until a Storage owns it, the deleter must run on every error path.
-  auto release = [](DLManagedTensor* m) {
-    if (m->deleter) m->deleter(m);
-  };
-  std::unique_ptr<DLManagedTensor, decltype(release)> guard(managed, release);
-  const DLTensor& dl = managed->dl_tensor;
+// A Tensor over `dl`'s bytes whose storage calls `release` once the last view is gone; `release`
+// is the caller's to call if this throws.
+Tensor import(const DLTensor& dl, bool writable, std::function<void()> release) {
   Device device;
   switch (dl.device.device_type) {
     case kDLCPU:
@@ -96,12 +81,69 @@ Tensor from_dlpack(DLManagedTensor* managed) {
   const auto offset = static_cast<int64_t>(dl.byte_offset);
   const auto nbytes = static_cast<size_t>(offset + extent);
   auto* data = static_cast<std::byte*>(dl.data);
-  DLManagedTensor* owned = guard.release();
-  Storage storage = Storage::wrap(data, nbytes, device, StorageKind::kExternal, true,
-                                  [owned](std::byte*) {
-                                    if (owned->deleter) owned->deleter(owned);
-                                  });
+  Storage storage = Storage::wrap(data, nbytes, device, StorageKind::kExternal, writable,
+                                  [release = std::move(release)](std::byte*) { release(); });
   return Tensor(std::move(storage), dtype, std::move(shape), std::move(strides), offset);
+}
+
+}  // namespace
+
+DLManagedTensor* to_dlpack(const Tensor& tensor) {
+  detail::check_defined(tensor, "to_dlpack");
+  auto ctx = std::make_unique<ExportContext>();
+  auto managed = std::make_unique<DLManagedTensor>();
+  describe(tensor, *ctx, managed->dl_tensor);
+  managed->manager_ctx = ctx.release();
+  managed->deleter = [](DLManagedTensor* self) {
+    delete static_cast<ExportContext*>(self->manager_ctx);
+    delete self;
+  };
+  return managed.release();
+}
+
+DLManagedTensorVersioned* to_dlpack_versioned(const Tensor& tensor) {
+  detail::check_defined(tensor, "to_dlpack_versioned");
+  auto ctx = std::make_unique<ExportContext>();
+  auto managed = std::make_unique<DLManagedTensorVersioned>();
+  describe(tensor, *ctx, managed->dl_tensor);
+  managed->version.major = DLPACK_MAJOR_VERSION;
+  managed->version.minor = DLPACK_MINOR_VERSION;
+  managed->flags = tensor.storage().writable() ? 0 : DLPACK_FLAG_BITMASK_READ_ONLY;
+  managed->manager_ctx = ctx.release();
+  managed->deleter = [](DLManagedTensorVersioned* self) {
+    delete static_cast<ExportContext*>(self->manager_ctx);
+    delete self;
+  };
+  return managed.release();
+}
+
+Tensor from_dlpack(DLManagedTensor* managed) {
+  D9D_CHECK(managed != nullptr, "from_dlpack: null DLManagedTensor");
+  auto release = [managed] {
+    if (managed->deleter) managed->deleter(managed);
+  };
+  try {
+    return import(managed->dl_tensor, true, release);
+  } catch (...) {
+    release();  // until a Storage owns it, the deleter runs on every error path
+    throw;
+  }
+}
+
+Tensor from_dlpack_versioned(DLManagedTensorVersioned* managed) {
+  D9D_CHECK(managed != nullptr, "from_dlpack_versioned: null DLManagedTensorVersioned");
+  auto release = [managed] {
+    if (managed->deleter) managed->deleter(managed);
+  };
+  try {
+    D9D_CHECK(managed->version.major == 1, "from_dlpack: DLPack major version ",
+              managed->version.major, " (d9d reads version 1)");
+    const bool writable = (managed->flags & DLPACK_FLAG_BITMASK_READ_ONLY) == 0;
+    return import(managed->dl_tensor, writable, release);
+  } catch (...) {
+    release();
+    throw;
+  }
 }
 
 }  // namespace d9d

@@ -112,3 +112,45 @@ TEST_CASE("from_dlpack rejects what d9d cannot represent, and still releases the
   CHECK(f.deleted == 4);
   CHECK_THROWS_AS(from_dlpack(nullptr), ValueError);
 }
+
+TEST_CASE("DLManagedTensorVersioned: version 1.x, read-only flag both ways, deleter once") {
+  Tensor t = Tensor::arange(6, DType::I32).reshape({2, 3}).transpose(0, 1);
+  DLManagedTensorVersioned* m = to_dlpack_versioned(t);
+  CHECK(m->version.major == 1);
+  CHECK(m->version.minor == DLPACK_MINOR_VERSION);
+  CHECK(m->flags == 0);
+  CHECK(m->dl_tensor.data == t.data_ptr());
+  CHECK(m->dl_tensor.strides[0] == 1);
+  CHECK(m->dl_tensor.strides[1] == 3);
+  Tensor back = from_dlpack_versioned(m);
+  CHECK(back.storage().writable());
+  CHECK(back.to_vector<int32_t>() == std::vector<int32_t>{0, 3, 1, 4, 2, 5});
+
+  // Read-only bytes (a view of a mapped file is such a storage) export with the flag, and a
+  // read-only import is not writable.
+  static const int32_t kConst[4] = {7, 8, 9, 10};
+  int released = 0;
+  Storage ro = Storage::wrap(reinterpret_cast<std::byte*>(const_cast<int32_t*>(kConst)),
+                             sizeof kConst, Device::cpu(), StorageKind::kExternal, false,
+                             [&released](std::byte*) { ++released; });
+  Tensor rt(std::move(ro), DType::I32, {4}, {1}, 0);
+  DLManagedTensorVersioned* rm = to_dlpack_versioned(rt);
+  CHECK((rm->flags & DLPACK_FLAG_BITMASK_READ_ONLY) != 0);
+  rt = Tensor();
+  CHECK(released == 0);  // the export holds the bytes
+  Tensor rback = from_dlpack_versioned(rm);
+  CHECK_FALSE(rback.storage().writable());
+  CHECK(rback.to_vector<int32_t>() == std::vector<int32_t>{7, 8, 9, 10});
+  rback = Tensor();
+  CHECK(released == 1);
+}
+
+TEST_CASE("from_dlpack_versioned rejects another major version and still releases the tensor") {
+  Tensor t = Tensor::arange(4, DType::F32);
+  DLManagedTensorVersioned* m = to_dlpack_versioned(t);
+  m->version.major = 2;
+  const long before = t.storage().use_count();
+  CHECK_THROWS_WITH_AS(from_dlpack_versioned(m), doctest::Contains("major version 2"), ValueError);
+  CHECK(t.storage().use_count() == before - 1);  // the deleter ran: the export's reference is gone
+  CHECK_THROWS_AS(from_dlpack_versioned(nullptr), ValueError);
+}

@@ -1,5 +1,7 @@
-// DLPack interchange without copying (DLPack's legacy DLManagedTensor, the ABI of the
-// libdlpack-dev headers; dtype codes follow DLPack 1.1, so BOOL, F8, F6 and F4 tensors travel too).
+// DLPack interchange without copying, in both of DLPack's ABIs: DLManagedTensorVersioned (DLPack
+// 1.x: a version and flags, so read-only memory says so) and the legacy DLManagedTensor. d9d builds
+// against DLPack 1.x (subprojects/dlpack, or a system DLPack >= 1.0); dtype codes follow DLPack
+// 1.1 and later, so BOOL, F8, F6 and F4 tensors travel too.
 #pragma once
 
 #include <dlpack/dlpack.h>
@@ -19,5 +21,15 @@ DLManagedTensor* to_dlpack(const Tensor& tensor);
 // calling the deleter) for a dtype, device or layout d9d cannot represent: vector lanes, negative
 // strides, CUDA managed memory, unknown type codes.
 Tensor from_dlpack(DLManagedTensor* managed);
+
+// As to_dlpack, as a DLManagedTensorVersioned (version {DLPACK_MAJOR_VERSION,
+// DLPACK_MINOR_VERSION}); flags has DLPACK_FLAG_BITMASK_READ_ONLY when the storage is read-only (a
+// view of a mapped file): consumers must not write through it.
+DLManagedTensorVersioned* to_dlpack_versioned(const Tensor& tensor);
+
+// As from_dlpack, from a DLManagedTensorVersioned, taking ownership. Throws ValueError (after
+// calling the deleter) for a major version other than 1, and for what from_dlpack rejects; a
+// read-only export becomes a tensor whose storage is not writable.
+Tensor from_dlpack_versioned(DLManagedTensorVersioned* managed);
 
 }  // namespace d9d
