@@ -64,8 +64,8 @@ int64_t parse_size(std::string_view text) {
 std::string format_bytes(int64_t bytes) {
   static const char* const kUnits[] = {"kB", "MB", "GB", "TB", "PB"};
   if (bytes < 1000) return std::to_string(bytes) + " B";
-  double value = static_cast<double>(bytes);
-  int unit = -1;
+  double value = static_cast<double>(bytes) / 1000;  // at least 1 kB
+  int unit = 0;
   while (value >= 1000 && unit < 4) {
     value /= 1000;
     ++unit;
