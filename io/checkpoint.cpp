@@ -6,8 +6,9 @@
 #include <set>
 #include <unordered_map>
 
+#include <d9d/io/file.hpp>
+
 #include "json.hpp"
-#include "posix.hpp"
 
 namespace d9d::io {
 namespace {
@@ -199,7 +200,7 @@ void SafetensorsIndex::write(const std::filesystem::path& path, bool fsync) cons
               ", which is not a plain file name");
   }
   const std::string text = to_json();
-  detail::AtomicFile out(path, static_cast<int64_t>(text.size()));
+  AtomicFile out(path, static_cast<int64_t>(text.size()));
   out.write_at(0, reinterpret_cast<const std::byte*>(text.data()), text.size());
   out.commit(fsync);
 }

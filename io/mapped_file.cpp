@@ -9,15 +9,14 @@
 #include <cerrno>
 #include <utility>
 
-#include "posix.hpp"
+#include <d9d/io/file.hpp>
 
 namespace d9d::io {
 
 MappedFile MappedFile::open(const std::filesystem::path& path) {
-  detail::FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) detail::throw_errno("open", path, errno);
+  FileDescriptor fd = FileDescriptor::open(path, O_RDONLY);
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) detail::throw_errno("stat", path, errno);
+  if (::fstat(fd.get(), &st) != 0) throw_errno("stat", path, errno);
   if (!S_ISREG(st.st_mode)) {
     d9d::detail::throw_error<IoError>("open ", path.string(), ": not a regular file");
   }
@@ -26,7 +25,7 @@ MappedFile MappedFile::open(const std::filesystem::path& path) {
   file.size_ = static_cast<size_t>(st.st_size);
   if (file.size_ > 0) {  // mmap of zero bytes is EINVAL: an empty file stays unmapped
     void* p = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-    if (p == MAP_FAILED) detail::throw_errno("mmap", path, errno);
+    if (p == MAP_FAILED) throw_errno("mmap", path, errno);
     file.data_ = static_cast<std::byte*>(p);
   }
   // Bulk copies go through pread on this descriptor: let its readahead run wide on cold files.
@@ -98,7 +97,7 @@ void MappedFile::read(uint64_t offset, std::span<std::byte> dst) const {
                                       offset + dst.size(), ") pass the end of the file (", size_,
                                       " bytes)");
   }
-  detail::pread_all(fd_, offset, dst.data(), dst.size(), path_);
+  pread_all(fd_, offset, dst.data(), dst.size(), path_);
 }
 
 }  // namespace d9d::io

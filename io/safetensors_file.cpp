@@ -25,11 +25,12 @@
 #include <cstring>
 #include <mutex>
 
+#include <d9d/io/file.hpp>
 #include <d9d/io/safetensors.hpp>
 
 #include "json.hpp"
 #include "name_index.hpp"
-#include "posix.hpp"
+#include "parallel.hpp"
 #include "validate.hpp"
 
 namespace d9d::io {
@@ -237,7 +238,7 @@ void preadv_all(const MappedFile& file, uint64_t offset, iovec* iov, int count) 
     const ssize_t got = ::preadv(file.fd(), iov, count, static_cast<off_t>(offset));
     if (got < 0) {
       if (errno == EINTR) continue;
-      detail::throw_errno("read", file.path(), errno);
+      throw_errno("read", file.path(), errno);
     }
     if (got == 0) {
       d9d::detail::throw_error<IoError>("read ", file.path().string(),

@@ -9,11 +9,11 @@
 #include <mutex>
 #include <unordered_map>
 
+#include <d9d/io/file.hpp>
 #include <d9d/io/safetensors.hpp>
 #include <d9d/staging.hpp>
 
 #include "json.hpp"
-#include "posix.hpp"
 
 namespace d9d::io {
 namespace {
@@ -158,11 +158,11 @@ struct SafetensorsWriter::Impl {
   std::filesystem::path path;
   SaveOptions options;
   SafetensorsLayout layout;
-  detail::AtomicFile file;
+  AtomicFile file;
   // Note [shared file]: the file itself, not a temporary of it.
   bool shared = false;
   bool creator = false;
-  detail::FileDescriptor shared_fd;
+  FileDescriptor shared_fd;
   std::unordered_map<std::string_view, size_t> index;  // views into layout's names
   std::mutex mu;
   std::vector<std::map<int64_t, int64_t>> written;  // per tensor: merged [begin, end) pieces
@@ -182,17 +182,16 @@ struct SafetensorsWriter::Impl {
   int fd() const { return shared ? shared_fd.get() : file.fd(); }
   void write_at(uint64_t offset, const std::byte* data, size_t size) const {
     if (shared) {
-      detail::pwrite_all(shared_fd.get(), offset, data, size, path);
+      pwrite_all(shared_fd.get(), offset, data, size, path);
     } else {
       file.write_at(offset, data, size);
     }
   }
 
   // Note [shared file]: the file itself is opened (extra `flags` beside O_RDWR), no temporary.
-  void open_shared(int flags, const char* what) {
+  void open_shared(int flags) {
     shared = true;
-    shared_fd = detail::FileDescriptor(::open(path.c_str(), O_RDWR | O_CLOEXEC | flags, 0666));
-    if (shared_fd.get() < 0) detail::throw_errno(what, path, errno);
+    shared_fd = FileDescriptor::open(path, O_RDWR | flags);
   }
 
   void plan(const std::filesystem::path& file_path, std::span<const TensorDecl> tensors,
@@ -310,7 +309,7 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
                                      const SaveOptions& options)
     : impl_(std::make_unique<Impl>()) {
   impl_->plan(path, tensors, metadata, options);
-  impl_->file = detail::AtomicFile(path, impl_->layout.file_size);
+  impl_->file = AtomicFile(path, impl_->layout.file_size);
   const std::string& prefix = impl_->layout.prefix;
   impl_->file.write_at(0, reinterpret_cast<const std::byte*>(prefix.data()), prefix.size());
 }
@@ -323,7 +322,7 @@ SafetensorsWriter SafetensorsWriter::create_shared(const std::filesystem::path& 
   writer.impl_ = std::make_unique<Impl>();
   Impl& w = *writer.impl_;
   w.plan(path, tensors, metadata, options);
-  w.open_shared(O_CREAT | O_EXCL, "create");
+  w.open_shared(O_CREAT | O_EXCL);
   w.creator = true;
   // The full size up front: reserved where the file system can, zeros (a hole) otherwise.
   const auto size = static_cast<off_t>(w.layout.file_size);
@@ -332,9 +331,9 @@ SafetensorsWriter SafetensorsWriter::create_shared(const std::filesystem::path& 
     rc = ::fallocate(w.shared_fd.get(), 0, 0, size);
   } while (rc != 0 && errno == EINTR);
   if (rc != 0 && errno != EOPNOTSUPP && errno != ENOSYS) {
-    detail::throw_errno("reserve space for", path, errno);
+    throw_errno("reserve space for", path, errno);
   }
-  if (::ftruncate(w.shared_fd.get(), size) != 0) detail::throw_errno("resize", path, errno);
+  if (::ftruncate(w.shared_fd.get(), size) != 0) throw_errno("resize", path, errno);
   const std::string& prefix = w.layout.prefix;
   w.write_at(0, reinterpret_cast<const std::byte*>(prefix.data()), prefix.size());
   return writer;
@@ -348,14 +347,13 @@ SafetensorsWriter SafetensorsWriter::open_shared(const std::filesystem::path& pa
   writer.impl_ = std::make_unique<Impl>();
   Impl& w = *writer.impl_;
   w.plan(path, tensors, metadata, options);
-  w.open_shared(0, "open");
+  w.open_shared(0);
   const off_t size = ::lseek(w.shared_fd.get(), 0, SEEK_END);
-  if (size < 0) detail::throw_errno("seek", path, errno);
+  if (size < 0) throw_errno("seek", path, errno);
   const std::string& prefix = w.layout.prefix;
   std::string found(prefix.size(), '\0');
   if (size == static_cast<off_t>(w.layout.file_size)) {
-    detail::pread_all(w.shared_fd.get(), 0, reinterpret_cast<std::byte*>(found.data()),
-                      found.size(), path);
+    pread_all(w.shared_fd.get(), 0, reinterpret_cast<std::byte*>(found.data()), found.size(), path);
   }
   D9D_CHECK_AS(IoError, size == static_cast<off_t>(w.layout.file_size) && found == prefix,
                "SafetensorsWriter::open_shared ", path.string(),
@@ -418,8 +416,8 @@ void SafetensorsWriter::commit() {
     const bool synced = !impl_->options.fsync || ::fsync(fd) == 0;
     const int err = errno;
     const bool closed = ::close(fd) == 0;
-    if (!synced) detail::throw_errno("fsync", impl_->path, err);
-    if (!closed) detail::throw_errno("close", impl_->path, errno);
+    if (!synced) throw_errno("fsync", impl_->path, err);
+    if (!closed) throw_errno("close", impl_->path, errno);
     impl_->committed = true;
     return;
   }

@@ -10,7 +10,8 @@ huggingface_hub at 1 GB. It reads the files once so they are page-cached, then f
 each tool in a fresh process on the same bytes:
 
   d9d convert      examples/specs/llama_hf_to_fused.json (qkv = cat(q, k, v), gate_up =
-                   cat(gate, up), renames), --shard-size 1GiB, defaults otherwise (fsync on)
+                   cat(gate, up), renames), --shard-size 1GiB, --memory-budget 256MiB (the
+                   README's figures were measured at it), defaults otherwise (fsync on)
   d9d --no-fsync   the same without fsync, as the two below write
   reference        Python d9d 0.24: read_model_state piped into write_model_state_local, CPU
                    torch, shard_size_gb=1 (bench/convert/reference_convert.py, in $D9D_REF_VENV,
@@ -178,9 +179,10 @@ def main():
 
     tools = [
         ("d9d convert", [d9d, "convert", src, out, "--spec", SPEC, "--shard-size", "1GiB",
-                         "--no-progress"]),
+                         "--memory-budget", "256MiB", "--no-progress"]),
         ("d9d convert --no-fsync", [d9d, "convert", src, out, "--spec", SPEC, "--shard-size",
-                                    "1GiB", "--no-progress", "--no-fsync"]),
+                                    "1GiB", "--memory-budget", "256MiB", "--no-progress",
+                                    "--no-fsync"]),
         ("reference (Python d9d 0.24)", [ref_python, os.path.join(HERE, "reference_convert.py"),
                                          src, out, "1.0"]),
         ("cp -r", ["cp", "-r", src, out]),

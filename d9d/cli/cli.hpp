@@ -1,14 +1,21 @@
 // The d9d command-line tool: its commands and the helpers they share.
 //
-// Each command is a function over an options struct (filled by main.cpp from the command line, or
-// by `d9d demo`, which drives convert and verify itself). A command returns its exit status: 0
-// when it did what was asked, 1 when the answer is "no" (verify found differences, plan found
-// missing inputs); failures are d9d::Error exceptions, which main() prints and turns into 1.
+// Each command is a function over an options struct (filled from the command line by the options
+// the command registers in its own file, add_<command>, or by `d9d demo`, which drives convert
+// and verify itself). A command returns its exit status: 0 when it did what was asked, 1 when the
+// answer is "no" (verify found differences, plan found missing inputs); failures are d9d::Error
+// exceptions, which main() prints and turns into 1.
+//
+// Note [one default]: an option whose library counterpart has a default (--shard-size:
+// WriteOptions::shard_size; --memory-budget: ReadOptions::memory_budget) starts from the library's
+// value, read from a default-constructed options struct, and --help shows that value; the default
+// is written nowhere else.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,7 +24,14 @@
 #include <d9d/io/checkpoint.hpp>
 #include <d9d/mapper/mapper.hpp>
 #include <d9d/mapper/spec.hpp>
+#include <d9d/model_state/reader.hpp>
+#include <d9d/model_state/writer.hpp>
 #include <d9d/tensor.hpp>
+
+namespace CLI {
+class App;
+class Option;
+}  // namespace CLI
 
 namespace d9d::cli {
 
@@ -36,6 +50,9 @@ namespace fs = std::filesystem;
 int64_t parse_size(std::string_view text);
 // "302.1 MB" (decimal units, as parse_size reads them back); "512 B" below 1 kB.
 std::string format_bytes(int64_t bytes);
+// Exactly `bytes`, in the largest unit that divides it, as parse_size reads it back: "4GiB",
+// "5GB", "512MiB", "1000001B".
+std::string format_size(int64_t bytes);
 // "1.23 GB/s".
 std::string format_rate(int64_t bytes, double seconds);
 // "[4096, 4096]".
@@ -116,6 +133,40 @@ Conversion reverse_conversion(const fs::path& src, const std::optional<std::stri
 Conversion make_conversion(const fs::path& src, const std::optional<fs::path>& spec_path,
                            bool reverse);
 
+// ---- the command line ---------------------------------------------------------------------------
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+
+// A command as main() sees it: its subcommand, with the command's options registered on it, and
+// what runs it once the command line is parsed (returning the exit status).
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+  bool distributed = false;  // runs under mpirun with more than one process
+};
+
+Command add_inspect(CLI::App& app);
+Command add_plan(CLI::App& app);
+Command add_convert(CLI::App& app);
+Command add_verify(CLI::App& app);
+Command add_demo(CLI::App& app);
+
+// Option kinds that several commands take, registered alike.
+//   --NAME SIZE (Note [size units]), into `bytes`; --help shows its current value (Note [one
+//   default]).
+CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t& bytes,
+                             const std::string& help);
+//   --threads N: d9d's worker threads (d9d::set_num_threads); 0 leaves d9d's own count.
+CLI::Option* add_threads_option(CLI::App& command, int& threads);
+//   --progress / --no-progress, into `show_progress`; --help shows its current value.
+CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress);
+
+// A usage error found after parsing: prints "d9d COMMAND: MESSAGE" and CLI11's hint; returns
+// kExitUsage.
+int usage_error(std::string_view command, std::string_view message);
+
 // ---- commands -----------------------------------------------------------------------------------
 
 struct InspectOptions {
@@ -128,16 +179,10 @@ struct PlanOptions {
   fs::path checkpoint;
   std::optional<fs::path> spec;
   bool reverse = false;
-  int64_t shard_size = int64_t{5'000'000'000};
+  int64_t shard_size = model_state::WriteOptions{}.shard_size;
   bool json = false;
 };
 int run_plan(const PlanOptions& options);
-
-// Note [CLI memory budget]: the command line reads ahead 256 MiB by default, not the library's
-// 2 GiB. A conversion is bound by its writer, which takes one tensor at a time; read-ahead beyond
-// a few groups only holds memory (on a 2 GB Llama checkpoint, 256 MiB and 2 GiB convert equally
-// fast, at 0.35 GB and 1.3 GB peak RSS). A group larger than the budget still runs, alone.
-inline constexpr int64_t kDefaultMemoryBudget = int64_t{256} << 20;
 
 struct ConvertOptions {
   fs::path source;
@@ -147,12 +192,12 @@ struct ConvertOptions {
   std::optional<std::string> spec_text;
   std::string spec_origin;
   bool reverse = false;
-  int64_t shard_size = int64_t{5'000'000'000};
-  int threads = 0;
-  int64_t memory_budget = kDefaultMemoryBudget;
+  int64_t shard_size = model_state::WriteOptions{}.shard_size;
+  int threads = 0;  // d9d::set_num_threads when > 0
+  int64_t memory_budget = model_state::ReadOptions{}.memory_budget;
   Device device = Device::cpu();
   bool overwrite = false;
-  bool progress = true;
+  bool show_progress = true;
   bool fsync = true;
   bool quiet = false;  // no summary line (the demo prints its own)
 };
@@ -173,9 +218,9 @@ struct VerifyOptions {
   std::optional<fs::path> spec;
   std::optional<std::string> spec_text;
   std::string spec_origin;
-  int threads = 0;
-  int64_t memory_budget = kDefaultMemoryBudget;
-  bool progress = true;
+  int threads = 0;  // d9d::set_num_threads when > 0
+  int64_t memory_budget = model_state::ReadOptions{}.memory_budget;
+  bool show_progress = true;
   int max_shown = 10;  // differing tensors shown in detail
   bool quiet = false;  // no report when equal
 };
@@ -201,10 +246,10 @@ struct DemoOptions {
   std::string dtype = "BF16";
   int64_t shard_size = 0;  // 0: about a quarter of the model, at least its largest tensor
   uint64_t seed = 0;
-  int threads = 0;
+  int threads = 0;  // d9d::set_num_threads when > 0
   std::optional<fs::path> dir;
   bool keep = false;
-  bool progress = false;
+  bool show_progress = false;
 };
 int run_demo(const DemoOptions& options);
 

@@ -1,7 +1,5 @@
-// Helpers shared by the commands: sizes, formatting, the conversion sidecar, building mappers.
-#include <fcntl.h>
-#include <unistd.h>
-
+// Helpers shared by the commands: sizes, formatting, shared options, the conversion sidecar,
+// building mappers.
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -9,16 +7,18 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <limits>
 #include <set>
 #include <sstream>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
 
 #include <d9d/error.hpp>
-#include <d9d/io/mapped_file.hpp>
+#include <d9d/io/file.hpp>
 
 namespace d9d::cli {
 
@@ -64,8 +64,8 @@ int64_t parse_size(std::string_view text) {
 std::string format_bytes(int64_t bytes) {
   static const char* const kUnits[] = {"kB", "MB", "GB", "TB", "PB"};
   if (bytes < 1000) return std::to_string(bytes) + " B";
-  double value = static_cast<double>(bytes);
-  int unit = -1;
+  double value = static_cast<double>(bytes) / 1000;  // at least 1 kB
+  int unit = 0;
   while (value >= 1000 && unit < 4) {
     value /= 1000;
     ++unit;
@@ -73,6 +73,18 @@ std::string format_bytes(int64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, value < 10 ? "%.2f %s" : "%.1f %s", value, kUnits[unit]);
   return buf;
+}
+
+std::string format_size(int64_t bytes) {
+  static const std::pair<const char*, int64_t> kUnits[] = {
+      {"TiB", int64_t{1} << 40}, {"TB", 1'000'000'000'000},
+      {"GiB", int64_t{1} << 30}, {"GB", 1'000'000'000},
+      {"MiB", int64_t{1} << 20}, {"MB", 1'000'000},
+      {"KiB", int64_t{1} << 10}, {"KB", 1'000}};
+  for (const auto& [unit, scale] : kUnits) {
+    if (bytes >= scale && bytes % scale == 0) return std::to_string(bytes / scale) + unit;
+  }
+  return std::to_string(bytes) + "B";
 }
 
 std::string format_rate(int64_t bytes, double seconds) {
@@ -107,6 +119,47 @@ std::string read_text_file(const fs::path& path, std::string_view what) {
   D9D_CHECK_AS(io::IoError, !in.bad(), "cannot read ", what, " ", path.string(), ": ",
                std::strerror(errno));
   return text.str();
+}
+
+// ---- options several commands take --------------------------------------------------------------
+
+CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t& bytes,
+                             const std::string& help) {
+  const CLI::Validator size(
+      [](std::string& text) -> std::string {
+        try {
+          if (parse_size(text) <= 0) return "the size must be positive";
+          return {};
+        } catch (const d9d::Error& e) {
+          return e.what();
+        }
+      },
+      "SIZE");
+  return command
+      .add_option_function<std::string>(
+          name, [&bytes](const std::string& text) { bytes = parse_size(text); }, help)
+      ->check(size)
+      ->default_str(format_size(bytes));
+}
+
+CLI::Option* add_threads_option(CLI::App& command, int& threads) {
+  return command
+      .add_option("--threads", threads,
+                  "Worker threads for reading, copying and casting (0: one per core, or "
+                  "$D9D_NUM_THREADS)")
+      ->check(CLI::NonNegativeNumber);
+}
+
+CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress) {
+  return command.add_flag("--progress,!--no-progress", show_progress,
+                          std::string("Progress bars on standard error, or none (default: ") +
+                              (show_progress ? "--progress)" : "--no-progress)"));
+}
+
+int usage_error(std::string_view command, std::string_view message) {
+  std::cerr << "d9d " << command << ": " << message << "\n"
+            << "Run with --help for more information.\n";
+  return kExitUsage;
 }
 
 // ---- the conversion sidecar ---------------------------------------------------------------------
@@ -170,44 +223,9 @@ Sidecar parse_sidecar(std::string_view json, std::string_view name) {
 
 void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync) {
   const std::string text = sidecar_json(sidecar);
-  const fs::path final_path = dir / kSidecarFileName;
-  // A hidden name with our pid, which the writer's cleanup of dead processes' temporaries knows.
-  const fs::path temp = dir / (".d9d-tmp-" + std::to_string(::getpid()) + "-conversion.json");
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  D9D_CHECK_AS(io::IoError, fd >= 0, "cannot create ", temp.string(), ": ", std::strerror(errno));
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(temp.c_str());
-      d9d::detail::throw_error<io::IoError>("cannot write ", temp.string(), ": ",
-                                            std::strerror(err));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (fsync && ::fsync(fd) != 0) {
-    const int err = errno;
-    ::close(fd);
-    ::unlink(temp.c_str());
-    d9d::detail::throw_error<io::IoError>("cannot fsync ", temp.string(), ": ", std::strerror(err));
-  }
-  ::close(fd);
-  if (::rename(temp.c_str(), final_path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(temp.c_str());
-    d9d::detail::throw_error<io::IoError>("cannot rename ", temp.string(), " to ",
-                                          final_path.string(), ": ", std::strerror(err));
-  }
-  if (fsync) {
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);
-      ::close(dfd);
-    }
-  }
+  io::AtomicFile file(dir / kSidecarFileName, static_cast<int64_t>(text.size()));
+  file.write_at(0, reinterpret_cast<const std::byte*>(text.data()), text.size());
+  file.commit(fsync);
 }
 
 fs::path checkpoint_dir(const fs::path& path) {

@@ -2,7 +2,10 @@
 // Under `mpirun -np N` the groups are split across the ranks and one checkpoint comes out, byte for
 // byte the single-process one (Note [distributed conversion] in <d9d/model_state/distributed.hpp>).
 #include <iostream>
+#include <memory>
 #include <optional>
+
+#include <CLI/CLI.hpp>
 
 #include <d9d/dist/process_group.hpp>
 #include <d9d/mapper/adapters.hpp>
@@ -69,9 +72,8 @@ void print_notes(const ConvertOptions& options, const Conversion& c) {
 model_state::ReadOptions read_options(const ConvertOptions& options, const Conversion& c) {
   model_state::ReadOptions ro;
   ro.device = options.device;
-  ro.threads = options.threads;
   ro.memory_budget = options.memory_budget;
-  ro.show_progress = options.progress;
+  ro.show_progress = options.show_progress;
   ro.label = c.reverse ? "Converting back" : "Converting";
   return ro;
 }
@@ -175,6 +177,55 @@ ConvertResult run_convert(const ConvertOptions& options) {
   if (!c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
   guard.done();
   return summarize(options, c, stream.plan(), clock, 1);
+}
+
+Command add_convert(CLI::App& app) {
+  auto options = std::make_shared<ConvertOptions>();
+  CLI::App* command =
+      app.add_subcommand("convert", "Convert a checkpoint through a spec into a new checkpoint");
+  command->add_option("checkpoint", options->source, "Source checkpoint")->required();
+  command->add_option("out", options->dest, "Destination directory")->required();
+  command->add_option("--spec", options->spec,
+                      "Spec file (original -> converted); with --reverse, optional");
+  command->add_flag(
+      "--reverse", options->reverse,
+      "Undo the conversion that wrote CHECKPOINT (uses its " + std::string(kSidecarFileName) + ")");
+  add_size_option(*command, "--shard-size", options->shard_size,
+                  "Most tensor bytes per output shard");
+  add_threads_option(*command, options->threads);
+  add_size_option(*command, "--memory-budget", options->memory_budget,
+                  "Bytes of tensors read ahead and not yet written");
+  const CLI::Validator device(
+      [](std::string& text) -> std::string {
+        try {
+          Device::parse(text);
+          return {};
+        } catch (const Error& e) {
+          return e.what();
+        }
+      },
+      "DEVICE");
+  command
+      ->add_option_function<std::string>(
+          "--device", [options](const std::string& text) { options->device = Device::parse(text); },
+          "cpu or cuda:N")
+      ->check(device)
+      ->default_str(options->device.str());
+  command->add_flag("--overwrite", options->overwrite, "Replace a checkpoint already in OUT");
+  add_progress_flag(*command, options->show_progress);
+  command->add_flag_callback(
+      "--no-fsync", [options] { options->fsync = false; },
+      "Do not fsync the output (scratch output only: the files are still renamed "
+      "into place whole, but a power loss may leave them torn)");
+  return {command,
+          [options] {
+            if (!options->spec && !options->reverse) {
+              return usage_error("convert", "--spec is required (except with --reverse)");
+            }
+            run_convert(*options);
+            return kExitOk;
+          },
+          /*distributed=*/true};
 }
 
 }  // namespace d9d::cli

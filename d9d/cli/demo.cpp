@@ -13,7 +13,10 @@
 #include <cstring>
 #include <iostream>
 #include <iterator>
+#include <memory>
 #include <optional>
+
+#include <CLI/CLI.hpp>
 
 #include <d9d/mapper/adapters.hpp>
 #include <d9d/model_state/writer.hpp>
@@ -153,21 +156,14 @@ class RandomSource {
   uint64_t seed_;
 };
 
-void print_step(int number, const std::string& what, const std::string& detail, double seconds,
-                int64_t bytes) {
-  std::printf("%d. %-44s %9s  %s\n", number, what.c_str(), format_seconds(seconds).c_str(),
-              format_rate(bytes, seconds).c_str());
-  if (!detail.empty()) std::printf("   %s\n", detail.c_str());
-  std::fflush(stdout);
-}
+// What the demo makes, from the options alone.
+struct DemoModel {
+  Specs specs;
+  int64_t total = 0;       // bytes
+  int64_t shard_size = 0;  // of every checkpoint
+};
 
-std::string shards_text(int64_t n) {
-  return count_of(n, "shard");
-}
-
-}  // namespace
-
-int run_demo(const DemoOptions& o) {
+DemoModel demo_model(const DemoOptions& o) {
   D9D_CHECK(o.hidden > 0 && o.layers >= 0 && o.heads > 0 && o.kv_heads > 0 && o.intermediate > 0 &&
                 o.vocab > 0,
             "demo: sizes must be positive");
@@ -176,47 +172,119 @@ int run_demo(const DemoOptions& o) {
   D9D_CHECK(o.heads % o.kv_heads == 0, "demo: --heads (", o.heads,
             ") must be a multiple of --kv-heads (", o.kv_heads, ")");
   const DType dtype = parse_dtype(o.dtype);
-  const Specs specs = llama_specs(o, dtype);
-  int64_t total = 0;
+  DemoModel model;
+  model.specs = llama_specs(o, dtype);
   int64_t largest = 0;
-  for (const auto& [name, spec] : specs) {
-    total += spec.nbytes();
+  for (const auto& [name, spec] : model.specs) {
+    model.total += spec.nbytes();
     largest = std::max(largest, spec.nbytes());
   }
   // Several shards by default, each big enough for the largest tensor, fused ones included.
   const int64_t bits = dtype_bits(dtype);
   const int64_t qkv_bytes = (o.heads + 2 * o.kv_heads) * (o.hidden / o.heads) * o.hidden * bits / 8;
   const int64_t gate_up_bytes = 2 * o.intermediate * o.hidden * bits / 8;
-  const int64_t shard_size = o.shard_size > 0
-                                 ? o.shard_size
-                                 : std::max({largest, qkv_bytes, gate_up_bytes, (total + 3) / 4});
+  model.shard_size = o.shard_size > 0
+                         ? o.shard_size
+                         : std::max({largest, qkv_bytes, gate_up_bytes, (model.total + 3) / 4});
+  return model;
+}
 
-  // The work directory: --dir, or a fresh one under $TMPDIR that goes away at the end.
-  fs::path dir;
-  bool remove_dir = false;
-  if (o.dir) {
-    dir = *o.dir;
-    fs::create_directories(dir);
-  } else {
+// The work directory: --dir, or a fresh one under $TMPDIR that goes away at the end (unless
+// --keep).
+class WorkDir {
+ public:
+  explicit WorkDir(const DemoOptions& o) {
+    if (o.dir) {
+      dir_ = *o.dir;
+      fs::create_directories(dir_);
+      return;
+    }
     std::string pattern = (fs::temp_directory_path() / "d9d-demo-XXXXXX").string();
     D9D_CHECK_AS(io::IoError, ::mkdtemp(pattern.data()) != nullptr,
                  "demo: cannot create a directory under ", fs::temp_directory_path().string(), ": ",
                  std::strerror(errno));
-    dir = pattern;
-    remove_dir = !o.keep;
+    dir_ = pattern;
+    removed_ = !o.keep;
   }
-  struct Cleanup {
-    fs::path dir;
-    bool active;
-    ~Cleanup() {
-      std::error_code ec;
-      if (active) fs::remove_all(dir, ec);
-    }
-  } cleanup{dir, remove_dir};
-  const fs::path original = dir / "llama-hf";
-  const fs::path fused = dir / "fused";
-  const fs::path back = dir / "llama-hf-back";
+  WorkDir(const WorkDir&) = delete;
+  WorkDir& operator=(const WorkDir&) = delete;
+  ~WorkDir() {
+    std::error_code ec;
+    if (removed_) fs::remove_all(dir_, ec);
+  }
+  const fs::path& path() const { return dir_; }
+  bool removed() const { return removed_; }  // at the end
 
+ private:
+  fs::path dir_;
+  bool removed_ = false;
+};
+
+// One step of the demo, done: what it was, a line of detail, and its throughput.
+struct Step {
+  std::string what;
+  std::string detail;
+  double seconds = 0;
+  int64_t bytes = 0;
+  bool ok = true;  // false: a comparison found differences
+};
+
+std::string shards_text(int64_t n) {
+  return count_of(n, "shard");
+}
+
+// 1. The original checkpoint, made tensor by tensor.
+Step write_original(const DemoOptions& o, const DemoModel& model, const fs::path& original) {
+  model_state::WriteOptions wo;
+  wo.shard_size = model.shard_size;
+  wo.show_progress = o.show_progress;
+  wo.overwrite = true;
+  const Stopwatch clock;
+  std::vector<std::string> names;
+  for (const auto& [name, spec] : model.specs) names.push_back(name);
+  RandomSource source(model.specs, o.seed);
+  model_state::write_model_state_local(original, mapper::identity_mapper_from_names(names), source,
+                                       wo);
+  const auto index = io::SafetensorsIndex::read(original / io::kIndexFileName);
+  return {"write random weights -> llama-hf/",
+          std::to_string(model.specs.size()) + " tensors, " + format_bytes(model.total) + " in " +
+              shards_text(static_cast<int64_t>(index.files().size())),
+          clock.seconds(), model.total};
+}
+
+// 2. Forward conversion with the embedded spec (`co` says how).
+Step convert_forward(const ConvertOptions& co) {
+  const ConvertResult r = run_convert(co);
+  return {"convert llama-hf/ -> fused/",
+          "spec " + co.spec_origin + " (embedded): " + std::to_string(r.input_count) +
+              " tensors -> " + std::to_string(r.output_count) +
+              " (qkv = cat(q, k, v), "
+              "gate_up = cat(gate, up), renames) in " +
+              shards_text(r.shard_count),
+          r.seconds, r.output_bytes};
+}
+
+// 4. Back, with the inverse the conversion record makes possible.
+Step convert_back(const ConvertOptions& ro) {
+  const ConvertResult r = run_convert(ro);
+  return {"convert fused/ -> llama-hf-back/ --reverse",
+          "inverse from fused/" + std::string(kSidecarFileName) + ": " +
+              std::to_string(r.input_count) + " tensors -> " + std::to_string(r.output_count) +
+              " (split qkv by the recorded sizes, "
+              "chunk gate_up) in " +
+              shards_text(r.shard_count),
+          r.seconds, r.output_bytes};
+}
+
+// 3. and 5.: a comparison.
+Step verify(std::string what, const VerifyOptions& vo) {
+  const VerifyResult r = run_verify(vo);
+  return {std::move(what),
+          r.equal() ? std::to_string(r.compared) + " tensors bit-exact" : "MISMATCH (see above)",
+          r.seconds, r.bytes, r.equal()};
+}
+
+void print_header(const DemoOptions& o, const DemoModel& model, const WorkDir& work) {
   std::printf(
       "d9d demo: a Llama-shaped checkpoint to fused QKV + gate_up and back, checked bit for bit\n"
       "  model: hidden %lld, %lld layers, %lld heads (%lld KV heads, head_dim %lld), "
@@ -225,103 +293,131 @@ int run_demo(const DemoOptions& o) {
       static_cast<long long>(o.hidden), static_cast<long long>(o.layers),
       static_cast<long long>(o.heads), static_cast<long long>(o.kv_heads),
       static_cast<long long>(o.hidden / o.heads), static_cast<long long>(o.intermediate),
-      static_cast<long long>(o.vocab), o.dtype.c_str(), specs.size(), format_bytes(total).c_str(),
-      format_bytes(shard_size).c_str(), dir.string().c_str(),
-      remove_dir ? " (removed at the end; --dir or --keep keeps it)" : "");
+      static_cast<long long>(o.vocab), o.dtype.c_str(), model.specs.size(),
+      format_bytes(model.total).c_str(), format_bytes(model.shard_size).c_str(),
+      work.path().string().c_str(),
+      work.removed() ? " (removed at the end; --dir or --keep keeps it)" : "");
   std::fflush(stdout);
+}
 
-  // 1. The original checkpoint, made tensor by tensor.
-  model_state::WriteOptions wo;
-  wo.shard_size = shard_size;
-  wo.show_progress = o.progress;
-  wo.overwrite = true;
-  {
-    const Stopwatch clock;
-    std::vector<std::string> names;
-    for (const auto& [name, spec] : specs) names.push_back(name);
-    RandomSource source(specs, o.seed);
-    model_state::write_model_state_local(original, mapper::identity_mapper_from_names(names),
-                                         source, wo);
-    const auto index = io::SafetensorsIndex::read(original / io::kIndexFileName);
-    print_step(1, "write random weights -> llama-hf/",
-               std::to_string(specs.size()) + " tensors, " + format_bytes(total) + " in " +
-                   shards_text(static_cast<int64_t>(index.files().size())),
-               clock.seconds(), total);
+void print_step(int number, const Step& step) {
+  std::printf("%d. %-44s %9s  %s\n", number, step.what.c_str(),
+              format_seconds(step.seconds).c_str(), format_rate(step.bytes, step.seconds).c_str());
+  if (!step.detail.empty()) std::printf("   %s\n", step.detail.c_str());
+  std::fflush(stdout);
+}
+
+void print_footer(bool ok, const WorkDir& work, const fs::path& fused) {
+  std::printf("\nd9d demo: %s\n",
+              ok ? "OK: the round trip is bit-exact" : "FAILED: the checkpoints differ");
+  if (!work.removed()) {
+    std::printf("  the checkpoints are in %s (try: d9d inspect %s)\n", work.path().string().c_str(),
+                fused.string().c_str());
   }
+}
 
-  // 2. Forward conversion with the embedded spec.
+}  // namespace
+
+int run_demo(const DemoOptions& o) {
+  const DemoModel model = demo_model(o);
+  const WorkDir work(o);
+  const fs::path original = work.path() / "llama-hf";
+  const fs::path fused = work.path() / "fused";
+  const fs::path back = work.path() / "llama-hf-back";
+  print_header(o, model, work);
+
   ConvertOptions co;
   co.source = original;
   co.dest = fused;
   co.spec_text = std::string(kLlamaHfToFusedSpec);
   co.spec_origin = "examples/specs/llama_hf_to_fused.json";
-  co.shard_size = shard_size;
+  co.shard_size = model.shard_size;
   co.threads = o.threads;
   co.overwrite = true;
-  co.progress = o.progress;
+  co.show_progress = o.show_progress;
   co.quiet = true;
-  const ConvertResult forward = run_convert(co);
-  print_step(2, "convert llama-hf/ -> fused/",
-             "spec " + co.spec_origin + " (embedded): " + std::to_string(forward.input_count) +
-                 " tensors -> " + std::to_string(forward.output_count) +
-                 " (qkv = cat(q, k, v), "
-                 "gate_up = cat(gate, up), renames) in " +
-                 shards_text(forward.shard_count),
-             forward.seconds, forward.output_bytes);
-
-  // 3. The fused checkpoint equals the original read through the spec.
+  // The fused checkpoint equals the original read through the spec.
   VerifyOptions vo;
   vo.a = original;
   vo.b = fused;
   vo.spec_text = co.spec_text;
   vo.spec_origin = co.spec_origin;
   vo.threads = o.threads;
-  vo.progress = o.progress;
+  vo.show_progress = o.show_progress;
   vo.quiet = true;
-  const VerifyResult fused_check = run_verify(vo);
-  print_step(3, "verify fused/ == llama-hf/ through the spec",
-             fused_check.equal() ? std::to_string(fused_check.compared) + " tensors bit-exact"
-                                 : "MISMATCH (see above)",
-             fused_check.seconds, fused_check.bytes);
-
-  // 4. Back, with the inverse the conversion record makes possible.
   ConvertOptions ro = co;
   ro.source = fused;
   ro.dest = back;
   ro.spec_text.reset();
   ro.spec_origin.clear();
   ro.reverse = true;
-  const ConvertResult reverse = run_convert(ro);
-  print_step(4, "convert fused/ -> llama-hf-back/ --reverse",
-             "inverse from fused/" + std::string(kSidecarFileName) + ": " +
-                 std::to_string(reverse.input_count) + " tensors -> " +
-                 std::to_string(reverse.output_count) +
-                 " (split qkv by the recorded sizes, "
-                 "chunk gate_up) in " +
-                 shards_text(reverse.shard_count),
-             reverse.seconds, reverse.output_bytes);
-
-  // 5. The round trip is the identity, bit for bit.
+  // The round trip is the identity, bit for bit.
   VerifyOptions bo;
   bo.a = back;
   bo.b = original;
   bo.threads = o.threads;
-  bo.progress = o.progress;
+  bo.show_progress = o.show_progress;
   bo.quiet = true;
-  const VerifyResult round_trip = run_verify(bo);
-  print_step(5, "verify llama-hf-back/ == llama-hf/",
-             round_trip.equal() ? std::to_string(round_trip.compared) + " tensors bit-exact"
-                                : "MISMATCH (see above)",
-             round_trip.seconds, round_trip.bytes);
 
-  const bool ok = fused_check.equal() && round_trip.equal();
-  std::printf("\nd9d demo: %s\n",
-              ok ? "OK: the round trip is bit-exact" : "FAILED: the checkpoints differ");
-  if (!remove_dir) {
-    std::printf("  the checkpoints are in %s (try: d9d inspect %s)\n", dir.string().c_str(),
-                fused.string().c_str());
-  }
-  return ok ? 0 : 1;
+  print_step(1, write_original(o, model, original));
+  print_step(2, convert_forward(co));
+  const Step fused_check = verify("verify fused/ == llama-hf/ through the spec", vo);
+  print_step(3, fused_check);
+  print_step(4, convert_back(ro));
+  const Step round_trip = verify("verify llama-hf-back/ == llama-hf/", bo);
+  print_step(5, round_trip);
+
+  const bool ok = fused_check.ok && round_trip.ok;
+  print_footer(ok, work, fused);
+  return ok ? kExitOk : kExitFailure;
+}
+
+Command add_demo(CLI::App& app) {
+  auto options = std::make_shared<DemoOptions>();
+  CLI::App* command = app.add_subcommand(
+      "demo",
+      "Make a Llama-shaped checkpoint, convert it to fused QKV + gate_up and back, verify it is "
+      "bit-exact, and print the throughput");
+  command->add_option("--hidden", options->hidden, "Hidden size")->capture_default_str();
+  command->add_option("--layers", options->layers, "Decoder layers")->capture_default_str();
+  command->add_option("--heads", options->heads, "Attention heads")->capture_default_str();
+  command->add_option("--kv-heads", options->kv_heads, "Key/value heads (GQA)")
+      ->capture_default_str();
+  command->add_option("--intermediate", options->intermediate, "MLP intermediate size")
+      ->capture_default_str();
+  command->add_option("--vocab", options->vocab, "Vocabulary size")->capture_default_str();
+  command->add_option("--dtype", options->dtype, "BF16, F16 or F32")
+      ->check(CLI::IsMember({"BF16", "F16", "F32"}))
+      ->capture_default_str();
+  // A size, or "auto" (DemoOptions::shard_size 0).
+  const CLI::Validator size_or_auto(
+      [](std::string& text) -> std::string {
+        if (text == "auto") return {};
+        try {
+          if (parse_size(text) <= 0) return "the size must be positive";
+          return {};
+        } catch (const Error& e) {
+          return e.what();
+        }
+      },
+      "SIZE");
+  command
+      ->add_option_function<std::string>(
+          "--shard-size",
+          [options](const std::string& text) {
+            options->shard_size = text == "auto" ? 0 : parse_size(text);
+          },
+          "Shard size of every checkpoint (auto: a quarter of the model, at least its largest "
+          "tensor)")
+      ->check(size_or_auto)
+      ->default_str("auto");
+  command->add_option("--seed", options->seed, "Seed of the random weights")->capture_default_str();
+  add_threads_option(*command, options->threads);
+  command->add_option("--dir", options->dir,
+                      "Work here and keep the checkpoints (default: a temporary directory)");
+  command->add_flag("--keep", options->keep, "Keep the temporary directory");
+  add_progress_flag(*command, options->show_progress);
+  return {command, [options] { return run_demo(*options); }};
 }
 
 }  // namespace d9d::cli

@@ -3,7 +3,9 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <memory>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
@@ -106,6 +108,18 @@ int run_inspect(const InspectOptions& options) {
               << "; the shards hold " << ck.total_bytes() << " bytes of tensors\n";
   }
   return 0;
+}
+
+Command add_inspect(CLI::App& app) {
+  auto options = std::make_shared<InspectOptions>();
+  CLI::App* command = app.add_subcommand(
+      "inspect", "List a checkpoint's tensors (name, dtype, shape, bytes, file)");
+  command
+      ->add_option("checkpoint", options->checkpoint,
+                   "Checkpoint directory, index file or .safetensors file")
+      ->required();
+  command->add_flag("--json", options->json, "Print JSON instead of a table");
+  return {command, [options] { return run_inspect(*options); }};
 }
 
 }  // namespace d9d::cli

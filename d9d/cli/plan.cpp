@@ -1,8 +1,11 @@
 // d9d plan CKPT --spec S: a conversion's dry run, from metadata alone.
 #include <algorithm>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <set>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <d9d/io/checkpoint.hpp>
@@ -33,23 +36,78 @@ struct PlannedShard {
   int64_t bytes = 0;
 };
 
-// The writer's layout (model_state::assign_shards), summed per shard; tensors larger than a shard
-// are returned in `too_large` (the writer would refuse them).
-std::vector<PlannedShard> layout_shards(
-    const std::vector<std::pair<std::string, mapper::TensorSpec>>& outputs, int64_t shard_size,
-    std::vector<size_t>& shard_of, std::vector<std::string>& too_large) {
-  shard_of = model_state::assign_shards(outputs, shard_size);
-  std::vector<PlannedShard> shards(shard_of.empty() ? 0 : shard_of.back() + 1);
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    const int64_t bytes = outputs[i].second.nbytes();
-    if (bytes > shard_size) too_large.push_back(outputs[i].first);
-    ++shards[shard_of[i]].tensors;
-    shards[shard_of[i]].bytes += bytes;
+struct PlannedOutput {
+  std::string name;
+  mapper::TensorSpec spec;
+  size_t shard = 0;         // in PlanResult::shards
+  mapper::StateGroup from;  // the group that makes it
+};
+
+// What a conversion would do, from metadata alone.
+struct PlanResult {
+  PlanResult(io::Checkpoint ck, Conversion c)
+      : checkpoint(std::move(ck)), conversion(std::move(c)) {}
+
+  io::Checkpoint checkpoint;
+  Conversion conversion;
+  size_t groups = 0;
+  std::vector<std::string> missing;           // inputs the mapper needs that the checkpoint lacks
+  std::vector<std::string> unconsumed;        // checkpoint keys the mapper does not read
+  std::optional<model_state::ReadPlan> read;  // when nothing is missing
+  std::vector<PlannedOutput> outputs;         // in write order
+  std::vector<PlannedShard> shards;
+  std::vector<std::string> too_large;  // outputs larger than a shard (the writer would refuse)
+  int64_t shard_size = 0;
+
+  bool ok() const { return missing.empty() && too_large.empty(); }
+};
+
+// The writer's layout (model_state::assign_shards) of the plan's outputs, summed per shard.
+void lay_out_shards(PlanResult& r) {
+  // A spec's mapper infers every output; outputs() is nullopt only for custom mappers.
+  const auto specs =
+      r.read->outputs().value_or(std::vector<std::pair<std::string, mapper::TensorSpec>>{});
+  const std::vector<size_t> shard_of = model_state::assign_shards(specs, r.shard_size);
+  std::map<std::string, const mapper::StateGroup*> group_of;
+  for (const model_state::GroupPlan& g : r.read->groups) {
+    for (const auto& [name, spec] : g.outputs) group_of[name] = &g.group;
   }
-  for (size_t i = 0; i < shards.size(); ++i) {
-    shards[i].file = io::shard_file_name(static_cast<int>(i), static_cast<int>(shards.size()));
+  r.shards.resize(shard_of.empty() ? 0 : shard_of.back() + 1);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& [name, spec] = specs[i];
+    if (spec.nbytes() > r.shard_size) r.too_large.push_back(name);
+    ++r.shards[shard_of[i]].tensors;
+    r.shards[shard_of[i]].bytes += spec.nbytes();
+    r.outputs.push_back({name, spec, shard_of[i], *group_of.at(name)});
   }
-  return shards;
+  for (size_t i = 0; i < r.shards.size(); ++i) {
+    r.shards[i].file = io::shard_file_name(static_cast<int>(i), static_cast<int>(r.shards.size()));
+  }
+}
+
+PlanResult plan(const PlanOptions& options) {
+  // (Braces: the checkpoint is opened first, as its errors come first.)
+  PlanResult r{io::Checkpoint::open(options.checkpoint),
+               make_conversion(options.checkpoint, options.spec, options.reverse)};
+  r.shard_size = options.shard_size;
+  const mapper::ModelStateMapper& m = *r.conversion.mapper;
+  r.groups = m.state_dependency_groups().size();
+  // Coverage first: inputs the mapper needs that the checkpoint lacks.
+  for (const std::string& in : mapper::all_inputs(m)) {
+    if (!r.checkpoint.contains(in)) r.missing.push_back(in);
+  }
+  std::set<std::string> consumed;
+  for (const mapper::StateGroup& g : m.state_dependency_groups()) {
+    consumed.insert(g.inputs.begin(), g.inputs.end());
+  }
+  for (const std::string& key : r.checkpoint.keys()) {
+    if (!consumed.contains(key)) r.unconsumed.push_back(key);
+  }
+  if (r.missing.empty()) {
+    r.read = model_state::plan_read(r.checkpoint, m);
+    lay_out_shards(r);
+  }
+  return r;
 }
 
 std::string join(const std::set<std::string>& names) {
@@ -58,87 +116,112 @@ std::string join(const std::set<std::string>& names) {
   return out;
 }
 
-}  // namespace
-
-int run_plan(const PlanOptions& options) {
-  const io::Checkpoint ck = io::Checkpoint::open(options.checkpoint);
-  const Conversion c = make_conversion(options.checkpoint, options.spec, options.reverse);
-  const mapper::ModelStateMapper& m = *c.mapper;
-
-  // Coverage first: inputs the mapper needs that the checkpoint lacks.
-  std::vector<std::string> missing;
-  for (const std::string& in : mapper::all_inputs(m)) {
-    if (!ck.contains(in)) missing.push_back(in);
-  }
-  std::set<std::string> consumed;
-  for (const mapper::StateGroup& g : m.state_dependency_groups()) {
-    consumed.insert(g.inputs.begin(), g.inputs.end());
-  }
-  std::vector<std::string> unconsumed;  // checkpoint keys the mapper does not read
-  for (const std::string& key : ck.keys()) {
-    if (!consumed.contains(key)) unconsumed.push_back(key);
-  }
-
-  std::optional<model_state::ReadPlan> plan;
-  if (missing.empty()) plan = model_state::plan_read(ck, m);
-
-  std::vector<std::pair<std::string, mapper::TensorSpec>> outputs;
-  std::vector<PlannedShard> shards;
-  std::vector<size_t> shard_of;
-  std::vector<std::string> too_large;
-  if (plan) {
-    // A spec's mapper infers every output; outputs() is nullopt only for custom mappers.
-    outputs = plan->outputs().value_or(decltype(outputs){});
-    shards = layout_shards(outputs, options.shard_size, shard_of, too_large);
-  }
-  // The group of each output (its inputs, to show where it comes from).
-  std::map<std::string, const mapper::StateGroup*> group_of;
-  if (plan) {
-    for (const model_state::GroupPlan& g : plan->groups) {
-      for (const auto& [name, spec] : g.outputs) group_of[name] = &g.group;
+void print_json(const PlanResult& r) {
+  const Conversion& c = r.conversion;
+  nlohmann::ordered_json j;
+  j["checkpoint"] = r.checkpoint.dir().string();
+  j["spec"] = c.sidecar.spec_origin;
+  j["reverse"] = c.reverse;
+  j["ok"] = r.ok();
+  j["groups"] = r.groups;
+  if (r.read) {
+    j["input_bytes"] = r.read->input_bytes;
+    j["output_bytes"] = r.read->output_bytes;
+    nlohmann::ordered_json outs = nlohmann::ordered_json::array();
+    for (const PlannedOutput& o : r.outputs) {
+      outs.push_back(
+          {{"name", o.name},
+           {"dtype", dtype_name(o.spec.dtype)},
+           {"shape", o.spec.shape.vec()},
+           {"bytes", o.spec.nbytes()},
+           {"file", r.shards[o.shard].file},
+           {"inputs", std::vector<std::string>(o.from.inputs.begin(), o.from.inputs.end())}});
     }
-  }
-  const bool ok = missing.empty() && too_large.empty();
-
-  if (options.json) {
-    nlohmann::ordered_json j;
-    j["checkpoint"] = ck.dir().string();
-    j["spec"] = c.sidecar.spec_origin;
-    j["reverse"] = c.reverse;
-    j["ok"] = ok;
-    j["groups"] = m.state_dependency_groups().size();
-    if (plan) {
-      j["input_bytes"] = plan->input_bytes;
-      j["output_bytes"] = plan->output_bytes;
-      nlohmann::ordered_json outs = nlohmann::ordered_json::array();
-      for (size_t i = 0; i < outputs.size(); ++i) {
-        const auto& [name, spec] = outputs[i];
-        const mapper::StateGroup& g = *group_of.at(name);
-        outs.push_back({{"name", name},
-                        {"dtype", dtype_name(spec.dtype)},
-                        {"shape", spec.shape.vec()},
-                        {"bytes", spec.nbytes()},
-                        {"file", shards[shard_of[i]].file},
-                        {"inputs", std::vector<std::string>(g.inputs.begin(), g.inputs.end())}});
-      }
-      j["outputs"] = std::move(outs);
-      nlohmann::ordered_json sh = nlohmann::ordered_json::array();
-      for (const PlannedShard& s : shards) {
-        sh.push_back({{"file", s.file}, {"tensors", s.tensors}, {"bytes", s.bytes}});
-      }
-      j["shard_size"] = options.shard_size;
-      j["shards"] = std::move(sh);
+    j["outputs"] = std::move(outs);
+    nlohmann::ordered_json sh = nlohmann::ordered_json::array();
+    for (const PlannedShard& s : r.shards) {
+      sh.push_back({{"file", s.file}, {"tensors", s.tensors}, {"bytes", s.bytes}});
     }
-    j["missing_inputs"] = missing;
-    j["tensors_too_large"] = too_large;
-    j["unmatched_keys"] = c.mapping.unmatched_keys;
-    j["unmatched_policy"] = policy_name(c.mapping.unmatched);
-    j["unconsumed_keys"] = unconsumed;
-    j["unused_rules"] = c.mapping.unused_rules;
-    std::cout << j.dump(1) << "\n";
-    return ok ? 0 : 1;
+    j["shard_size"] = r.shard_size;
+    j["shards"] = std::move(sh);
   }
+  j["missing_inputs"] = r.missing;
+  j["tensors_too_large"] = r.too_large;
+  j["unmatched_keys"] = c.mapping.unmatched_keys;
+  j["unmatched_policy"] = policy_name(c.mapping.unmatched);
+  j["unconsumed_keys"] = r.unconsumed;
+  j["unused_rules"] = c.mapping.unused_rules;
+  std::cout << j.dump(1) << "\n";
+}
 
+void print_outputs(const PlanResult& r) {
+  size_t w_name = 4;
+  size_t w_dtype = 5;
+  size_t w_shape = 5;
+  for (const PlannedOutput& o : r.outputs) {
+    w_name = std::max(w_name, o.name.size());
+    w_dtype = std::max(w_dtype, dtype_name(o.spec.dtype).size());
+    w_shape = std::max(w_shape, format_shape(o.spec.shape).size());
+  }
+  auto pad = [](std::string s, size_t w) {
+    if (s.size() < w) s.append(w - s.size(), ' ');
+    return s;
+  };
+  std::cout << "outputs, in write order:\n"
+            << "  " << pad("name", w_name) << "  " << pad("dtype", w_dtype) << "  "
+            << pad("shape", w_shape) << "  shard  from\n";
+  for (const PlannedOutput& o : r.outputs) {
+    const mapper::StateGroup& g = o.from;
+    const bool same = g.inputs.size() == 1 && g.outputs.size() == 1 && *g.inputs.begin() == o.name;
+    std::cout << "  " << pad(o.name, w_name) << "  "
+              << pad(std::string(dtype_name(o.spec.dtype)), w_dtype) << "  "
+              << pad(format_shape(o.spec.shape), w_shape) << "  "
+              << pad(std::to_string(o.shard + 1), 5) << "  " << (same ? "=" : join(g.inputs))
+              << "\n";
+  }
+  std::cout << "\nshards (--shard-size " << format_bytes(r.shard_size) << "):\n";
+  for (const PlannedShard& s : r.shards) {
+    std::cout << "  " << s.file << "  " << count_of(s.tensors, "tensor") << ", "
+              << format_bytes(s.bytes) << "\n";
+  }
+}
+
+void print_coverage(const PlanResult& r) {
+  const Conversion& c = r.conversion;
+  std::cout << "\ncoverage:\n";
+  auto list = [](const std::vector<std::string>& names, size_t limit = 20) {
+    std::string out;
+    for (size_t i = 0; i < names.size() && i < limit; ++i) out += (i ? ", " : "") + names[i];
+    if (names.size() > limit) out += ", ... (" + std::to_string(names.size() - limit) + " more)";
+    return out;
+  };
+  std::cout << "  missing inputs: "
+            << (r.missing.empty() ? "none"
+                                  : std::to_string(r.missing.size()) + ": " + list(r.missing))
+            << "\n";
+  std::cout << "  unmatched keys (policy " << policy_name(c.mapping.unmatched) << "): "
+            << (c.mapping.unmatched_keys.empty() ? "none"
+                                                 : std::to_string(c.mapping.unmatched_keys.size()) +
+                                                       ": " + list(c.mapping.unmatched_keys))
+            << "\n";
+  if (!r.unconsumed.empty()) {
+    std::cout << "  checkpoint keys not read: " << r.unconsumed.size() << ": " << list(r.unconsumed)
+              << "\n";
+  }
+  std::cout << "  rules that matched nothing: "
+            << (c.mapping.unused_rules.empty() ? "none"
+                                               : std::to_string(c.mapping.unused_rules.size()))
+            << "\n";
+  for (const std::string& rule : c.mapping.unused_rules) std::cout << "    " << rule << "\n";
+  if (!r.too_large.empty()) {
+    std::cout << "  tensors larger than a shard: " << r.too_large.size() << ": "
+              << list(r.too_large) << "\n";
+  }
+}
+
+void print_text(const PlanResult& r) {
+  const Conversion& c = r.conversion;
+  const io::Checkpoint& ck = r.checkpoint;
   std::cout << "plan: " << ck.dir().string()
             << (c.reverse ? " through the inverse of " : " through ")
             << (c.sidecar.spec_origin.empty() ? std::string("the recorded spec")
@@ -148,78 +231,51 @@ int run_plan(const PlanOptions& options) {
   std::cout << "  checkpoint: " << ck.keys().size() << " tensors, "
             << format_bytes(ck.total_bytes()) << " in " << ck.files().size() << " file"
             << (ck.files().size() == 1 ? "" : "s") << "\n";
-  std::cout << "  groups:     " << m.state_dependency_groups().size() << "\n";
-  if (plan) {
-    std::cout << "  reads:      " << plan->files.size() << " file"
-              << (plan->files.size() == 1 ? "" : "s") << ", " << format_bytes(plan->input_bytes)
+  std::cout << "  groups:     " << r.groups << "\n";
+  if (r.read) {
+    std::cout << "  reads:      " << r.read->files.size() << " file"
+              << (r.read->files.size() == 1 ? "" : "s") << ", " << format_bytes(r.read->input_bytes)
               << "\n";
-    std::cout << "  writes:     " << outputs.size() << " tensors, "
-              << format_bytes(plan->output_bytes) << " in " << shards.size() << " shard"
-              << (shards.size() == 1 ? "" : "s") << " of at most "
-              << format_bytes(options.shard_size) << "\n\n";
+    std::cout << "  writes:     " << r.outputs.size() << " tensors, "
+              << format_bytes(r.read->output_bytes) << " in " << r.shards.size() << " shard"
+              << (r.shards.size() == 1 ? "" : "s") << " of at most " << format_bytes(r.shard_size)
+              << "\n\n";
+    print_outputs(r);
+  }
+  print_coverage(r);
+  std::cout << (r.ok() ? "plan: ok\n" : "plan: this conversion would fail\n");
+}
 
-    size_t w_name = 4;
-    size_t w_dtype = 5;
-    size_t w_shape = 5;
-    for (const auto& [name, spec] : outputs) {
-      w_name = std::max(w_name, name.size());
-      w_dtype = std::max(w_dtype, dtype_name(spec.dtype).size());
-      w_shape = std::max(w_shape, format_shape(spec.shape).size());
-    }
-    auto pad = [](std::string s, size_t w) {
-      if (s.size() < w) s.append(w - s.size(), ' ');
-      return s;
-    };
-    std::cout << "outputs, in write order:\n"
-              << "  " << pad("name", w_name) << "  " << pad("dtype", w_dtype) << "  "
-              << pad("shape", w_shape) << "  shard  from\n";
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      const auto& [name, spec] = outputs[i];
-      const mapper::StateGroup& g = *group_of.at(name);
-      const bool same = g.inputs.size() == 1 && g.outputs.size() == 1 && *g.inputs.begin() == name;
-      std::cout << "  " << pad(name, w_name) << "  "
-                << pad(std::string(dtype_name(spec.dtype)), w_dtype) << "  "
-                << pad(format_shape(spec.shape), w_shape) << "  "
-                << pad(std::to_string(shard_of[i] + 1), 5) << "  " << (same ? "=" : join(g.inputs))
-                << "\n";
-    }
-    std::cout << "\nshards (--shard-size " << format_bytes(options.shard_size) << "):\n";
-    for (const PlannedShard& s : shards) {
-      std::cout << "  " << s.file << "  " << count_of(s.tensors, "tensor") << ", "
-                << format_bytes(s.bytes) << "\n";
-    }
-  }
+}  // namespace
 
-  std::cout << "\ncoverage:\n";
-  auto list = [](const std::vector<std::string>& names, size_t limit = 20) {
-    std::string out;
-    for (size_t i = 0; i < names.size() && i < limit; ++i) out += (i ? ", " : "") + names[i];
-    if (names.size() > limit) out += ", ... (" + std::to_string(names.size() - limit) + " more)";
-    return out;
-  };
-  std::cout << "  missing inputs: "
-            << (missing.empty() ? "none" : std::to_string(missing.size()) + ": " + list(missing))
-            << "\n";
-  std::cout << "  unmatched keys (policy " << policy_name(c.mapping.unmatched) << "): "
-            << (c.mapping.unmatched_keys.empty() ? "none"
-                                                 : std::to_string(c.mapping.unmatched_keys.size()) +
-                                                       ": " + list(c.mapping.unmatched_keys))
-            << "\n";
-  if (!unconsumed.empty()) {
-    std::cout << "  checkpoint keys not read: " << unconsumed.size() << ": " << list(unconsumed)
-              << "\n";
+int run_plan(const PlanOptions& options) {
+  const PlanResult r = plan(options);
+  if (options.json) {
+    print_json(r);
+  } else {
+    print_text(r);
   }
-  std::cout << "  rules that matched nothing: "
-            << (c.mapping.unused_rules.empty() ? "none"
-                                               : std::to_string(c.mapping.unused_rules.size()))
-            << "\n";
-  for (const std::string& rule : c.mapping.unused_rules) std::cout << "    " << rule << "\n";
-  if (!too_large.empty()) {
-    std::cout << "  tensors larger than a shard: " << too_large.size() << ": " << list(too_large)
-              << "\n";
-  }
-  std::cout << (ok ? "plan: ok\n" : "plan: this conversion would fail\n");
-  return ok ? 0 : 1;
+  return r.ok() ? kExitOk : kExitFailure;
+}
+
+Command add_plan(CLI::App& app) {
+  auto options = std::make_shared<PlanOptions>();
+  CLI::App* command = app.add_subcommand(
+      "plan", "Dry run of a conversion from metadata alone: outputs, shards, coverage");
+  command->add_option("checkpoint", options->checkpoint, "Source checkpoint")->required();
+  command->add_option("--spec", options->spec, "Spec file (original -> converted)");
+  command->add_flag("--reverse", options->reverse,
+                    "Plan undoing the conversion that wrote CHECKPOINT (uses its " +
+                        std::string(kSidecarFileName) + ")");
+  add_size_option(*command, "--shard-size", options->shard_size,
+                  "Most tensor bytes per output shard");
+  command->add_flag("--json", options->json, "Print JSON");
+  return {command, [options] {
+            if (!options->spec && !options->reverse) {
+              return usage_error("plan", "--spec is required (except with --reverse)");
+            }
+            return run_plan(*options);
+          }};
 }
 
 }  // namespace d9d::cli

@@ -12,6 +12,8 @@
 #include <set>
 #include <sstream>
 
+#include <CLI/CLI.hpp>
+
 #include <d9d/mapper/adapters.hpp>
 #include <d9d/model_state/reader.hpp>
 
@@ -74,7 +76,7 @@ struct Difference {
 
 // Compares `a` (a CPU tensor) with tensor `name` of `b` chunk by chunk; nullopt when equal.
 std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
-                                  const io::Checkpoint& b, std::byte* buffer, int threads) {
+                                  const io::Checkpoint& b, std::byte* buffer) {
   const io::CheckpointEntry entry = b.entry(name);
   const io::TensorInfo& info = *entry.info;
   const mapper::TensorSpec a_spec = mapper::TensorSpec::of(a_in);
@@ -94,7 +96,7 @@ std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
     const io::ReadRange range{&file.mapped_file(),
                               static_cast<uint64_t>(file.data_offset() + info.begin + off), buffer,
                               static_cast<uint64_t>(len)};
-    io::read_ranges({&range, 1}, threads);
+    io::read_ranges({&range, 1});  // on d9d::num_threads() threads
     const std::byte* pa = a_bytes + off;
     if (std::memcmp(pa, buffer, static_cast<size_t>(len)) == 0) continue;
     for (int64_t i = 0; i < len; i += esize) {
@@ -144,9 +146,8 @@ VerifyResult run_verify(const VerifyOptions& options) {
   }
   if (options.threads > 0) set_num_threads(options.threads);
   model_state::ReadOptions ro;
-  ro.threads = options.threads;
   ro.memory_budget = options.memory_budget;
-  ro.show_progress = options.progress;
+  ro.show_progress = options.show_progress;
   ro.label = "Verifying";
   model_state::ModelStateStream stream = model_state::read_model_state(options.a, m, ro);
 
@@ -166,7 +167,7 @@ VerifyResult run_verify(const VerifyOptions& options) {
   std::vector<Difference> diffs;
   for (auto&& [name, tensor] : stream) {
     if (!b.contains(name)) continue;
-    std::optional<Difference> d = compare(name, tensor, b, buffer.get(), options.threads);
+    std::optional<Difference> d = compare(name, tensor, b, buffer.get());
     ++result.compared;
     result.bytes += tensor.nbytes();
     if (d) {
@@ -207,6 +208,23 @@ VerifyResult run_verify(const VerifyOptions& options) {
             << " compared tensors differ, " << result.only_in_a.size() << " only in A, "
             << result.only_in_b.size() << " only in B\n";
   return result;
+}
+
+Command add_verify(CLI::App& app) {
+  auto options = std::make_shared<VerifyOptions>();
+  CLI::App* command = app.add_subcommand(
+      "verify", "Compare two checkpoints tensor by tensor, bit for bit (exit 1 if they differ)");
+  command->add_option("a", options->a, "Checkpoint A")->required();
+  command->add_option("b", options->b, "Checkpoint B")->required();
+  command->add_option("--spec", options->spec,
+                      "Convert A through this spec (streamed) before comparing with B");
+  add_threads_option(*command, options->threads);
+  add_size_option(*command, "--memory-budget", options->memory_budget, "Bytes of A read ahead");
+  command->add_option("--max-shown", options->max_shown, "Differing tensors shown in detail")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  add_progress_flag(*command, options->show_progress);
+  return {command, [options] { return run_verify(*options).equal() ? kExitOk : kExitFailure; }};
 }
 
 }  // namespace d9d::cli

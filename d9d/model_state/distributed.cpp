@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -14,6 +15,7 @@
 #include <numeric>
 #include <optional>
 #include <set>
+#include <span>
 #include <thread>
 #include <unordered_map>
 
@@ -21,6 +23,7 @@
 
 #include <d9d/dist/dtensor.hpp>
 #include <d9d/error.hpp>
+#include <d9d/io/file.hpp>
 #include <d9d/io/safetensors.hpp>
 #include <d9d/model_state/progress.hpp>
 
@@ -323,38 +326,31 @@ class GroupSubsetMapper final : public mapper::ModelStateMapper {
 // 0's process (prepare_destination removes it if that process dies).
 class SharedProgress {
  public:
-  SharedProgress(fs::path path, int rank, int size)
-      : path_(std::move(path)), rank_(rank), size_(size) {
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
-    D9D_CHECK_AS(io::IoError, fd_ >= 0, "convert: cannot open ", path_.string());
-  }
-  SharedProgress(const SharedProgress&) = delete;
-  SharedProgress& operator=(const SharedProgress&) = delete;
-  ~SharedProgress() { ::close(fd_); }
+  SharedProgress(const fs::path& path, int rank, int size)
+      : fd_(io::FileDescriptor::open(path, O_RDWR)), rank_(rank), size_(size) {}
 
+  // The file, zeroed, for `size` ranks.
   static void create(const fs::path& path, int size) {
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    D9D_CHECK_AS(io::IoError, fd >= 0, "convert: cannot create ", path.string());
-    const bool sized = ::ftruncate(fd, int64_t{16} * size) == 0;
-    ::close(fd);
-    D9D_CHECK_AS(io::IoError, sized, "convert: cannot resize ", path.string());
+    const io::FileDescriptor fd = io::FileDescriptor::open(path, O_RDWR | O_CREAT | O_EXCL);
+    if (::ftruncate(fd.get(), int64_t{16} * size) != 0) io::throw_errno("resize", path, errno);
   }
 
   // Adds this rank's work; writes it out when 100 ms have passed since the last time, or `now`.
+  // Best effort: a bar is not worth failing a conversion for.
   void report(int64_t items, int64_t bytes, bool now) {
     mine_[0] += items;
     mine_[1] += bytes;
     const auto t = std::chrono::steady_clock::now();
     if (!now && t - last_ < std::chrono::milliseconds(100)) return;
     last_ = t;
-    (void)!::pwrite(fd_, mine_, sizeof mine_, static_cast<off_t>(16 * rank_));
+    (void)!::pwrite(fd_.get(), mine_, sizeof mine_, static_cast<off_t>(16 * rank_));
   }
 
-  // Every rank's work so far.
+  // Every rank's work so far ({0, 0} if the file cannot be read).
   std::pair<int64_t, int64_t> total() const {
     std::vector<int64_t> all(2 * static_cast<size_t>(size_), 0);
     const auto want = static_cast<ssize_t>(all.size() * sizeof(int64_t));
-    if (::pread(fd_, all.data(), static_cast<size_t>(want), 0) != want) return {0, 0};
+    if (::pread(fd_.get(), all.data(), static_cast<size_t>(want), 0) != want) return {0, 0};
     std::pair<int64_t, int64_t> sum{0, 0};
     for (size_t r = 0; r < all.size(); r += 2) {
       sum.first += all[r];
@@ -364,10 +360,9 @@ class SharedProgress {
   }
 
  private:
-  fs::path path_;
+  io::FileDescriptor fd_;
   int rank_;
   int size_;
-  int fd_ = -1;
   int64_t mine_[2] = {0, 0};
   std::chrono::steady_clock::time_point last_{};
 };
@@ -447,6 +442,176 @@ ConversionLayout plan_conversion(const fs::path& src, const mapper::ModelStateMa
   return layout;
 }
 
+// `fn`'s error message; "" when it returns.
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+    return "";
+  } catch (...) {
+    return message_of(std::current_exception());
+  }
+}
+
+// What the ranks agreed on (Note [agreement]), thrown on every rank when it is an error.
+void throw_if_failed(const std::string& agreed_error) {
+  if (!agreed_error.empty()) throw dist::CollectiveError("convert: " + agreed_error);
+}
+
+// One call of convert_model_state_distributed, as its phases see it.
+struct Job {
+  const fs::path& src;
+  const fs::path& dest_dir;
+  const MapperPtr& mapper;
+  dist::ProcessGroup& group;
+  const ReadOptions& read_options;
+  const WriteOptions& write_options;
+
+  int rank() const { return group.rank(); }
+  // Note [agreement] over the job's group.
+  std::string agreed(const std::string& error) const { return agree({&group}, rank(), error); }
+  io::SaveOptions save_options() const {
+    return {.alignment = write_options.alignment, .fsync = write_options.fsync};
+  }
+};
+
+// Phase 1: every rank plans the same layout; the plans must agree.
+ConversionLayout plan_on_every_rank(const Job& job) {
+  ConversionLayout layout;
+  throw_if_failed(job.agreed(
+      error_of([&] { layout = plan_conversion(job.src, *job.mapper, job.write_options); })));
+  const std::vector<std::string> fingerprints = job.group.all_gather_object(layout.fingerprint);
+  for (size_t r = 0; r < fingerprints.size(); ++r) {
+    throw_if_failed(fingerprints[r] == layout.fingerprint
+                        ? ""
+                        : str_cat("rank ", r, " planned another conversion than rank ", job.rank(),
+                                  " (do the ranks see the same checkpoint and spec?)"));
+  }
+  return layout;
+}
+
+// The files rank 0 creates in the destination for every rank to write into, and what every
+// rank learns of them (broadcast as JSON).
+struct SharedFiles {
+  std::vector<std::string> shards;  // temporary names, in shard order
+  std::string progress;             // Note [global progress]; "" without a bar
+  std::string error;                // why rank 0 could not create them; "" when it could
+
+  std::vector<std::string> all() const {
+    std::vector<std::string> names = shards;
+    if (!progress.empty()) names.push_back(progress);
+    return names;
+  }
+  std::string to_json() const {
+    return nlohmann::json{{"shards", shards}, {"progress", progress}, {"error", error}}.dump();
+  }
+  static SharedFiles from_json(const std::string& text) {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    return {j.at("shards").get<std::vector<std::string>>(), j.at("progress").get<std::string>(),
+            j.at("error").get<std::string>()};
+  }
+};
+
+// Phase 2, on rank 0: prepares the destination and creates every shard, header and size (io's
+// Note [shared file]), and the progress file. On failure, removes what it made and says why.
+SharedFiles create_shared_files(const Job& job, const ConversionLayout& layout) {
+  SharedFiles files;
+  files.error = error_of([&] {
+    prepare_destination(job.dest_dir, job.write_options);
+    if (job.read_options.show_progress) {
+      files.progress = ".d9d-shard-" + std::to_string(::getpid()) + "-progress";
+      SharedProgress::create(job.dest_dir / files.progress, job.group.size());
+    }
+    for (size_t k = 0; k < layout.decls.size(); ++k) {
+      files.shards.push_back(detail::temp_shard_name("dist", k));
+      io::SafetensorsWriter::create_shared(job.dest_dir / files.shards.back(), layout.decls[k],
+                                           job.write_options.metadata, job.save_options())
+          .commit();
+    }
+  });
+  if (!files.error.empty()) {
+    remove_files(job.dest_dir, files.all());
+    files.shards.clear();
+    files.progress.clear();
+  }
+  return files;
+}
+
+// Phase 2, on every rank: rank 0 creates the files, the others learn their names.
+SharedFiles share_files(const Job& job, const ConversionLayout& layout) {
+  const std::string text = job.rank() == 0 ? create_shared_files(job, layout).to_json() : "";
+  SharedFiles files = SharedFiles::from_json(job.group.broadcast_object(text, 0));
+  throw_if_failed(files.error.empty() ? "" : "rank 0: " + files.error);
+  return files;
+}
+
+// Phase 3: this rank's run of the plan's groups (Note [distributed conversion]: contiguous,
+// balanced by bytes read plus written).
+std::span<const GroupPlan> run_of_rank(const Job& job, const ConversionLayout& layout) {
+  std::vector<int64_t> costs;
+  for (const GroupPlan& g : layout.plan.groups) costs.push_back(g.input_bytes + g.output_bytes);
+  const std::vector<size_t> runs = balanced_runs(costs, job.group.size());
+  const auto rank = static_cast<size_t>(job.rank());
+  return std::span<const GroupPlan>(layout.plan.groups)
+      .subspan(runs[rank], runs[rank + 1] - runs[rank]);
+}
+
+// Phase 4: streams this rank's run through the mapper and writes every output at its planned
+// offset in the shared shards; a shard is committed (made durable) once this rank's last output
+// in it is written.
+void write_run(const Job& job, const ConversionLayout& layout, const SharedFiles& files,
+               std::span<const GroupPlan> run, SharedProgress* progress) {
+  if (run.empty()) return;
+  std::unordered_map<std::string_view, size_t> shard_of;
+  for (size_t i = 0; i < layout.outputs.size(); ++i) {
+    shard_of.emplace(layout.outputs[i].first, layout.shard_of[i]);
+  }
+  std::map<size_t, size_t> left;  // this rank's outputs not yet written, per shard
+  std::set<StateGroup> mine;
+  for (const GroupPlan& g : run) {
+    for (const std::string& out : g.group.outputs) ++left[shard_of.at(out)];
+    mine.insert(g.group);
+  }
+  ReadOptions ro = job.read_options;
+  ro.show_progress = false;  // the global bar shows it
+  ModelStateStream stream = read_model_state(
+      job.src, std::make_shared<GroupSubsetMapper>(job.mapper, std::move(mine)), ro);
+  std::map<size_t, io::SafetensorsWriter> open;
+  for (auto&& [name, tensor] : stream) {
+    D9D_CHECK(!dist::is_dtensor(tensor), "convert: the mapper produced ", name,
+              " as a distributed tensor; gather it first");
+    const size_t k = shard_of.at(name);
+    auto it = open.find(k);
+    if (it == open.end()) {
+      it = open.emplace(k, io::SafetensorsWriter::open_shared(
+                               job.dest_dir / files.shards[k], layout.decls[k],
+                               job.write_options.metadata, job.save_options()))
+               .first;
+    }
+    it->second.write(name, tensor);
+    if (--left.at(k) == 0) {
+      it->second.commit();
+      open.erase(it);
+    }
+    if (progress) progress->report(1, tensor.nbytes(), false);
+  }
+  if (progress) progress->report(0, 0, true);
+  D9D_CHECK(open.empty(), "convert: the stream ended before this rank's outputs of ", open.size(),
+            " shard(s) were written");
+}
+
+// Phase 5, on rank 0: the single-process run's renames and index.
+void publish(const Job& job, const ConversionLayout& layout, const SharedFiles& files,
+             const std::function<void()>& before_finalize) {
+  if (before_finalize) before_finalize();
+  LocalShards shards;
+  shards.files = files.shards;
+  for (size_t i = 0; i < layout.outputs.size(); ++i) {
+    shards.weight_map.emplace_back(layout.outputs[i].first, files.shards[layout.shard_of[i]]);
+    shards.total_size += layout.outputs[i].second.nbytes();
+  }
+  finalize_checkpoint(job.dest_dir, {&shards, 1}, job.write_options);
+}
+
 }  // namespace
 
 ReadPlan convert_model_state_distributed(const fs::path& src, const fs::path& dest_dir,
@@ -455,152 +620,36 @@ ReadPlan convert_model_state_distributed(const fs::path& src, const fs::path& de
                                          const WriteOptions& write_options,
                                          const std::function<void()>& before_finalize) {
   D9D_CHECK(mapper != nullptr, "convert: the mapper is null");
+  const Job job{src, dest_dir, mapper, group, read_options, write_options};
   const int rank = group.rank();
-  const std::vector<dist::ProcessGroup*> everyone{&group};
-  auto fail_all = [&](const std::string& error) {
-    if (!error.empty()) throw dist::CollectiveError("convert: " + error);
-  };
-
-  // Every rank plans the same layout; the plans must agree.
-  ConversionLayout layout;
-  std::string error;
-  try {
-    layout = plan_conversion(src, *mapper, write_options);
-  } catch (...) {
-    error = message_of(std::current_exception());
-  }
-  fail_all(agree(everyone, rank, error));
-  const std::vector<std::string> fingerprints = group.all_gather_object(layout.fingerprint);
-  for (size_t r = 0; r < fingerprints.size(); ++r) {
-    fail_all(fingerprints[r] == layout.fingerprint
-                 ? ""
-                 : str_cat("rank ", r, " planned another conversion than rank ", rank,
-                           " (do the ranks see the same checkpoint and spec?)"));
-  }
-
-  // Rank 0 prepares the destination and creates every shard, header and size (io's Note [shared
-  // file]); the others learn the names.
-  const io::SaveOptions save{.alignment = write_options.alignment, .fsync = write_options.fsync};
-  std::vector<std::string> files;
-  std::string progress_file;  // Note [global progress]
-  std::string names;
-  if (rank == 0) {
-    try {
-      prepare_destination(dest_dir, write_options);
-      if (read_options.show_progress) {
-        progress_file = ".d9d-shard-" + std::to_string(::getpid()) + "-progress";
-        SharedProgress::create(dest_dir / progress_file, group.size());
-      }
-      for (size_t k = 0; k < layout.decls.size(); ++k) {
-        files.push_back(detail::temp_shard_name("dist", k));
-        io::SafetensorsWriter::create_shared(dest_dir / files.back(), layout.decls[k],
-                                             write_options.metadata, save)
-            .commit();
-      }
-      names = nlohmann::json{{"files", files}, {"progress", progress_file}}.dump();
-    } catch (...) {
-      remove_files(dest_dir, files);
-      if (!progress_file.empty()) remove_files(dest_dir, {progress_file});
-      names = "!" + message_of(std::current_exception());
-    }
-  }
-  names = group.broadcast_object(names, 0);
-  fail_all(names.rfind('!', 0) == 0 ? "rank 0: " + names.substr(1) : "");
-  {
-    const nlohmann::json j = nlohmann::json::parse(names);
-    files = j.at("files").get<std::vector<std::string>>();
-    progress_file = j.at("progress").get<std::string>();
-  }
+  ConversionLayout layout = plan_on_every_rank(job);
+  const SharedFiles files = share_files(job, layout);
   // Rank 0's temporaries go whatever happens next (the shards once renamed are not there).
   struct Cleanup {
     const fs::path& dir;
     std::vector<std::string> files;
     ~Cleanup() { remove_files(dir, files); }
-  } cleanup{dest_dir, {}};
-  if (rank == 0) {
-    cleanup.files = files;
-    if (!progress_file.empty()) cleanup.files.push_back(progress_file);
-  }
+  } cleanup{dest_dir, rank == 0 ? files.all() : std::vector<std::string>{}};
+
   std::optional<SharedProgress> progress;
   std::optional<GlobalBar> bar;
-
-  // This rank's run of groups, balanced by bytes.
-  std::vector<int64_t> costs;
-  for (const GroupPlan& g : layout.plan.groups) costs.push_back(g.input_bytes + g.output_bytes);
-  const std::vector<size_t> runs = balanced_runs(costs, group.size());
-  const size_t first = runs[static_cast<size_t>(rank)];
-  const size_t last = runs[static_cast<size_t>(rank) + 1];
-  std::set<StateGroup> mine;
-  for (size_t i = first; i < last; ++i) mine.insert(layout.plan.groups[i].group);
-
-  try {
-    std::unordered_map<std::string_view, size_t> shard_of;
-    for (size_t i = 0; i < layout.outputs.size(); ++i) {
-      shard_of.emplace(layout.outputs[i].first, layout.shard_of[i]);
-    }
-    std::map<size_t, size_t> left;  // this rank's outputs not yet written, per shard
-    for (size_t i = first; i < last; ++i) {
-      for (const std::string& out : layout.plan.groups[i].group.outputs) ++left[shard_of.at(out)];
-    }
-    if (!progress_file.empty()) {
-      progress.emplace(dest_dir / progress_file, rank, group.size());
+  std::string error = error_of([&] {
+    if (!files.progress.empty()) {
+      progress.emplace(dest_dir / files.progress, rank, group.size());
       if (rank == 0) {
         bar.emplace(*progress,
                     progress_label(read_options.label, rank, group.size()) + " (all ranks)",
                     layout.plan);
       }
     }
-    if (!mine.empty()) {
-      ReadOptions ro = read_options;
-      ro.show_progress = false;  // the global bar shows it
-      ModelStateStream stream =
-          read_model_state(src, std::make_shared<GroupSubsetMapper>(mapper, std::move(mine)), ro);
-      std::map<size_t, io::SafetensorsWriter> open;
-      for (auto&& [name, tensor] : stream) {
-        D9D_CHECK(!dist::is_dtensor(tensor), "convert: the mapper produced ", name,
-                  " as a distributed tensor; gather it first");
-        const size_t k = shard_of.at(name);
-        auto it = open.find(k);
-        if (it == open.end()) {
-          it = open.emplace(k,
-                            io::SafetensorsWriter::open_shared(dest_dir / files[k], layout.decls[k],
-                                                               write_options.metadata, save))
-                   .first;
-        }
-        it->second.write(name, tensor);
-        if (--left.at(k) == 0) {
-          it->second.commit();
-          open.erase(it);
-        }
-        if (progress) progress->report(1, tensor.nbytes(), false);
-      }
-      if (progress) progress->report(0, 0, true);
-      D9D_CHECK(open.empty(), "convert: the stream ended before this rank's outputs of ",
-                open.size(), " shard(s) were written");
-    }
-  } catch (...) {
-    error = message_of(std::current_exception());
-  }
-  error = agree(everyone, rank, error);
+    write_run(job, layout, files, run_of_rank(job, layout), progress ? &*progress : nullptr);
+  });
+  error = job.agreed(error);
   if (bar) bar->stop();  // every rank is done: the bar's last line
-  fail_all(error);
+  throw_if_failed(error);
 
-  // Rank 0 publishes: the single-process run's renames and index.
-  if (rank == 0) {
-    try {
-      if (before_finalize) before_finalize();
-      LocalShards shards;
-      shards.files = files;
-      for (size_t i = 0; i < layout.outputs.size(); ++i) {
-        shards.weight_map.emplace_back(layout.outputs[i].first, files[layout.shard_of[i]]);
-        shards.total_size += layout.outputs[i].second.nbytes();
-      }
-      finalize_checkpoint(dest_dir, {&shards, 1}, write_options);
-    } catch (...) {
-      error = message_of(std::current_exception());
-    }
-  }
-  fail_all(agree(everyone, rank, error));
+  if (rank == 0) error = error_of([&] { publish(job, layout, files, before_finalize); });
+  throw_if_failed(job.agreed(error));
   return std::move(layout.plan);
 }
 

@@ -273,7 +273,7 @@ struct ModelStateStream::Impl {
     progress.emplace(options.label, plan.output_count, plan.output_bytes, options.show_progress);
     if (options.device.is_cuda()) staging = &StagingRing::shared(options.device);
     const size_t threads = std::min<size_t>(
-        options.threads > 0 ? static_cast<size_t>(options.threads)
+        options.reader_threads > 0 ? static_cast<size_t>(options.reader_threads)
                             : static_cast<size_t>(d9d::num_threads()),
         std::max<size_t>(plan.groups.size(), 1));
     for (size_t i = 0; i < threads; ++i) workers.emplace_back([this] { work(); });

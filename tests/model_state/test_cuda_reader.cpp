@@ -73,7 +73,7 @@ TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identi
   for (auto&& [name, t] : read_model_state(dir, m, cpu)) expect[name] = t.contiguous();
   ReadOptions gpu = cpu;
   gpu.device = Device::cuda(0);
-  gpu.threads = 3;
+  gpu.reader_threads = 3;
   size_t seen = 0;
   for (auto&& [name, t] : read_model_state(dir, m, gpu)) {
     INFO(name);

@@ -234,7 +234,7 @@ TEST_CASE("groups whose inputs span shards are read, in file order, deterministi
   std::vector<std::string> first, second;
   for (int run = 0; run < 2; ++run) {
     ReadOptions o = quiet_read();
-    o.threads = run == 0 ? 1 : 3;
+    o.reader_threads = run == 0 ? 1 : 3;
     o.memory_budget = 50000;  // a few groups at a time
     for (auto&& [name, t] : read_model_state(tmp / "c", m, o)) {
       (run == 0 ? first : second).push_back(name);

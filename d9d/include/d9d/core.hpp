@@ -1,4 +1,5 @@
-// The core layer's public API: DType, Device, Dims, Storage, Tensor, DLPack interchange.
+// The core layer's public API: DType, Device, Dims, Storage, Tensor, DLPack interchange, the
+// version.
 // (<d9d/d9d.hpp> is the whole library.)
 #pragma once
 
@@ -10,3 +11,4 @@
 #include <d9d/storage.hpp>
 #include <d9d/tensor.hpp>
 #include <d9d/staging.hpp>
+#include <d9d/version.hpp>

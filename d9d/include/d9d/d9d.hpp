@@ -6,6 +6,7 @@
 #include <d9d/core.hpp>
 #include <d9d/dist.hpp>
 #include <d9d/io/checkpoint.hpp>
+#include <d9d/io/file.hpp>
 #include <d9d/io/mapped_file.hpp>
 #include <d9d/io/safetensors.hpp>
 #include <d9d/mapper.hpp>

@@ -1,7 +1,7 @@
 // Streamed writing: any stream of (name, Tensor), through a mapper, into a sharded checkpoint.
 //
 //   WriteOptions wo;
-//   wo.shard_size = 4ll << 30;
+//   wo.shard_size = 5'000'000'000;  // huggingface_hub's "5GB"
 //   write_model_state_local("out/", identity_mapper_from_mapper_outputs(m),
 //                           read_model_state("ckpt/", m, ro), wo);
 //   save_model_state("out/", identity_mapper_from_state(weights), weights, wo);
@@ -52,8 +52,10 @@ using mapper::StateGroup;
 using mapper::TensorSpec;
 
 struct WriteOptions {
-  // Most bytes of tensor data in one shard (the reference's shard_size_gb * 2^30).
+  // Most bytes of tensor data in one shard (the reference's shard_size_gb * 2^30). The d9d CLI's
+  // --shard-size defaults to this.
   int64_t shard_size = int64_t{4} << 30;
+  // A progress bar on standard error (a ProgressBar: drawn only on a terminal).
   bool show_progress = true;
   std::string label = "Saving Model States";
   // Each shard's data section starts at a multiple of this (see io::SaveOptions).

@@ -1,39 +1,44 @@
-// POSIX plumbing shared by the reader and the writer (private to io): errno errors, an owned file
-// descriptor, full-length pread/pwrite, an atomically published output file, a small fork-join
-// helper for parallel reads, and huge-page-friendly host buffers.
+// Files as d9d writes them: an owned file descriptor, whole-buffer pread / pwrite, and a file
+// published atomically under its final name (Note [atomic publish]). Every error is an IoError
+// "<operation> <path>: <the system's reason>".
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
-#include <functional>
-#include <string>
 
-#include <d9d/io/mapped_file.hpp>
-#include <d9d/storage.hpp>
+#include <d9d/io/mapped_file.hpp>  // IoError
 
-namespace d9d::io::detail {
+namespace d9d::io {
 
 // Throws IoError "<op> <path>: <strerror(err)>".
 [[noreturn]] void throw_errno(const char* op, const std::filesystem::path& path, int err);
 
-// An owned file descriptor (move-only; -1 after a move).
+// An owned file descriptor (move-only; -1 after a move or release()).
 class FileDescriptor {
  public:
   FileDescriptor() noexcept = default;
+  // Takes ownership of `fd` (-1: an empty handle).
   explicit FileDescriptor(int fd) noexcept : fd_(fd) {}
+  // open(2) of `path` with `flags` (O_CLOEXEC added) and, when creating, `mode` less the umask.
+  // Throws IoError "open <path>: ..." ("create <path>: ..." when `flags` has O_CREAT).
+  static FileDescriptor open(const std::filesystem::path& path, int flags, unsigned mode = 0666);
+
   FileDescriptor(const FileDescriptor&) = delete;
   FileDescriptor& operator=(const FileDescriptor&) = delete;
   FileDescriptor(FileDescriptor&& other) noexcept : fd_(other.release()) {}
   FileDescriptor& operator=(FileDescriptor&& other) noexcept;
   ~FileDescriptor() noexcept { reset(); }
 
+  bool is_open() const noexcept { return fd_ >= 0; }
   int get() const noexcept { return fd_; }
+  // Gives up ownership: the caller closes the descriptor.
   int release() noexcept {
     const int fd = fd_;
     fd_ = -1;
     return fd;
   }
+  // Closes the descriptor (its close errors are lost: use release() and close(2) to see them).
   void reset() noexcept;
 
  private:
@@ -41,7 +46,7 @@ class FileDescriptor {
 };
 
 // Reads exactly `size` bytes at `offset` (retrying short reads and EINTR); throws IoError on an
-// error or on end of file before `size` bytes.
+// error or on end of file before `size` bytes. `path` names the file in errors.
 void pread_all(int fd, uint64_t offset, std::byte* dst, size_t size,
                const std::filesystem::path& path);
 // Writes exactly `size` bytes at `offset`; throws IoError (ENOSPC, EFBIG, EIO, ...).
@@ -55,12 +60,13 @@ void fsync_parent_dir(const std::filesystem::path& path);
 // fsyncs it, renames it over the final name and fsyncs the directory; until then nothing exists
 // under the final name (an earlier file there is left untouched), and the destructor of an
 // uncommitted file unlinks the temporary. A crash can leave a temporary behind, never a torn file
-// under the final name.
+// under the final name; the pid in its name lets a later writer see that its process is gone
+// (model_state's prepare_destination removes such files).
 class AtomicFile {
  public:
   AtomicFile() noexcept = default;
-  // Creates the temporary (mode 0666 less the umask). `size`, when known, is reserved up front
-  // with fallocate, so a full disk fails here rather than half way through the data.
+  // Creates the temporary (mode 0666 less the umask). `size`, when known (> 0), is reserved up
+  // front with fallocate, so a full disk fails here rather than half way through the data.
   AtomicFile(std::filesystem::path final_path, int64_t size);
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
@@ -85,9 +91,4 @@ class AtomicFile {
   FileDescriptor fd_;
 };
 
-// Calls fn(i) for i in [0, count) on up to `threads` threads (the caller is one of them); the
-// first exception stops the remaining indices and is rethrown. Small and self-contained because
-// core's pool is private to core; see the report for the proposed core API.
-void parallel_indices(int64_t count, int threads, const std::function<void(int64_t)>& fn);
-
-}  // namespace d9d::io::detail
+}  // namespace d9d::io

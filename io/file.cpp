@@ -1,21 +1,22 @@
-#include "posix.hpp"
+#include <d9d/io/file.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <exception>
-#include <mutex>
 #include <random>
-#include <thread>
-#include <vector>
 
-namespace d9d::io::detail {
+namespace d9d::io {
 
 void throw_errno(const char* op, const std::filesystem::path& path, int err) {
   d9d::detail::throw_error<IoError>(op, " ", path.string(), ": ", std::strerror(err));
+}
+
+FileDescriptor FileDescriptor::open(const std::filesystem::path& path, int flags, unsigned mode) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC, static_cast<mode_t>(mode));
+  if (fd < 0) throw_errno((flags & O_CREAT) != 0 ? "create" : "open", path, errno);
+  return FileDescriptor(fd);
 }
 
 FileDescriptor& FileDescriptor::operator=(FileDescriptor&& other) noexcept {
@@ -69,7 +70,7 @@ void fsync_parent_dir(const std::filesystem::path& path) {
   std::filesystem::path dir = path.parent_path();
   if (dir.empty()) dir = ".";
   FileDescriptor fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) throw_errno("open directory", dir, errno);
+  if (!fd.is_open()) throw_errno("open directory", dir, errno);
   if (::fsync(fd.get()) != 0) throw_errno("fsync directory", dir, errno);
 }
 
@@ -151,34 +152,4 @@ void AtomicFile::abandon() noexcept {
   temp_path_.clear();
 }
 
-// ---- threads and buffers ------------------------------------------------------------------------
-
-void parallel_indices(int64_t count, int threads, const std::function<void(int64_t)>& fn) {
-  const int64_t workers = std::min<int64_t>(threads, count);
-  if (workers <= 1) {
-    for (int64_t i = 0; i < count; ++i) fn(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mu;
-  auto work = [&] {
-    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) {
-      try {
-        fn(i);
-      } catch (...) {
-        std::lock_guard lock(error_mu);
-        if (!error) error = std::current_exception();
-        next.store(count);
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(workers - 1));
-  for (int64_t t = 1; t < workers; ++t) pool.emplace_back(work);
-  work();
-  for (auto& t : pool) t.join();
-  if (error) std::rethrow_exception(error);
-}
-
-}  // namespace d9d::io::detail
+}  // namespace d9d::io
