@@ -262,8 +262,8 @@ namespace {
 bool cast_by_kernel(const std::byte* src, DType src_dtype, std::byte* dst, DType dst_dtype,
                     int64_t count) {
   bool vector = false;
-  d9d::detail::visit_element_type(src_dtype, [&](auto s) {
-    d9d::detail::visit_element_type(dst_dtype, [&](auto d) {
+  d9d::numerics::visit_element_type(src_dtype, [&](auto s) {
+    d9d::numerics::visit_element_type(dst_dtype, [&](auto d) {
       using S = decltype(s);
       using D = decltype(d);
       vector = cast_vectorizable<D, S>(src, dst);
