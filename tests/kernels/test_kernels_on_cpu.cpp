@@ -5,7 +5,6 @@
 // the index arithmetic, alignment choices, tiling and splitting of the GPU path, tested on every
 // machine; launch limits, shared-memory races and the CUDA calls themselves are left to
 // tests/core/test_cuda_parity on a GPU.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -15,8 +14,8 @@
 
 #include <d9d/core.hpp>
 
-#include "../core/helpers.hpp"
 #include "cast_body.hpp"
+#include "common/helpers.hpp"
 #include "copy_body.hpp"
 
 using namespace d9d;
