@@ -1,5 +1,5 @@
 // Known values of to(DType), and exact round trips. The oracle comparison against numpy and
-// ml_dtypes on random and edge-case inputs is tests/oracle/cast_oracle.py.
+// ml_dtypes on random and edge-case inputs is tests/core/cast_oracle.py.
 #include <doctest/doctest.h>
 
 #include <algorithm>
