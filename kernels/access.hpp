@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "float_formats.hpp"  // D9D_HOST_DEVICE: __host__ __device__ under nvcc
+#include <d9d/numerics/host_device.hpp>
 
 // `#pragma unroll` for the device pass only (the host compiler does not know it).
 #if defined(__CUDA_ARCH__)

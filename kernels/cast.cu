@@ -26,8 +26,8 @@ cudaError_t launch_cast(const std::byte* src, DType src_dtype, std::byte* dst, D
                         int64_t count, cudaStream_t stream) {
   if (count <= 0) return cudaSuccess;
   cudaError_t err = cudaErrorInvalidValue;  // stays so for a sub-byte dtype
-  d9d::detail::visit_element_type(src_dtype, [&](auto s) {
-    d9d::detail::visit_element_type(dst_dtype, [&](auto d) {
+  d9d::numerics::visit_element_type(src_dtype, [&](auto s) {
+    d9d::numerics::visit_element_type(dst_dtype, [&](auto d) {
       using S = decltype(s);
       using D = decltype(d);
       if (reinterpret_cast<uintptr_t>(src) % alignof(Raw<S>) != 0 ||

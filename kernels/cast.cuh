@@ -1,7 +1,8 @@
 // Element conversion on a CUDA device: Tensor::to(DType) for CUDA tensors.
 //
-// The conversion of every dtype pair is the CPU's own template (d9d/core/cast_rules.hpp, Note [one
-// set of conversion rules]) instantiated for the device, so results are byte-identical to the CPU.
+// The conversion of every dtype pair is the CPU's own template (<d9d/numerics/cast_rules.hpp>, Note
+// [one set of conversion rules]) instantiated for the device, so results are byte-identical to the
+// CPU.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -9,7 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include <d9d/dtype.hpp>
+#include <d9d/numerics/dtypes.hpp>
 
 namespace d9d::kernels {
 

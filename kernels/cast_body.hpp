@@ -10,12 +10,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <d9d/numerics/cast_rules.hpp>
+
 #include "access.hpp"
-#include "cast_rules.hpp"
 
 namespace d9d::kernels {
 
-using d9d::detail::Raw;
+using d9d::numerics::Raw;
 
 // The launch: blocks of kCastThreads threads, at most kCastMaxBlocks of them; each thread strides
 // over the work items by the grid's size.
@@ -35,7 +36,7 @@ template <class D, class S>
 D9D_HOST_DEVICE void cast_element(const std::byte* src, std::byte* dst, int64_t i) {
   const Raw<S> in = load_as<Raw<S>>(src + i * static_cast<int64_t>(sizeof(Raw<S>)));
   store_as<Raw<D>>(dst + i * static_cast<int64_t>(sizeof(Raw<D>)),
-                   d9d::detail::convert_value<D>(d9d::detail::value_of<S>(in)));
+                   d9d::numerics::convert_value<D>(d9d::numerics::value_of<S>(in)));
 }
 
 // Whether the vector path applies to these addresses.
@@ -70,7 +71,7 @@ D9D_HOST_DEVICE void cast_item(const std::byte* src, std::byte* dst, int64_t cou
                 src + first * static_cast<int64_t>(sizeof(Raw<S>)));
   D9D_UNROLL
   for (int k = 0; k < V; ++k) {
-    out[k] = d9d::detail::convert_value<D>(d9d::detail::value_of<S>(in[k]));
+    out[k] = d9d::numerics::convert_value<D>(d9d::numerics::value_of<S>(in[k]));
   }
   std::byte* to = dst + first * static_cast<int64_t>(sizeof(Raw<D>));
   D9D_UNROLL

@@ -22,26 +22,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const char* kSpec = R"({"d9d_mapper_spec": 1, "unmatched": "error", "stages": [
-  {"rules": [{"op": "rename_tensor", "source": "model.layers.{L}.mlp.experts.{E}.{W}_proj.weight",
-              "target": "layers.{L}.experts.{E}.{W}"},
-             {"op": "rename_tensor", "source": "model.layers.{L}.self_attn.{P}_proj.weight",
-              "target": "layers.{L}.attn.{P}"},
-             {"op": "rename_tensor", "source": "model.layers.{L}.mlp.shared_expert.{W}_proj.weight",
-              "target": "layers.{L}.shared_expert.{W}"},
-             {"op": "rename_tensor", "source": "model.layers.{L}.mlp.gate.weight",
-              "target": "layers.{L}.gate"},
-             {"op": "rename_tensor", "source": "model.layers.{L}.{N}_layernorm.weight",
-              "target": "layers.{L}.{N}_layernorm"},
-             {"op": "rename_tensor", "source": "model.{X}.weight", "target": "{X}"},
-             {"op": "rename_tensor", "source": "lm_head.weight", "target": "lm_head"}]},
-  {"rules": [{"op": "concatenate_tensors", "sources": ["layers.{L}.attn.q", "layers.{L}.attn.k",
-               "layers.{L}.attn.v"], "target": "layers.{L}.attn.qkv"},
-             {"op": "concatenate_tensors", "sources": ["layers.{L}.shared_expert.gate",
-               "layers.{L}.shared_expert.up"], "target": "layers.{L}.shared_expert.gate_up"},
-             {"op": "stack_tensors", "source": "layers.{L}.experts.{E}.{W}", "over": "E",
-              "target": "layers.{L}.moe.{W}"}]}]})";
-
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -68,7 +48,7 @@ Times measure(moe::Size size, int repeats) {
     for (int k = 0; k < 8; ++k) dealt += shard(m, 8, k)->state_dependency_groups().size();
     const double shard_time = seconds_since(t0);
     t0 = Clock::now();
-    SpecMapping from = from_spec(kSpec, keys);
+    SpecMapping from = from_spec(moe::kSpec, keys);
     const double spec = seconds_since(t0);
     if (dealt != m->state_dependency_groups().size() ||
         from.mapper->state_dependency_groups() != m->state_dependency_groups()) {

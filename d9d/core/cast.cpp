@@ -4,12 +4,17 @@
 #include <cstring>
 
 #include <d9d/error.hpp>
+#include <d9d/numerics/cast_rules.hpp>
 
-#include "cast_rules.hpp"
 #include "parallel.hpp"
 
 namespace d9d::detail {
 namespace {
+
+using numerics::convert_value;
+using numerics::Raw;
+using numerics::value_of;
+using numerics::visit_element_type;
 
 template <class D, class S>
 void cast_run(const std::byte* src, std::byte* dst, int64_t begin, int64_t end) {

@@ -10,12 +10,12 @@
 #include <mutex>
 #include <vector>
 
+#include <d9d/cuda_check.hpp>
 #include <d9d/error.hpp>
 #include <d9d/storage.hpp>
 
 #include "cast.cuh"
 #include "copy.cuh"
-#include "cuda_check.hpp"
 
 namespace d9d {
 namespace detail {
@@ -148,6 +148,30 @@ void sync_stream(int device, const char* what, size_t count, size_t bytes) {
 void wait_after_failed_launch() noexcept { (void)cudaStreamSynchronize(cudaStreamPerThread); }
 
 }  // namespace
+
+void throw_cuda_error(int code, const char* call, const std::string& context) {
+  (void)cudaGetLastError();
+  throw_error<DeviceError>(call, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(code)),
+                           " (", context, ")");
+}
+
+CudaDeviceGuard::CudaDeviceGuard(int device) : CudaDeviceGuard(device, std::nothrow) {
+  if (set_ != cudaSuccess) [[unlikely]] {
+    throw_cuda_error(set_, str_cat("cudaSetDevice(", device, ")").c_str(),
+                     str_cat("device cuda:", device));
+  }
+}
+
+CudaDeviceGuard::CudaDeviceGuard(int device, std::nothrow_t) noexcept {
+  int current = -1;
+  if (cudaGetDevice(&current) == cudaSuccess && current == device) return;
+  set_ = cudaSetDevice(device);
+  if (set_ == cudaSuccess && current >= 0) previous_ = current;
+}
+
+CudaDeviceGuard::~CudaDeviceGuard() {
+  if (previous_ >= 0) (void)cudaSetDevice(previous_);
+}
 
 CudaBlock cuda_malloc(size_t nbytes, int device) {
   const size_t capacity =

@@ -1,6 +1,7 @@
 // Builds without CUDA (see cuda_runtime.hpp).
 #include "cuda_runtime.hpp"
 
+#include <d9d/cuda_check.hpp>
 #include <d9d/error.hpp>
 #include <d9d/storage.hpp>
 
@@ -24,6 +25,15 @@ void cuda_memcpy_peer(void*, int, const void*, int, size_t) { no_cuda("copying b
 void cuda_memset_zero(void*, size_t, int) { no_cuda("clearing CUDA memory"); }
 void cuda_run_copies(std::span<const CopyTask>, int) { no_cuda("copying on a CUDA device"); }
 void cuda_cast(const std::byte*, DType, std::byte*, DType, int64_t, int) { no_cuda("converting on a CUDA device"); }
+
+void throw_cuda_error(int code, const char* call, const std::string& context) {
+  throw_error<DeviceError>(call, " failed: CUDA error ", code, " (", context, ")");
+}
+CudaDeviceGuard::CudaDeviceGuard(int device) : set_(-1) {
+  no_cuda(str_cat("making cuda:", device, " current").c_str());
+}
+CudaDeviceGuard::CudaDeviceGuard(int, std::nothrow_t) noexcept : set_(-1) {}
+CudaDeviceGuard::~CudaDeviceGuard() = default;
 
 }  // namespace detail
 

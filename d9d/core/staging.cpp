@@ -12,7 +12,8 @@
 #include <optional>
 #include <vector>
 
-#include "cuda_check.hpp"
+#include <d9d/cuda_check.hpp>
+
 #include "cuda_runtime.hpp"
 
 namespace d9d {

@@ -7,7 +7,8 @@
 #include <algorithm>
 #include <numeric>
 
-#include "../core/cuda_check.hpp"  // D9D_CUDA_CHECK: header-only, CUDA builds only
+#include <d9d/cuda_check.hpp>
+
 #include "backends.hpp"
 
 namespace d9d::dist::detail {

@@ -286,88 +286,28 @@ std::string ReshapeMapper::describe() const {
 
 // ---- cast ---------------------------------------------------------------------------------------
 
-namespace {
-
-// The values a dtype holds, for deciding whether a cast loses any.
-struct ValueSet {
-  bool is_float;
-  bool is_signed;
-  bool has_inf;
-  bool has_neg_zero;
-  bool has_zero;
-  int precision;         // significant bits (floats) / value bits (integers)
-  double max_finite;     // largest finite magnitude
-  double min_subnormal;  // smallest positive value (floats)
-};
-
-std::optional<ValueSet> value_set(DType dtype) {
-  const double inf = INFINITY;
-  switch (dtype) {
-    case DType::BOOL:
-      return ValueSet{false, false, false, false, true, 1, 1, 1};
-    case DType::U8:
-      return ValueSet{false, false, false, false, true, 8, 255, 1};
-    case DType::I8:
-      return ValueSet{false, true, false, false, true, 7, 128, 1};
-    case DType::U16:
-      return ValueSet{false, false, false, false, true, 16, 65535, 1};
-    case DType::I16:
-      return ValueSet{false, true, false, false, true, 15, 32768, 1};
-    case DType::U32:
-      return ValueSet{false, false, false, false, true, 32, 4294967295.0, 1};
-    case DType::I32:
-      return ValueSet{false, true, false, false, true, 31, 2147483648.0, 1};
-    case DType::U64:
-      return ValueSet{false, false, false, false, true, 64, 18446744073709551615.0, 1};
-    case DType::I64:
-      return ValueSet{false, true, false, false, true, 63, 9223372036854775808.0, 1};
-    case DType::F16:
-      return ValueSet{true, true, true, true, true, 11, 65504, std::ldexp(1, -24)};
-    case DType::BF16:
-      return ValueSet{true, true, true, true, true, 8, 3.3895313892515355e38, std::ldexp(1, -133)};
-    case DType::F32:
-    case DType::C64:  // the real part; C64 -> anything else drops the imaginary part
-      return ValueSet{true, true, true, true, true, 24, 3.4028234663852886e38, std::ldexp(1, -149)};
-    case DType::F64:
-      return ValueSet{
-          true, true, true, true, true, 53, 1.7976931348623157e308, std::ldexp(1, -1074)};
-    case DType::F8_E4M3:
-      return ValueSet{true, true, false, true, true, 4, 448, std::ldexp(1, -9)};
-    case DType::F8_E5M2:
-      return ValueSet{true, true, true, true, true, 3, 57344, std::ldexp(1, -16)};
-    case DType::F8_E4M3FNUZ:
-      return ValueSet{true, true, false, false, true, 4, 240, std::ldexp(1, -10)};
-    case DType::F8_E5M2FNUZ:
-      return ValueSet{true, true, false, false, true, 3, 57344, std::ldexp(1, -17)};
-    case DType::F8_E8M0:
-      return ValueSet{true, false, false, false, false, 1, std::ldexp(1, 127), std::ldexp(1, -127)};
-    case DType::F4:
-    case DType::F6_E2M3:
-    case DType::F6_E3M2:
-      return std::nullopt;  // packed: core converts none of them
-  }
-  (void)inf;
-  return std::nullopt;
-}
-
-}  // namespace
-
+// The value traits come from the dtype table (Note [dtype value traits]); C64's are those of its
+// parts, so a cast to C64 is lossless when the cast to F32 is.
 bool is_lossless_cast(DType from, DType to) {
   if (from == to) return true;
   if (from == DType::C64 || to == DType::BOOL) return false;  // drops imaginary parts / values
-  const auto a = value_set(from);
-  const auto b = value_set(to);
-  if (!a || !b) return false;
-  if (!b->has_zero || (a->is_signed && !b->is_signed)) return false;
-  if (a->is_float) {
-    return b->is_float && b->precision >= a->precision && b->max_finite >= a->max_finite &&
-           b->min_subnormal <= a->min_subnormal && (!a->has_inf || b->has_inf) &&
-           (!a->has_neg_zero || b->has_neg_zero);
+  if (is_sub_byte(from) || is_sub_byte(to)) return false;     // packed: core converts none of them
+  const DTypeInfo& a = dtype_info(from);
+  const DTypeInfo& b = dtype_info(to);
+  if (!b.has_zero || (a.is_signed && !b.is_signed)) return false;
+  const bool b_is_float = b.kind == DTypeKind::kFloat || b.kind == DTypeKind::kComplex;
+  if (a.kind == DTypeKind::kFloat) {
+    return b_is_float && b.precision >= a.precision && b.max_finite >= a.max_finite &&
+           b.min_positive <= a.min_positive && (!a.has_inf || b.has_inf) &&
+           (!a.has_nan || b.has_nan) && (!a.has_neg_zero || b.has_neg_zero);
   }
-  // Integers (and BOOL): every value must be an exact integer of `to`.
-  if (b->is_float)
-    return a->max_finite <= std::ldexp(1, b->precision) && a->max_finite <= b->max_finite;
-  return a->precision <= b->precision && !(a->is_signed && !b->is_signed);
+  // Integers (and BOOL): every value must be an exact integer of `to`. The largest magnitude of a
+  // signed integer is its lowest value, -2^precision.
+  if (b_is_float) {
+    const double magnitude = a.is_signed ? std::ldexp(1, a.precision) : a.max_finite;
+    return magnitude <= std::ldexp(1, b.precision) && magnitude <= b.max_finite;
+  }
+  return a.precision <= b.precision;
 }
 
 CastMapper::CastMapper(std::string source, std::string target, DType dtype,

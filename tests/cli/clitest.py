@@ -11,6 +11,9 @@ import numpy as np
 import safetensors.numpy as stnp
 from huggingface_hub import split_state_dict_into_shards_factory
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from oracle import check, finish  # noqa: E402,F401 - the drivers import them from here
+
 D9D = os.path.abspath(sys.argv[1])
 SPECS = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else None
 
@@ -18,24 +21,6 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 FINAL_NAME = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$")
 INDEX = "model.safetensors.index.json"
 SIDECAR = "d9d-conversion.json"
-
-failures = []
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, file=sys.stderr)
-    return cond
-
-
-def finish(name):
-    print(f"{name}: {checks - len(failures)} passed, {len(failures)} failed")
-    sys.exit(1 if failures else 0)
-
 
 def d9d(*args, timeout=300):
     """Runs d9d; returns the CompletedProcess (text)."""

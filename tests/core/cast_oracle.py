@@ -17,6 +17,11 @@ the arithmetic:
     maps negatives and zero to NaN instead, so the oracle feeds it |x| and sets zeros itself.
 NaN results are compared as NaN-ness (NaN payloads differ between libraries). Exit 1 on any
 mismatch, listing the first few per pair.
+
+Before the casts, every row of the dtype table (`cast_tool --traits`: signedness, precision,
+largest finite and smallest positive value, zero, negative zero, infinity, NaN) is compared with
+what numpy and ml_dtypes say of the dtype (iinfo, finfo, and every code of the narrow formats),
+the packed F4 and F6 included.
 """
 import os
 import subprocess
@@ -27,6 +32,9 @@ import warnings
 
 import ml_dtypes
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from oracle import check, finish  # noqa: E402
 
 warnings.simplefilter("ignore")  # overflow and complex-to-real warnings are expected here
 
@@ -41,7 +49,47 @@ TYPES = {
 INTS = {"U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"}
 NARROW = {"F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ"}
 FLOATS = NARROW | {"F32", "F64"}
+PACKED = {"F4": ml_dtypes.float4_e2m1fn, "F6_E2M3": ml_dtypes.float6_e2m3fn,
+          "F6_E3M2": ml_dtypes.float6_e3m2fn}  # stored by d9d, not converted
 RNG = np.random.default_rng(20261128)
+
+
+def oracle_traits(name):
+    """What numpy and ml_dtypes say of a dtype's values, in `cast_tool --traits` order: signed,
+    precision, max finite, min positive, has zero, negative zero, infinity, NaN."""
+    if name == "BOOL":
+        return (False, 1, 1.0, 1.0, True, False, False, False)
+    if name in INTS:
+        info = np.iinfo(TYPES[name])
+        signed = info.min < 0
+        assert not signed or info.min == -info.max - 1
+        return (signed, info.bits - signed, float(info.max), 1.0, True, False, False, False)
+    t = np.float32 if name == "C64" else PACKED.get(name) or TYPES[name]  # C64: each part
+    info = ml_dtypes.finfo(t)
+    bits = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}.get(name, np.dtype(t).itemsize * 8)
+    if bits <= 16:  # every value it holds
+        v = np.arange(2**bits, dtype=np.uint8 if bits <= 8 else np.uint16).view(t)
+        v = v.astype(np.float32)
+    else:  # IEEE: the special values survive a round trip
+        v = np.array([np.inf, np.nan, 0.0, -0.0], dtype=np.float64).astype(t).astype(np.float64)
+    return (bool(info.min < 0), info.nmant + 1, float(info.max), float(info.smallest_subnormal),
+            bool(np.any(v == 0)), bool(np.any((v == 0) & np.signbit(v))),
+            bool(np.any(np.isinf(v))), bool(np.any(np.isnan(v))))
+
+
+def check_table(tool):
+    """Every row of d9d's dtype table against numpy and ml_dtypes."""
+    lines = subprocess.run([tool, "--traits"], capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    rows = {}
+    for line in filter(None, lines):
+        name, signed, precision, max_finite, min_positive, *flags = line.split()
+        rows[name] = (bool(int(signed)), int(precision), float.fromhex(max_finite),
+                      float.fromhex(min_positive), *(bool(int(f)) for f in flags))
+    check(sorted(rows) == sorted(list(TYPES) + list(PACKED)), f"the table's dtypes: {sorted(rows)}")
+    for name, row in rows.items():
+        want = oracle_traits(name)
+        check(row == want, f"dtype table row {name}: {row}, numpy/ml_dtypes say {want}")
 
 
 def bits_view(a):
@@ -149,8 +197,7 @@ def isnan_any(a):
 
 def main():
     tool = sys.argv[1]
-    failures = 0
-    pairs = 0
+    check_table(tool)
     with tempfile.TemporaryDirectory() as tmp:
         for src in TYPES:
             x = inputs(src)
@@ -169,18 +216,19 @@ def main():
                     same_bits = np.all(got.view(np.uint32).reshape(-1, 2) ==
                                        want.view(np.uint32).reshape(-1, 2), axis=1)
                 ok = np.where(nan_want, nan_got, same_bits & ~nan_got) | ~compare
-                pairs += 1
-                if not ok.all():
-                    bad = np.flatnonzero(~ok)
-                    failures += 1
-                    print(f"MISMATCH {src} -> {dst}: {bad.size} of {x.size} elements differ")
-                    for i in bad[:5]:
-                        print(f"    input {x[i]!r} ({bits_view(x[i:i+1].copy())[0]:#x}): "
-                              f"d9d {got[i]!r} ({bits_view(got[i:i+1].copy())[0]:#x}), "
-                              f"oracle {want[i]!r} ({bits_view(want[i:i+1].copy())[0]:#x})")
-    print(f"cast oracle: {pairs} dtype pairs, {failures} with mismatches")
-    return 1 if failures else 0
+                check(ok.all(), lambda: mismatches(x, got, want, ok, src, dst))
+    finish("cast oracle")
+
+
+def mismatches(x, got, want, ok, src, dst):
+    bad = np.flatnonzero(~ok)
+    lines = [f"{src} -> {dst}: {bad.size} of {x.size} elements differ"]
+    for i in bad[:5]:
+        lines.append(f"    input {x[i]!r} ({bits_view(x[i:i+1].copy())[0]:#x}): "
+                     f"d9d {got[i]!r} ({bits_view(got[i:i+1].copy())[0]:#x}), "
+                     f"oracle {want[i]!r} ({bits_view(want[i:i+1].copy())[0]:#x})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

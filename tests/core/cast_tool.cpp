@@ -1,5 +1,8 @@
 // cast_tool SRC_DTYPE DST_DTYPE IN OUT: converts the raw elements in file IN (packed SRC_DTYPE)
-// with Tensor::to and writes the raw result to OUT. Used by cast_oracle.py.
+// with Tensor::to and writes the raw result to OUT.
+// cast_tool --traits: prints the dtype table's value traits, one dtype a line, doubles as C
+// hexfloats: NAME IS_SIGNED PRECISION MAX_FINITE MIN_POSITIVE HAS_ZERO HAS_NEG_ZERO HAS_INF
+// HAS_NAN. Both are used by cast_oracle.py.
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -8,9 +11,26 @@
 
 #include <d9d/core.hpp>
 
+namespace {
+
+void print_traits() {
+  for (int i = 0; i < d9d::kNumDTypes; ++i) {
+    const d9d::DTypeInfo& t = d9d::all_dtypes()[i];
+    std::printf("%s %d %d %a %a %d %d %d %d\n", std::string(t.name).c_str(), t.is_signed,
+                t.precision, t.max_finite, t.min_positive, t.has_zero, t.has_neg_zero, t.has_inf,
+                t.has_nan);
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "--traits") {
+    print_traits();
+    return 0;
+  }
   if (argc != 5) {
-    std::fprintf(stderr, "usage: cast_tool SRC_DTYPE DST_DTYPE IN OUT\n");
+    std::fprintf(stderr, "usage: cast_tool SRC_DTYPE DST_DTYPE IN OUT | cast_tool --traits\n");
     return 2;
   }
   try {

@@ -1,7 +1,8 @@
 // Known values of to(DType), and exact round trips. The oracle comparison against numpy and
-// ml_dtypes on random and edge-case inputs is tests/oracle/cast_oracle.py.
+// ml_dtypes on random and edge-case inputs is tests/core/cast_oracle.py.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -188,4 +189,90 @@ TEST_CASE("large casts split across threads give the same values as small ones")
     CHECK(equal(big.narrow(0, start, 100), src.narrow(0, start, 100).contiguous().to(DType::BF16)));
   }
   CHECK(equal(src.transpose(0, 0).to(DType::F64).to(DType::F32), src));
+}
+
+namespace {
+
+// A dtype's value traits as its own decoding shows them: every code of an 8- or 16-bit float
+// format converted to F32 (exact) by Tensor::to, the formats' own code.
+DTypeInfo decoded_traits(DType dtype) {
+  const int64_t count = int64_t{1} << dtype_bits(dtype);
+  Tensor codes =
+      Tensor::arange(count, DType::I64).to(dtype_bits(dtype) == 16 ? DType::U16 : DType::U8);
+  const std::vector<float> values =
+      Tensor::from_storage(codes.storage(), dtype, codes.shape()).to(DType::F32).to_vector<float>();
+  DTypeInfo t{};
+  t.max_finite = 0;
+  t.min_positive = kInf;
+  int in_one_binade = 0;  // values in [1, 2): 2^(precision - 1) of them
+  for (float v : values) {
+    t.has_nan |= std::isnan(v);
+    t.has_inf |= std::isinf(v);
+    t.has_zero |= v == 0;
+    t.has_neg_zero |= v == 0 && std::signbit(v);
+    t.is_signed |= v < 0;
+    if (!std::isfinite(v)) continue;
+    t.max_finite = std::max(t.max_finite, static_cast<double>(v));
+    if (v > 0) t.min_positive = std::min(t.min_positive, static_cast<double>(v));
+    in_one_binade += v >= 1 && v < 2;
+  }
+  t.precision = static_cast<int>(std::log2(in_one_binade)) + 1;
+  return t;
+}
+
+// The same from std::numeric_limits, for the dtypes that are C++ arithmetic types.
+template <class T>
+DTypeInfo limits_traits() {
+  using L = std::numeric_limits<T>;
+  DTypeInfo t{};
+  t.is_signed = L::is_signed;
+  t.precision = L::digits;
+  t.max_finite = static_cast<double>(L::max());
+  t.min_positive = L::is_integer ? 1.0 : static_cast<double>(L::denorm_min());
+  t.has_zero = true;
+  t.has_neg_zero = L::is_iec559;
+  t.has_inf = L::has_infinity;
+  t.has_nan = L::has_quiet_NaN;
+  return t;
+}
+
+void check_traits(const DTypeInfo& row, const DTypeInfo& want) {
+  CAPTURE(row.dtype);
+  CHECK(row.is_signed == want.is_signed);
+  CHECK(row.precision == want.precision);
+  CHECK(row.max_finite == want.max_finite);
+  CHECK(row.min_positive == want.min_positive);
+  CHECK(row.has_zero == want.has_zero);
+  CHECK(row.has_neg_zero == want.has_neg_zero);
+  CHECK(row.has_inf == want.has_inf);
+  CHECK(row.has_nan == want.has_nan);
+}
+
+}  // namespace
+
+TEST_CASE("the dtype table's value traits are what each dtype's codes decode to") {
+  int checked = 0;
+  for (int i = 0; i < kNumDTypes; ++i) {
+    const DTypeInfo& row = all_dtypes()[i];
+    switch (row.dtype) {
+      case DType::BOOL: check_traits(row, limits_traits<bool>()); break;
+      case DType::U8: check_traits(row, limits_traits<uint8_t>()); break;
+      case DType::I8: check_traits(row, limits_traits<int8_t>()); break;
+      case DType::I16: check_traits(row, limits_traits<int16_t>()); break;
+      case DType::U16: check_traits(row, limits_traits<uint16_t>()); break;
+      case DType::I32: check_traits(row, limits_traits<int32_t>()); break;
+      case DType::U32: check_traits(row, limits_traits<uint32_t>()); break;
+      case DType::I64: check_traits(row, limits_traits<int64_t>()); break;
+      case DType::U64: check_traits(row, limits_traits<uint64_t>()); break;
+      case DType::F32: check_traits(row, limits_traits<float>()); break;
+      case DType::F64: check_traits(row, limits_traits<double>()); break;
+      case DType::C64: check_traits(row, limits_traits<float>()); break;  // each part
+      case DType::F4:
+      case DType::F6_E2M3:
+      case DType::F6_E3M2: continue;  // no element conversion: cast_oracle.py checks them
+      default: check_traits(row, decoded_traits(row.dtype)); break;  // the 8- and 16-bit floats
+    }
+    ++checked;
+  }
+  CHECK(checked == kNumDTypes - 3);
 }

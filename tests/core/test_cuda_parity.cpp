@@ -2,12 +2,11 @@
 // byte-identical to the CPU's. Inputs are fresh random bytes (never zeros); device outputs are
 // poisoned first (explicit destinations are filled with a poison pattern; outputs that ops allocate
 // come from the device block cache, which is primed with poisoned blocks of the same size), so a
-// byte the kernel forgets shows up. Exits 77 (skipped) when no CUDA device is visible.
-#define DOCTEST_CONFIG_IMPLEMENT
+// byte the kernel forgets shows up. Exits 77 (skipped) when no CUDA device is visible
+// (common/cuda_main.cpp).
 #include <doctest/doctest.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -16,7 +15,7 @@
 
 #include <d9d/core.hpp>
 
-#include "helpers.hpp"
+#include "common/helpers.hpp"
 
 using namespace d9d;
 
@@ -407,13 +406,4 @@ TEST_CASE("the staging ring uploads from a source, in order, and passes on a sou
     throw std::runtime_error("called for an empty tensor");
   });
   CHECK(empty.shape() == Shape{0, 5});
-}
-
-int main(int argc, char** argv) {
-  if (cuda_device_count() == 0) {
-    std::printf("no CUDA device visible: skipped\n");
-    return 77;
-  }
-  doctest::Context context(argc, argv);
-  return context.run();
 }

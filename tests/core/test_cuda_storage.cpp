@@ -1,15 +1,14 @@
 // CUDA storage: device and pinned allocations and host <-> device copies. Exits 77 (skipped)
-// when no CUDA device is visible, so the suite passes on machines without a GPU.
-#define DOCTEST_CONFIG_IMPLEMENT
+// when no CUDA device is visible (common/cuda_main.cpp), so the suite passes on machines without a
+// GPU.
 #include <doctest/doctest.h>
 
 #include <cuda_runtime_api.h>
 
-#include <cstdio>
-
 #include <d9d/core.hpp>
 
-#include "helpers.hpp"
+#include "common/cuda_main.hpp"
+#include "common/helpers.hpp"
 
 using namespace d9d;
 
@@ -24,11 +23,8 @@ TEST_CASE("tensors move to a CUDA device and back with their bytes intact") {
   }
 }
 
-TEST_CASE("d9d's calls leave the calling thread on its own current device") {
-  if (cuda_device_count() < 2) {
-    MESSAGE("one CUDA device: nothing to switch between");
-    return;
-  }
+TEST_CASE("d9d's calls leave the calling thread on its own current device" *
+          doctest::test_suite(test::kTwoCudaDevices)) {
   REQUIRE(cudaSetDevice(1) == cudaSuccess);  // the embedding engine's device
   const Tensor host = test::random_tensor({300, 77}, DType::BF16);
   const Tensor dev = host.to(Device::cuda(0));
@@ -57,13 +53,4 @@ TEST_CASE("pinned host storage is host memory the CPU can use") {
 TEST_CASE("a CUDA allocation that cannot succeed names the device and the size") {
   CHECK_THROWS_WITH_AS(Tensor::empty({int64_t{1} << 50}, DType::U8, Device::cuda(0)),
                        doctest::Contains("cuda:0"), DeviceError);
-}
-
-int main(int argc, char** argv) {
-  if (cuda_device_count() == 0) {
-    std::printf("no CUDA device visible: skipped\n");
-    return 77;
-  }
-  doctest::Context context(argc, argv);
-  return context.run();
 }

@@ -2,7 +2,7 @@
 
 #include <d9d/core.hpp>
 
-#include "helpers.hpp"
+#include "common/helpers.hpp"
 
 using namespace d9d;
 

@@ -57,15 +57,16 @@ TEST_CASE("sub-byte dtypes have no element size") {
 }
 
 TEST_CASE("dtype_of maps C++ element types") {
-  static_assert(dtype_of<float>() == DType::F32);
-  static_assert(dtype_of<double>() == DType::F64);
-  static_assert(dtype_of<bool>() == DType::BOOL);
-  static_assert(dtype_of<int64_t>() == DType::I64);
-  static_assert(dtype_of<long long>() == DType::I64);
-  static_assert(dtype_of<uint16_t>() == DType::U16);
-  static_assert(dtype_of<int8_t>() == DType::I8);
-  static_assert(dtype_of<std::complex<float>>() == DType::C64);
-  CHECK(true);
+  CHECK(dtype_of<float>() == DType::F32);
+  CHECK(dtype_of<double>() == DType::F64);
+  CHECK(dtype_of<bool>() == DType::BOOL);
+  CHECK(dtype_of<int64_t>() == DType::I64);
+  CHECK(dtype_of<long long>() == DType::I64);
+  CHECK(dtype_of<uint16_t>() == DType::U16);
+  CHECK(dtype_of<int8_t>() == DType::I8);
+  CHECK(dtype_of<std::complex<float>>() == DType::C64);
+  CHECK(dtype_of<const uint32_t>() == DType::U32);
+  CHECK(element_size(dtype_of<std::complex<float>>()) == sizeof(std::complex<float>));
 }
 
 TEST_CASE("devices parse from and print as cpu and cuda:N") {

@@ -1,4 +1,5 @@
-// Test helpers for dist: the world, a directory every rank shares, deterministic random tensors.
+// Test helpers for dist: the world and a directory every rank shares (files, random tensors and
+// options from common/).
 // Every test case is collective: each rank runs the same cases in the same order (doctest's), and
 // a case that needs a certain number of ranks returns early on every rank otherwise.
 #pragma once
@@ -6,21 +7,25 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdint>
 #include <filesystem>
-#include <fstream>
-#include <random>
-#include <set>
-#include <sstream>
 #include <string>
 
 #include <doctest/doctest.h>
 
 #include <d9d/d9d.hpp>
 
+#include "common/files.hpp"
+#include "common/helpers.hpp"
+#include "common/model_state.hpp"
+
 namespace d9d::dist::test {
 
 namespace fs = std::filesystem;
+using ::d9d::test::files_in;
+using ::d9d::test::quiet_read;
+using ::d9d::test::quiet_write;
+using ::d9d::test::random_tensor;  // the seeded form: the same bytes on every rank
+using ::d9d::test::read_file;
 
 inline ProcessGroup& world() {
   return *dist::init();
@@ -57,40 +62,5 @@ class SharedTempDir {
  private:
   fs::path path_;
 };
-
-inline std::set<std::string> files_in(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
-  return names;
-}
-
-inline std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// Random bytes: the same on every rank for the same seed.
-inline Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed) {
-  Tensor t = Tensor::empty(shape, dtype);
-  std::mt19937_64 gen(seed);
-  auto* p = static_cast<unsigned char*>(t.mutable_data_ptr());
-  for (int64_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<unsigned char>(gen());
-  return t;
-}
-
-inline model_state::WriteOptions quiet_write() {
-  model_state::WriteOptions o;
-  o.show_progress = false;
-  o.fsync = false;
-  return o;
-}
-
-inline model_state::ReadOptions quiet_read() {
-  model_state::ReadOptions o;
-  o.show_progress = false;
-  return o;
-}
 
 }  // namespace d9d::dist::test

@@ -451,9 +451,9 @@ Emulation emulation_for(const std::string& device_name) {
   if (name.find("::strided_copy_kernel(") != std::string::npos) return emulate_copy;
   Emulation found;
   for (int s = 0; s < d9d::kNumDTypes; ++s) {
-    d9d::detail::visit_element_type(static_cast<d9d::DType>(s), [&](auto src) {
+    d9d::numerics::visit_element_type(static_cast<d9d::DType>(s), [&](auto src) {
       for (int d = 0; d < d9d::kNumDTypes; ++d) {
-        d9d::detail::visit_element_type(static_cast<d9d::DType>(d), [&](auto dst) {
+        d9d::numerics::visit_element_type(static_cast<d9d::DType>(d), [&](auto dst) {
           using S = decltype(src);
           using D = decltype(dst);
           const std::string s_name = demangle(typeid(S).name());

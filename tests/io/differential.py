@@ -20,6 +20,9 @@ import tempfile
 
 import safetensors
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from oracle import check, finish  # noqa: E402
+
 TOOL = sys.argv[1]
 # d9d rules that may reject what the reference accepts, and why.
 STRICTER = {
@@ -234,48 +237,41 @@ def main():
         assert len(d9d) == len(paths), (len(d9d), len(paths))
         ref = [python_accepts(p) for p in paths]
 
-    both_accept = both_reject = 0
-    missed = []  # the reference rejects, d9d accepts: never allowed
+    both_accept = both_reject = missed = 0  # missed: the reference rejects, d9d accepts
     stricter = {}  # rule -> (count, example)
-    unexplained = []
     for data, (py_ok, py_msg), line in zip(corpus, ref, d9d):
         d9d_ok = line.startswith("OK ")
+        problem = ""
         if py_ok and d9d_ok:
             both_accept += 1
             differs = same_reading(data, line[3:])
             if differs:
-                unexplained.append((data, "both accept but read differently: " + differs))
+                problem = "both accept but read differently: " + differs
         elif not py_ok and not d9d_ok:
             both_reject += 1
         elif d9d_ok:
-            missed.append((data, py_msg))
+            missed += 1
+            problem = f"the reference rejects ({py_msg}) but d9d accepts"
         else:
             m = re.search(r"\(rule (\d+):", line)
             rule = int(m.group(1)) if m else -1
             count, example = stricter.get(rule, (0, line))
             stricter[rule] = (count + 1, example)
             if rule not in STRICTER:
-                unexplained.append((data, "d9d rejects by an undocumented stricter rule: " + line))
+                problem = "d9d rejects by an undocumented stricter rule: " + line
+        check(not problem, lambda: f"{problem[:300]}; file {data[:200]!r}")
 
     print(f"corpus: {len(corpus)} files; both accept {both_accept} (and read them the same), "
           f"both reject {both_reject}, "
-          f"d9d stricter {sum(c for c, _ in stricter.values())}, reference stricter {len(missed)}")
+          f"d9d stricter {sum(c for c, _ in stricter.values())}, reference stricter {missed}")
     for rule, (count, example) in sorted(stricter.items()):
         print(f"  d9d stricter by rule {rule}: {count} files; e.g. {example[7:220]}")
         if rule in STRICTER:
             print(f"    why: {STRICTER[rule]}")
-    failed = 0
-    for data, msg in missed[:10]:
-        print(f"FAIL: the reference rejects ({msg}) but d9d accepts: {data[:200]!r}")
-    for data, line in unexplained[:10]:
-        print(f"FAIL: {line[:300]}; file {data[:200]!r}")
-    failed = len(missed) + len(unexplained)
-    if both_accept < 100 or both_reject < 100:
-        print("FAIL: the corpus is not mixed enough to mean anything")
-        failed += 1
-    print(f"differential: {len(corpus) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    check(both_accept >= 100 and both_reject >= 100,
+          "the corpus is not mixed enough to mean anything")
+    finish("differential")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -21,17 +21,10 @@ import safetensors
 import safetensors.numpy as stnp
 from huggingface_hub import split_state_dict_into_shards_factory
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from oracle import check, finish  # noqa: E402
+
 TOOL = sys.argv[1]
-failures = []
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, file=sys.stderr)
 
 
 def tool(*args):
@@ -213,5 +206,4 @@ with tempfile.TemporaryDirectory() as tmp:
         check(t["file"] == split.tensor_to_filename[t["name"]], f"{t['name']} in its shard")
         check(bytes.fromhex(t["hex"]) == state[t["name"]].tobytes(), f"{t['name']} bytes (sharded)")
 
-print(f"interop: {checks - len(failures)} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish("interop")

@@ -5,7 +5,6 @@
 // the index arithmetic, alignment choices, tiling and splitting of the GPU path, tested on every
 // machine; launch limits, shared-memory races and the CUDA calls themselves are left to
 // tests/core/test_cuda_parity on a GPU.
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -15,8 +14,8 @@
 
 #include <d9d/core.hpp>
 
-#include "../core/helpers.hpp"
 #include "cast_body.hpp"
+#include "common/helpers.hpp"
 #include "copy_body.hpp"
 
 using namespace d9d;
@@ -262,8 +261,8 @@ namespace {
 bool cast_by_kernel(const std::byte* src, DType src_dtype, std::byte* dst, DType dst_dtype,
                     int64_t count) {
   bool vector = false;
-  d9d::detail::visit_element_type(src_dtype, [&](auto s) {
-    d9d::detail::visit_element_type(dst_dtype, [&](auto d) {
+  d9d::numerics::visit_element_type(src_dtype, [&](auto s) {
+    d9d::numerics::visit_element_type(dst_dtype, [&](auto d) {
       using S = decltype(s);
       using D = decltype(d);
       vector = cast_vectorizable<D, S>(src, dst);

@@ -1,31 +1,21 @@
-// Test helpers for the mapper tests: the reference suite's MergeAddMapper, group builders, data.
+// Test helpers for the mapper tests: the reference suite's MergeAddMapper, group builders, data
+// (random bytes from common/helpers.hpp).
 #pragma once
 
-#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <d9d/core.hpp>
 #include <d9d/mapper.hpp>
 
+#include "common/helpers.hpp"
+
 namespace d9d::mapper::test {
 
-inline std::mt19937_64& rng() {
-  static std::mt19937_64 gen(20261128);
-  return gen;
-}
-
-inline int64_t randint(int64_t lo, int64_t hi) {  // inclusive
-  return std::uniform_int_distribution<int64_t>(lo, hi)(rng());
-}
-
-// A contiguous tensor of random bytes.
-inline Tensor random_tensor(const Shape& shape, DType dtype) {
-  Tensor t = Tensor::empty(shape, dtype);
-  auto* p = static_cast<unsigned char*>(t.mutable_data_ptr());
-  for (int64_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<unsigned char>(rng()());
-  return t;
-}
+using ::d9d::test::randint;
+using ::d9d::test::random_tensor;
+using ::d9d::test::rng;
 
 // Random finite values (quarters in [-32, 32]) for float dtypes, whose NaN payloads need not
 // survive a conversion; random bytes for the others.
@@ -36,6 +26,7 @@ inline Tensor random_values(const Shape& shape, DType dtype) {
   return Tensor::from_vector<float>(v, shape).to(dtype);
 }
 
+// min_dims to max_dims dims, some of them 0 or 1 long.
 inline Shape random_shape(int64_t min_dims, int64_t max_dims, int64_t max_size) {
   Shape s;
   const int64_t n = randint(min_dims, max_dims);

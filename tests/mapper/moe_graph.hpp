@@ -1,6 +1,6 @@
-// A MoE-like checkpoint's keys (HF naming) and the two-stage mapper that converts it: the graph
-// the scale test checks and bench/mapper times (bench/mapper/reference_bench.py builds the same
-// graph with the reference).
+// A MoE-like checkpoint's keys (HF naming) and the two-stage mapper that converts it, built leaf by
+// leaf and as a spec file: the graph the scale test checks and bench/mapper times
+// (bench/mapper/reference_bench.py builds the same graph with the reference).
 //
 // Per layer: q/k/v/o projections, two norms, a router, a shared expert (gate/up/down) and E routed
 // experts (gate/up/down each); plus embed, norm and lm_head. Stage 1 renames every key; stage 2
@@ -90,6 +90,27 @@ inline Stages stages(Size size, const std::vector<std::string>& all_keys) {
   }
   return s;
 }
+
+// The same conversion as a spec, two stages of rules (the format `d9d convert --spec` reads).
+inline constexpr const char* kSpec = R"({"d9d_mapper_spec": 1, "unmatched": "error", "stages": [
+  {"rules": [{"op": "rename_tensor", "source": "model.layers.{L}.mlp.experts.{E}.{W}_proj.weight",
+              "target": "layers.{L}.experts.{E}.{W}"},
+             {"op": "rename_tensor", "source": "model.layers.{L}.self_attn.{P}_proj.weight",
+              "target": "layers.{L}.attn.{P}"},
+             {"op": "rename_tensor", "source": "model.layers.{L}.mlp.shared_expert.{W}_proj.weight",
+              "target": "layers.{L}.shared_expert.{W}"},
+             {"op": "rename_tensor", "source": "model.layers.{L}.mlp.gate.weight",
+              "target": "layers.{L}.gate"},
+             {"op": "rename_tensor", "source": "model.layers.{L}.{N}_layernorm.weight",
+              "target": "layers.{L}.{N}_layernorm"},
+             {"op": "rename_tensor", "source": "model.{X}.weight", "target": "{X}"},
+             {"op": "rename_tensor", "source": "lm_head.weight", "target": "lm_head"}]},
+  {"rules": [{"op": "concatenate_tensors", "sources": ["layers.{L}.attn.q", "layers.{L}.attn.k",
+               "layers.{L}.attn.v"], "target": "layers.{L}.attn.qkv"},
+             {"op": "concatenate_tensors", "sources": ["layers.{L}.shared_expert.gate",
+               "layers.{L}.shared_expert.up"], "target": "layers.{L}.shared_expert.gate_up"},
+             {"op": "stack_tensors", "source": "layers.{L}.experts.{E}.{W}", "over": "E",
+              "target": "layers.{L}.moe.{W}"}]}]})";
 
 // Net groups of the whole conversion: per layer qkv, shared gate_up, 3 expert stacks (when there
 // are experts) and 5 passed-through tensors (o, 2 norms, router, shared down); plus 3.

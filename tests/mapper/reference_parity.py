@@ -14,9 +14,13 @@ on which the unfixed reference swaps.
 """
 
 import json
+import os
 import random
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from oracle import check, finish, skip  # noqa: E402
 
 try:
     from d9d.model_state.mapper.compose import (
@@ -33,8 +37,7 @@ try:
         ModelStateMapperUnstackTensors,
     )
 except ImportError as e:
-    print(f"reference_parity: the reference d9d 0.24 is not installed ({e}); skipped")
-    sys.exit(77)
+    skip("reference_parity", f"the reference d9d 0.24 is not installed: {e}")
 
 
 from d9d.model_state.mapper import StateGroup
@@ -141,7 +144,7 @@ def main():
     tool = sys.argv[1]
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     rng = random.Random(20261128)
-    failed = errors = swapped = 0
+    errors = swapped = 0
     for i in range(count):
         graph = random_graph(rng)
         want = reference(graph)
@@ -152,14 +155,11 @@ def main():
         errors += "error" in want
         if "error" not in want and reference(graph, fixed=False)["groups"] != want["groups"]:
             swapped += 1
-        if got != want:
-            failed += 1
-            if failed <= 3:
-                print(f"graph {i}: {json.dumps(graph)}\n  reference: {want}\n  d9d:       {got}")
+        check(got == want,
+              lambda: f"graph {i}: {json.dumps(graph)}\n  reference: {want}\n  d9d:       {got}")
     print(f"reference_parity: {errors} graphs fail in both; on {swapped} the shipped reference swaps "
           f"inputs and outputs (see the docstring)")
-    print(f"{count - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    finish("reference_parity")
 
 
 if __name__ == "__main__":

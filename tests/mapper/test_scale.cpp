@@ -59,26 +59,7 @@ TEST_CASE("a 100k-tensor MoE conversion groups, shards and applies correctly") {
   CHECK(m->infer(specs).at("layers.77.moe.up") == TensorSpec{DType::BF16, {261, 4, 8}});
 
   // The same conversion from a spec file.
-  const std::string spec = R"({"d9d_mapper_spec": 1, "unmatched": "error", "stages": [
-    {"rules": [{"op": "rename_tensor", "source": "model.layers.{L}.mlp.experts.{E}.{W}_proj.weight",
-                "target": "layers.{L}.experts.{E}.{W}"},
-               {"op": "rename_tensor", "source": "model.layers.{L}.self_attn.{P}_proj.weight",
-                "target": "layers.{L}.attn.{P}"},
-               {"op": "rename_tensor", "source": "model.layers.{L}.mlp.shared_expert.{W}_proj.weight",
-                "target": "layers.{L}.shared_expert.{W}"},
-               {"op": "rename_tensor", "source": "model.layers.{L}.mlp.gate.weight",
-                "target": "layers.{L}.gate"},
-               {"op": "rename_tensor", "source": "model.layers.{L}.{N}_layernorm.weight",
-                "target": "layers.{L}.{N}_layernorm"},
-               {"op": "rename_tensor", "source": "model.{X}.weight", "target": "{X}"},
-               {"op": "rename_tensor", "source": "lm_head.weight", "target": "lm_head"}]},
-    {"rules": [{"op": "concatenate_tensors", "sources": ["layers.{L}.attn.q", "layers.{L}.attn.k",
-                                                 "layers.{L}.attn.v"], "target": "layers.{L}.attn.qkv"},
-               {"op": "concatenate_tensors", "sources": ["layers.{L}.shared_expert.gate",
-                "layers.{L}.shared_expert.up"], "target": "layers.{L}.shared_expert.gate_up"},
-               {"op": "stack_tensors", "source": "layers.{L}.experts.{E}.{W}", "over": "E",
-                "target": "layers.{L}.moe.{W}"}]}]})";
-  SpecMapping from = from_spec(spec, keys);
+  SpecMapping from = from_spec(moe::kSpec, keys);
   CHECK(from.unused_rules.empty());
   CHECK(from.mapper->state_dependency_groups() == groups);
 }

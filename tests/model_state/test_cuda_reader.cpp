@@ -1,50 +1,30 @@
 // read_model_state to a CUDA device: the group transform runs on the device and every output is
-// byte-identical to the CPU read of the same mapper. Exits 77 (skipped) without a CUDA device.
-#define DOCTEST_CONFIG_IMPLEMENT
+// byte-identical to the CPU read of the same mapper. Exits 77 (skipped) without a CUDA device
+// (common/cuda_main.cpp).
 #include <doctest/doctest.h>
 
-#include <unistd.h>
-
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <map>
-#include <random>
 
 #include <d9d/d9d.hpp>
 #include <d9d/mapper.hpp>
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
 
+#include "common/files.hpp"
+#include "common/helpers.hpp"
+
 using namespace d9d;
 using namespace d9d::mapper;
 using namespace d9d::model_state;
 namespace fs = std::filesystem;
-
-namespace {
-
-Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  Tensor t = Tensor::empty(shape, dtype);
-  auto* p = static_cast<unsigned char*>(t.mutable_data_ptr());
-  for (int64_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<unsigned char>(gen());
-  return t;
-}
-
-// An empty scratch folder for one test case.
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir =
-      fs::temp_directory_path() / ("d9d-cuda-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  return dir;
-}
-
-}  // namespace
+using d9d::test::random_tensor;
+using d9d::test::read_file;
+using d9d::test::TempDir;
 
 TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identical to the CPU") {
-  const fs::path dir = fresh_dir("reader");
+  const TempDir tmp;
+  const fs::path dir = tmp / "reader";
   StateDict src;
   for (int l = 0; l < 4; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
@@ -87,11 +67,11 @@ TEST_CASE("read_model_state to cuda:0 runs the groups on the device, byte-identi
     ++seen;
   }
   CHECK(seen == expect.size());
-  fs::remove_all(dir);
 }
 
 TEST_CASE("load_model_state into cuda:0 targets fills them as the CPU load fills host targets") {
-  const fs::path dir = fresh_dir("load");
+  const TempDir tmp;
+  const fs::path dir = tmp / "load";
   StateDict src;
   src["q"] = random_tensor({64, 32}, DType::BF16, 1);
   src["k"] = random_tensor({16, 32}, DType::BF16, 2);
@@ -115,13 +95,13 @@ TEST_CASE("load_model_state into cuda:0 targets fills them as the CPU load fills
     INFO(name);
     CHECK(equal(device[name].to(Device::cpu()), t));
   }
-  fs::remove_all(dir);
 }
 
 TEST_CASE("read_model_state to cuda:0 reports a shard truncated after it was opened") {
   // The device path preads into the staging ring (Note [pread into the staging ring]): a short
   // file is an IoError naming it, not SIGBUS.
-  const fs::path dir = fresh_dir("trunc");
+  const TempDir tmp;
+  const fs::path dir = tmp / "trunc";
   StateDict src;
   src["w"] = random_tensor({4, 1 << 20}, DType::U8, 7);
   WriteOptions wo;
@@ -142,11 +122,10 @@ TEST_CASE("read_model_state to cuda:0 reports a shard truncated after it was ope
   };
   const std::string file = shard.filename().string();
   CHECK_THROWS_WITH_AS(drain(), doctest::Contains(doctest::String(file.c_str())), io::IoError);
-  fs::remove_all(dir);
 }
 
 TEST_CASE("save_model_state from device tensors writes the same files as from host tensors") {
-  const fs::path base = fresh_dir("save");
+  const TempDir base;
   StateDict host;
   host["a"] = random_tensor({1000, 77}, DType::BF16, 1);
   host["big"] = random_tensor({5, 10 << 20}, DType::U8, 2);  // 50 MB: several staging chunks
@@ -164,21 +143,8 @@ TEST_CASE("save_model_state from device tensors writes the same files as from ho
     INFO(entry.path().filename().string());
     const fs::path other = base / "gpu" / entry.path().filename();
     REQUIRE(fs::exists(other));
-    std::ifstream a(entry.path(), std::ios::binary), b(other, std::ios::binary);
-    const std::string bytes_a{std::istreambuf_iterator<char>(a), {}};
-    const std::string bytes_b{std::istreambuf_iterator<char>(b), {}};
-    CHECK(bytes_a == bytes_b);
+    CHECK(read_file(entry.path()) == read_file(other));
     ++files;
   }
   CHECK(files >= 3);  // shards and the index
-  fs::remove_all(base);
-}
-
-int main(int argc, char** argv) {
-  if (cuda_device_count() == 0) {
-    std::printf("no CUDA device visible: skipped\n");
-    return 77;
-  }
-  doctest::Context context(argc, argv);
-  return context.run();
 }

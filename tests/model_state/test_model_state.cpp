@@ -1,11 +1,7 @@
 // The streamed engine: ports of the reference's test_local_io.py, then what d9d adds (plans,
 // errors before reading, zero-copy views, budgets, atomic output).
-#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
-#include <unistd.h>
-
-#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -21,62 +17,28 @@
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
 
+#include "common/files.hpp"
+#include "common/model_state.hpp"
+
 using namespace d9d;
 using namespace d9d::mapper;
 using namespace d9d::model_state;
 namespace fs = std::filesystem;
+using d9d::test::files_in;
+using d9d::test::quiet_read;
+using d9d::test::quiet_write;
+using d9d::test::read_file;
+using d9d::test::TempDir;
 
 namespace {
 
-// A fresh directory under the system's temporary directory, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("d9d-model-state-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
-
-std::set<std::string> files_in(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
-  return names;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
+// Random bytes below 64 from their own seed.
 Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed) {
   Tensor t = Tensor::empty(shape, dtype);
   std::mt19937_64 gen(seed);
   auto* p = static_cast<unsigned char*>(t.mutable_data_ptr());
   for (int64_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<unsigned char>(gen() & 0x3F);
   return t;
-}
-
-WriteOptions quiet_write() {
-  WriteOptions o;
-  o.show_progress = false;
-  o.fsync = false;
-  return o;
-}
-
-ReadOptions quiet_read() {
-  ReadOptions o;
-  o.show_progress = false;
-  return o;
 }
 
 StateDict collect(ModelStateStream stream) {
@@ -127,7 +89,7 @@ TEST_CASE("save then load round-trips a model, with the reference's exact index 
   MapperPtr mapper = identity_mapper_from_state(model);
   save_model_state(tmp / "ckpt", mapper, model, quiet_write());
 
-  const auto index = nlohmann::json::parse(read_text(tmp / "ckpt" / "model.safetensors.index.json"));
+  const auto index = nlohmann::json::parse(read_file(tmp / "ckpt" / "model.safetensors.index.json"));
   CHECK(index == nlohmann::json::parse(R"({
       "metadata": {"total_size": 40},
       "weight_map": {"fc.weight": "model-00001-of-00001.safetensors",
@@ -144,7 +106,7 @@ TEST_CASE("a partial save with renaming loads back into the renamed target only 
   StateDict model = simple_model(2.0f, 3.0f);
   save_model_state(tmp / "rename_ckpt", rename_tensor("fc.weight", "layer.w"), model, quiet_write());
   const auto index =
-      nlohmann::json::parse(read_text(tmp / "rename_ckpt" / "model.safetensors.index.json"));
+      nlohmann::json::parse(read_file(tmp / "rename_ckpt" / "model.safetensors.index.json"));
   CHECK(index == nlohmann::json::parse(R"({
       "metadata": {"total_size": 32},
       "weight_map": {"layer.w": "model-00001-of-00001.safetensors"}})"));
@@ -180,7 +142,7 @@ TEST_CASE("shard_size is enforced: two 1 MiB tensors with 0.0015 GiB shards make
   write_model_state_local(tmp / "sharded",
                           sequential({rename_tensor("t1", "t1"), rename_tensor("t2", "t2")}), gen, o);
   const auto index =
-      nlohmann::json::parse(read_text(tmp / "sharded" / "model.safetensors.index.json"));
+      nlohmann::json::parse(read_file(tmp / "sharded" / "model.safetensors.index.json"));
   CHECK(index == nlohmann::json::parse(R"({
       "metadata": {"total_size": 2097152},
       "weight_map": {"t1": "model-00001-of-00002.safetensors",

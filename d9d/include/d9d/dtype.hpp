@@ -1,12 +1,6 @@
-// Element types: every dtype a safetensors file can name.
-//
-// The enumerators are spelled as the safetensors header spells them ("F32", "BF16", "F8_E4M3"),
-// so a dtype prints and parses as the file format writes it. One table (dtype.cpp) holds each
-// dtype's name, bit size, kind and DLPack code.
-//
-// Sub-byte dtypes (F4, F6_E2M3, F6_E3M2) are packed: a tensor of them occupies numel * bits / 8
-// bytes, which must be a whole number. They can be stored, renamed, reshaped, copied whole and
-// written; operations that address single elements reject them with a TypeError.
+// Element types: the API over the dtype table. DType, DTypeInfo and the table itself (every
+// dtype's name, bit size, kind, DLPack code and value traits) are the numerics layer's
+// (<d9d/numerics/dtypes.hpp>, which also says how sub-byte dtypes are stored).
 #pragma once
 
 #include <complex>
@@ -16,44 +10,9 @@
 #include <string_view>
 #include <type_traits>
 
+#include <d9d/numerics/dtypes.hpp>
+
 namespace d9d {
-
-enum class DType : uint8_t {
-  BOOL,
-  U8,
-  I8,
-  I16,
-  U16,
-  I32,
-  U32,
-  I64,
-  U64,
-  F16,
-  BF16,
-  F32,
-  F64,
-  F8_E4M3,      // float8_e4m3fn: no infinities, NaN = S.1111.111, max 448
-  F8_E5M2,      // IEEE-like: infinities and NaNs, max 57344
-  F8_E8M0,      // float8_e8m0fnu: unsigned power of two 2^(e-127), 0xFF = NaN
-  F8_E4M3FNUZ,  // bias 8, no infinities, no negative zero, NaN = 0x80
-  F8_E5M2FNUZ,  // bias 16, no infinities, no negative zero, NaN = 0x80
-  C64,          // complex64: two F32 (real, imaginary)
-  F4,           // float4_e2m1fn, two per byte
-  F6_E2M3,      // float6_e2m3fn, packed
-  F6_E3M2,      // float6_e3m2fn, packed
-};
-
-inline constexpr int kNumDTypes = 22;
-
-enum class DTypeKind : uint8_t { kBool, kSigned, kUnsigned, kFloat, kComplex };
-
-struct DTypeInfo {
-  DType dtype;
-  std::string_view name;  // as in a safetensors header
-  int bits;               // bits per element
-  DTypeKind kind;
-  uint8_t dlpack_code;    // DLDataTypeCode (DLPack 1.1 numbering)
-};
 
 // The table entry of a dtype.
 const DTypeInfo& dtype_info(DType dtype);

@@ -1,4 +1,6 @@
-// Test helpers: random tensors and an index-by-index reference for strided layouts.
+// Test helpers shared by the C++ tests (core only): random tensors and shapes, and an
+// index-by-index reference for strided layouts. Included as "common/helpers.hpp" (tests/meson.build
+// puts tests/ on the include path); files.hpp and model_state.hpp hold the helpers of upper layers.
 #pragma once
 
 #include <cstring>
@@ -9,6 +11,7 @@
 
 namespace d9d::test {
 
+// One generator per test program, from a fixed seed: a failure reproduces.
 inline std::mt19937_64& rng() {
   static std::mt19937_64 gen(20261128);
   return gen;
@@ -26,6 +29,17 @@ inline Tensor random_tensor(const Shape& shape, DType dtype) {
   return t;
 }
 
+// Random bytes from their own seed: the same tensor for the same seed, whatever ran before (and on
+// every rank of a distributed test).
+inline Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed) {
+  Tensor t = Tensor::empty(shape, dtype);
+  std::mt19937_64 gen(seed);
+  auto* p = static_cast<unsigned char*>(t.mutable_data_ptr());
+  for (int64_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<unsigned char>(gen());
+  return t;
+}
+
+// 1 to max_dims dims, each of 1 to max_size.
 inline Shape random_shape(int64_t max_dims, int64_t max_size) {
   Shape s;
   const int64_t n = randint(1, max_dims);

@@ -1,2 +1,3 @@
+// main() of the doctest programs.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>

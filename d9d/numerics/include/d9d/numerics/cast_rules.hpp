@@ -1,25 +1,25 @@
 // The element conversion rules of Tensor::to(DType), as templates over source and destination
-// element types (private to core; header-only).
+// element types (header-only).
 //
-// Note [one set of conversion rules]: the CPU cast (cast.cpp) and the CUDA cast kernel
+// Note [one set of conversion rules]: the CPU cast (d9d/core/cast.cpp) and the CUDA cast kernel
 // (kernels/cast.cu) instantiate these same templates, so a conversion gives the same bytes on
 // either device. Everything here is D9D_HOST_DEVICE and avoids what differs between the two:
 // bit casts use __float_as_uint on the device (no memcpy), NaN is tested as x != x, and F32 <-> F64
 // conversions of a NaN are spelled out (the GPU's cvt replaces a NaN by the canonical 0x7FFFFFFF,
 // the host's SSE keeps its sign and payload, and that sign shows in F16/F8 results). The kernel
 // is compiled with --fmad=false so no multiply-add is fused differently from the host. The kernels
-// folder sees only this header, float_formats.hpp and <d9d/dtype.hpp>; it links nothing of core.
+// see only the numerics layer (this header, float_formats.hpp, dtypes.hpp); they link nothing of
+// core.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
-#include <d9d/dtype.hpp>
+#include <d9d/numerics/dtypes.hpp>
+#include <d9d/numerics/float_formats.hpp>
 
-#include "float_formats.hpp"
-
-namespace d9d::detail {
+namespace d9d::numerics {
 
 // Storage types of the dtypes that have no C++ arithmetic type; the format does the arithmetic.
 template <class Format>
@@ -189,4 +189,4 @@ bool visit_element_type(DType dtype, F&& f) {
   return false;
 }
 
-}  // namespace d9d::detail
+}  // namespace d9d::numerics

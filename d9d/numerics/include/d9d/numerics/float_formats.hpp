@@ -1,6 +1,7 @@
-// Bit-exact conversions between F32 and the narrow float formats (private to core; the CUDA
-// kernels include it too, see Note [one set of conversion rules] in cast_rules.hpp, so the GPU
-// rounds exactly as the CPU does).
+// The narrow float formats: what their codes mean (FloatLayout, from which the dtype table takes
+// every value trait of a float dtype) and bit-exact conversions between F32 and them (MiniFloat,
+// E8M0Format). Header-only; the CPU cast and the CUDA cast kernel instantiate the same code (Note
+// [one set of conversion rules] in cast_rules.hpp), so the GPU rounds exactly as the CPU does.
 //
 // Note [rounding as PyTorch]: every narrow format is encoded from F32 with round-to-nearest-even,
 // the way c10 (Half.h, BFloat16.h, Float8_*.h) does it, including its choices for the special
@@ -13,13 +14,9 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define D9D_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define D9D_HOST_DEVICE inline
-#endif
+#include <d9d/numerics/host_device.hpp>
 
-namespace d9d::detail {
+namespace d9d::numerics {
 
 D9D_HOST_DEVICE uint32_t f32_bits(float f) {
 #if defined(__CUDA_ARCH__)
@@ -41,24 +38,87 @@ D9D_HOST_DEVICE float f32_from_bits(uint32_t u) {
 #endif
 }
 
+// 2^e, exactly, at compile time (std::ldexp is not constexpr in C++20). Every power of two from
+// 2^-1074 to 2^1023 is a double.
+constexpr double exp2i(int e) {
+  double x = 1.0;
+  for (; e > 0; --e) x *= 2.0;
+  for (; e < 0; ++e) x *= 0.5;
+  return x;
+}
+
 enum class FloatStyle {
-  kIeee,  // all-ones exponent holds infinities and NaNs
-  kFn,    // finite only: all-ones exponent is a normal binade, S.1111.111 is NaN
-  kFnuz,  // finite only, no negative zero: 0x80 is NaN
+  kIeee,          // all-ones exponent holds infinities and NaNs
+  kFn,            // finite only: all-ones exponent is a normal binade, S.1111.111 is NaN
+  kFnuz,          // finite only, no negative zero: 0x80 is NaN
+  kFinite,        // every code is a finite number: no NaN either (F4, F6_*)
+  kExponentOnly,  // unsigned 2^(code - bias): no sign, no zero, all-ones is NaN (E8M0)
 };
+
+// What the codes of a float format mean: a sign bit (unless kExponentOnly), `exponent_bits`,
+// `mantissa_bits`, the exponent bias and the style. The dtype table's value traits of a float
+// dtype are this layout's (dtypes.hpp), so a format's range is written down once, here.
+struct FloatLayout {
+  int exponent_bits;
+  int mantissa_bits;
+  int bias;
+  FloatStyle style;
+
+  constexpr bool has_sign() const { return style != FloatStyle::kExponentOnly; }
+  constexpr bool has_zero() const { return style != FloatStyle::kExponentOnly; }
+  constexpr bool has_neg_zero() const { return has_zero() && style != FloatStyle::kFnuz; }
+  constexpr bool has_inf() const { return style == FloatStyle::kIeee; }
+  constexpr bool has_nan() const { return style != FloatStyle::kFinite; }
+  constexpr int precision() const { return mantissa_bits + 1; }  // significant bits
+
+  constexpr uint64_t abs_mask() const {
+    return (uint64_t{1} << (exponent_bits + mantissa_bits)) - 1;
+  }
+  constexpr uint64_t exp_mask() const {
+    return ((uint64_t{1} << exponent_bits) - 1) << mantissa_bits;
+  }
+  // The code of the largest finite value.
+  constexpr uint64_t max_finite_code() const {
+    if (style == FloatStyle::kIeee) return exp_mask() - 1;  // below the infinities
+    if (style == FloatStyle::kFn || style == FloatStyle::kExponentOnly) return abs_mask() - 1;
+    return abs_mask();  // kFnuz, kFinite: every positive code is finite
+  }
+  // The value of a finite, non-negative code, exactly (a double holds every value of these
+  // formats).
+  constexpr double value(uint64_t code) const {
+    const auto exponent = static_cast<int>(code >> mantissa_bits);
+    const auto mantissa = static_cast<double>(code & ((uint64_t{1} << mantissa_bits) - 1));
+    if (style == FloatStyle::kExponentOnly) return exp2i(exponent - bias);
+    if (exponent == 0) return mantissa * exp2i(1 - bias - mantissa_bits);  // subnormal
+    return (mantissa + exp2i(mantissa_bits)) * exp2i(exponent - bias - mantissa_bits);
+  }
+  constexpr double max_finite() const { return value(max_finite_code()); }
+  // The smallest positive value: the smallest subnormal (kExponentOnly: code 0, 2^-bias).
+  constexpr double min_positive() const {
+    return value(style == FloatStyle::kExponentOnly ? 0 : 1);
+  }
+};
+
+// The wide formats and the packed ones core stores but does not convert.
+inline constexpr FloatLayout kF32Layout{8, 23, 127, FloatStyle::kIeee};
+inline constexpr FloatLayout kF64Layout{11, 52, 1023, FloatStyle::kIeee};
+inline constexpr FloatLayout kF4Layout{2, 1, 1, FloatStyle::kFinite};      // float4_e2m1fn
+inline constexpr FloatLayout kF6E2M3Layout{2, 3, 1, FloatStyle::kFinite};  // float6_e2m3fn
+inline constexpr FloatLayout kF6E3M2Layout{3, 2, 3, FloatStyle::kFinite};  // float6_e3m2fn
 
 // A sign + E exponent bits + M mantissa bits format with the given bias and style. kNan is the
 // code produced for a NaN input; kNanSigned says whether the input's sign is kept on it.
 template <int E, int M, int Bias, FloatStyle Style, uint32_t kNan, bool kNanSigned>
 struct MiniFloat {
   static_assert(E >= 2 && E <= 8 && M >= 1 && M <= 10 && Bias <= 127);
+  static_assert(Style == FloatStyle::kIeee || Style == FloatStyle::kFn ||
+                Style == FloatStyle::kFnuz);
+  static constexpr FloatLayout kLayout{E, M, Bias, Style};
   static constexpr uint32_t kSignBit = 1u << (E + M);
   static constexpr uint32_t kAbsMask = kSignBit - 1;
   static constexpr uint32_t kExpMask = ((1u << E) - 1) << M;
   static constexpr uint32_t kInf = kExpMask;  // kIeee only
-  static constexpr uint32_t kMaxFinite = Style == FloatStyle::kIeee ? kExpMask - 1
-                                         : Style == FloatStyle::kFn ? kAbsMask - 1
-                                                                    : kAbsMask;
+  static constexpr auto kMaxFinite = static_cast<uint32_t>(kLayout.max_finite_code());
   static constexpr int kMinNormalExp = 1 - Bias;  // unbiased exponent of the smallest normal
 
   static D9D_HOST_DEVICE uint32_t nan_code(uint32_t sign) { return kNanSigned ? (sign | kNan) : kNan; }
@@ -137,6 +197,7 @@ using E5M2FnuzFormat = MiniFloat<5, 2, 16, FloatStyle::kFnuz, 0x80u, false>;
 // the input is ignored and the mantissa rounds the exponent to nearest (ties to even on the
 // implied bit), as c10's Float8_e8m0fnu does.
 struct E8M0Format {
+  static constexpr FloatLayout kLayout{8, 0, 127, FloatStyle::kExponentOnly};
   static D9D_HOST_DEVICE uint32_t encode(float value) {
     const uint32_t bits = f32_bits(value);
     uint32_t exponent = (bits >> 23) & 0xFFu;
@@ -154,4 +215,4 @@ struct E8M0Format {
   }
 };
 
-}  // namespace d9d::detail
+}  // namespace d9d::numerics
