@@ -124,7 +124,7 @@ SpecDict ParallelMapper::infer(const SpecDict& group) const {
   return run(group, [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
 }
 
-MapperPtr ParallelMapper::inverse(const SpecDict& input_specs) const {
+MapperPtr ParallelMapper::do_inverse(const SpecDict& input_specs) const {
   std::vector<MapperPtr> inverses;
   inverses.reserve(mappers_.size());
   for (const auto& m : mappers_) inverses.push_back(m->inverse(input_specs));
@@ -157,7 +157,8 @@ ShardMapper::ShardMapper(MapperPtr mapper, int64_t total, int64_t current)
 
 ShardMapper::ShardMapper(MapperPtr mapper, std::set<StateGroup> groups, int64_t total,
                          int64_t current)
-    : mapper_(std::move(mapper)), total_(total), current_(current), groups_(std::move(groups)) {
+    : mapper_(std::move(mapper)), total_(total), current_(current) {
+  groups_ = std::move(groups);
   index_groups();
 }
 
@@ -191,7 +192,7 @@ SpecDict ShardMapper::infer(const SpecDict& group) const {
   return out;
 }
 
-MapperPtr ShardMapper::inverse(const SpecDict& input_specs) const {
+MapperPtr ShardMapper::do_inverse(const SpecDict& input_specs) const {
   MapperPtr inv = mapper_->inverse(input_specs);
   std::unordered_set<std::string_view> produced;
   for (const auto& group : groups_) produced.insert(group.outputs.begin(), group.outputs.end());
@@ -265,7 +266,7 @@ SpecDict PrefixScopeMapper::infer(const SpecDict& group) const {
              [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
 }
 
-MapperPtr PrefixScopeMapper::inverse(const SpecDict& input_specs) const {
+MapperPtr PrefixScopeMapper::do_inverse(const SpecDict& input_specs) const {
   SpecDict scoped;
   for (auto it = input_specs.lower_bound(source_prefix_);
        it != input_specs.end() && it->first.compare(0, source_prefix_.size(), source_prefix_) == 0;

@@ -118,7 +118,7 @@ const TensorSpec& SingleTensorMapper::input_spec(const SpecDict& specs) const {
 // ---- identity, rename ---------------------------------------------------------------------------
 
 IdentityMapper::IdentityMapper(std::string name) : SingleTensorMapper(name, name) {}
-MapperPtr IdentityMapper::inverse(const SpecDict&) const {
+MapperPtr IdentityMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<IdentityMapper>(source());
 }
 std::string IdentityMapper::describe() const {
@@ -127,7 +127,7 @@ std::string IdentityMapper::describe() const {
 
 RenameTensorMapper::RenameTensorMapper(std::string from, std::string to)
     : SingleTensorMapper(std::move(from), std::move(to)) {}
-MapperPtr RenameTensorMapper::inverse(const SpecDict&) const {
+MapperPtr RenameTensorMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<RenameTensorMapper>(target(), source());
 }
 std::string RenameTensorMapper::describe() const {
@@ -146,7 +146,7 @@ TensorSpec TransposeMapper::infer_one(const TensorSpec& input) const {
 Tensor TransposeMapper::apply_one(Tensor input) const {
   return input.transpose(dim0_, dim1_).contiguous();
 }
-MapperPtr TransposeMapper::inverse(const SpecDict&) const {
+MapperPtr TransposeMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<TransposeMapper>(target(), source(), dim0_, dim1_);
 }
 std::string TransposeMapper::describe() const {
@@ -174,7 +174,7 @@ TensorSpec PermuteMapper::infer_one(const TensorSpec& input) const {
 Tensor PermuteMapper::apply_one(Tensor input) const {
   return input.permute(dims_).contiguous();
 }
-MapperPtr PermuteMapper::inverse(const SpecDict&) const {
+MapperPtr PermuteMapper::do_inverse(const SpecDict&) const {
   const auto n = static_cast<int64_t>(dims_.size());
   Dims inv(dims_.size(), 0);
   for (size_t i = 0; i < dims_.size(); ++i) {
@@ -211,7 +211,7 @@ TensorSpec SqueezeMapper::infer_one(const TensorSpec& input) const {
 Tensor SqueezeMapper::apply_one(Tensor input) const {
   return dim_ ? input.squeeze(*dim_) : input.squeeze();
 }
-MapperPtr SqueezeMapper::inverse(const SpecDict& input_specs) const {
+MapperPtr SqueezeMapper::do_inverse(const SpecDict& input_specs) const {
   if (require_size_one_) return std::make_shared<UnsqueezeMapper>(target(), source(), *dim_);
   if (input_specs.find(source()) == input_specs.end()) {
     throw NotInvertibleError(
@@ -241,7 +241,7 @@ TensorSpec UnsqueezeMapper::infer_one(const TensorSpec& input) const {
 Tensor UnsqueezeMapper::apply_one(Tensor input) const {
   return input.unsqueeze(dim_);
 }
-MapperPtr UnsqueezeMapper::inverse(const SpecDict&) const {
+MapperPtr UnsqueezeMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<SqueezeMapper>(target(), source(), dim_, /*require_size_one=*/true);
 }
 std::string UnsqueezeMapper::describe() const {
@@ -268,7 +268,7 @@ TensorSpec ReshapeMapper::infer_one(const TensorSpec& input) const {
 Tensor ReshapeMapper::apply_one(Tensor input) const {
   return input.reshape(shape_);
 }
-MapperPtr ReshapeMapper::inverse(const SpecDict& input_specs) const {
+MapperPtr ReshapeMapper::do_inverse(const SpecDict& input_specs) const {
   const Shape in = input_shape_ ? *input_shape_ : input_spec(input_specs).shape;
   Shape out;
   try {
@@ -328,7 +328,7 @@ TensorSpec CastMapper::infer_one(const TensorSpec& input) const {
 Tensor CastMapper::apply_one(Tensor input) const {
   return input.to(dtype_);
 }
-MapperPtr CastMapper::inverse(const SpecDict& input_specs) const {
+MapperPtr CastMapper::do_inverse(const SpecDict& input_specs) const {
   if (!input_dtype_ && input_specs.find(source()) == input_specs.end()) {
     throw NotInvertibleError(
         str_cat(describe(),
@@ -362,7 +362,7 @@ TensorSpec DistributeMapper::infer_one(const TensorSpec& input) const {
 Tensor DistributeMapper::apply_one(Tensor input) const {
   return dist::distribute_tensor(input, mesh_, placements_).as_tensor();
 }
-MapperPtr DistributeMapper::inverse(const SpecDict&) const {
+MapperPtr DistributeMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<GatherFullTensorMapper>(source());
 }
 std::string DistributeMapper::describe() const {
@@ -410,7 +410,7 @@ SpecDict SelectChildModulesMapper::infer(const SpecDict& group) const {
   return SpecDict{{child_of(group.begin()->first), group.begin()->second}};
 }
 
-MapperPtr SelectChildModulesMapper::inverse(const SpecDict&) const {
+MapperPtr SelectChildModulesMapper::do_inverse(const SpecDict&) const {
   throw NotInvertibleError(
       str_cat(describe(),
               ": a selection of a child module's keys has no inverse (to map names back, "
@@ -517,7 +517,7 @@ TensorSpec StackTensorsMapper::infer_many(const std::vector<const TensorSpec*>& 
 Tensor StackTensorsMapper::apply_many(const std::vector<Tensor>& inputs) const {
   return d9d::stack(inputs, dim()).contiguous();
 }
-MapperPtr StackTensorsMapper::inverse(const SpecDict&) const {
+MapperPtr StackTensorsMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<UnstackTensorsMapper>(target(), sources(), dim());
 }
 std::string StackTensorsMapper::describe() const {
@@ -591,7 +591,7 @@ TensorSpec ConcatenateTensorsMapper::infer_many(
 Tensor ConcatenateTensorsMapper::apply_many(const std::vector<Tensor>& inputs) const {
   return d9d::cat(inputs, dim()).contiguous();
 }
-MapperPtr ConcatenateTensorsMapper::inverse(const SpecDict& input_specs) const {
+MapperPtr ConcatenateTensorsMapper::do_inverse(const SpecDict& input_specs) const {
   if (parts_ == Parts::kChunks) {
     return std::make_shared<ChunkTensorsMapper>(target(), sources(), dim());
   }
@@ -699,7 +699,7 @@ std::vector<TensorSpec> UnstackTensorsMapper::infer_pieces(const TensorSpec& inp
 std::vector<Tensor> UnstackTensorsMapper::apply_pieces(const Tensor& input) const {
   return d9d::unbind(input, dim());
 }
-MapperPtr UnstackTensorsMapper::inverse(const SpecDict&) const {
+MapperPtr UnstackTensorsMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<StackTensorsMapper>(targets(), source(), dim());
 }
 std::string UnstackTensorsMapper::describe() const {
@@ -726,7 +726,7 @@ std::vector<TensorSpec> ChunkTensorsMapper::infer_pieces(const TensorSpec& input
 std::vector<Tensor> ChunkTensorsMapper::apply_pieces(const Tensor& input) const {
   return d9d::chunk(input, static_cast<int64_t>(targets().size()), dim());
 }
-MapperPtr ChunkTensorsMapper::inverse(const SpecDict&) const {
+MapperPtr ChunkTensorsMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<ConcatenateTensorsMapper>(targets(), source(), dim(),
                                                     ConcatenateTensorsMapper::Parts::kChunks);
 }
@@ -762,7 +762,7 @@ std::vector<TensorSpec> SplitTensorsMapper::infer_pieces(const TensorSpec& input
 std::vector<Tensor> SplitTensorsMapper::apply_pieces(const Tensor& input) const {
   return d9d::split(input, sizes_, dim());
 }
-MapperPtr SplitTensorsMapper::inverse(const SpecDict&) const {
+MapperPtr SplitTensorsMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<ConcatenateTensorsMapper>(
       targets(), source(), dim(), ConcatenateTensorsMapper::Parts::kSizes, sizes_);
 }

@@ -68,9 +68,9 @@ SpecDict ModelStateMapper::infer(const SpecDict& group) const {
                            "); override infer() to support plans and dry runs"));
 }
 
-MapperPtr ModelStateMapper::inverse(const SpecDict& /*input_specs*/) const {
+MapperPtr ModelStateMapper::do_inverse(const SpecDict& /*input_specs*/) const {
   throw NotInvertibleError(
-      d9d::detail::str_cat(describe(), ": has no inverse (override inverse() to provide one)"));
+      d9d::detail::str_cat(describe(), ": has no inverse (override do_inverse() to provide one)"));
 }
 
 std::string ModelStateMapper::describe() const {

@@ -326,7 +326,7 @@ SpecDict SequentialMapper::infer(const SpecDict& group) const {
              [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
 }
 
-MapperPtr SequentialMapper::inverse(const SpecDict& input_specs) const {
+MapperPtr SequentialMapper::do_inverse(const SpecDict& input_specs) const {
   // Stage s's inverse gets the specs that reach stage s: the input specs carried forward through
   // the earlier stages by infer() (keys a stage does not consume pass through it).
   std::vector<MapperPtr> inverses(stages_.size());

@@ -1,10 +1,11 @@
-// Spec files (format in spec.hpp): parse with JSON paths, expand rules against keys, build.
+// Spec files (format in spec.hpp): parse the document, expand each stage's rules against the keys
+// it sees, and build the mapper. The JSON accessors are in spec_json, the key patterns in
+// key_pattern, the ops and the rule parser in spec_ops.
 #include <d9d/mapper/spec.hpp>
 
 #include <algorithm>
+#include <functional>
 #include <map>
-#include <nlohmann/json.hpp>
-#include <optional>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -13,578 +14,26 @@
 #include <d9d/mapper/leaf.hpp>
 
 #include "internal.hpp"
+#include "key_pattern.hpp"
+#include "spec_json.hpp"
+#include "spec_ops.hpp"
 
 namespace d9d::mapper {
 
 using d9d::detail::str_cat;
-using Json = nlohmann::json;
+using detail::Bindings;
+using detail::Family;
+using detail::Instance;
+using detail::Node;
+using detail::Pattern;
+using detail::Rule;
 
 SpecError::SpecError(std::string path, const std::string& message)
     : ValueError("spec " + path + ": " + message), path_(std::move(path)) {}
 
 namespace {
 
-// ---- JSON with paths ----------------------------------------------------------------------------
-
-std::string child_path(const std::string& path, const std::string& key) {
-  const bool plain = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
-  });
-  return plain ? path + "." + key : path + "[" + Json(key).dump() + "]";
-}
-std::string child_path(const std::string& path, size_t index) {
-  return path + "[" + std::to_string(index) + "]";
-}
-
-std::string type_name(const Json& j) {
-  if (j.is_number_integer()) return "an integer";
-  if (j.is_number()) return "a number";
-  if (j.is_string()) return "a string";
-  if (j.is_boolean()) return "a boolean";
-  if (j.is_null()) return "null";
-  if (j.is_array()) return "an array";
-  return "an object";
-}
-
-// Parses `text`, rejecting duplicate object keys (nlohmann would keep the last silently), and
-// reports syntax errors with their byte offset.
-Json parse_json(std::string_view text) {
-  struct Frame {
-    bool object;
-    std::set<std::string> keys;
-    std::string key;
-    size_t index = 0;
-    bool started = false;
-  };
-  std::vector<Frame> frames;
-  auto path = [&frames]() {
-    std::string p = "$";
-    for (const auto& f : frames) {
-      if (f.object) {
-        if (!f.key.empty()) p = child_path(p, f.key);
-      } else if (f.started) {
-        p = child_path(p, f.index);
-      }
-    }
-    return p;
-  };
-  auto next_element = [&frames]() {
-    if (frames.empty() || frames.back().object) return;
-    Frame& f = frames.back();
-    if (f.started) ++f.index;
-    f.started = true;
-  };
-  Json::parser_callback_t callback = [&](int, Json::parse_event_t event, Json& parsed) {
-    switch (event) {
-      case Json::parse_event_t::object_start:
-        next_element();
-        frames.push_back(Frame{true, {}, {}, 0, false});
-        break;
-      case Json::parse_event_t::array_start:
-        next_element();
-        frames.push_back(Frame{false, {}, {}, 0, false});
-        break;
-      case Json::parse_event_t::object_end:
-      case Json::parse_event_t::array_end:
-        frames.pop_back();
-        break;
-      case Json::parse_event_t::key: {
-        Frame& f = frames.back();
-        std::string key = parsed.get<std::string>();
-        if (!f.keys.insert(key).second) {
-          f.key = key;
-          throw SpecError(path(), "duplicate key \"" + key + "\"");
-        }
-        f.key = std::move(key);
-        break;
-      }
-      case Json::parse_event_t::value:
-        next_element();
-        break;
-    }
-    return true;
-  };
-  try {
-    return Json::parse(text.begin(), text.end(), callback);
-  } catch (const Json::parse_error& e) {
-    throw SpecError("$", str_cat("invalid JSON at byte ", e.byte, ": ", e.what()));
-  }
-}
-
-// A JSON value and its path, with typed accessors that name the path in every error.
-struct Node {
-  const Json& j;
-  std::string path;
-
-  [[noreturn]] void fail(const std::string& message) const { throw SpecError(path, message); }
-  void expect(bool ok, const char* what) const {
-    if (!ok) fail(str_cat("expected ", what, ", got ", type_name(j), " ", j.dump()));
-  }
-  bool has(const char* key) const { return j.contains(key); }
-  Node at(const char* key) const {
-    auto it = j.find(key);
-    if (it == j.end()) fail(str_cat("missing required field \"", key, "\""));
-    return Node{*it, child_path(path, key)};
-  }
-  std::optional<Node> find(const char* key) const {
-    auto it = j.find(key);
-    if (it == j.end()) return std::nullopt;
-    return Node{*it, child_path(path, key)};
-  }
-  // Throws for any field not in `allowed`, which catches misspellings ("dims" for "dim").
-  void only(std::initializer_list<const char*> allowed, const std::string& what) const {
-    expect(j.is_object(), "an object");
-    for (const auto& item : j.items()) {
-      const std::string& key = item.key();  // (not a structured binding: lambdas capture it)
-      const bool ok =
-          std::any_of(allowed.begin(), allowed.end(), [&key](const char* a) { return key == a; });
-      if (!ok) {
-        std::string list;
-        for (const char* a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
-        throw SpecError(child_path(path, key), str_cat("unknown field \"", key, "\" for ", what,
-                                                       " (allowed: ", list, ")"));
-      }
-    }
-  }
-  std::string str() const {
-    expect(j.is_string(), "a string");
-    return j.get<std::string>();
-  }
-  int64_t integer() const {
-    expect(j.is_number_integer(), "an integer");
-    return j.get<int64_t>();
-  }
-  std::vector<Node> array() const {
-    expect(j.is_array(), "an array");
-    std::vector<Node> out;
-    for (size_t i = 0; i < j.size(); ++i) out.push_back(Node{j[i], child_path(path, i)});
-    return out;
-  }
-  std::vector<int64_t> integers() const {
-    std::vector<int64_t> out;
-    for (const auto& n : array()) out.push_back(n.integer());
-    return out;
-  }
-};
-
-// ---- patterns -----------------------------------------------------------------------------------
-
-using Bindings = std::map<std::string, std::string>;
-
-// A dotted key pattern: literal segments, segments with one capture `pre{name}post`, and at most
-// one whole-segment multi-capture `{name...}`.
-class Pattern {
- public:
-  Pattern() = default;
-  Pattern(std::string text, const Node& where) : text_(std::move(text)) {
-    if (text_.empty()) where.fail("a pattern cannot be empty");
-    // Segments end at dots outside braces ("{rest...}" holds dots of its own).
-    size_t start = 0;
-    bool in_braces = false;
-    for (size_t i = 0; i <= text_.size(); ++i) {
-      if (i == text_.size() || (text_[i] == '.' && !in_braces)) {
-        parse_segment(text_.substr(start, i - start), where);
-        start = i + 1;
-      } else if (text_[i] == '{') {
-        in_braces = true;
-      } else if (text_[i] == '}') {
-        in_braces = false;
-      }
-    }
-  }
-
-  const std::string& text() const { return text_; }
-  const std::set<std::string>& captures() const { return captures_; }
-  bool has_capture(const std::string& name) const { return captures_.count(name) != 0; }
-  bool has_multi() const { return multi_ >= 0; }
-
-  // Matches the dotted `key` (already split into `parts`), binding captures into `b`.
-  bool match(const std::vector<std::string_view>& parts, Bindings& b) const {
-    const size_t n = segs_.size();
-    if (multi_ < 0) {
-      if (parts.size() != n) return false;
-      for (size_t i = 0; i < n; ++i) {
-        if (!match_segment(segs_[i], parts[i], b)) return false;
-      }
-      return true;
-    }
-    const auto m = static_cast<size_t>(multi_);
-    if (parts.size() < n) return false;  // the multi-capture takes at least one segment
-    const size_t tail = n - m - 1;
-    for (size_t i = 0; i < m; ++i) {
-      if (!match_segment(segs_[i], parts[i], b)) return false;
-    }
-    for (size_t i = 0; i < tail; ++i) {
-      if (!match_segment(segs_[m + 1 + i], parts[parts.size() - tail + i], b)) return false;
-    }
-    std::string value;
-    for (size_t i = m; i < parts.size() - tail; ++i) {
-      if (i > m) value += '.';
-      value += parts[i];
-    }
-    return bind(b, segs_[m].name, std::move(value));
-  }
-
-  // The key with every capture replaced by its binding (each must be bound).
-  std::string instantiate(const Bindings& b) const {
-    std::string out;
-    for (size_t i = 0; i < segs_.size(); ++i) {
-      if (i) out += '.';
-      const Segment& s = segs_[i];
-      out += s.prefix;
-      if (s.kind != Segment::kLiteral) out += b.at(s.name);
-      out += s.suffix;
-    }
-    return out;
-  }
-
- private:
-  struct Segment {
-    enum Kind : uint8_t { kLiteral, kCapture, kMulti } kind;
-    std::string prefix, name, suffix;
-  };
-
-  static bool bind(Bindings& b, const std::string& name, std::string value) {
-    auto [it, inserted] = b.emplace(name, value);
-    return inserted || it->second == value;
-  }
-
-  static bool match_segment(const Segment& s, std::string_view part, Bindings& b) {
-    if (s.kind == Segment::kLiteral) return part == s.prefix;
-    if (part.size() <= s.prefix.size() + s.suffix.size()) return false;
-    if (part.substr(0, s.prefix.size()) != s.prefix) return false;
-    if (part.substr(part.size() - s.suffix.size()) != s.suffix) return false;
-    return bind(
-        b, s.name,
-        std::string(part.substr(s.prefix.size(), part.size() - s.prefix.size() - s.suffix.size())));
-  }
-
-  void parse_segment(const std::string& seg, const Node& where) {
-    if (seg.empty()) where.fail(str_cat("pattern \"", text_, "\" has an empty segment"));
-    const size_t open = seg.find('{');
-    if (open == std::string::npos) {
-      if (seg.find('}') != std::string::npos) {
-        where.fail(str_cat("pattern \"", text_, "\": unmatched '}' in segment \"", seg, "\""));
-      }
-      segs_.push_back(Segment{Segment::kLiteral, seg, {}, {}});
-      return;
-    }
-    const size_t close = seg.find('}', open);
-    if (close == std::string::npos) {
-      where.fail(str_cat("pattern \"", text_, "\": unmatched '{' in segment \"", seg, "\""));
-    }
-    Segment s{Segment::kCapture, seg.substr(0, open), seg.substr(open + 1, close - open - 1),
-              seg.substr(close + 1)};
-    if (s.prefix.find('}') != std::string::npos ||
-        s.suffix.find_first_of("{}") != std::string::npos) {
-      where.fail(str_cat("pattern \"", text_, "\": a segment holds at most one capture, got \"",
-                         seg, "\""));
-    }
-    if (s.name.size() > 3 && s.name.compare(s.name.size() - 3, 3, "...") == 0) {
-      s.name.resize(s.name.size() - 3);
-      s.kind = Segment::kMulti;
-      if (!s.prefix.empty() || !s.suffix.empty()) {
-        where.fail(str_cat("pattern \"", text_, "\": {", s.name,
-                           "...} must be a whole segment, got \"", seg, "\""));
-      }
-      if (multi_ >= 0) {
-        where.fail(str_cat("pattern \"", text_, "\": at most one {name...} per pattern"));
-      }
-      multi_ = static_cast<int>(segs_.size());
-    }
-    const bool ident = !s.name.empty() && !std::isdigit(static_cast<unsigned char>(s.name[0])) &&
-                       std::all_of(s.name.begin(), s.name.end(), [](char c) {
-                         return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
-                       });
-    if (!ident) {
-      where.fail(str_cat("pattern \"", text_, "\": capture name \"", s.name,
-                         "\" is not an identifier (letters, digits, _)"));
-    }
-    captures_.insert(s.name);
-    segs_.push_back(std::move(s));
-  }
-
-  std::string text_;
-  std::vector<Segment> segs_;
-  std::set<std::string> captures_;
-  int multi_ = -1;
-};
-
-std::vector<std::string_view> split_key(std::string_view key) {
-  std::vector<std::string_view> parts;
-  size_t start = 0;
-  while (true) {
-    const size_t dot = key.find('.', start);
-    parts.push_back(
-        key.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start));
-    if (dot == std::string_view::npos) return parts;
-    start = dot + 1;
-  }
-}
-
-std::string bindings_str(const Bindings& b) {
-  std::string out = "{";
-  for (const auto& [k, v] : b) out += (out.size() > 1 ? ", " : "") + k + "=" + v;
-  return out + "}";
-}
-
-// ---- rules --------------------------------------------------------------------------------------
-
-enum class Op : uint8_t {
-  kIdentity,
-  kRename,
-  kSelectChild,
-  kTranspose,
-  kPermute,
-  kSqueeze,
-  kUnsqueeze,
-  kReshape,
-  kCast,
-  kStack,
-  kConcatenate,
-  kUnstack,
-  kChunk,
-  kSplit
-};
-
-struct OpInfo {
-  const char* name;
-  Op op;
-};
-constexpr OpInfo kOps[] = {
-    {"identity", Op::kIdentity},
-    {"rename_tensor", Op::kRename},
-    {"select_child_modules", Op::kSelectChild},
-    {"transpose", Op::kTranspose},
-    {"permute", Op::kPermute},
-    {"squeeze", Op::kSqueeze},
-    {"unsqueeze", Op::kUnsqueeze},
-    {"reshape", Op::kReshape},
-    {"cast", Op::kCast},
-    {"stack_tensors", Op::kStack},
-    {"concatenate_tensors", Op::kConcatenate},
-    {"unstack_tensors", Op::kUnstack},
-    {"chunk_tensors", Op::kChunk},
-    {"split_tensors", Op::kSplit},
-};
-
-struct Rule {
-  std::string path;
-  std::string op_name;
-  Op op{};
-  std::vector<Pattern> sources;  // one, except stack / concatenate with "sources"
-  std::vector<Pattern> targets;  // one, except unstack / chunk / split with "targets"
-  std::string over;              // stack / concatenate / unstack / chunk over a capture
-  int64_t count = 0;             // unstack / chunk "over": how many targets
-  int64_t dim = 0;
-  std::optional<int64_t> opt_dim;  // squeeze
-  std::vector<int64_t> ints;       // transpose / permute dims, reshape shape, split sizes
-  DType dtype = DType::F32;        // cast
-  std::optional<std::set<std::string>> base_names;  // select_child_modules
-  std::string summary() const {
-    return path + " (" + op_name + " " + (sources.empty() ? "" : sources[0].text()) + ")";
-  }
-};
-
-Rule parse_rule(const Node& node) {
-  node.expect(node.j.is_object(), "a rule object");
-  Rule r;
-  r.path = node.path;
-  const Node op = node.at("op");
-  r.op_name = op.str();
-  const OpInfo* info = nullptr;
-  for (const auto& o : kOps) {
-    if (r.op_name == o.name) info = &o;
-  }
-  if (!info) {
-    std::string list;
-    for (const auto& o : kOps) list += (list.empty() ? "" : ", ") + std::string(o.name);
-    op.fail(str_cat("unknown op \"", r.op_name, "\" (ops: ", list, ")"));
-  }
-  r.op = info->op;
-  const std::string what = "op \"" + r.op_name + "\"";
-  auto pattern = [](const Node& n) { return Pattern(n.str(), n); };
-  auto single_source = [&]() { r.sources.push_back(pattern(node.at("source"))); };
-  auto optional_target = [&]() {
-    auto t = node.find("target");
-    r.targets.push_back(t ? pattern(*t) : r.sources[0]);
-  };
-  auto dim_or_zero = [&]() {
-    if (auto d = node.find("dim")) r.dim = d->integer();
-  };
-
-  switch (r.op) {
-    case Op::kIdentity:
-      node.only({"op", "comment", "source"}, what);
-      single_source();
-      r.targets.push_back(r.sources[0]);
-      break;
-    case Op::kRename:
-      node.only({"op", "comment", "source", "target"}, what);
-      single_source();
-      r.targets.push_back(pattern(node.at("target")));
-      break;
-    case Op::kSelectChild: {
-      node.only({"op", "comment", "parent", "base_names"}, what);
-      const Node parent = node.at("parent");
-      Pattern p = pattern(parent);
-      if (p.has_multi()) parent.fail("the parent pattern cannot hold a {name...} capture");
-      if (p.has_capture("child")) parent.fail("the capture name \"child\" is reserved here");
-      r.sources.push_back(Pattern(p.text() + ".{child...}", parent));
-      if (auto names = node.find("base_names")) {
-        r.base_names.emplace();
-        for (const auto& n : names->array()) {
-          if (!r.base_names->insert(n.str()).second) n.fail("base name listed twice");
-        }
-        if (r.base_names->empty()) names->fail("expected at least one base name");
-      }
-      break;
-    }
-    case Op::kTranspose: {
-      node.only({"op", "comment", "source", "target", "dims"}, what);
-      single_source();
-      optional_target();
-      const Node dims = node.at("dims");
-      r.ints = dims.integers();
-      if (r.ints.size() != 2) dims.fail("expected two dims [d0, d1]");
-      break;
-    }
-    case Op::kPermute:
-      node.only({"op", "comment", "source", "target", "dims"}, what);
-      single_source();
-      optional_target();
-      r.ints = node.at("dims").integers();
-      break;
-    case Op::kSqueeze:
-      node.only({"op", "comment", "source", "target", "dim"}, what);
-      single_source();
-      optional_target();
-      if (auto d = node.find("dim")) r.opt_dim = d->integer();
-      break;
-    case Op::kUnsqueeze:
-      node.only({"op", "comment", "source", "target", "dim"}, what);
-      single_source();
-      optional_target();
-      r.dim = node.at("dim").integer();
-      break;
-    case Op::kReshape:
-      node.only({"op", "comment", "source", "target", "shape"}, what);
-      single_source();
-      optional_target();
-      r.ints = node.at("shape").integers();
-      break;
-    case Op::kCast: {
-      node.only({"op", "comment", "source", "target", "dtype"}, what);
-      single_source();
-      optional_target();
-      const Node dtype = node.at("dtype");
-      auto parsed = dtype_from_name(dtype.str());
-      if (!parsed) {
-        std::string list;
-        for (int i = 0; i < kNumDTypes; ++i) {
-          list += (i ? ", " : "") + std::string(all_dtypes()[i].name);
-        }
-        dtype.fail(str_cat("unknown dtype \"", dtype.str(), "\" (dtypes: ", list, ")"));
-      }
-      r.dtype = *parsed;
-      break;
-    }
-    case Op::kStack:
-    case Op::kConcatenate: {
-      node.only({"op", "comment", "sources", "source", "over", "target", "dim"}, what);
-      if (node.has("sources") == node.has("source")) {
-        node.fail(str_cat(what, " needs either \"sources\" (a list) or \"source\" with \"over\""));
-      }
-      if (auto list = node.find("sources")) {
-        if (node.has("over"))
-          node.at("over").fail("\"over\" goes with \"source\", not \"sources\"");
-        for (const auto& n : list->array()) r.sources.push_back(pattern(n));
-        if (r.sources.empty()) list->fail("expected at least one source");
-        for (const auto& s : r.sources) {
-          if (s.captures() != r.sources[0].captures()) {
-            list->fail(str_cat("every source must use the same captures; \"", s.text(), "\" and \"",
-                               r.sources[0].text(), "\" differ"));
-          }
-        }
-      } else {
-        single_source();
-        const Node over = node.at("over");
-        r.over = over.str();
-        if (!r.sources[0].has_capture(r.over)) {
-          over.fail(
-              str_cat("the source \"", r.sources[0].text(), "\" has no capture {", r.over, "}"));
-        }
-      }
-      r.targets.push_back(pattern(node.at("target")));
-      if (!r.over.empty() && r.targets[0].has_capture(r.over)) {
-        node.at("target").fail(str_cat("the target cannot use {", r.over,
-                                       "}: the tensors of every value of it go into one target"));
-      }
-      dim_or_zero();
-      break;
-    }
-    case Op::kUnstack:
-    case Op::kChunk:
-    case Op::kSplit: {
-      if (r.op == Op::kSplit) {
-        node.only({"op", "comment", "source", "targets", "sizes", "dim"}, what);
-      } else {
-        node.only({"op", "comment", "source", "targets", "target", "over", "count", "dim"}, what);
-      }
-      single_source();
-      if (node.has("targets") == node.has("target")) {
-        node.fail(str_cat(what,
-                          " needs either \"targets\" (a list) or \"target\" with \"over\" and "
-                          "\"count\""));
-      }
-      if (auto list = node.find("targets")) {
-        for (const auto& n : list->array()) r.targets.push_back(pattern(n));
-        if (r.targets.empty()) list->fail("expected at least one target");
-        if (node.has("over"))
-          node.at("over").fail("\"over\" goes with \"target\", not \"targets\"");
-        if (node.has("count")) node.at("count").fail("\"count\" goes with \"target\" and \"over\"");
-      } else {
-        r.targets.push_back(pattern(node.at("target")));
-        const Node over = node.at("over");
-        r.over = over.str();
-        if (!r.targets[0].has_capture(r.over)) {
-          over.fail(
-              str_cat("the target \"", r.targets[0].text(), "\" has no capture {", r.over, "}"));
-        }
-        if (r.sources[0].has_capture(r.over)) {
-          over.fail(str_cat("the source cannot use {", r.over, "}: it is numbered by \"count\""));
-        }
-        const Node count = node.at("count");
-        r.count = count.integer();
-        if (r.count < 1) count.fail("expected a count of at least 1");
-      }
-      if (r.op == Op::kSplit) {
-        const Node sizes = node.at("sizes");
-        r.ints = sizes.integers();
-        if (r.ints.size() != r.targets.size()) {
-          sizes.fail(str_cat(r.ints.size(), " sizes for ", r.targets.size(), " targets"));
-        }
-        for (int64_t s : r.ints) {
-          if (s < 0) sizes.fail(str_cat("negative size ", s));
-        }
-      }
-      dim_or_zero();
-      break;
-    }
-  }
-  // Targets may use only what the sources bind.
-  const std::set<std::string>& bound = r.sources[0].captures();
-  for (size_t i = 0; i < r.targets.size(); ++i) {
-    for (const auto& c : r.targets[i].captures()) {
-      if (!bound.count(c) && c != r.over) {
-        const Node t = node.has("targets") ? node.at("targets").array()[i] : node.at("target");
-        t.fail(str_cat("the capture {", c, "} is not bound by the source \"", r.sources[0].text(),
-                       "\""));
-      }
-    }
-  }
-  return r;
-}
+// ---- the document -------------------------------------------------------------------------------
 
 struct Spec {
   std::string description;
@@ -593,7 +42,7 @@ struct Spec {
 };
 
 Spec parse_spec(std::string_view text) {
-  const Json json = parse_json(text);
+  const nlohmann::json json = detail::parse_spec_json(text);
   const Node root{json, "$"};
   root.only({"d9d_mapper_spec", "description", "unmatched", "stages", "rules"}, "a spec");
   Spec spec;
@@ -610,7 +59,8 @@ Spec parse_spec(std::string_view text) {
     } else if (policy == "error") {
       spec.unmatched = UnmatchedPolicy::kError;
     } else {
-      u->fail(str_cat("expected \"keep\", \"drop\" or \"error\", got \"", policy, "\""));
+      u->fail(
+          str_cat("expected \"keep\", \"drop\" or \"error\", got ", json_string_excerpt(policy)));
     }
   }
   if (root.has("stages") == root.has("rules")) {
@@ -618,7 +68,7 @@ Spec parse_spec(std::string_view text) {
   }
   auto parse_rules = [](const Node& rules) {
     std::vector<Rule> out;
-    for (const auto& r : rules.array()) out.push_back(parse_rule(r));
+    for (const auto& r : rules.array()) out.push_back(detail::parse_rule(r));
     return out;
   };
   if (auto rules = root.find("rules")) {
@@ -634,12 +84,6 @@ Spec parse_spec(std::string_view text) {
 
 // ---- expansion ----------------------------------------------------------------------------------
 
-// One expanded rule instance: a leaf mapper and the keys it consumes and produces.
-struct Instance {
-  MapperPtr mapper;
-  size_t rule;
-};
-
 // The keys one stage sees, each split into segments once for all rules.
 struct KeySet {
   std::vector<std::string> keys;  // sorted
@@ -650,7 +94,7 @@ struct KeySet {
     parts.reserve(keys.size());
     lookup.reserve(keys.size());
     for (const auto& k : keys) {
-      parts.push_back(split_key(k));
+      parts.push_back(detail::split_key(k));
       lookup.insert(k);
     }
   }
@@ -675,7 +119,7 @@ void order_over_values(std::vector<std::pair<std::string, std::string>>& items, 
   for (size_t i = 0; i < items.size(); ++i) {
     if (std::stoll(items[i].first) != static_cast<int64_t>(i) ||
         (i > 0 && items[i].first == items[i - 1].first)) {
-      throw SpecError(r.path, str_cat("for ", bindings_str(group), ", {", r.over,
+      throw SpecError(r.path, str_cat("for ", detail::bindings_str(group), ", {", r.over,
                                       "} takes the values ", detail::keys_str([&] {
                                         std::vector<std::string> v;
                                         for (const auto& it : items) v.push_back(it.first);
@@ -686,77 +130,35 @@ void order_over_values(std::vector<std::pair<std::string, std::string>>& items, 
   }
 }
 
-MapperPtr make_single(const Rule& r, std::string source, std::string target) {
-  switch (r.op) {
-    case Op::kIdentity:
-      return std::make_shared<IdentityMapper>(std::move(source));
-    case Op::kRename:
-      return std::make_shared<RenameTensorMapper>(std::move(source), std::move(target));
-    case Op::kTranspose:
-      return std::make_shared<TransposeMapper>(std::move(source), std::move(target), r.ints[0],
-                                               r.ints[1]);
-    case Op::kPermute:
-      return std::make_shared<PermuteMapper>(std::move(source), std::move(target), Dims(r.ints));
-    case Op::kSqueeze:
-      return std::make_shared<SqueezeMapper>(std::move(source), std::move(target), r.opt_dim);
-    case Op::kUnsqueeze:
-      return std::make_shared<UnsqueezeMapper>(std::move(source), std::move(target), r.dim);
-    case Op::kReshape:
-      return std::make_shared<ReshapeMapper>(std::move(source), std::move(target), Dims(r.ints));
-    case Op::kCast:
-      return std::make_shared<CastMapper>(std::move(source), std::move(target), r.dtype);
-    default:
-      D9D_ASSERT(false);
+// Instances of a kSelect rule: one per parent key, holding the children found (or the base names
+// asked for).
+void expand_select(const Rule& r, const KeySet& keys, const std::function<void(Instance)>& build) {
+  std::map<std::string, std::set<std::string>> children;  // parent key -> base names
+  for (size_t i = 0; i < keys.keys.size(); ++i) {
+    Bindings b;
+    if (!r.sources[0].match(keys.parts[i], b)) continue;
+    const std::string child = b.at("child");
+    if (r.base_names && !r.base_names->count(child)) continue;
+    const std::string& key = keys.keys[i];
+    children[key.substr(0, key.size() - child.size() - 1)].insert(child);
   }
-  return nullptr;
+  for (const auto& [parent, found] : children) {
+    if (r.base_names && found.size() != r.base_names->size()) {
+      std::vector<std::string> missing;
+      for (const auto& n : *r.base_names) {
+        if (!found.count(n)) missing.push_back(parent + "." + n);
+      }
+      throw SpecError(r.path, str_cat("the checkpoint has some base names of '", parent,
+                                      "' but not ", detail::keys_str(missing)));
+    }
+    build(Instance{{parent}, {found.begin(), found.end()}});
+  }
 }
 
-// Every instance of `r` over `keys`.
-std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
-  std::vector<MapperPtr> out;
-  auto guarded = [&r](auto&& build) -> MapperPtr {
-    try {
-      return build();
-    } catch (const SpecError&) {
-      throw;
-    } catch (const Error& e) {
-      throw SpecError(r.path, e.what());
-    }
-  };
-  const Pattern& source = r.sources[0];
-
-  if (r.op == Op::kSelectChild) {
-    // One mapper per parent instance, holding the children found (or the base names asked for).
-    std::map<std::string, std::set<std::string>> children;  // parent key -> base names
-    for (size_t i = 0; i < keys.keys.size(); ++i) {
-      Bindings b;
-      if (!source.match(keys.parts[i], b)) continue;
-      const std::string child = b.at("child");
-      if (r.base_names && !r.base_names->count(child)) continue;
-      const std::string& key = keys.keys[i];
-      children[key.substr(0, key.size() - child.size() - 1)].insert(child);
-    }
-    for (const auto& entry : children) {
-      const std::string& parent = entry.first;
-      const std::set<std::string>& found = entry.second;
-      if (r.base_names && found.size() != r.base_names->size()) {
-        std::vector<std::string> missing;
-        for (const auto& n : *r.base_names) {
-          if (!found.count(n)) missing.push_back(parent + "." + n);
-        }
-        throw SpecError(r.path, str_cat("the checkpoint has some base names of '", parent,
-                                        "' but not ", detail::keys_str(missing)));
-      }
-      out.push_back(guarded([&] {
-        return std::make_shared<SelectChildModulesMapper>(
-            std::vector<std::string>(found.begin(), found.end()), parent);
-      }));
-    }
-    return out;
-  }
-
-  const bool many_sources = r.op == Op::kStack || r.op == Op::kConcatenate;
-  if (many_sources && r.over.empty()) {
+// Instances of a kManyToOne rule.
+void expand_many_to_one(const Rule& r, const KeySet& keys,
+                        const std::function<void(Instance)>& build) {
+  if (r.over.empty()) {
     // Bindings found by any source; each must find every source.
     std::set<Bindings> bindings;
     for (const auto& p : r.sources) {
@@ -772,49 +174,36 @@ std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
         if (!keys.has(names.back())) missing.push_back(names.back());
       }
       if (!missing.empty()) {
-        throw SpecError(
-            r.path, str_cat("for ", bindings_str(b), " the checkpoint has some sources but not ",
-                            detail::keys_str(missing)));
+        throw SpecError(r.path, str_cat("for ", detail::bindings_str(b),
+                                        " the checkpoint has some sources but not ",
+                                        detail::keys_str(missing)));
       }
-      std::string target = r.targets[0].instantiate(b);
-      out.push_back(guarded([&]() -> MapperPtr {
-        if (r.op == Op::kStack) return stack_tensors(std::move(names), std::move(target), r.dim);
-        return concatenate_tensors(std::move(names), std::move(target), r.dim);
-      }));
+      build(Instance{std::move(names), {r.targets[0].instantiate(b)}});
     }
-    return out;
+    return;
   }
-  if (many_sources) {
-    // One tensor per value of the `over` capture, grouped by the other captures.
-    std::map<Bindings, std::vector<std::pair<std::string, std::string>>> groups;
-    for (size_t i = 0; i < keys.keys.size(); ++i) {
-      Bindings b;
-      if (!source.match(keys.parts[i], b)) continue;
-      std::string value = b.at(r.over);
-      b.erase(r.over);
-      groups[b].emplace_back(std::move(value), keys.keys[i]);
-    }
-    for (auto& [b, items] : groups) {
-      order_over_values(items, r, b);
-      std::vector<std::string> names;
-      for (auto& it : items) names.push_back(std::move(it.second));
-      std::string target = r.targets[0].instantiate(b);
-      out.push_back(guarded([&]() -> MapperPtr {
-        if (r.op == Op::kStack) return stack_tensors(std::move(names), std::move(target), r.dim);
-        return concatenate_tensors(std::move(names), std::move(target), r.dim);
-      }));
-    }
-    return out;
-  }
-
+  // One tensor per value of the `over` capture, grouped by the other captures.
+  std::map<Bindings, std::vector<std::pair<std::string, std::string>>> groups;
   for (size_t i = 0; i < keys.keys.size(); ++i) {
     Bindings b;
-    if (!source.match(keys.parts[i], b)) continue;
-    const std::string& key = keys.keys[i];
-    if (r.op != Op::kUnstack && r.op != Op::kChunk && r.op != Op::kSplit) {
-      out.push_back(guarded([&] { return make_single(r, key, r.targets[0].instantiate(b)); }));
-      continue;
-    }
+    if (!r.sources[0].match(keys.parts[i], b)) continue;
+    std::string value = b.at(r.over);
+    b.erase(r.over);
+    groups[b].emplace_back(std::move(value), keys.keys[i]);
+  }
+  for (auto& [b, items] : groups) {
+    order_over_values(items, r, b);
+    std::vector<std::string> names;
+    for (auto& it : items) names.push_back(std::move(it.second));
+    build(Instance{std::move(names), {r.targets[0].instantiate(b)}});
+  }
+}
+
+// Instances of a kSingle or kOneToMany rule: one per key the source matches.
+void expand_per_key(const Rule& r, const KeySet& keys, const std::function<void(Instance)>& build) {
+  for (size_t i = 0; i < keys.keys.size(); ++i) {
+    Bindings b;
+    if (!r.sources[0].match(keys.parts[i], b)) continue;
     std::vector<std::string> targets;
     if (r.over.empty()) {
       for (const auto& t : r.targets) targets.push_back(t.instantiate(b));
@@ -825,11 +214,33 @@ std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
         targets.push_back(r.targets[0].instantiate(with));
       }
     }
-    out.push_back(guarded([&]() -> MapperPtr {
-      if (r.op == Op::kUnstack) return unstack_tensors(key, std::move(targets), r.dim);
-      if (r.op == Op::kChunk) return chunk_tensors(key, std::move(targets), r.dim);
-      return split_tensors(key, std::move(targets), r.ints, r.dim);
-    }));
+    build(Instance{{keys.keys[i]}, std::move(targets)});
+  }
+}
+
+// The leaf mappers of every instance of `r` over `keys`.
+std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
+  std::vector<MapperPtr> out;
+  const std::function<void(Instance)> build = [&r, &out](Instance instance) {
+    try {
+      out.push_back(r.build(std::move(instance)));
+    } catch (const SpecError&) {
+      throw;
+    } catch (const Error& e) {
+      throw SpecError(r.path, e.what());
+    }
+  };
+  switch (r.op->family) {
+    case Family::kSelect:
+      expand_select(r, keys, build);
+      break;
+    case Family::kManyToOne:
+      expand_many_to_one(r, keys, build);
+      break;
+    case Family::kSingle:
+    case Family::kOneToMany:
+      expand_per_key(r, keys, build);
+      break;
   }
   return out;
 }

@@ -307,16 +307,15 @@ namespace {
 // read_model_state in the whole plan's order.
 class GroupSubsetMapper final : public mapper::ModelStateMapper {
  public:
-  GroupSubsetMapper(MapperPtr parent, std::set<StateGroup> groups)
-      : parent_(std::move(parent)), groups_(std::move(groups)) {}
-  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
+  GroupSubsetMapper(MapperPtr parent, std::set<StateGroup> groups) : parent_(std::move(parent)) {
+    groups_ = std::move(groups);
+  }
   StateDict apply(StateDict group) const override { return parent_->apply(std::move(group)); }
   SpecDict infer(const SpecDict& group) const override { return parent_->infer(group); }
   std::string describe() const override { return parent_->describe(); }
 
  private:
   MapperPtr parent_;
-  std::set<StateGroup> groups_;
 };
 
 // Note [global progress]: the ranks of a conversion share a small file in the destination, one

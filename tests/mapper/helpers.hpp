@@ -64,7 +64,6 @@ class MergeAddMapper final : public ModelStateMapper {
       : in_a_(std::move(in_a)), in_b_(std::move(in_b)), out_sum_(std::move(out_sum)) {
     groups_.insert(StateGroup{{in_a_, in_b_}, {out_sum_}});
   }
-  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
   StateDict apply(StateDict group) const override {
     const Tensor& a = group.at(in_a_);
     const Tensor& b = group.at(in_b_);
@@ -82,7 +81,6 @@ class MergeAddMapper final : public ModelStateMapper {
 
  private:
   std::string in_a_, in_b_, out_sum_;
-  std::set<StateGroup> groups_;
 };
 
 inline MapperPtr merge_add(std::string a, std::string b, std::string sum) {

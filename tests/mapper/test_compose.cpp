@@ -109,8 +109,7 @@ TEST_CASE("parallel drops empty mappers and flattens nested groups") {
 
 TEST_CASE("parallel checks what a user-defined sub-mapper returns") {
   struct Liar final : ModelStateMapper {
-    std::set<StateGroup> g{StateGroup{{"a"}, {"b"}}};
-    const std::set<StateGroup>& state_dependency_groups() const override { return g; }
+    Liar() { groups_.insert(StateGroup{{"a"}, {"b"}}); }
     StateDict apply(StateDict group) const override { return {{"c", group.at("a")}}; }
   };
   MapperPtr par = parallel({std::make_shared<Liar>()});
@@ -184,8 +183,7 @@ TEST_CASE("sequential does not tie groups through an output no later stage uses"
   // A stage-1 sink consumes a1 and b1 and produces nothing: the reference's trace never reaches
   // it, so {a} and {b} stay separate groups.
   struct Sink final : ModelStateMapper {
-    std::set<StateGroup> g{StateGroup{{"a1", "b1"}, {}}};
-    const std::set<StateGroup>& state_dependency_groups() const override { return g; }
+    Sink() { groups_.insert(StateGroup{{"a1", "b1"}, {}}); }
     StateDict apply(StateDict) const override { return {}; }
   };
   MapperPtr seq = sequential(

@@ -5,6 +5,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <d9d/mapper/json.hpp>
+
 #include "helpers.hpp"
 
 using namespace d9d;
@@ -23,9 +25,10 @@ std::string read_example(const std::string& name) {
   return s.str();
 }
 
-// The SpecError of from_spec(json, keys), checked to carry `path` and `text` in its message.
-void check_spec_error(const std::string& json, const std::vector<std::string>& keys,
-                      const std::string& path, const std::string& text) {
+// The SpecError of from_spec(json, keys), checked to carry `path` and `text` in its message;
+// returns the message.
+std::string check_spec_error(const std::string& json, const std::vector<std::string>& keys,
+                             const std::string& path, const std::string& text) {
   try {
     from_spec(json, keys);
     FAIL("expected a SpecError at ", path);
@@ -34,7 +37,16 @@ void check_spec_error(const std::string& json, const std::vector<std::string>& k
     CHECK(e.path() == path);
     CHECK(std::string(e.what()).find(text) != std::string::npos);
     CHECK(std::string(e.what()).find(path) != std::string::npos);
+    return e.what();
   }
+  return {};
+}
+
+std::string repeat(const std::string& s, size_t n) {
+  std::string out;
+  out.reserve(s.size() * n);
+  for (size_t i = 0; i < n; ++i) out += s;
+  return out;
 }
 
 std::string one_rule(const std::string& rule) {
@@ -155,7 +167,8 @@ TEST_CASE("stack over a capture orders experts numerically and checks none is mi
   for (int l = 0; l < 2; ++l) {
     for (int e = 0; e < 12; ++e) keys.push_back(str_cat("layers.", l, ".experts.", e, ".w1"));
   }
-  const std::string rule = R"({"op": "stack_tensors", "source": "layers.{L}.experts.{E}.w1", "over": "E",
+  const std::string rule =
+      R"({"op": "stack_tensors", "source": "layers.{L}.experts.{E}.w1", "over": "E",
                                "target": "layers.{L}.moe.w1", "dim": 0})";
   SpecMapping m = from_spec(one_rule(rule), keys);
   CHECK(m.mapper->state_dependency_groups().size() == 2);
@@ -224,9 +237,10 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
   check_spec_error(
       one_rule(R"({"op": "rename_tensor", "source": "a", "target": "b", "source": "c"})"), keys,
       "$.rules[0].source", "duplicate key \"source\"");
-  check_spec_error(one_rule(R"({"op": "identity", "source": "a"}, {"op": "stack_tensors", "sources": ["a"],
+  check_spec_error(
+      one_rule(R"({"op": "identity", "source": "a"}, {"op": "stack_tensors", "sources": ["a"],
                                 "target": "s", "dims": 0})"),
-                   keys, "$.rules[1].dims", "unknown field \"dims\"");
+      keys, "$.rules[1].dims", "unknown field \"dims\"");
   check_spec_error(one_rule(R"({"op": "unsqueeze", "source": "a", "dim": "0"})"), keys,
                    "$.rules[0].dim", "expected an integer");
   check_spec_error(one_rule(R"({"op": "unsqueeze", "source": "a"})"), keys, "$.rules[0]",
@@ -248,12 +262,13 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
   check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a.{L}", "target": "b.{M}"})"),
                    keys, "$.rules[0].target", "{M} is not bound");
   check_spec_error(
-      one_rule(R"({"op": "split_tensors", "source": "a", "targets": ["x", "y"], "sizes": [1]})"), keys,
-      "$.rules[0].sizes", "1 sizes for 2 targets");
-  check_spec_error(one_rule(R"({"op": "stack_tensors", "sources": ["a.{L}", "b"], "target": "s"})"), keys,
-                   "$.rules[0].sources", "same captures");
-  check_spec_error(one_rule(R"({"op": "stack_tensors", "source": "a.{L}", "over": "E", "target": "s"})"),
-                   keys, "$.rules[0].over", "no capture {E}");
+      one_rule(R"({"op": "split_tensors", "source": "a", "targets": ["x", "y"], "sizes": [1]})"),
+      keys, "$.rules[0].sizes", "1 sizes for 2 targets");
+  check_spec_error(one_rule(R"({"op": "stack_tensors", "sources": ["a.{L}", "b"], "target": "s"})"),
+                   keys, "$.rules[0].sources", "same captures");
+  check_spec_error(
+      one_rule(R"({"op": "stack_tensors", "source": "a.{L}", "over": "E", "target": "s"})"), keys,
+      "$.rules[0].over", "no capture {E}");
   check_spec_error(R"({"d9d_mapper_spec": 1, "stages": [{"rules": []}, {"rules": [
                        {"op": "squeeze", "source": "a", "dim": true}]}]})",
                    keys, "$.stages[1].rules[0].dim", "expected an integer");
@@ -264,8 +279,9 @@ TEST_CASE("malformed specs name the JSON path of the problem") {
 TEST_CASE("specs that do not fit the keys name the rule") {
   const std::vector<std::string> keys{"l.0.q", "l.0.k", "l.1.q", "a", "b"};
   check_spec_error(
-      one_rule(R"({"op": "stack_tensors", "sources": ["l.{L}.q", "l.{L}.k"], "target": "l.{L}.qk"})"), keys,
-      "$.rules[0]", "for {L=1} the checkpoint has some sources but not [l.1.k]");
+      one_rule(
+          R"({"op": "stack_tensors", "sources": ["l.{L}.q", "l.{L}.k"], "target": "l.{L}.qk"})"),
+      keys, "$.rules[0]", "for {L=1} the checkpoint has some sources but not [l.1.k]");
   check_spec_error(one_rule(R"({"op": "rename_tensor", "source": "a", "target": "x"},
                                {"op": "identity", "source": "a"})"),
                    keys, "$.rules[1]", "'a' is consumed both by $.rules[0]");
@@ -277,10 +293,100 @@ TEST_CASE("specs that do not fit the keys name the rule") {
   check_spec_error(
       one_rule(R"({"op": "select_child_modules", "parent": "l.{L}", "base_names": ["q", "k"]})"),
       keys, "$.rules[0]", "but not [l.1.k]");
-  check_spec_error(one_rule(R"({"op": "stack_tensors", "sources": ["a", "a"], "target": "s"})"), keys,
-                   "$.rules[0]", "listed twice");
+  check_spec_error(one_rule(R"({"op": "stack_tensors", "sources": ["a", "a"], "target": "s"})"),
+                   keys, "$.rules[0]", "listed twice");
   CHECK_THROWS_AS(from_spec(one_rule(R"({"op": "identity", "source": "a"})"), {"a", "a"}),
                   ValueError);
+}
+
+TEST_CASE("a spec nested 100,000 deep is a SpecError naming where, not a crash") {
+  const std::vector<std::string> keys{"a"};
+  auto with_description = [](const std::string& value) {
+    return R"({"d9d_mapper_spec": 1, "rules": [], "description": )" + value + "}";
+  };
+  // The document is one level, so the description may hold 63 more; the 64th is refused.
+  const std::string message = check_spec_error(
+      with_description(repeat("[", 100000) + repeat("]", 100000)), keys,
+      "$.description" + repeat("[0]", 63), "nested deeper than 64 arrays and objects");
+  CHECK(message.size() < 400);
+  check_spec_error(with_description(repeat("{\"a\": ", 100000) + "1" + repeat("}", 100000)), keys,
+                   "$.description" + repeat(".a", 63), "nested deeper than 64");
+  // 63 levels parse, and the wrong value is printed cut short.
+  const std::string shallow = check_spec_error(
+      with_description(repeat("[", 63) + repeat("]", 63)), keys, "$.description",
+      "expected a string, got an array " + repeat("[", 63) + repeat("]", 37) + "...");
+  CHECK(shallow.size() < 200);
+}
+
+TEST_CASE("a huge value in a spec gives a message of bounded length") {
+  const std::vector<std::string> keys{"a"};
+  auto unsqueeze_dim = [](const std::string& dim) {
+    return one_rule(R"({"op": "unsqueeze", "source": "a", "dim": )" + dim + "}");
+  };
+  const std::string huge_array = str_cat("[", repeat("12345,", 200000), "0]");
+  const std::string huge_string = str_cat("\"", repeat("x", 1000000), "\"");
+  std::vector<std::string> messages{
+      check_spec_error(unsqueeze_dim(huge_array), keys, "$.rules[0].dim",
+                       "expected an integer, got an array [12345,12345,"),
+      check_spec_error(unsqueeze_dim(huge_string), keys, "$.rules[0].dim",
+                       "expected an integer, got a string \"xxx"),
+      check_spec_error(unsqueeze_dim(R"({"k": )" + huge_string + "}"), keys, "$.rules[0].dim",
+                       R"(expected an integer, got an object {"k":"xxx)"),
+      check_spec_error(one_rule(R"({"op": )" + huge_string + "}"), keys, "$.rules[0].op",
+                       "unknown op \"xxx"),
+      check_spec_error(one_rule(R"({"op": "cast", "source": "a", "dtype": )" + huge_string + "}"),
+                       keys, "$.rules[0].dtype", "unknown dtype \"xxx"),
+      check_spec_error(
+          one_rule(R"({"op": "identity", "source": ")" + repeat("x", 1000000) + R"(.."})"), keys,
+          "$.rules[0].source", "pattern \"xxx"),
+      check_spec_error(R"({"d9d_mapper_spec": 1, "rules": [], "unmatched": )" + huge_string + "}",
+                       keys, "$.unmatched", "got \"xxx"),
+      // A number beyond a double, an unterminated string: nlohmann's messages quote them.
+      check_spec_error(unsqueeze_dim(repeat("1", 100000)), keys, "$", "number overflow"),
+      check_spec_error(R"({"d9d_mapper_spec": 1, "description": )" + huge_string.substr(1), keys,
+                       "$", "invalid JSON at byte"),
+  };
+  for (const auto& m : messages) {
+    INFO(m.substr(0, 500));
+    CHECK(m.size() < 500);
+  }
+}
+
+TEST_CASE("json_excerpt prints what dump() prints, cut after a bounded prefix") {
+  using nlohmann::json;
+  for (const json& j :
+       {json(nullptr), json(true), json(-3), json(2.5), json("a\"b\n\u00e9"), json::array(),
+        json::object(), json::parse(R"([1, {"a": [true, null]}, "s"])")}) {
+    CHECK(json_excerpt(j) == j.dump());
+  }
+  CHECK(json_excerpt(json(repeat("x", 1000)), 10) == "\"xxxxxxxxx...");
+  CHECK(json_excerpt(json::parse(str_cat("[", repeat("1,", 999), "1]")), 10) == "[1,1,1,1,1...");
+  // A cut never splits a UTF-8 sequence: "\u00e9" is two bytes.
+  CHECK(json_excerpt(json(repeat("\u00e9", 100)), 10) == str_cat("\"", repeat("\u00e9", 4), "..."));
+  CHECK(json_string_excerpt("a.b") == "\"a.b\"");
+  // However deep the value, the printer stops at the bound (and so does its recursion).
+  json deep = json::array();
+  for (int i = 0; i < 10000; ++i) deep = json::array({std::move(deep)});
+  CHECK(json_excerpt(deep, 100) == repeat("[", 100) + "...");
+}
+
+TEST_CASE("parse_json rejects duplicate keys and deep nesting with the JSON path") {
+  CHECK(parse_json(R"({"a": [1, {"b": 2}]})") == nlohmann::json::parse(R"({"a": [1, {"b": 2}]})"));
+  auto path_of = [](const std::string& text, size_t depth) {
+    try {
+      parse_json(text, depth);
+    } catch (const JsonError& e) {
+      return e.path();
+    }
+    return std::string("(no error)");
+  };
+  CHECK(path_of(R"({"a": [1, {"b": 2, "b": 3}]})", 64) == "$.a[1].b");
+  CHECK(path_of(R"({"a b": {"c": 1, "c": 1}})", 64) == "$[\"a b\"].c");
+  CHECK(path_of("[[1], [[2]]]", 3) == "(no error)");
+  CHECK(path_of("[[1], [[2]]]", 2) == "$[1][0]");
+  CHECK(path_of("[1, 2", 64) == "$");
+  CHECK(path_of("[1e999]", 64) == "$");
+  CHECK_THROWS_WITH_AS(parse_json("[1, 2"), doctest::Contains("invalid JSON at byte"), JsonError);
 }
 
 // ---- example specs ------------------------------------------------------------------------------

@@ -61,7 +61,6 @@ class SplitTensorMapper : public ModelStateMapper {
       : fused_(std::move(fused)), a_(std::move(a)), b_(std::move(b)) {
     groups_.insert(StateGroup{{fused_}, {a_, b_}});
   }
-  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
   StateDict apply(StateDict group) const override {
     const Tensor& t = group.at(fused_);
     return {{a_, t.select(0, 0)}, {b_, t.select(0, 1)}};
@@ -69,7 +68,6 @@ class SplitTensorMapper : public ModelStateMapper {
 
  private:
   std::string fused_, a_, b_;
-  std::set<StateGroup> groups_;
 };
 
 // Writes a checkpoint of `tensors` with the engine itself (identity mapper).
@@ -259,11 +257,7 @@ TEST_CASE("an error in one group reaches the consumer at that group") {
   class Throwing : public ModelStateMapper {
    public:
     Throwing() { groups_.insert(StateGroup{{"a"}, {"b"}}); }
-    const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
     StateDict apply(StateDict) const override { throw ValueError("custom failure in apply"); }
-
-   private:
-    std::set<StateGroup> groups_;
   };
   ModelStateStream s = read_model_state(tmp / "c", std::make_shared<Throwing>(), quiet_read());
   CHECK_THROWS_WITH_AS(s.begin(), doctest::Contains("custom failure in apply"), ValueError);
@@ -415,15 +409,11 @@ TEST_CASE("a failure in the middle of a write leaves no final file, no index and
       groups_.insert(StateGroup{{"a"}, {"a"}});
       groups_.insert(StateGroup{{"b"}, {"b"}});
     }
-    const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
     StateDict apply(StateDict g) const override {
       if (g.contains("b")) throw ValueError("disk on fire");
       return g;
     }
     SpecDict infer(const SpecDict& g) const override { return g; }
-
-   private:
-    std::set<StateGroup> groups_;
   };
   std::vector<std::pair<std::string, Tensor>> items{{"a", Tensor::zeros({1 << 16}, DType::U8)},
                                                     {"b", Tensor::zeros({1 << 16}, DType::U8)}};

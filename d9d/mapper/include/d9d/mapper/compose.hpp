@@ -42,13 +42,13 @@ std::vector<MapperPtr> filter_empty_mappers(const std::vector<MapperPtr>& mapper
 class ParallelMapper final : public ModelStateMapper {
  public:
   explicit ParallelMapper(std::vector<MapperPtr> mappers);
-  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
   const std::vector<MapperPtr>& mappers() const { return mappers_; }
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
 
  private:
   struct Route {
@@ -59,7 +59,6 @@ class ParallelMapper final : public ModelStateMapper {
   Dict run(Dict group, Call call) const;
 
   std::vector<MapperPtr> mappers_;
-  std::set<StateGroup> groups_;
   // Input key -> its group (inputs never collide, so any one key of a group finds it); a group
   // without inputs is found under "".
   std::unordered_map<std::string_view, Route> routes_;
@@ -70,13 +69,13 @@ class SequentialMapper final : public ModelStateMapper {
  public:
   explicit SequentialMapper(std::vector<MapperPtr> mappers);
   ~SequentialMapper() override;
-  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
   const std::vector<MapperPtr>& stages() const { return stages_; }
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
 
  private:
   struct Plan;  // the stage-by-stage execution plan of every net group (sequential.cpp)
@@ -84,21 +83,20 @@ class SequentialMapper final : public ModelStateMapper {
   Dict run(Dict group, Call call) const;
 
   std::vector<MapperPtr> stages_;
-  std::set<StateGroup> groups_;
   std::unique_ptr<const Plan> plan_;
 };
 
 class ShardMapper final : public ModelStateMapper {
  public:
   ShardMapper(MapperPtr mapper, int64_t total, int64_t current);
-  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
   // Takes exactly the inputs of one of this shard's groups.
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
-  // The inverse of the whole mapper, restricted to the groups that read this shard's outputs.
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
+
+ protected:
+  // The inverse of the whole mapper, restricted to the groups that read this shard's outputs.
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
 
  private:
   ShardMapper(MapperPtr mapper, std::set<StateGroup> groups, int64_t total, int64_t current);
@@ -107,19 +105,18 @@ class ShardMapper final : public ModelStateMapper {
 
   MapperPtr mapper_;
   int64_t total_, current_;
-  std::set<StateGroup> groups_;
   std::unordered_map<std::string_view, const StateGroup*> routes_;
 };
 
 class PrefixScopeMapper final : public ModelStateMapper {
  public:
   PrefixScopeMapper(MapperPtr mapper, std::string source_prefix, std::string target_prefix);
-  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
 
  private:
   template <class Dict, class Call>
@@ -127,7 +124,6 @@ class PrefixScopeMapper final : public ModelStateMapper {
 
   MapperPtr mapper_;
   std::string source_prefix_, target_prefix_;
-  std::set<StateGroup> groups_;
 };
 
 }  // namespace d9d::mapper

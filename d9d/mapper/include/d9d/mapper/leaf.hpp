@@ -79,7 +79,6 @@ MapperPtr gather_full_tensor(std::string name);
 // the tensor in every error.
 class SingleTensorMapper : public ModelStateMapper {
  public:
-  const std::set<StateGroup>& state_dependency_groups() const final { return groups_; }
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
   const std::string& source() const { return source_; }
@@ -101,17 +100,15 @@ class SingleTensorMapper : public ModelStateMapper {
  private:
   std::string source_;
   std::string target_;
-  std::set<StateGroup> groups_;
 };
 
 class IdentityMapper final : public SingleTensorMapper {
  public:
   explicit IdentityMapper(std::string name);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   bool accepts_dtensor() const override { return true; }
   TensorSpec infer_one(const TensorSpec& input) const override { return input; }
   Tensor apply_one(Tensor input) const override { return input; }
@@ -120,11 +117,10 @@ class IdentityMapper final : public SingleTensorMapper {
 class RenameTensorMapper final : public SingleTensorMapper {
  public:
   RenameTensorMapper(std::string from, std::string to);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   bool accepts_dtensor() const override { return true; }
   TensorSpec infer_one(const TensorSpec& input) const override { return input; }
   Tensor apply_one(Tensor input) const override { return input; }
@@ -133,11 +129,10 @@ class RenameTensorMapper final : public SingleTensorMapper {
 class TransposeMapper final : public SingleTensorMapper {
  public:
   TransposeMapper(std::string source, std::string target, int64_t dim0, int64_t dim1);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
 
@@ -149,11 +144,10 @@ class PermuteMapper final : public SingleTensorMapper {
  public:
   // Throws ValueError unless `dims` is a permutation of 0..n-1 (entries may be negative).
   PermuteMapper(std::string source, std::string target, Dims dims);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
 
@@ -168,11 +162,10 @@ class SqueezeMapper final : public SingleTensorMapper {
   // squeeze, whose own inverse is then known without specs.
   SqueezeMapper(std::string source, std::string target, std::optional<int64_t> dim,
                 bool require_size_one = false);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
 
@@ -184,11 +177,10 @@ class SqueezeMapper final : public SingleTensorMapper {
 class UnsqueezeMapper final : public SingleTensorMapper {
  public:
   UnsqueezeMapper(std::string source, std::string target, int64_t dim);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
 
@@ -202,11 +194,10 @@ class ReshapeMapper final : public SingleTensorMapper {
   // forward output shape there, so the inverse of an inverse needs no specs).
   ReshapeMapper(std::string source, std::string target, Shape shape,
                 std::optional<Shape> input_shape = std::nullopt);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
 
@@ -220,11 +211,10 @@ class CastMapper final : public SingleTensorMapper {
   // input_dtype: when given, the input must have that dtype, and inverse() needs no specs.
   CastMapper(std::string source, std::string target, DType dtype,
              std::optional<DType> input_dtype = std::nullopt);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
 
@@ -241,13 +231,12 @@ class DistributeMapper final : public SingleTensorMapper {
  public:
   DistributeMapper(std::string name, dist::DeviceMesh mesh,
                    std::vector<dist::Placement> placements);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
   const dist::DeviceMesh& device_mesh() const { return mesh_; }
   const std::vector<dist::Placement>& placements() const { return placements_; }
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   bool accepts_dtensor() const override { return true; }
   // The spec stays the global one; a Shard dim out of range is an error here already.
   TensorSpec infer_one(const TensorSpec& input) const override;
@@ -272,24 +261,22 @@ class GatherFullTensorMapper final : public SingleTensorMapper {
 class SelectChildModulesMapper final : public ModelStateMapper {
  public:
   SelectChildModulesMapper(std::vector<std::string> base_names, const std::string& parent);
-  const std::set<StateGroup>& state_dependency_groups() const override { return groups_; }
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
-  // Throws NotInvertibleError: a selection out of a parent module has no inverse.
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
+
+ protected:
+  // Throws NotInvertibleError: a selection out of a parent module has no inverse.
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
 
  private:
   const std::string& child_of(const std::string& key) const;  // checks the group
   std::string parent_prefix_;                                 // "parent."
-  std::set<StateGroup> groups_;
 };
 
 // Several named tensors in, one out (stack, concatenate).
 class ManyToOneMapper : public ModelStateMapper {
  public:
-  const std::set<StateGroup>& state_dependency_groups() const final { return groups_; }
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
   const std::vector<std::string>& sources() const { return sources_; }
@@ -308,13 +295,11 @@ class ManyToOneMapper : public ModelStateMapper {
   std::vector<std::string> sources_;
   std::string target_;
   int64_t dim_;
-  std::set<StateGroup> groups_;
 };
 
 // One named tensor in, several out (unstack, chunk, split).
 class OneToManyMapper : public ModelStateMapper {
  public:
-  const std::set<StateGroup>& state_dependency_groups() const final { return groups_; }
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
   const std::string& source() const { return source_; }
@@ -333,17 +318,15 @@ class OneToManyMapper : public ModelStateMapper {
   std::string source_;
   std::vector<std::string> targets_;
   int64_t dim_;
-  std::set<StateGroup> groups_;
 };
 
 class StackTensorsMapper final : public ManyToOneMapper {
  public:
   StackTensorsMapper(std::vector<std::string> sources, std::string target, int64_t dim);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
   Tensor apply_many(const std::vector<Tensor>& inputs) const override;
 };
@@ -357,11 +340,10 @@ class ConcatenateTensorsMapper final : public ManyToOneMapper {
   enum class Parts : uint8_t { kAny, kChunks, kSizes };
   ConcatenateTensorsMapper(std::vector<std::string> sources, std::string target, int64_t dim,
                            Parts parts = Parts::kAny, std::vector<int64_t> sizes = {});
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
   Tensor apply_many(const std::vector<Tensor>& inputs) const override;
 
@@ -373,11 +355,10 @@ class ConcatenateTensorsMapper final : public ManyToOneMapper {
 class UnstackTensorsMapper final : public OneToManyMapper {
  public:
   UnstackTensorsMapper(std::string source, std::vector<std::string> targets, int64_t dim);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
   std::vector<Tensor> apply_pieces(const Tensor& input) const override;
 };
@@ -385,11 +366,10 @@ class UnstackTensorsMapper final : public OneToManyMapper {
 class ChunkTensorsMapper final : public OneToManyMapper {
  public:
   ChunkTensorsMapper(std::string source, std::vector<std::string> targets, int64_t dim);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
   std::vector<Tensor> apply_pieces(const Tensor& input) const override;
 };
@@ -399,12 +379,11 @@ class SplitTensorsMapper final : public OneToManyMapper {
   // One size per target, each >= 0.
   SplitTensorsMapper(std::string source, std::vector<std::string> targets,
                      std::vector<int64_t> sizes, int64_t dim);
-  MapperPtr inverse(const SpecDict& input_specs) const override;
-  using ModelStateMapper::inverse;
   std::string describe() const override;
   const std::vector<int64_t>& sizes() const { return sizes_; }
 
  protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
   std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
   std::vector<Tensor> apply_pieces(const Tensor& input) const override;
 

@@ -7,6 +7,11 @@
 //   - imperative: apply(), which transforms the tensors of one group.
 // Mappers are immutable once built, so one mapper may apply different groups on several threads
 // at once. Errors are exceptions derived from d9d::Error; they name the keys and values involved.
+//
+// A subclass fills groups_ (its state_dependency_groups()) in its constructor and overrides
+// apply(), and where it can infer(), do_inverse() and describe(). inverse() is not virtual: it
+// calls do_inverse(), so a subclass overrides one function and callers keep inverse() and
+// inverse(specs) alike.
 #pragma once
 
 #include <memory>
@@ -38,14 +43,13 @@ class NotInferableError : public Error {
 
 class ModelStateMapper {
  public:
-  ModelStateMapper() = default;
   ModelStateMapper(const ModelStateMapper&) = delete;
   ModelStateMapper& operator=(const ModelStateMapper&) = delete;
   virtual ~ModelStateMapper() = default;
 
   // The independent groups this mapper handles; groups never share an input or an output key.
   // Ten independent renames are ten groups, so they can be sharded and streamed one by one.
-  virtual const std::set<StateGroup>& state_dependency_groups() const = 0;
+  const std::set<StateGroup>& state_dependency_groups() const { return groups_; }
 
   // Transforms one group: `group` holds exactly the inputs of one of state_dependency_groups()
   // (anything else is a ValueError, "undefined group"); the result holds exactly its outputs.
@@ -60,14 +64,21 @@ class ModelStateMapper {
   // through unchanged. `input_specs` are the specs of this mapper's inputs (extra keys are
   // ignored); ops whose inverse depends on them (cast: from which dtype; concatenate: the sizes
   // of the parts; reshape, squeeze: from which shape) need them and throw NotInvertibleError
-  // naming what is missing otherwise. The default throws NotInvertibleError.
-  virtual MapperPtr inverse(const SpecDict& input_specs) const;
-  // inverse() without input specs. (A subclass that overrides inverse(const SpecDict&) brings
-  // this overload back into scope with `using ModelStateMapper::inverse;`.)
-  MapperPtr inverse() const { return inverse(SpecDict{}); }
+  // naming what is missing otherwise. A subclass provides it by overriding do_inverse().
+  MapperPtr inverse(const SpecDict& input_specs = {}) const { return do_inverse(input_specs); }
 
   // A short description for messages: "rename_tensor(a -> b)", "parallel(12 mappers)".
   virtual std::string describe() const;
+
+ protected:
+  ModelStateMapper() = default;
+
+  // inverse()'s body. The default throws NotInvertibleError.
+  virtual MapperPtr do_inverse(const SpecDict& input_specs) const;
+
+  // What state_dependency_groups() returns: filled by the subclass's constructor, never changed
+  // after (mappers are immutable once built).
+  std::set<StateGroup> groups_;
 };
 
 // Applies every group of `mapper` to an in-memory state (the whole model at once): each group's

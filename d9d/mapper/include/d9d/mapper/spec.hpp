@@ -1,6 +1,8 @@
 // Spec files: a mapper described in JSON and expanded against a checkpoint's actual keys.
 //
-// The format (every object rejects fields it does not know; every error names its JSON path):
+// The format (strict JSON as parse_json in <d9d/mapper/json.hpp> reads it: no key twice in an
+// object, at most 64 levels of nesting; every object rejects fields it does not know; every error
+// names its JSON path):
 //
 //   {
 //     "d9d_mapper_spec": 1,          required, the format version

@@ -1,0 +1,318 @@
+// The op table of spec files, and the rule parser that reads each family's fields.
+#include "spec_ops.hpp"
+
+#include <d9d/mapper/leaf.hpp>
+
+namespace d9d::mapper::detail {
+
+using d9d::detail::str_cat;
+
+namespace {
+
+int64_t dim_or_zero(const Node& node) {
+  auto d = node.find("dim");
+  return d ? d->integer() : 0;
+}
+
+// Every op, in the order error messages list them. Each parse reads the op's own fields (the
+// family's are read already) in the order the format lists them, so a rule with several problems
+// reports the first.
+const std::vector<OpDef>& ops() {
+  static const std::vector<OpDef> table = {
+      {"identity",
+       Family::kSingle,
+       {"source"},
+       [](const Node&, const Rule&) -> Builder {
+         return [](Instance i) { return identity(std::move(i.sources[0])); };
+       }},
+      {"rename_tensor",
+       Family::kSingle,
+       {"source", "target"},
+       [](const Node& node, const Rule&) -> Builder {
+         node.at("target");  // required: a rename without a target would be an identity
+         return [](Instance i) {
+           return rename_tensor(std::move(i.sources[0]), std::move(i.targets[0]));
+         };
+       }},
+      {"select_child_modules",
+       Family::kSelect,
+       {"parent", "base_names"},
+       [](const Node&, const Rule&) -> Builder {
+         return [](Instance i) { return select_child_modules(std::move(i.targets), i.sources[0]); };
+       }},
+      {"transpose",
+       Family::kSingle,
+       {"source", "target", "dims"},
+       [](const Node& node, const Rule&) -> Builder {
+         const Node dims = node.at("dims");
+         const std::vector<int64_t> d = dims.integers();
+         if (d.size() != 2) dims.fail("expected two dims [d0, d1]");
+         return [d0 = d[0], d1 = d[1]](Instance i) -> MapperPtr {
+           return std::make_shared<TransposeMapper>(std::move(i.sources[0]),
+                                                    std::move(i.targets[0]), d0, d1);
+         };
+       }},
+      {"permute",
+       Family::kSingle,
+       {"source", "target", "dims"},
+       [](const Node& node, const Rule&) -> Builder {
+         Dims dims(node.at("dims").integers());
+         return [dims](Instance i) -> MapperPtr {
+           return std::make_shared<PermuteMapper>(std::move(i.sources[0]), std::move(i.targets[0]),
+                                                  dims);
+         };
+       }},
+      {"squeeze",
+       Family::kSingle,
+       {"source", "target", "dim"},
+       [](const Node& node, const Rule&) -> Builder {
+         std::optional<int64_t> dim;
+         if (auto d = node.find("dim")) dim = d->integer();
+         return [dim](Instance i) -> MapperPtr {
+           return std::make_shared<SqueezeMapper>(std::move(i.sources[0]), std::move(i.targets[0]),
+                                                  dim);
+         };
+       }},
+      {"unsqueeze",
+       Family::kSingle,
+       {"source", "target", "dim"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = node.at("dim").integer();
+         return [dim](Instance i) -> MapperPtr {
+           return std::make_shared<UnsqueezeMapper>(std::move(i.sources[0]),
+                                                    std::move(i.targets[0]), dim);
+         };
+       }},
+      {"reshape",
+       Family::kSingle,
+       {"source", "target", "shape"},
+       [](const Node& node, const Rule&) -> Builder {
+         Shape shape(node.at("shape").integers());
+         return [shape](Instance i) -> MapperPtr {
+           return std::make_shared<ReshapeMapper>(std::move(i.sources[0]), std::move(i.targets[0]),
+                                                  shape);
+         };
+       }},
+      {"cast",
+       Family::kSingle,
+       {"source", "target", "dtype"},
+       [](const Node& node, const Rule&) -> Builder {
+         const Node name = node.at("dtype");
+         const std::optional<DType> dtype = dtype_from_name(name.str());
+         if (!dtype) {
+           std::string list;
+           for (int i = 0; i < kNumDTypes; ++i) {
+             list += (i ? ", " : "") + std::string(all_dtypes()[i].name);
+           }
+           name.fail(
+               str_cat("unknown dtype ", json_string_excerpt(name.str()), " (dtypes: ", list, ")"));
+         }
+         return [dtype = *dtype](Instance i) -> MapperPtr {
+           return std::make_shared<CastMapper>(std::move(i.sources[0]), std::move(i.targets[0]),
+                                               dtype);
+         };
+       }},
+      {"stack_tensors",
+       Family::kManyToOne,
+       {"sources", "source", "over", "target", "dim"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = dim_or_zero(node);
+         return [dim](Instance i) {
+           return stack_tensors(std::move(i.sources), std::move(i.targets[0]), dim);
+         };
+       }},
+      {"concatenate_tensors",
+       Family::kManyToOne,
+       {"sources", "source", "over", "target", "dim"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = dim_or_zero(node);
+         return [dim](Instance i) {
+           return concatenate_tensors(std::move(i.sources), std::move(i.targets[0]), dim);
+         };
+       }},
+      {"unstack_tensors",
+       Family::kOneToMany,
+       {"source", "targets", "target", "over", "count", "dim"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = dim_or_zero(node);
+         return [dim](Instance i) {
+           return unstack_tensors(std::move(i.sources[0]), std::move(i.targets), dim);
+         };
+       }},
+      {"chunk_tensors",
+       Family::kOneToMany,
+       {"source", "targets", "target", "over", "count", "dim"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = dim_or_zero(node);
+         return [dim](Instance i) {
+           return chunk_tensors(std::move(i.sources[0]), std::move(i.targets), dim);
+         };
+       }},
+      {"split_tensors",
+       Family::kOneToMany,
+       {"source", "targets", "sizes", "dim"},
+       [](const Node& node, const Rule& rule) -> Builder {
+         const Node sizes_node = node.at("sizes");
+         const std::vector<int64_t> sizes = sizes_node.integers();
+         if (sizes.size() != rule.targets.size()) {
+           sizes_node.fail(str_cat(sizes.size(), " sizes for ", rule.targets.size(), " targets"));
+         }
+         for (int64_t s : sizes) {
+           if (s < 0) sizes_node.fail(str_cat("negative size ", s));
+         }
+         const int64_t dim = dim_or_zero(node);
+         return [sizes, dim](Instance i) {
+           return split_tensors(std::move(i.sources[0]), std::move(i.targets), sizes, dim);
+         };
+       }},
+  };
+  return table;
+}
+
+Pattern pattern_at(std::string text, const Node& where) {
+  try {
+    return Pattern(std::move(text));
+  } catch (const ValueError& e) {
+    where.fail(e.what());
+  }
+}
+
+Pattern pattern(const Node& node) {
+  return pattern_at(node.str(), node);
+}
+
+void read_single(const Node& node, Rule& r) {
+  r.sources.push_back(pattern(node.at("source")));
+  auto target = node.find("target");
+  r.targets.push_back(target ? pattern(*target) : r.sources[0]);
+}
+
+void read_many_to_one(const Node& node, Rule& r, const std::string& what) {
+  if (node.has("sources") == node.has("source")) {
+    node.fail(str_cat(what, " needs either \"sources\" (a list) or \"source\" with \"over\""));
+  }
+  if (auto list = node.find("sources")) {
+    if (node.has("over")) node.at("over").fail("\"over\" goes with \"source\", not \"sources\"");
+    for (const auto& n : list->array()) r.sources.push_back(pattern(n));
+    if (r.sources.empty()) list->fail("expected at least one source");
+    for (const auto& s : r.sources) {
+      if (s.captures() != r.sources[0].captures()) {
+        list->fail(str_cat("every source must use the same captures; ",
+                           json_string_excerpt(s.text()), " and ",
+                           json_string_excerpt(r.sources[0].text()), " differ"));
+      }
+    }
+  } else {
+    r.sources.push_back(pattern(node.at("source")));
+    const Node over = node.at("over");
+    r.over = over.str();
+    if (!r.sources[0].has_capture(r.over)) {
+      over.fail(str_cat("the source ", json_string_excerpt(r.sources[0].text()),
+                        " has no capture {", r.over, "}"));
+    }
+  }
+  r.targets.push_back(pattern(node.at("target")));
+  if (!r.over.empty() && r.targets[0].has_capture(r.over)) {
+    node.at("target").fail(str_cat("the target cannot use {", r.over,
+                                   "}: the tensors of every value of it go into one target"));
+  }
+}
+
+void read_one_to_many(const Node& node, Rule& r, const std::string& what) {
+  r.sources.push_back(pattern(node.at("source")));
+  if (node.has("targets") == node.has("target")) {
+    node.fail(str_cat(what,
+                      " needs either \"targets\" (a list) or \"target\" with \"over\" and "
+                      "\"count\""));
+  }
+  if (auto list = node.find("targets")) {
+    for (const auto& n : list->array()) r.targets.push_back(pattern(n));
+    if (r.targets.empty()) list->fail("expected at least one target");
+    if (node.has("over")) node.at("over").fail("\"over\" goes with \"target\", not \"targets\"");
+    if (node.has("count")) node.at("count").fail("\"count\" goes with \"target\" and \"over\"");
+    return;
+  }
+  r.targets.push_back(pattern(node.at("target")));
+  const Node over = node.at("over");
+  r.over = over.str();
+  if (!r.targets[0].has_capture(r.over)) {
+    over.fail(str_cat("the target ", json_string_excerpt(r.targets[0].text()), " has no capture {",
+                      r.over, "}"));
+  }
+  if (r.sources[0].has_capture(r.over)) {
+    over.fail(str_cat("the source cannot use {", r.over, "}: it is numbered by \"count\""));
+  }
+  const Node count = node.at("count");
+  r.count = count.integer();
+  if (r.count < 1) count.fail("expected a count of at least 1");
+}
+
+void read_select(const Node& node, Rule& r) {
+  const Node parent = node.at("parent");
+  const Pattern p = pattern(parent);
+  if (p.has_multi()) parent.fail("the parent pattern cannot hold a {name...} capture");
+  if (p.has_capture("child")) parent.fail("the capture name \"child\" is reserved here");
+  r.sources.push_back(pattern_at(p.text() + ".{child...}", parent));
+  if (auto names = node.find("base_names")) {
+    r.base_names.emplace();
+    for (const auto& n : names->array()) {
+      if (!r.base_names->insert(n.str()).second) n.fail("base name listed twice");
+    }
+    if (r.base_names->empty()) names->fail("expected at least one base name");
+  }
+}
+
+}  // namespace
+
+std::string Rule::summary() const {
+  return str_cat(path, " (", op->name, " ", sources.empty() ? "" : sources[0].text(), ")");
+}
+
+Rule parse_rule(const Node& node) {
+  node.expect(node.j.is_object(), "a rule object");
+  Rule r;
+  r.path = node.path;
+  const Node op = node.at("op");
+  const std::string name = op.str();
+  for (const auto& o : ops()) {
+    if (name == o.name) r.op = &o;
+  }
+  if (!r.op) {
+    std::string list;
+    for (const auto& o : ops()) list += str_cat(list.empty() ? "" : ", ", o.name);
+    op.fail(str_cat("unknown op ", json_string_excerpt(name), " (ops: ", list, ")"));
+  }
+  const std::string what = str_cat("op \"", r.op->name, "\"");
+  std::vector<std::string_view> allowed{"op", "comment"};
+  allowed.insert(allowed.end(), r.op->fields.begin(), r.op->fields.end());
+  node.only(allowed, what);
+  switch (r.op->family) {
+    case Family::kSingle:
+      read_single(node, r);
+      break;
+    case Family::kManyToOne:
+      read_many_to_one(node, r, what);
+      break;
+    case Family::kOneToMany:
+      read_one_to_many(node, r, what);
+      break;
+    case Family::kSelect:
+      read_select(node, r);
+      break;
+  }
+  r.build = r.op->parse(node, r);
+  // Targets may use only what the sources bind.
+  const std::set<std::string>& bound = r.sources[0].captures();
+  for (size_t i = 0; i < r.targets.size(); ++i) {
+    for (const auto& c : r.targets[i].captures()) {
+      if (!bound.count(c) && c != r.over) {
+        const Node t = node.has("targets") ? node.at("targets").array()[i] : node.at("target");
+        t.fail(str_cat("the capture {", c, "} is not bound by the source ",
+                       json_string_excerpt(r.sources[0].text())));
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace d9d::mapper::detail
