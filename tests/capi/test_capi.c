@@ -547,6 +547,85 @@ static void test_convert(void) {
   CHECK(access(created, F_OK) != 0, "still no directory");
 }
 
+/* ---- CUDA (a GPU, or tests/emulated_cuda's device: the test capi_emulated) ----------------------- */
+
+#ifdef D9D_TEST_CUDA
+/* The CUDA runtime calls the test makes, declared here (not included) so that it stays plain C11. */
+int cudaMalloc(void** pointer, size_t size);
+int cudaFree(void* pointer);
+int cudaMemcpy(void* dst, const void* src, size_t count, int kind);
+enum { kDeviceToHost = 2 };
+
+struct DeviceEngine {
+  int calls;
+  char names[8][64];
+  void* buffers[8];
+  int host; /* give host memory for layers.1.qkv: a mismatch */
+};
+
+static int device_target(void* user, const char* name, const DLTensor* spec, DLTensor* into) {
+  struct DeviceEngine* e = (struct DeviceEngine*)user;
+  if (e->calls == 8 || spec->device.device_type != kDLCUDA || spec->device.device_id != 0) return -99;
+  int64_t numel = 1;
+  for (int d = 0; d < spec->ndim; ++d) numel *= spec->shape[d];
+  const int i = e->calls++;
+  snprintf(e->names[i], sizeof e->names[i], "%s", name);
+  if (cudaMalloc(&e->buffers[i], (size_t)numel * 4) != 0) return -98;
+  into->data = e->buffers[i];
+  if (e->host && strcmp(name, "layers.1.qkv") == 0) into->device.device_type = kDLCPU;
+  return 0;
+}
+
+/* `n` floats of device memory at `device`, equal to qkv of `layer` (or the norm for layer -1). */
+static int device_equals(const void* device, int layer, int64_t n) {
+  float host[16];
+  if (n > 16 || cudaMemcpy(host, device, (size_t)n * 4, kDeviceToHost) != 0) return 0;
+  return layer < 0 ? equals_tensor(host, 6, 0, n) : equals_qkv(host, layer);
+}
+
+static void test_cuda(void) {
+  d9d_stream* s = NULL;
+  const char* name = NULL;
+  DLManagedTensorVersioned* out = NULL;
+  CHECK(d9d_stream_open(ckpt, kFusedSpec, "{\"device\": \"cuda:0\"}", &s) == D9D_OK, "stream_open cuda:0");
+  int status = d9d_stream_next(s, &name, &out);
+  if (status != 1) {
+    printf("test_capi: no CUDA device (%s): the CUDA tests are skipped\n", d9d_last_error());
+    d9d_stream_close(s);
+    return;
+  }
+  int n = 0;
+  for (; status == 1; status = d9d_stream_next(s, &name, &out), ++n) {
+    const DLTensor* t = &out->dl_tensor;
+    CHECK(t->device.device_type == kDLCUDA && t->device.device_id == 0, "%s on cuda:0", name);
+    const int layer = strcmp(name, "model.norm.weight") == 0 ? -1 : name[7] - '0';
+    CHECK(device_equals((const char*)t->data + t->byte_offset, layer, layer < 0 ? 2 : 16), "%s's bytes", name);
+    out->deleter(out);
+  }
+  CHECK(status == 0 && n == 3, "cuda:0 stream: %d outputs", n);
+  d9d_stream_close(s);
+
+  /* Device buffers the engine allocated, filled on the device. */
+  struct DeviceEngine e;
+  memset(&e, 0, sizeof e);
+  CHECK(d9d_load_into(ckpt, kFusedSpec, "{\"device\": \"cuda:0\"}", device_target, &e) == D9D_OK,
+        "load_into cuda:0");
+  for (int i = 0; i < e.calls; ++i) {
+    const int layer = strcmp(e.names[i], "model.norm.weight") == 0 ? -1 : e.names[i][7] - '0';
+    CHECK(device_equals(e.buffers[i], layer, layer < 0 ? 2 : 16), "%s filled on the device", e.names[i]);
+    cudaFree(e.buffers[i]);
+  }
+  CHECK(e.calls == 3, "3 device targets");
+  memset(&e, 0, sizeof e);
+  e.host = 1;
+  EXPECT_ERROR(d9d_load_into(ckpt, kFusedSpec, "{\"device\": \"cuda:0\"}", device_target, &e), D9D_E_VALUE,
+               "the target of layers.1.qkv is on DLPack device (type 1, id 0), expected (type 2, id 0)");
+  for (int i = 0; i < e.calls; ++i) cudaFree(e.buffers[i]);
+}
+#else
+static void test_cuda(void) {}
+#endif
+
 int main(int argc, char** argv) {
   const char* base = getenv("TMPDIR");
   snprintf(dir, sizeof dir, "%s/d9d-test-capi-XXXXXX", base != NULL ? base : "/tmp");
@@ -563,6 +642,7 @@ int main(int argc, char** argv) {
   test_options();
   test_load_into();
   test_convert();
+  test_cuda();
 
   nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
   printf("test_capi: %d passed, %d failed\n", checks - failures, failures);
