@@ -207,6 +207,7 @@ static void test_checkpoint(void) {
   CHECK(t->strides != NULL && t->strides[0] == 2 && t->strides[1] == 1, "strides");
   CHECK(t->dtype.code == kDLFloat && t->dtype.bits == 32 && t->dtype.lanes == 1, "dtype");
   CHECK(t->device.device_type == kDLCPU, "device");
+  q->deleter(q);
   EXPECT_ERROR(d9d_get_tensor(c, "no.such.tensor", &q), D9D_E_VALUE, "d9d_get_tensor: ", "no.such.tensor");
   CHECK(q == NULL, "*out is NULL after a failure");
   CHECK(d9d_get_tensor(c, kNames[3], &q) == D9D_OK, "get_tensor again");
