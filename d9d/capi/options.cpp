@@ -3,6 +3,7 @@
 #include <array>
 #include <cctype>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>

@@ -26,8 +26,9 @@
  * D9D_E_VALUE naming it:
  *   "device":        "cpu" (default) or "cuda:N": where streamed tensors are made, and where
  *                    d9d_load_into's targets must be (a CUDA device needs a CUDA build of d9d)
- *   "memory_budget": bytes read ahead (an integer, or a string with a unit: "512MiB", "2GB";
- *                    KB MB GB TB are powers of 1000, KiB MiB GiB TiB powers of 1024)
+ *   "memory_budget": bytes read ahead (an integer, or a string with a unit: "512MiB", "1.5GB";
+ *                    KB MB GB TB are powers of 1000, KiB MiB GiB TiB powers of 1024; a
+ *                    fraction is rounded down to a whole byte)
  *   "threads":       reader threads, 0 (default): as many as d9d's thread count (the cores)
  *   "show_progress": a progress bar on standard error (default false)
  * and for d9d_convert only:
