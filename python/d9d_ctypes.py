@@ -104,6 +104,8 @@ class _Exported:
     def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
         if self._capsule is not None:
             raise BufferError("a d9d tensor can be exported once")
+        if copy or (dl_device is not None and tuple(dl_device) != self.__dlpack_device__()):
+            raise BufferError("d9d exports its tensors where they are, without a copy")
         if max_version is not None and max_version[0] >= 1:
             self._owner, self._name = self._managed, _VERSIONED
         else:
