@@ -24,6 +24,7 @@
 #include <d9d/io/checkpoint.hpp>
 #include <d9d/mapper/mapper.hpp>
 #include <d9d/mapper/spec.hpp>
+#include <d9d/model_state/conversion.hpp>
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
 #include <d9d/tensor.hpp>
@@ -76,55 +77,18 @@ class Stopwatch {
   std::chrono::steady_clock::time_point start_;
 };
 
-// ---- the conversion sidecar ---------------------------------------------------------------------
-
-// Note [conversion sidecar]: `d9d convert` leaves d9d-conversion.json next to the checkpoint it
-// writes. Undoing a conversion needs more than the spec: the inverse of a concatenation must know
-// the sizes of the parts (the q / k / v rows of a GQA model), a squeeze the shape it came from. So
-// the sidecar records the spec's text and the name, dtype and shape of every tensor of the source
-// checkpoint:
-//
-//   {"d9d_conversion": 1,
-//    "spec": "<the spec file's text, verbatim>",
-//    "spec_origin": "examples/specs/llama_hf_to_fused.json",
-//    "source": {"model.embed_tokens.weight": ["BF16", [32000, 1024]], ...},
-//    "dropped": ["..."]}                   (source keys the spec dropped, which cannot come back)
-//
-// `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys)
-// and writes mapper->inverse(source specs). The sidecar is not a .safetensors file and not in the
-// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is
-// written last, atomically, after the index: an interrupted conversion leaves none.
-inline constexpr std::string_view kSidecarFileName = "d9d-conversion.json";
-
-struct Sidecar {
-  std::string spec;
-  std::string spec_origin;
-  mapper::SpecDict source;
-  std::vector<std::string> dropped;
-};
-
-std::string sidecar_json(const Sidecar& sidecar);
-// Parses and checks a sidecar; `name` is used in error messages (ValueError).
-Sidecar parse_sidecar(std::string_view json, std::string_view name);
-// Writes dir/d9d-conversion.json through a temporary file and a rename.
-void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync);
-
-// The directory of a checkpoint path (a directory, an index file or a .safetensors file).
-fs::path checkpoint_dir(const fs::path& path);
-
 // ---- building the mapper ------------------------------------------------------------------------
 
-// A mapper for a checkpoint, with what the spec expansion reported.
-struct Conversion {
-  mapper::MapperPtr mapper;
-  mapper::SpecMapping mapping;  // of the forward spec (for --reverse: of the original keys)
-  Sidecar sidecar;              // what convert records (forward) or what it read (reverse)
-  bool reverse = false;
-};
+// The sidecar, forward conversions and single-process conversions live in model_state (shared
+// with the C ABI's d9d_convert): Note [conversion sidecar] in <d9d/model_state/conversion.hpp>.
+using model_state::checkpoint_dir;
+using model_state::Conversion;
+using model_state::forward_conversion;
+using model_state::kSidecarFileName;
+using model_state::parse_sidecar;
+using model_state::Sidecar;
+using model_state::write_sidecar;
 
-// The forward conversion of the checkpoint at `src` through the spec `spec_text`.
-Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
-                              std::string spec_origin);
 // The inverse of the conversion that wrote `src` (Note [conversion sidecar]). `spec_text`, when
 // given, replaces the sidecar's spec (it must still describe original -> converted).
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,

@@ -1,5 +1,4 @@
-// Helpers shared by the commands: sizes, formatting, shared options, the conversion sidecar,
-// building mappers.
+// Helpers shared by the commands: sizes, formatting, shared options, building mappers.
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -13,7 +12,6 @@
 #include <sstream>
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include "cli.hpp"
 
@@ -162,104 +160,7 @@ int usage_error(std::string_view command, std::string_view message) {
   return kExitUsage;
 }
 
-// ---- the conversion sidecar ---------------------------------------------------------------------
-
-std::string sidecar_json(const Sidecar& sidecar) {
-  nlohmann::ordered_json j;
-  j["d9d_conversion"] = 1;
-  j["spec"] = sidecar.spec;
-  j["spec_origin"] = sidecar.spec_origin;
-  nlohmann::ordered_json source = nlohmann::ordered_json::object();
-  for (const auto& [name, spec] : sidecar.source) {
-    source[name] = nlohmann::ordered_json::array({dtype_name(spec.dtype), spec.shape.vec()});
-  }
-  j["source"] = std::move(source);
-  j["dropped"] = sidecar.dropped;
-  return j.dump(1) + "\n";
-}
-
-Sidecar parse_sidecar(std::string_view json, std::string_view name) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(json);
-  } catch (const nlohmann::json::exception& e) {
-    d9d::detail::throw_error<ValueError>(name, ": not valid JSON (", e.what(), ")");
-  }
-  auto fail = [&](const std::string& what) {
-    d9d::detail::throw_error<ValueError>(name, ": ", what,
-                                         " (is it a d9d-conversion.json written by d9d convert?)");
-  };
-  if (!j.is_object() || !j.contains("d9d_conversion")) fail("not a d9d conversion record");
-  if (j["d9d_conversion"] != 1) fail("unknown version " + j["d9d_conversion"].dump());
-  if (!j.contains("spec") || !j["spec"].is_string()) fail("\"spec\" must be a string");
-  if (!j.contains("source") || !j["source"].is_object()) fail("\"source\" must be an object");
-  Sidecar s;
-  s.spec = j["spec"].get<std::string>();
-  if (j.contains("spec_origin") && j["spec_origin"].is_string()) {
-    s.spec_origin = j["spec_origin"].get<std::string>();
-  }
-  for (const auto& [key, value] : j["source"].items()) {
-    if (!value.is_array() || value.size() != 2 || !value[0].is_string() || !value[1].is_array()) {
-      fail("\"source\"[\"" + key + "\"] must be [dtype, shape]");
-    }
-    const std::optional<DType> dtype = dtype_from_name(value[0].get<std::string>());
-    if (!dtype) fail("\"source\"[\"" + key + "\"]: unknown dtype " + value[0].dump());
-    Shape shape;
-    for (const auto& d : value[1]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) {
-        fail("\"source\"[\"" + key + "\"]: bad shape " + value[1].dump());
-      }
-      shape.push_back(d.get<int64_t>());
-    }
-    s.source.emplace(key, mapper::TensorSpec{*dtype, shape});
-  }
-  if (j.contains("dropped") && j["dropped"].is_array()) {
-    for (const auto& d : j["dropped"]) {
-      if (d.is_string()) s.dropped.push_back(d.get<std::string>());
-    }
-  }
-  return s;
-}
-
-void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync) {
-  const std::string text = sidecar_json(sidecar);
-  io::AtomicFile file(dir / kSidecarFileName, static_cast<int64_t>(text.size()));
-  file.write_at(0, reinterpret_cast<const std::byte*>(text.data()), text.size());
-  file.commit(fsync);
-}
-
-fs::path checkpoint_dir(const fs::path& path) {
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) return path;
-  fs::path parent = path.parent_path();
-  return parent.empty() ? fs::path(".") : parent;
-}
-
 // ---- building the mapper ------------------------------------------------------------------------
-
-Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
-                              std::string spec_origin) {
-  Conversion c;
-  try {
-    c.mapping = mapper::from_spec(spec_text, src.keys());
-  } catch (const mapper::SpecError& e) {
-    d9d::detail::throw_error<ValueError>(spec_origin, ": ", e.what());
-  } catch (const ValueError& e) {
-    d9d::detail::throw_error<ValueError>("spec ", spec_origin, " does not fit ", src.dir().string(),
-                                         ": ", e.what());
-  }
-  c.mapper = c.mapping.mapper;
-  for (const std::string& key : src.keys()) {
-    const io::TensorInfo& info = src.info(key);
-    c.sidecar.source.emplace(key, mapper::TensorSpec{info.dtype, info.shape});
-  }
-  if (c.mapping.unmatched == mapper::UnmatchedPolicy::kDrop) {
-    c.sidecar.dropped = c.mapping.unmatched_keys;
-  }
-  c.sidecar.spec = std::move(spec_text);
-  c.sidecar.spec_origin = std::move(spec_origin);
-  return c;
-}
 
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
                               const std::string& spec_origin) {
