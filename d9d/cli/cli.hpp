@@ -44,9 +44,10 @@ namespace fs = std::filesystem;
 // = 5 * 10^9 bytes) and the IEC: B, KB, MB, GB, TB = 10^0..10^12; KiB, MiB, GiB, TiB =
 // 2^10..2^40. Units are case-insensitive ("5gb"), a space before the unit is allowed, fractions
 // are allowed ("1.5GiB", rounded down to a whole byte). Single letters ("5G") are refused as
-// ambiguous. (The reference's shard_size_gb counts GiB: its 1.0 is --shard-size 1GiB.)
+// ambiguous. (The reference's shard_size_gb counts GiB: its 1.0 is --shard-size 1GiB.) Computed
+// in integers, exactly, whatever the number of digits; past 2^63 - 1 bytes is an error.
 //
-// Throws ValueError naming the text.
+// Throws ValueError naming (a bounded prefix of) the text.
 int64_t parse_size(std::string_view text);
 // "302.1 MB" (decimal units, as parse_size reads them back); "512 B" below 1 kB.
 std::string format_bytes(int64_t bytes);
@@ -158,7 +159,8 @@ Command add_demo(CLI::App& app);
 //   default]).
 CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t& bytes,
                              const std::string& help);
-//   --threads N: d9d's worker threads (d9d::set_num_threads); 0 leaves d9d's own count.
+//   --threads N: d9d's worker threads (d9d::set_num_threads), 0..kMaxThreads; 0 leaves d9d's own
+//   count.
 CLI::Option* add_threads_option(CLI::App& command, int& threads);
 //   --progress / --no-progress, into `show_progress`; --help shows its current value.
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress);

@@ -3,12 +3,10 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
-#include <limits>
 #include <set>
 #include <sstream>
 
@@ -24,41 +22,74 @@ namespace d9d::cli {
 
 // ---- sizes and formatting -----------------------------------------------------------------------
 
+namespace {
+
+// The text of a flag value, for a message: at most 40 bytes of it.
+std::string shown(std::string_view text) {
+  return "\"" + std::string(text.substr(0, 40)) + (text.size() > 40 ? "...\"" : "\"");
+}
+
+}  // namespace
+
 int64_t parse_size(std::string_view text) {
-  const std::string original(text);
+  auto invalid = [&](const auto&... why) -> int64_t {
+    d9d::detail::throw_error<ValueError>("invalid size ", shown(text), ": ", why...);
+  };
+  auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
   size_t pos = 0;
-  while (pos < text.size() &&
-         (std::isdigit(static_cast<unsigned char>(text[pos])) != 0 || text[pos] == '.')) {
-    ++pos;
+  while (pos < text.size() && is_digit(text[pos])) ++pos;
+  const std::string_view whole = text.substr(0, pos);
+  std::string_view fraction;
+  if (pos < text.size() && text[pos] == '.') {
+    const size_t begin = ++pos;
+    while (pos < text.size() && is_digit(text[pos])) ++pos;
+    fraction = text.substr(begin, pos - begin);
   }
-  const std::string number(text.substr(0, pos));
-  D9D_CHECK(!number.empty() && std::count(number.begin(), number.end(), '.') <= 1 && number != ".",
-            "invalid size \"", original, "\": expected a number with an optional unit (500MB, ",
-            "1.5GiB, 4096)");
+  if (whole.empty() && fraction.empty()) {
+    return invalid("expected a number with an optional unit (500MB, 1.5GiB, 4096)");
+  }
   std::string unit(text.substr(pos));
   while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
   std::transform(unit.begin(), unit.end(), unit.begin(), [](char c) {
     return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   });
-  static const std::pair<std::string_view, double> kUnits[] = {{"", 1.0},
-                                                               {"b", 1.0},
-                                                               {"kb", 1e3},
-                                                               {"mb", 1e6},
-                                                               {"gb", 1e9},
-                                                               {"tb", 1e12},
-                                                               {"kib", 1024.0},
-                                                               {"mib", 1048576.0},
-                                                               {"gib", 1073741824.0},
-                                                               {"tib", 1099511627776.0}};
-  double scale = 0;
+  static constexpr std::pair<std::string_view, int64_t> kUnits[] = {{"", 1},
+                                                                    {"b", 1},
+                                                                    {"kb", 1'000},
+                                                                    {"mb", 1'000'000},
+                                                                    {"gb", 1'000'000'000},
+                                                                    {"tb", 1'000'000'000'000},
+                                                                    {"kib", int64_t{1} << 10},
+                                                                    {"mib", int64_t{1} << 20},
+                                                                    {"gib", int64_t{1} << 30},
+                                                                    {"tib", int64_t{1} << 40}};
+  int64_t scale = 0;
   for (const auto& [name, value] : kUnits) {
     if (unit == name) scale = value;
   }
-  D9D_CHECK(scale > 0, "invalid size \"", original, "\": unknown unit \"", text.substr(pos),
-            "\" (use B, KB, MB, GB, TB = powers of 1000, or KiB, MiB, GiB, TiB = powers of 1024)");
-  const double bytes = std::floor(std::stod(number) * scale);
-  D9D_CHECK(bytes >= 0 && bytes < 9.2e18, "invalid size \"", original, "\": out of range");
-  return static_cast<int64_t>(bytes);
+  if (scale == 0) {
+    return invalid("unknown unit ", shown(text.substr(pos)),
+                   " (use B, KB, MB, GB, TB = powers of 1000, or KiB, MiB, GiB, TiB = powers of "
+                   "1024)");
+  }
+  // whole * scale + floor(0.fraction * scale), in integers: the fraction's part is the carry out
+  // of a long multiplication of its digits by scale (last digit first).
+  int64_t bytes = 0;
+  for (const char c : whole) {
+    if (__builtin_mul_overflow(bytes, 10, &bytes) ||
+        __builtin_add_overflow(bytes, c - '0', &bytes)) {
+      return invalid("more than 2^63 - 1 bytes");
+    }
+  }
+  int64_t carry = 0;  // < scale <= 2^40, so digit * scale + carry cannot overflow
+  for (auto it = fraction.rbegin(); it != fraction.rend(); ++it) {
+    carry = ((*it - '0') * scale + carry) / 10;
+  }
+  if (__builtin_mul_overflow(bytes, scale, &bytes) ||
+      __builtin_add_overflow(bytes, carry, &bytes)) {
+    return invalid("more than 2^63 - 1 bytes");
+  }
+  return bytes;
 }
 
 std::string format_bytes(int64_t bytes) {
@@ -147,7 +178,7 @@ CLI::Option* add_threads_option(CLI::App& command, int& threads) {
       .add_option("--threads", threads,
                   "Worker threads for reading, copying and casting (0: one per core, or "
                   "$D9D_NUM_THREADS)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, kMaxThreads));
 }
 
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress) {
