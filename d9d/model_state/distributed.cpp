@@ -429,6 +429,7 @@ ConversionLayout plan_conversion(const fs::path& src, const mapper::ModelStateMa
               spec.nbytes(), " bytes, more than the shard size of ", options.shard_size, " bytes");
   }
   layout.shard_of = assign_shards(layout.outputs, options.shard_size);
+  check_shard_count(layout.shard_of.empty() ? 0 : layout.shard_of.back() + 1, options.shard_size);
   std::string& fp = layout.fingerprint;
   for (size_t i = 0; i < layout.outputs.size(); ++i) {
     const auto& [name, spec] = layout.outputs[i];
@@ -438,6 +439,9 @@ ConversionLayout plan_conversion(const fs::path& src, const mapper::ModelStateMa
   }
   fp = str_cat(std::hash<std::string>{}(fp), "/", layout.outputs.size(), "/",
                layout.plan.groups.size());
+  for (size_t k = 0; k < layout.decls.size(); ++k) {
+    check_shard_header(k, layout.decls.size(), layout.decls[k], options);
+  }
   return layout;
 }
 

@@ -65,6 +65,23 @@ std::string group_list(const std::vector<const StateGroup*>& groups, size_t limi
 
 }  // namespace
 
+void check_shard_count(size_t count, int64_t shard_size) {
+  D9D_CHECK(
+      count <= static_cast<size_t>(io::kMaxShardCount), "write_model_state: the outputs need ",
+      count, " shards of at most ", shard_size, " bytes, more than the ", io::kMaxShardCount,
+      " that shard names (model-XXXXX-of-YYYYY.safetensors) can number; raise the shard size");
+}
+
+void check_shard_header(size_t index, size_t count, std::span<const io::TensorDecl> decls,
+                        const WriteOptions& options) {
+  try {
+    io::plan_safetensors(decls, options.metadata, {options.alignment, options.fsync});
+  } catch (const Error& e) {
+    d9d::detail::throw_error<ValueError>("write_model_state: shard ", index + 1, " of ", count,
+                                         ": ", e.what());
+  }
+}
+
 std::string detail::temp_shard_name(const std::string& tag, size_t index) {
   return std::string(kShardPrefix) + std::to_string(::getpid()) + "-" + tag + "-" +
          std::to_string(index + 1) + ".safetensors";
@@ -152,6 +169,7 @@ struct ShardWriter::Impl {
 
   void flush_pending() {
     if (pending.empty()) return;
+    check_shard_count(shards.size() + 1, options.shard_size);
     Shard shard;
     shard.file = temp_shard_name(tag, shards.size());
     for (const auto& [name, tensor] : pending) {
@@ -268,6 +286,7 @@ void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> sourc
             group_list(unsatisfied));
   // Lay the outputs out in shards.
   const std::vector<size_t> shard_of = assign_shards(outputs, w.options.shard_size);
+  check_shard_count(shard_of.empty() ? 0 : shard_of.back() + 1, w.options.shard_size);
   int64_t total_bytes = 0;
   for (size_t i = 0; i < outputs.size(); ++i) {
     const auto& [out, spec] = outputs[i];
@@ -281,6 +300,9 @@ void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> sourc
     total_bytes += spec.nbytes();
     w.shard_of.emplace(out, shard_of[i]);
     w.result.weight_map.emplace_back(out, shard.file);
+  }
+  for (size_t k = 0; k < w.shards.size(); ++k) {
+    check_shard_header(k, w.shards.size(), w.shards[k].decls, w.options);
   }
   w.result.total_size = total_bytes;
   w.planned = true;

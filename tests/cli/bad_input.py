@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -196,6 +197,24 @@ with tempfile.TemporaryDirectory() as tmp:
                    ["convert", good, path("out10"), "--spec", LLAMA, "--shard-size", "10KB"],
                    ["embed.weight", "10000"], out=path("out10"))
     check(not os.path.exists(path("out10")), "a failed run removes the directory it created")
+
+    # ---- more shards than shard names: refused before a byte is written -----------------------
+    bytes_ck = path("bytes")
+    os.makedirs(bytes_ck)
+    stnp.save_file({f"t{i}": np.zeros(1, np.uint8) for i in range(100_000)},
+                   os.path.join(bytes_ck, "model.safetensors"))
+    keep = path("keep.json")
+    with open(keep, "w") as fh:
+        json.dump({"d9d_mapper_spec": 1, "unmatched": "keep", "rules": []}, fh)
+    t0 = time.monotonic()
+    expect_failure("100,000 one-byte tensors in one-byte shards",
+                   ["convert", bytes_ck, path("out11"), "--spec", keep, "--shard-size", "1"],
+                   ["100000 shards", "99999"], out=path("out11"))
+    took = time.monotonic() - t0
+    check(not os.path.exists(path("out11")) and took < 30,
+          f"refused at once ({took:.1f} s), writing nothing")
+    expect_failure("100,000 one-byte shards (plan)",
+                   ["plan", bytes_ck, "--spec", keep, "--shard-size", "1"], ["100000 shards"])
 
     # ---- destinations that cannot be written ----------------------------------------------------
     open(path("a_file"), "w").close()

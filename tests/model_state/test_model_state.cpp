@@ -463,6 +463,32 @@ TEST_CASE("the destination must be writable") {
                        doctest::Contains("not writable"), io::IoError);
 }
 
+// ---- limits the plan knows ----------------------------------------------------------------------
+
+TEST_CASE("100,000 one-byte tensors in shards of one byte fail before a byte is written") {
+  TempDir tmp;
+  std::vector<std::pair<std::string, Tensor>> items;
+  std::vector<std::string> names;
+  const Tensor byte = Tensor::zeros({1}, DType::U8);
+  for (int i = 0; i < 100'000; ++i) {
+    names.push_back("t" + std::to_string(i));
+    items.emplace_back(names.back(), byte);
+  }
+  WriteOptions o = quiet_write();
+  o.shard_size = 1;
+  CHECK_THROWS_WITH_AS(
+      write_model_state_local(tmp / "out", identity_mapper_from_names(names), items, o),
+      doctest::Contains("need 100000 shards of at most 1 bytes, more than the 99999"), ValueError);
+  CHECK(files_in(tmp / "out").empty());
+  // Every other limit of a shard's header too: a tensor the format cannot name.
+  CHECK_THROWS_WITH_AS(
+      write_model_state_local(tmp / "out", identity("__metadata__"),
+                              std::vector<std::pair<std::string, Tensor>>{{"__metadata__", byte}},
+                              quiet_write()),
+      doctest::Contains("shard 1 of 1"), ValueError);
+  CHECK(files_in(tmp / "out").empty());
+}
+
 // ---- loading ------------------------------------------------------------------------------------
 
 TEST_CASE("load_model_state checks every target's shape and dtype before reading, naming the key") {

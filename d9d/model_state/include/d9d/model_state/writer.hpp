@@ -11,10 +11,11 @@
 // memory. That needs each shard's header before its first tensor, so the writer plans the whole
 // layout from specs first: a ModelStateStream says what it will yield (planned_specs()), and a
 // container (a StateDict, a vector of pairs) is walked once for its specs. The plan also finds
-// the errors a demanding user wants before the first byte: a tensor larger than a shard, groups
-// the source cannot satisfy (named with their inputs), specs a group cannot take. Only a
-// single-pass range that cannot say what it holds falls back to the reference's way: the
-// current shard's tensors are kept until it is full.
+// the errors a demanding user wants before the first byte: a tensor larger than a shard, more
+// shards than names, a shard header past the format's limit, groups the source cannot satisfy
+// (named with their inputs), specs a group cannot take. Only a single-pass range that cannot say
+// what it holds falls back to the reference's way: the current shard's tensors are kept until it
+// is full.
 //
 // Shards follow the reference: outputs in the order their groups complete (each group's outputs
 // by name); a shard is closed when the next tensor would take it past shard_size bytes of tensor
@@ -87,7 +88,8 @@ class ShardWriter {
   ~ShardWriter();  // removes every temporary file unless finish() succeeded
 
   // Lays out every shard from the specs the source will yield, in order (Note [streamed
-  // shards]); call before the first add(). Throws for a tensor larger than a shard, unsatisfied
+  // shards]); call before the first add(). Throws for a tensor larger than a shard, more shards
+  // than shard names (io::kMaxShardCount), a shard header the format cannot hold, unsatisfied
   // groups, or specs a group cannot take.
   void plan(std::span<const std::pair<std::string, TensorSpec>> source);
   // One tensor from the source. Applies its group when it was the last input missing.
@@ -108,6 +110,12 @@ class ShardWriter {
 // gets a shard of its own here; the writer rejects it.)
 std::vector<size_t> assign_shards(std::span<const std::pair<std::string, TensorSpec>> outputs,
                                   int64_t shard_size);
+
+// The limits a layout must keep, checked before the first byte is written (ValueError): at most
+// io::kMaxShardCount shards; each shard's header as plan_safetensors accepts it (its size, names).
+void check_shard_count(size_t count, int64_t shard_size);
+void check_shard_header(size_t index, size_t count, std::span<const io::TensorDecl> decls,
+                        const WriteOptions& options);
 
 // Renames the shards of every process (in the order given) to model-0000i-of-0000N.safetensors
 // and writes the index. (Note [atomic checkpoint].)
