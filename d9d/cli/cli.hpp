@@ -93,8 +93,10 @@ class Stopwatch {
 //
 // `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys)
 // and writes mapper->inverse(source specs). The sidecar is not a .safetensors file and not in the
-// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is
-// written last, atomically, after the index: an interrupted conversion leaves none.
+// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is a
+// companion file of the checkpoint (WriteOptions::companion_files), published by the same commit
+// (Note [checkpoint commit] in <d9d/model_state/writer.hpp>): an interrupted conversion leaves
+// none, and an old one goes with the checkpoint it described.
 inline constexpr std::string_view kSidecarFileName = "d9d-conversion.json";
 
 struct Sidecar {
@@ -107,8 +109,6 @@ struct Sidecar {
 std::string sidecar_json(const Sidecar& sidecar);
 // Parses and checks a sidecar; `name` is used in error messages (ValueError).
 Sidecar parse_sidecar(std::string_view json, std::string_view name);
-// Writes dir/d9d-conversion.json through a temporary file and a rename.
-void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync);
 
 // The directory of a checkpoint path (a directory, an index file or a .safetensors file).
 fs::path checkpoint_dir(const fs::path& path);

@@ -16,7 +16,6 @@
 #include "cli.hpp"
 
 #include <d9d/error.hpp>
-#include <d9d/io/file.hpp>
 
 namespace d9d::cli {
 
@@ -250,13 +249,6 @@ Sidecar parse_sidecar(std::string_view json, std::string_view name) {
     }
   }
   return s;
-}
-
-void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync) {
-  const std::string text = sidecar_json(sidecar);
-  io::AtomicFile file(dir / kSidecarFileName, static_cast<int64_t>(text.size()));
-  file.write_at(0, reinterpret_cast<const std::byte*>(text.data()), text.size());
-  file.commit(fsync);
 }
 
 fs::path checkpoint_dir(const fs::path& path) {

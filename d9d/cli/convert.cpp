@@ -78,12 +78,16 @@ model_state::ReadOptions read_options(const ConvertOptions& options, const Conve
   return ro;
 }
 
-model_state::WriteOptions write_options(const ConvertOptions& options) {
+model_state::WriteOptions write_options(const ConvertOptions& options, const Conversion& c) {
   model_state::WriteOptions wo;
   wo.shard_size = options.shard_size;
   wo.show_progress = false;  // the read stream's bar shows the same work
   wo.overwrite = options.overwrite;
   wo.fsync = options.fsync;
+  // Note [conversion sidecar]: published with the checkpoint; a reversed one has none, and the
+  // record of an earlier conversion in OUT goes with the checkpoint it described.
+  wo.companion_files[std::string(kSidecarFileName)] =
+      c.reverse ? std::nullopt : std::optional<std::string>(sidecar_json(c.sidecar));
   return wo;
 }
 
@@ -133,11 +137,7 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
   if (rank0) guard.emplace(options.dest);
   const model_state::ReadPlan plan = model_state::convert_model_state_distributed(
       options.source, options.dest, c.mapper, world, read_options(options, c),
-      write_options(options), [&] {
-        std::error_code ec;
-        fs::remove(options.dest / kSidecarFileName, ec);  // Note [conversion sidecar]
-      });
-  if (rank0 && !c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
+      write_options(options, c));
   if (guard) guard->done();
   ConvertOptions quiet_unless_rank0 = options;
   quiet_unless_rank0.quiet = options.quiet || !rank0;
@@ -158,23 +158,11 @@ ConvertResult run_convert(const ConvertOptions& options) {
   if (options.threads > 0) set_num_threads(options.threads);
   model_state::ModelStateStream stream =
       model_state::read_model_state(options.source, c.mapper, read_options(options, c));
-  const model_state::WriteOptions wo = write_options(options);
 
-  CreatedDirGuard guard(options.dest);
-  // write_model_state_local, spelled out so that the record of an earlier conversion goes just
-  // before the new checkpoint replaces the old one (Note [conversion sidecar]).
-  model_state::prepare_destination(options.dest, wo);
-  {
-    model_state::ShardWriter writer(options.dest,
-                                    mapper::identity_mapper_from_mapper_outputs(c.mapper), wo);
-    if (const auto specs = stream.planned_specs()) writer.plan(*specs);
-    for (auto&& [name, tensor] : stream) writer.add(name, tensor);
-    const model_state::LocalShards shards = writer.finish();
-    std::error_code ec;
-    fs::remove(options.dest / kSidecarFileName, ec);
-    model_state::finalize_checkpoint(options.dest, {&shards, 1}, wo);
-  }
-  if (!c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
+  CreatedDirGuard guard(options.dest);  // outlives the destination's lock file
+  model_state::write_model_state_local(options.dest,
+                                       mapper::identity_mapper_from_mapper_outputs(c.mapper),
+                                       stream, write_options(options, c));
   guard.done();
   return summarize(options, c, stream.plan(), clock, 1);
 }
