@@ -101,6 +101,15 @@ struct Ops {
     file.write_at(0, reinterpret_cast<const std::byte*>(text.data()), text.size());
     file.commit(sync);
   }
+  // A file no reader looks at before the journal names it (step 1): written in place and
+  // fsynced; the journal's own write makes its name durable.
+  void stage(std::string_view name, std::string_view text) const {
+    step(at(name));
+    const io::FileDescriptor fd = io::FileDescriptor::open(at(name), O_WRONLY | O_CREAT | O_TRUNC);
+    io::pwrite_all(fd.get(), 0, reinterpret_cast<const std::byte*>(text.data()), text.size(),
+                   at(name));
+    if (sync && ::fsync(fd.get()) != 0) io::throw_errno("fsync", at(name), errno);
+  }
   void rename(std::string_view from, std::string_view to) const {
     step(at(to));
     if (::rename(at(from).c_str(), at(to).c_str()) != 0) {
@@ -497,9 +506,9 @@ void Destination::Impl::commit(std::span<const LocalShards> parts) {
   // 1-2: staged files and the journal; an error here only has them to remove (the journal
   // first: without it, a staged index that is gone would read as a commit point passed).
   try {
-    ops.write(j.index, plan.index);
+    ops.stage(j.index, plan.index);
     for (const auto& [name, text] : options.companion_files) {
-      if (text) ops.write(staged(name), *text);
+      if (text) ops.stage(staged(name), *text);
     }
     ops.write(kJournalName, j.to_json());
   } catch (...) {
