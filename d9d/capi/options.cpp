@@ -1,7 +1,5 @@
 #include "options.hpp"
 
-#include <array>
-#include <cctype>
 #include <limits>
 #include <optional>
 #include <string>
@@ -10,6 +8,7 @@
 
 #include <d9d/error.hpp>
 #include <d9d/model_state/conversion.hpp>
+#include <d9d/model_state/sizes.hpp>
 
 namespace d9d::capi {
 
@@ -28,16 +27,6 @@ std::string shown(std::string text) {
 }
 std::string shown(const Json& value) {
   return shown(value.dump());
-}
-
-// a * b + c, or nullopt past int64_t (all non-negative).
-std::optional<int64_t> mul_add(int64_t a, int64_t b, int64_t c) {
-  int64_t product = 0;
-  int64_t sum = 0;
-  if (__builtin_mul_overflow(a, b, &product) || __builtin_add_overflow(product, c, &sum)) {
-    return std::nullopt;
-  }
-  return sum;
 }
 
 // The value of `field` as a positive size.
@@ -68,64 +57,11 @@ bool bool_value(const Json& value, std::string_view field) {
 }  // namespace
 
 int64_t parse_size(std::string_view text, std::string_view field) {
-  auto fail = [&](std::string_view why) {
-    throw_error<ValueError>("options_json: \"", field, "\": invalid size \"",
-                            shown(std::string(text)), "\": ", why);
-  };
-  size_t pos = 0;
-  int64_t whole = 0;
-  int digits = 0;
-  for (; pos < text.size() && std::isdigit(static_cast<unsigned char>(text[pos]));
-       ++pos, ++digits) {
-    const std::optional<int64_t> next = mul_add(whole, 10, text[pos] - '0');
-    if (!next) fail("out of range");
-    whole = *next;
+  try {
+    return model_state::parse_size(text);  // Note [size units]
+  } catch (const ValueError& e) {
+    throw_error<ValueError>("options_json: \"", field, "\": ", e.what());
   }
-  // The fraction as numerator / 10^fraction_digits; 9 digits keep every product below 2^63.
-  int64_t numerator = 0;
-  int64_t denominator = 1;
-  if (pos < text.size() && text[pos] == '.') {
-    for (++pos; pos < text.size() && std::isdigit(static_cast<unsigned char>(text[pos])); ++pos) {
-      if (denominator == 1'000'000'000) fail("at most 9 digits after the point");
-      numerator = numerator * 10 + (text[pos] - '0');
-      denominator *= 10;
-      ++digits;
-    }
-  }
-  if (digits == 0) fail("expected a number with an optional unit (512MiB, 1.5GB, 4096)");
-  while (pos < text.size() && text[pos] == ' ') ++pos;
-  std::string unit(text.substr(pos));
-  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  // Note [size units] (d9d/cli/cli.hpp): decimal and binary units, no single letters.
-  static constexpr std::array<std::pair<std::string_view, int64_t>, 10> kUnits = {{
-      {"", 1},
-      {"b", 1},
-      {"kb", 1'000},
-      {"mb", 1'000'000},
-      {"gb", 1'000'000'000},
-      {"tb", 1'000'000'000'000},
-      {"kib", int64_t{1} << 10},
-      {"mib", int64_t{1} << 20},
-      {"gib", int64_t{1} << 30},
-      {"tib", int64_t{1} << 40},
-  }};
-  int64_t scale = 0;
-  for (const auto& [name, value] : kUnits) {
-    if (unit == name) scale = value;
-  }
-  if (scale == 0) {
-    fail(
-        "unknown unit (use B, KB, MB, GB, TB = powers of 1000, or KiB, MiB, GiB, TiB = powers "
-        "of 1024)");
-  }
-  // floor(numerator * scale / denominator) without overflow: scale = q * denominator + r, and
-  // numerator * r < 10^18.
-  const int64_t q = scale / denominator;
-  const int64_t r = scale % denominator;
-  const std::optional<int64_t> fraction = mul_add(numerator, q, numerator * r / denominator);
-  const std::optional<int64_t> bytes = fraction ? mul_add(whole, scale, *fraction) : std::nullopt;
-  if (!bytes) fail("out of range");
-  return *bytes;
 }
 
 Options parse_options(const char* json, OptionsFor use) {

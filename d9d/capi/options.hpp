@@ -22,9 +22,9 @@ struct Options {
 // unknown field, a value of the wrong type or range, a field that is reserved for later.
 Options parse_options(const char* json, OptionsFor use);
 
-// A size: an integer number of bytes, or digits with an optional fraction and a unit, as
-// Note [size units] in the CLI reads them ("512MiB", "1.5GB", "4096"), computed exactly in
-// integers (rounded down to a whole byte). Throws ValueError naming `field` and the text.
+// A size string, as model_state::parse_size reads it (Note [size units] in
+// <d9d/model_state/sizes.hpp>: "512MiB", "1.5GB", "4096"). Throws ValueError naming `field` and
+// the text.
 int64_t parse_size(std::string_view text, std::string_view field);
 
 }  // namespace d9d::capi

@@ -26,6 +26,7 @@
 #include <d9d/mapper/spec.hpp>
 #include <d9d/model_state/conversion.hpp>
 #include <d9d/model_state/reader.hpp>
+#include <d9d/model_state/sizes.hpp>
 #include <d9d/model_state/writer.hpp>
 #include <d9d/tensor.hpp>
 
@@ -40,15 +41,8 @@ namespace fs = std::filesystem;
 
 // ---- sizes and formatting -----------------------------------------------------------------------
 
-// Note [size units]: a size on the command line is a number with an optional unit. Decimal units
-// are powers of 1000 and binary units powers of 1024, as huggingface_hub's max_shard_size ("5GB"
-// = 5 * 10^9 bytes) and the IEC: B, KB, MB, GB, TB = 10^0..10^12; KiB, MiB, GiB, TiB =
-// 2^10..2^40. Units are case-insensitive ("5gb"), a space before the unit is allowed, fractions
-// are allowed ("1.5GiB", rounded down to a whole byte). Single letters ("5G") are refused as
-// ambiguous. (The reference's shard_size_gb counts GiB: its 1.0 is --shard-size 1GiB.)
-//
-// Throws ValueError naming the text.
-int64_t parse_size(std::string_view text);
+// Sizes on the command line: Note [size units] in <d9d/model_state/sizes.hpp>.
+using model_state::parse_size;
 // "302.1 MB" (decimal units, as parse_size reads them back); "512 B" below 1 kB.
 std::string format_bytes(int64_t bytes);
 // Exactly `bytes`, in the largest unit that divides it, as parse_size reads it back: "4GiB",
@@ -87,7 +81,6 @@ using model_state::forward_conversion;
 using model_state::kSidecarFileName;
 using model_state::parse_sidecar;
 using model_state::Sidecar;
-using model_state::write_sidecar;
 
 // The inverse of the conversion that wrote `src` (Note [conversion sidecar]). `spec_text`, when
 // given, replaces the sidecar's spec (it must still describe original -> converted).
@@ -122,7 +115,8 @@ Command add_demo(CLI::App& app);
 //   default]).
 CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t& bytes,
                              const std::string& help);
-//   --threads N: d9d's worker threads (d9d::set_num_threads); 0 leaves d9d's own count.
+//   --threads N: d9d's worker threads (d9d::set_num_threads), 0..kMaxThreads; 0 leaves d9d's own
+//   count.
 CLI::Option* add_threads_option(CLI::App& command, int& threads);
 //   --progress / --no-progress, into `show_progress`; --help shows its current value.
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress);

@@ -2,12 +2,10 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
-#include <limits>
 #include <set>
 #include <sstream>
 
@@ -16,48 +14,10 @@
 #include "cli.hpp"
 
 #include <d9d/error.hpp>
-#include <d9d/io/file.hpp>
 
 namespace d9d::cli {
 
 // ---- sizes and formatting -----------------------------------------------------------------------
-
-int64_t parse_size(std::string_view text) {
-  const std::string original(text);
-  size_t pos = 0;
-  while (pos < text.size() &&
-         (std::isdigit(static_cast<unsigned char>(text[pos])) != 0 || text[pos] == '.')) {
-    ++pos;
-  }
-  const std::string number(text.substr(0, pos));
-  D9D_CHECK(!number.empty() && std::count(number.begin(), number.end(), '.') <= 1 && number != ".",
-            "invalid size \"", original, "\": expected a number with an optional unit (500MB, ",
-            "1.5GiB, 4096)");
-  std::string unit(text.substr(pos));
-  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
-  std::transform(unit.begin(), unit.end(), unit.begin(), [](char c) {
-    return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  });
-  static const std::pair<std::string_view, double> kUnits[] = {{"", 1.0},
-                                                               {"b", 1.0},
-                                                               {"kb", 1e3},
-                                                               {"mb", 1e6},
-                                                               {"gb", 1e9},
-                                                               {"tb", 1e12},
-                                                               {"kib", 1024.0},
-                                                               {"mib", 1048576.0},
-                                                               {"gib", 1073741824.0},
-                                                               {"tib", 1099511627776.0}};
-  double scale = 0;
-  for (const auto& [name, value] : kUnits) {
-    if (unit == name) scale = value;
-  }
-  D9D_CHECK(scale > 0, "invalid size \"", original, "\": unknown unit \"", text.substr(pos),
-            "\" (use B, KB, MB, GB, TB = powers of 1000, or KiB, MiB, GiB, TiB = powers of 1024)");
-  const double bytes = std::floor(std::stod(number) * scale);
-  D9D_CHECK(bytes >= 0 && bytes < 9.2e18, "invalid size \"", original, "\": out of range");
-  return static_cast<int64_t>(bytes);
-}
 
 std::string format_bytes(int64_t bytes) {
   static const char* const kUnits[] = {"kB", "MB", "GB", "TB", "PB"};
@@ -145,7 +105,7 @@ CLI::Option* add_threads_option(CLI::App& command, int& threads) {
       .add_option("--threads", threads,
                   "Worker threads for reading, copying and casting (0: one per core, or "
                   "$D9D_NUM_THREADS)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, kMaxThreads));
 }
 
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress) {

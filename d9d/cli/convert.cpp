@@ -52,6 +52,8 @@ model_state::ReadOptions read_options(const ConvertOptions& options, const Conve
   return ro;
 }
 
+// The library's write options from the command line's (the sidecar is added by
+// conversion_write_options, Note [conversion sidecar]).
 model_state::WriteOptions write_options(const ConvertOptions& options) {
   model_state::WriteOptions wo;
   wo.shard_size = options.shard_size;
@@ -87,7 +89,7 @@ ConvertResult summarize(const ConvertOptions& options, const Conversion& c,
 }
 
 // Every rank plans the same conversion; rank 0 alone speaks, keeps the destination directory
-// tidy and writes the sidecar.
+// tidy; the sidecar is published with the checkpoint.
 ConvertResult run_convert_distributed(const ConvertOptions& options, dist::ProcessGroup& world) {
   const Stopwatch clock;
   const bool rank0 = world.rank() == 0;
@@ -107,11 +109,7 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
   if (rank0) guard.emplace(options.dest);
   const model_state::ReadPlan plan = model_state::convert_model_state_distributed(
       options.source, options.dest, c.mapper, world, read_options(options, c),
-      write_options(options), [&] {
-        std::error_code ec;
-        fs::remove(options.dest / kSidecarFileName, ec);  // Note [conversion sidecar]
-      });
-  if (rank0 && !c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
+      model_state::conversion_write_options(c, write_options(options)));
   if (guard) guard->done();
   ConvertOptions quiet_unless_rank0 = options;
   quiet_unless_rank0.quiet = options.quiet || !rank0;

@@ -18,8 +18,10 @@
 //
 // `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys)
 // and writes mapper->inverse(source specs). The sidecar is not a .safetensors file and not in the
-// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is
-// written last, atomically, after the index: an interrupted conversion leaves none.
+// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is a
+// companion file of the checkpoint (WriteOptions::companion_files), published by the same commit
+// (Note [checkpoint commit] in <d9d/model_state/writer.hpp>): an interrupted conversion leaves
+// none, and an old one goes with the checkpoint it described.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +49,6 @@ struct Sidecar {
 std::string sidecar_json(const Sidecar& sidecar);
 // Parses and checks a sidecar; `name` is used in error messages (ValueError).
 Sidecar parse_sidecar(std::string_view json, std::string_view name);
-// Writes dir/d9d-conversion.json through a temporary file and a rename.
-void write_sidecar(const std::filesystem::path& dir, const Sidecar& sidecar, bool fsync);
 
 // The directory of a checkpoint path (a directory, an index file or a .safetensors file).
 std::filesystem::path checkpoint_dir(const std::filesystem::path& path);
@@ -72,6 +72,11 @@ Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
 void check_destination_is_not_source(const std::filesystem::path& src,
                                      const std::filesystem::path& dest_dir);
 
+// `options` with the conversion's sidecar as a companion file of the checkpoint (a reverse
+// conversion records none, and an earlier record in the destination goes with the checkpoint it
+// described).
+WriteOptions conversion_write_options(const Conversion& c, WriteOptions options);
+
 // Removes `dir` on failure if this run created it and left it empty (nothing partial).
 class CreatedDirGuard {
  public:
@@ -88,10 +93,8 @@ class CreatedDirGuard {
 };
 
 // One process converts `src` into `dest_dir`: read_model_state through `c.mapper`, every output
-// written as write_model_state_local writes it, then (forward conversions only) the sidecar. The
-// record of an earlier conversion in `dest_dir` is removed just before the new checkpoint replaces
-// the old one (Note [conversion sidecar]); a `dest_dir` this call created is removed again if the
-// conversion fails. Returns the plan of the whole conversion. (`mpirun` conversions:
+// written by write_model_state_local with conversion_write_options (the sidecar published with
+// the checkpoint); a `dest_dir` this call created is removed again if the conversion fails. Returns the plan of the whole conversion. (`mpirun` conversions:
 // convert_model_state_distributed in <d9d/model_state/distributed.hpp>.)
 ReadPlan convert_model_state_local(const std::filesystem::path& src,
                                    const std::filesystem::path& dest_dir, const Conversion& c,
