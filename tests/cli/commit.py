@@ -45,6 +45,14 @@ def files(out):
     return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out))}
 
 
+def lock_note(lock):
+    try:
+        with open(lock) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def hidden(out):
     """d9d's own files: temporaries, staged and set-aside files, the journal, the lock."""
     return sorted(n for n in os.listdir(out) if n.startswith("."))
@@ -103,7 +111,10 @@ with tempfile.TemporaryDirectory() as tmp:
                                   "--threads", "1", "--memory-budget", "1MiB"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
-        while first.poll() is None and time.monotonic() < deadline and not os.path.exists(lock):
+        # The lock file appears before its flock is taken; the holder's note (pid, host) is
+        # written only once it is held, so wait for the note, not for the file.
+        while first.poll() is None and time.monotonic() < deadline and \
+                not lock_note(lock).startswith(f"{first.pid} "):
             time.sleep(0.0005)
         if first.poll() is None:
             first.send_signal(signal.SIGSTOP)
