@@ -68,6 +68,10 @@ SpecDict ModelStateMapper::infer(const SpecDict& group) const {
                            "); override infer() to support plans and dry runs"));
 }
 
+bool ModelStateMapper::moves_data(const StateGroup& /*group*/) const {
+  return true;
+}
+
 MapperPtr ModelStateMapper::do_inverse(const SpecDict& /*input_specs*/) const {
   throw NotInvertibleError(
       d9d::detail::str_cat(describe(), ": has no inverse (override do_inverse() to provide one)"));

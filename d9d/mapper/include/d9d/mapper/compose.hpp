@@ -44,6 +44,7 @@ class ParallelMapper final : public ModelStateMapper {
   explicit ParallelMapper(std::vector<MapperPtr> mappers);
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  bool moves_data(const StateGroup& group) const override;
   std::string describe() const override;
   const std::vector<MapperPtr>& mappers() const { return mappers_; }
 
@@ -57,6 +58,9 @@ class ParallelMapper final : public ModelStateMapper {
   };
   template <class Dict, class Call>
   Dict run(Dict group, Call call) const;
+  // The route of the group with input `key` (nullopt: of the group without inputs); nullptr if
+  // there is none. Callers check that the group's inputs are exactly theirs.
+  const Route* find_route(std::optional<std::string_view> key) const;
 
   std::vector<MapperPtr> mappers_;
   // Input key -> its group (inputs never collide, so any one key of a group finds it); a group
@@ -71,6 +75,7 @@ class SequentialMapper final : public ModelStateMapper {
   ~SequentialMapper() override;
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  bool moves_data(const StateGroup& group) const override;
   std::string describe() const override;
   const std::vector<MapperPtr>& stages() const { return stages_; }
 
@@ -81,6 +86,9 @@ class SequentialMapper final : public ModelStateMapper {
   struct Plan;  // the stage-by-stage execution plan of every net group (sequential.cpp)
   template <class Dict, class Call>
   Dict run(Dict group, Call call) const;
+  // The net group with input `key` (nullopt: the one without inputs), if there is one. Callers
+  // check that its inputs are exactly theirs.
+  std::optional<uint32_t> find_net(std::optional<std::string_view> key) const;
 
   std::vector<MapperPtr> stages_;
   std::unique_ptr<const Plan> plan_;
@@ -92,6 +100,7 @@ class ShardMapper final : public ModelStateMapper {
   // Takes exactly the inputs of one of this shard's groups.
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  bool moves_data(const StateGroup& group) const override;
   std::string describe() const override;
 
  protected:
@@ -113,6 +122,7 @@ class PrefixScopeMapper final : public ModelStateMapper {
   PrefixScopeMapper(MapperPtr mapper, std::string source_prefix, std::string target_prefix);
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  bool moves_data(const StateGroup& group) const override;
   std::string describe() const override;
 
  protected:

@@ -60,6 +60,14 @@ class ModelStateMapper {
   // The default throws NotInferableError.
   virtual SpecDict infer(const SpecDict& group) const;
 
+  // Whether apply() of `group` (one of state_dependency_groups()) reads the bytes of its inputs:
+  // copies, joins, casts. False promises that, given contiguous inputs (tensors as a file holds
+  // them), apply() reads no byte and returns each output as a contiguous view of an input
+  // (identity, rename, reshape, squeeze, chunks along dim 0). The streamed reader hands such
+  // groups views of the files and reads the inputs of every other group into memory first (Note
+  // [truncated files] in <d9d/io/mapped_file.hpp>). The default, true, is always safe.
+  virtual bool moves_data(const StateGroup& group) const;
+
   // The mapper that undoes this one: sequential({m, m->inverse()}) passes every group's data
   // through unchanged. `input_specs` are the specs of this mapper's inputs (extra keys are
   // ignored); ops whose inverse depends on them (cast: from which dtype; concatenate: the sizes
