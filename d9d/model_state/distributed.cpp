@@ -312,6 +312,7 @@ class GroupSubsetMapper final : public mapper::ModelStateMapper {
   }
   StateDict apply(StateDict group) const override { return parent_->apply(std::move(group)); }
   SpecDict infer(const SpecDict& group) const override { return parent_->infer(group); }
+  bool moves_data(const StateGroup& group) const override { return parent_->moves_data(group); }
   std::string describe() const override { return parent_->describe(); }
 
  private:
