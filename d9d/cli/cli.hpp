@@ -112,6 +112,17 @@ void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync);
 // The directory of a checkpoint path (a directory, an index file or a .safetensors file).
 fs::path checkpoint_dir(const fs::path& path);
 
+// Note [unlisted tensors]: tensors a checkpoint's shards hold that its index does not list are not
+// part of the checkpoint (io::Checkpoint::unlisted_tensors; transformers leaves them out too).
+// Every command that reads the checkpoint says so on standard error, naming them; a conversion
+// whose spec says "unmatched": "error" refuses them instead.
+//
+// "N tensors in the shards of DIR are not in its index and are left out: a (in FILE), ...";
+// "" when there are none.
+std::string unlisted_note(const io::Checkpoint& checkpoint);
+// Prints unlisted_note() as "d9d: warning: ..." on standard error, when there is one.
+void warn_unlisted(const io::Checkpoint& checkpoint);
+
 // ---- building the mapper ------------------------------------------------------------------------
 
 // A mapper for a checkpoint, with what the spec expansion reported.
@@ -120,6 +131,7 @@ struct Conversion {
   mapper::SpecMapping mapping;  // of the forward spec (for --reverse: of the original keys)
   Sidecar sidecar;              // what convert records (forward) or what it read (reverse)
   bool reverse = false;
+  std::string unlisted;  // unlisted_note() of the source (forward), for the commands to print
 };
 
 // The forward conversion of the checkpoint at `src` through the spec `spec_text`.

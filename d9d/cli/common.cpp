@@ -19,6 +19,7 @@
 
 #include <d9d/error.hpp>
 #include <d9d/io/file.hpp>
+#include <d9d/mapper/json.hpp>
 
 namespace d9d::cli {
 
@@ -111,14 +112,11 @@ std::string format_seconds(double seconds) {
 }
 
 std::string read_text_file(const fs::path& path, std::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  D9D_CHECK_AS(io::IoError, in.good(), "cannot read ", what, " ", path.string(), ": ",
-               std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  D9D_CHECK_AS(io::IoError, !in.bad(), "cannot read ", what, " ", path.string(), ": ",
-               std::strerror(errno));
-  return text.str();
+  try {
+    return io::read_regular_file(path);  // a FIFO is refused, not waited on
+  } catch (const io::IoError& e) {
+    d9d::detail::throw_error<io::IoError>("cannot read ", what, ": ", e.what());
+  }
 }
 
 // ---- options several commands take --------------------------------------------------------------
@@ -179,18 +177,23 @@ std::string sidecar_json(const Sidecar& sidecar) {
 }
 
 Sidecar parse_sidecar(std::string_view json, std::string_view name) {
+  // Strict and bounded (parse_json: no key twice, at most 64 levels deep), and every value from
+  // the file is shown cut short (json_excerpt): the record travels with a checkpoint, so it is
+  // input like any other.
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(json);
-  } catch (const nlohmann::json::exception& e) {
-    d9d::detail::throw_error<ValueError>(name, ": not valid JSON (", e.what(), ")");
+    j = mapper::parse_json(json);
+  } catch (const mapper::JsonError& e) {
+    d9d::detail::throw_error<ValueError>(name, ": not a valid conversion record: ", e.what());
   }
   auto fail = [&](const std::string& what) {
     d9d::detail::throw_error<ValueError>(name, ": ", what,
                                          " (is it a d9d-conversion.json written by d9d convert?)");
   };
   if (!j.is_object() || !j.contains("d9d_conversion")) fail("not a d9d conversion record");
-  if (j["d9d_conversion"] != 1) fail("unknown version " + j["d9d_conversion"].dump());
+  if (j["d9d_conversion"] != 1) {
+    fail("unknown version " + mapper::json_excerpt(j["d9d_conversion"]));
+  }
   if (!j.contains("spec") || !j["spec"].is_string()) fail("\"spec\" must be a string");
   if (!j.contains("source") || !j["source"].is_object()) fail("\"source\" must be an object");
   Sidecar s;
@@ -199,15 +202,16 @@ Sidecar parse_sidecar(std::string_view json, std::string_view name) {
     s.spec_origin = j["spec_origin"].get<std::string>();
   }
   for (const auto& [key, value] : j["source"].items()) {
+    const std::string where = "\"source\"[" + mapper::json_string_excerpt(key) + "]";
     if (!value.is_array() || value.size() != 2 || !value[0].is_string() || !value[1].is_array()) {
-      fail("\"source\"[\"" + key + "\"] must be [dtype, shape]");
+      fail(where + " must be [dtype, shape]");
     }
     const std::optional<DType> dtype = dtype_from_name(value[0].get<std::string>());
-    if (!dtype) fail("\"source\"[\"" + key + "\"]: unknown dtype " + value[0].dump());
+    if (!dtype) fail(where + ": unknown dtype " + mapper::json_excerpt(value[0]));
     Shape shape;
     for (const auto& d : value[1]) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0) {
-        fail("\"source\"[\"" + key + "\"]: bad shape " + value[1].dump());
+        fail(where + ": bad shape " + mapper::json_excerpt(value[1]));
       }
       shape.push_back(d.get<int64_t>());
     }
@@ -235,6 +239,28 @@ fs::path checkpoint_dir(const fs::path& path) {
   return parent.empty() ? fs::path(".") : parent;
 }
 
+std::string unlisted_note(const io::Checkpoint& checkpoint) {
+  const std::map<std::string, std::string>& unlisted = checkpoint.unlisted_tensors();
+  if (unlisted.empty()) return "";
+  std::string list;
+  size_t shown = 0;
+  for (const auto& [tensor, file] : unlisted) {
+    if (shown++ == 10) {
+      list += ", ... (" + std::to_string(unlisted.size() - 10) + " more)";
+      break;
+    }
+    list += (list.empty() ? "" : ", ") + tensor + " (in " + file + ")";
+  }
+  return count_of(static_cast<int64_t>(unlisted.size()), "tensor") + " in the shards of " +
+         checkpoint.dir().string() + (unlisted.size() == 1 ? " is" : " are") +
+         " not in its index and left out: " + list;
+}
+
+void warn_unlisted(const io::Checkpoint& checkpoint) {
+  const std::string note = unlisted_note(checkpoint);
+  if (!note.empty()) std::cerr << "d9d: warning: " << note << "\n";
+}
+
 // ---- building the mapper ------------------------------------------------------------------------
 
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
@@ -249,6 +275,9 @@ Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
                                          ": ", e.what());
   }
   c.mapper = c.mapping.mapper;
+  c.unlisted = unlisted_note(src);  // Note [unlisted tensors]
+  D9D_CHECK(c.unlisted.empty() || c.mapping.unmatched != mapper::UnmatchedPolicy::kError,
+            spec_origin, ": ", c.unlisted, "; the spec says \"unmatched\": \"error\"");
   for (const std::string& key : src.keys()) {
     const io::TensorInfo& info = src.info(key);
     c.sidecar.source.emplace(key, mapper::TensorSpec{info.dtype, info.shape});
