@@ -131,6 +131,12 @@ bool ParallelMapper::moves_data(const StateGroup& group) const {
   return route->mapper->moves_data(*route->group);
 }
 
+std::vector<std::string> ParallelMapper::concatenated_inputs(const StateGroup& group) const {
+  const Route* route = find_route(detail::first_key(group.inputs));
+  if (route == nullptr || route->group->inputs != group.inputs) return {};
+  return route->mapper->concatenated_inputs(*route->group);
+}
+
 MapperPtr ParallelMapper::do_inverse(const SpecDict& input_specs) const {
   std::vector<MapperPtr> inverses;
   inverses.reserve(mappers_.size());
@@ -201,6 +207,10 @@ SpecDict ShardMapper::infer(const SpecDict& group) const {
 
 bool ShardMapper::moves_data(const StateGroup& group) const {
   return mapper_->moves_data(group);
+}
+
+std::vector<std::string> ShardMapper::concatenated_inputs(const StateGroup& group) const {
+  return mapper_->concatenated_inputs(group);
 }
 
 MapperPtr ShardMapper::do_inverse(const SpecDict& input_specs) const {
@@ -277,17 +287,30 @@ SpecDict PrefixScopeMapper::infer(const SpecDict& group) const {
              [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
 }
 
-bool PrefixScopeMapper::moves_data(const StateGroup& group) const {
-  StateGroup scoped;
+std::optional<StateGroup> PrefixScopeMapper::unscoped(const StateGroup& group) const {
+  StateGroup inner;
   for (const auto& k : group.inputs) {
-    if (k.compare(0, source_prefix_.size(), source_prefix_) != 0) return true;  // not a group
-    scoped.inputs.insert(scoped.inputs.end(), k.substr(source_prefix_.size()));
+    if (k.compare(0, source_prefix_.size(), source_prefix_) != 0) return std::nullopt;
+    inner.inputs.insert(inner.inputs.end(), k.substr(source_prefix_.size()));
   }
   for (const auto& k : group.outputs) {
-    if (k.compare(0, target_prefix_.size(), target_prefix_) != 0) return true;
-    scoped.outputs.insert(scoped.outputs.end(), k.substr(target_prefix_.size()));
+    if (k.compare(0, target_prefix_.size(), target_prefix_) != 0) return std::nullopt;
+    inner.outputs.insert(inner.outputs.end(), k.substr(target_prefix_.size()));
   }
-  return mapper_->moves_data(scoped);
+  return inner;
+}
+
+bool PrefixScopeMapper::moves_data(const StateGroup& group) const {
+  const std::optional<StateGroup> inner = unscoped(group);
+  return !inner || mapper_->moves_data(*inner);  // not a group of it: the safe answer
+}
+
+std::vector<std::string> PrefixScopeMapper::concatenated_inputs(const StateGroup& group) const {
+  const std::optional<StateGroup> inner = unscoped(group);
+  if (!inner) return {};
+  std::vector<std::string> parts = mapper_->concatenated_inputs(*inner);
+  for (std::string& part : parts) part.insert(0, source_prefix_);
+  return parts;
 }
 
 MapperPtr PrefixScopeMapper::do_inverse(const SpecDict& input_specs) const {

@@ -219,10 +219,13 @@ Tensor upload_from_file(StagingRing& staging, const io::Checkpoint& checkpoint,
 // on as views of them, zero-copy, their pages populated (releasing_view). Every other group gets
 // its inputs read into memory with pread first (io's Checkpoint::load: Note [pread for copies]),
 // so that the ops that move data (cat, stack, casts, transposes) never read a mapping: a file cut
-// short meanwhile is an IoError naming it, not SIGBUS (Note [truncated files]). The extra copy
-// costs little next to the op's own (see README, Conversion), and a view handed on is written by
-// pwrite, which fails cleanly too. load_model_state reads the views it is handed into its targets
-// with pread as well, so no byte d9d itself reads comes through a mapping.
+// short meanwhile is an IoError naming it, not SIGBUS (Note [truncated files]). That is a copy
+// more than reading through the mapping, except for the commonest such group: a cat or stack
+// along dim 0 (concatenated_inputs(): fused QKV, gate_up, stacked experts) lays its inputs' bytes
+// end to end, so they are read from the files straight into its output and the op is skipped:
+// the read is the op's copy. A view handed on is written by pwrite, which fails cleanly too, and
+// load_model_state reads the views it is handed into its targets with pread, so no byte d9d
+// itself reads comes through a mapping.
 //
 // Note [reading what a rank owns]: load_model_state into a DTensor target needs only this rank's
 // slice. A group that only makes views then gets views with no read-ahead asked for; the mapper
@@ -332,26 +335,62 @@ struct ModelStateStream::Impl {
     }
   }
 
-  StateDict run_group(const GroupPlan& g, bool slices) {
+  // The one output of a group whose mapper lays `parts` (its inputs) end to end, read from the
+  // files straight into it (Note [views or copies]). On the host; a DTensor target's slice is
+  // then taken from it like any output's.
+  StateDict read_concatenated(const GroupPlan& g, const std::vector<std::string>& parts) {
+    D9D_ASSERT(g.outputs.size() == 1 && parts.size() == g.inputs.size());
+    const auto& [name, spec] = *g.outputs.begin();
+    Tensor out = Tensor::empty(spec.shape, spec.dtype);
+    std::vector<io::ReadRange> ranges;
+    uint64_t at = 0;
+    for (const std::string& part : parts) {
+      const io::CheckpointEntry entry = checkpoint.entry(part);
+      const io::SafetensorsFile& file = checkpoint.file(*entry.file);
+      const auto nbytes = static_cast<uint64_t>(entry.info->nbytes());
+      ranges.push_back({&file.mapped_file(),
+                        static_cast<uint64_t>(file.data_offset() + entry.info->begin),
+                        static_cast<std::byte*>(out.mutable_data_ptr()) + at, nbytes,
+                        /*populate=*/true});
+      at += nbytes;
+    }
+    D9D_ASSERT(at == static_cast<uint64_t>(out.nbytes()));
+    io::read_ranges(ranges);
+    StateDict outputs;
+    outputs.emplace(name, std::move(out));
+    return outputs;
+  }
+
+  // The group's outputs, its inputs read as Note [views or copies] says.
+  StateDict apply_group(const GroupPlan& g, bool slices) {
     StateDict inputs;
     if (staging != nullptr && !slices) {
       for (const auto& [name, spec] : g.inputs) {
         inputs.emplace(name, upload_from_file(*staging, checkpoint, name));
       }
-    } else if (options.zero_copy && !mapper->moves_data(g.group)) {  // Note [views or copies]
+      return mapper->apply(std::move(inputs));
+    }
+    if (options.zero_copy && !mapper->moves_data(g.group)) {
       const Prefetch prefetch = slices           ? Prefetch::kNone
                                 : populate_views ? Prefetch::kPopulate
                                                  : Prefetch::kReadAhead;
       for (const auto& [name, spec] : g.inputs) {
         inputs.emplace(name, releasing_view(checkpoint, name, prefetch));
       }
-    } else {
-      std::vector<std::string> names;
-      names.reserve(g.inputs.size());
-      for (const auto& [name, spec] : g.inputs) names.push_back(name);
-      inputs = checkpoint.load(names);
+      return mapper->apply(std::move(inputs));
     }
-    StateDict outputs = mapper->apply(std::move(inputs));
+    if (const std::vector<std::string> parts = mapper->concatenated_inputs(g.group);
+        !parts.empty() && g.inferred) {
+      return read_concatenated(g, parts);
+    }
+    std::vector<std::string> names;
+    names.reserve(g.inputs.size());
+    for (const auto& [name, spec] : g.inputs) names.push_back(name);
+    return mapper->apply(checkpoint.load(names));
+  }
+
+  StateDict run_group(const GroupPlan& g, bool slices) {
+    StateDict outputs = apply_group(g, slices);
     for (const std::string& name : g.group.outputs) {
       D9D_CHECK(outputs.contains(name), "read_model_state: group ", mapper::to_string(g.group),
                 " did not produce ", name);

@@ -216,6 +216,45 @@ TEST_CASE("moves_data() false only where apply() makes contiguous views of its i
   CHECK(moving > 500);
 }
 
+// concatenated_inputs() lets the reader skip apply() and read the inputs straight into the output:
+// what it names must be exactly apply()'s bytes.
+TEST_CASE("concatenated_inputs() names inputs whose bytes end to end are apply()'s one output") {
+  int concatenations = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    Case c = random_case(6 + trial % 2);  // stack and cat, any dim
+    if (outcome_of([&] { apply_all(*c.mapper, c.inputs); }) != Outcome::kOk) continue;
+    const MapperPtr scoped = prefix_scope(parallel({c.mapper, rename_tensor("x", "y")}), "m.", "o.");
+    StateDict in;
+    for (const auto& [k, v] : c.inputs) in.emplace("m." + k, v);
+    for (const auto& [m, inputs] : {std::pair{c.mapper, c.inputs}, std::pair{scoped, in}}) {
+      const StateGroup& g = *m->state_dependency_groups().begin();
+      const std::vector<std::string> parts = m->concatenated_inputs(g);
+      if (parts.empty()) continue;
+      INFO("trial ", trial, ": ", m->describe());
+      ++concatenations;
+      REQUIRE(std::set<std::string>(parts.begin(), parts.end()) == g.inputs);
+      StateDict group;
+      for (const auto& k : g.inputs) group.emplace(k, inputs.at(k));
+      const StateDict out = m->apply(group);
+      REQUIRE(out.size() == 1);
+      std::string bytes;
+      for (const auto& part : parts) {
+        const Tensor& t = inputs.at(part);
+        bytes.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.nbytes()));
+      }
+      const Tensor& result = out.begin()->second;
+      CHECK(std::string(static_cast<const char*>(result.data_ptr()),
+                        static_cast<size_t>(result.nbytes())) == bytes);
+    }
+  }
+  CHECK(concatenations > 300);
+  CHECK(concatenate_tensors({"a", "b"}, "w", 1)->concatenated_inputs(group({"a", "b"}, {"w"})).empty());
+  CHECK(sequential({rename_tensor("a", "b"), stack_tensors({"b", "c"}, "w", 0)})
+            ->concatenated_inputs(group({"a", "c"}, {"w"}))
+            .empty());  // a chain: not said (the safe answer)
+  CHECK(identity("w")->concatenated_inputs(group({"w"}, {"w"})).empty());
+}
+
 TEST_CASE("moves_data() of each op and of compositions") {
   const StateGroup one{{"w"}, {"w"}};
   for (const MapperPtr& m : {identity("w"), rename_tensor("w", "w"), squeeze("w"),

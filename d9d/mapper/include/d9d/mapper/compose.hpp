@@ -45,6 +45,7 @@ class ParallelMapper final : public ModelStateMapper {
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
   bool moves_data(const StateGroup& group) const override;
+  std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
   std::string describe() const override;
   const std::vector<MapperPtr>& mappers() const { return mappers_; }
 
@@ -101,6 +102,7 @@ class ShardMapper final : public ModelStateMapper {
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
   bool moves_data(const StateGroup& group) const override;
+  std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
   std::string describe() const override;
 
  protected:
@@ -123,6 +125,7 @@ class PrefixScopeMapper final : public ModelStateMapper {
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
   bool moves_data(const StateGroup& group) const override;
+  std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
   std::string describe() const override;
 
  protected:
@@ -131,6 +134,9 @@ class PrefixScopeMapper final : public ModelStateMapper {
  private:
   template <class Dict, class Call>
   Dict run(Dict group, Call call) const;
+  // The inner mapper's group for one of this mapper's groups (nullopt for keys without the
+  // prefixes).
+  std::optional<StateGroup> unscoped(const StateGroup& group) const;
 
   MapperPtr mapper_;
   std::string source_prefix_, target_prefix_;

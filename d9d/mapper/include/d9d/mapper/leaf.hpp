@@ -288,6 +288,11 @@ class ManyToOneMapper : public ModelStateMapper {
  public:
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
+  // Along dim 0, the output's bytes are the inputs' bytes in order (legacy empty parts of a cat
+  // are 0 bytes).
+  std::vector<std::string> concatenated_inputs(const StateGroup&) const final {
+    return dim_ == 0 ? sources_ : std::vector<std::string>{};
+  }
   const std::vector<std::string>& sources() const { return sources_; }
   const std::string& target() const { return target_; }
   int64_t dim() const { return dim_; }

@@ -17,6 +17,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <d9d/error.hpp>
 #include <d9d/mapper/state_group.hpp>
@@ -67,6 +68,11 @@ class ModelStateMapper {
   // groups views of the files and reads the inputs of every other group into memory first (Note
   // [truncated files] in <d9d/io/mapped_file.hpp>). The default, true, is always safe.
   virtual bool moves_data(const StateGroup& group) const;
+  // When apply() of `group` makes its one output by laying the bytes of its inputs end to end
+  // (concatenate_tensors and stack_tensors along dim 0, for contiguous inputs), those inputs in
+  // that order; empty otherwise (the default). The streamed reader then reads the inputs from the
+  // files straight into the output instead of applying the group: the read is the op's copy.
+  virtual std::vector<std::string> concatenated_inputs(const StateGroup& group) const;
 
   // The mapper that undoes this one: sequential({m, m->inverse()}) passes every group's data
   // through unchanged. `input_specs` are the specs of this mapper's inputs (extra keys are
