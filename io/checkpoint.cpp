@@ -37,8 +37,8 @@ const char* index_rule_text(int rule) {
 }  // namespace
 
 std::string shard_file_name(int index, int count) {
-  D9D_CHECK(count >= 1 && index >= 0 && index < count && count <= 99999, "shard_file_name: shard ",
-            index, " of ", count, " is out of range");
+  D9D_CHECK(count >= 1 && index >= 0 && index < count && count <= kMaxShardCount,
+            "shard_file_name: shard ", index, " of ", count, " is out of range");
   char buf[64];
   std::snprintf(buf, sizeof buf, "model-%05d-of-%05d.safetensors", index + 1, count);
   return buf;

@@ -1,6 +1,7 @@
 #include <d9d/io/file.hpp>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -192,6 +193,61 @@ void AtomicFile::abandon() noexcept {
   fd_.reset();
   if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
   temp_path_.clear();
+}
+
+// ---- LockFile -----------------------------------------------------------------------------------
+
+LockFile& LockFile::operator=(LockFile&& other) noexcept {
+  if (this != &other) {
+    release();
+    path_ = std::move(other.path_);
+    fd_ = std::move(other.fd_);
+  }
+  return *this;
+}
+
+std::optional<LockFile> LockFile::try_lock(const std::filesystem::path& path,
+                                           const std::string& note) {
+  for (int attempt = 0;; ++attempt) {
+    FileDescriptor fd = FileDescriptor::open(path, O_RDWR | O_CREAT, 0644);
+    int rc = 0;
+    do {
+      rc = ::flock(fd.get(), LOCK_EX | LOCK_NB);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      if (errno == EWOULDBLOCK) return std::nullopt;
+      throw_errno("lock", path, errno);
+    }
+    // Still the file at `path`? A holder that released meanwhile removed the one we opened.
+    struct stat held {
+    }, named{};
+    if (::fstat(fd.get(), &held) != 0) throw_errno("stat", path, errno);
+    if (::stat(path.c_str(), &named) == 0 && named.st_dev == held.st_dev &&
+        named.st_ino == held.st_ino) {
+      if (::ftruncate(fd.get(), 0) != 0) throw_errno("truncate", path, errno);
+      pwrite_all(fd.get(), 0, reinterpret_cast<const std::byte*>(note.data()), note.size(), path);
+      LockFile lock;
+      lock.path_ = path;
+      lock.fd_ = std::move(fd);
+      return lock;
+    }
+    D9D_CHECK_AS(IoError, attempt < 100, "lock ", path.string(),
+                 ": the lock file keeps being replaced");
+  }
+}
+
+std::string LockFile::note_of(const std::filesystem::path& path) {
+  const FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.is_open()) return "";
+  char buf[256];
+  const ssize_t got = ::pread(fd.get(), buf, sizeof buf, 0);
+  return got > 0 ? std::string(buf, static_cast<size_t>(got)) : "";
+}
+
+void LockFile::release() noexcept {
+  if (!fd_.is_open()) return;
+  ::unlink(path_.c_str());  // before the unlock: no one can lock this file and think it current
+  fd_.reset();
 }
 
 }  // namespace d9d::io

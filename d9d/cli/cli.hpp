@@ -24,7 +24,9 @@
 #include <d9d/io/checkpoint.hpp>
 #include <d9d/mapper/mapper.hpp>
 #include <d9d/mapper/spec.hpp>
+#include <d9d/model_state/conversion.hpp>
 #include <d9d/model_state/reader.hpp>
+#include <d9d/model_state/sizes.hpp>
 #include <d9d/model_state/writer.hpp>
 #include <d9d/tensor.hpp>
 
@@ -39,15 +41,8 @@ namespace fs = std::filesystem;
 
 // ---- sizes and formatting -----------------------------------------------------------------------
 
-// Note [size units]: a size on the command line is a number with an optional unit. Decimal units
-// are powers of 1000 and binary units powers of 1024, as huggingface_hub's max_shard_size ("5GB"
-// = 5 * 10^9 bytes) and the IEC: B, KB, MB, GB, TB = 10^0..10^12; KiB, MiB, GiB, TiB =
-// 2^10..2^40. Units are case-insensitive ("5gb"), a space before the unit is allowed, fractions
-// are allowed ("1.5GiB", rounded down to a whole byte). Single letters ("5G") are refused as
-// ambiguous. (The reference's shard_size_gb counts GiB: its 1.0 is --shard-size 1GiB.)
-//
-// Throws ValueError naming the text.
-int64_t parse_size(std::string_view text);
+// Sizes on the command line: Note [size units] in <d9d/model_state/sizes.hpp>.
+using model_state::parse_size;
 // "302.1 MB" (decimal units, as parse_size reads them back); "512 B" below 1 kB.
 std::string format_bytes(int64_t bytes);
 // Exactly `bytes`, in the largest unit that divides it, as parse_size reads it back: "4GiB",
@@ -76,67 +71,23 @@ class Stopwatch {
   std::chrono::steady_clock::time_point start_;
 };
 
-// ---- the conversion sidecar ---------------------------------------------------------------------
-
-// Note [conversion sidecar]: `d9d convert` leaves d9d-conversion.json next to the checkpoint it
-// writes. Undoing a conversion needs more than the spec: the inverse of a concatenation must know
-// the sizes of the parts (the q / k / v rows of a GQA model), a squeeze the shape it came from. So
-// the sidecar records the spec's text and the name, dtype and shape of every tensor of the source
-// checkpoint:
-//
-//   {"d9d_conversion": 1,
-//    "spec": "<the spec file's text, verbatim>",
-//    "spec_origin": "examples/specs/llama_hf_to_fused.json",
-//    "source": {"model.embed_tokens.weight": ["BF16", [32000, 1024]], ...},
-//    "dropped": ["..."]}                   (source keys the spec dropped, which cannot come back)
-//
-// `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys)
-// and writes mapper->inverse(source specs). The sidecar is not a .safetensors file and not in the
-// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is
-// written last, atomically, after the index: an interrupted conversion leaves none.
-inline constexpr std::string_view kSidecarFileName = "d9d-conversion.json";
-
-struct Sidecar {
-  std::string spec;
-  std::string spec_origin;
-  mapper::SpecDict source;
-  std::vector<std::string> dropped;
-};
-
-std::string sidecar_json(const Sidecar& sidecar);
-// Parses and checks a sidecar; `name` is used in error messages (ValueError).
-Sidecar parse_sidecar(std::string_view json, std::string_view name);
-// Writes dir/d9d-conversion.json through a temporary file and a rename.
-void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync);
-
-// The directory of a checkpoint path (a directory, an index file or a .safetensors file).
-fs::path checkpoint_dir(const fs::path& path);
-
-// Note [unlisted tensors]: tensors a checkpoint's shards hold that its index does not list are not
-// part of the checkpoint (io::Checkpoint::unlisted_tensors; transformers leaves them out too).
-// Every command that reads the checkpoint says so on standard error, naming them; a conversion
-// whose spec says "unmatched": "error" refuses them instead.
-//
-// "N tensors in the shards of DIR are not in its index and are left out: a (in FILE), ...";
-// "" when there are none.
-std::string unlisted_note(const io::Checkpoint& checkpoint);
-// Prints unlisted_note() as "d9d: warning: ..." on standard error, when there is one.
-void warn_unlisted(const io::Checkpoint& checkpoint);
-
 // ---- building the mapper ------------------------------------------------------------------------
 
-// A mapper for a checkpoint, with what the spec expansion reported.
-struct Conversion {
-  mapper::MapperPtr mapper;
-  mapper::SpecMapping mapping;  // of the forward spec (for --reverse: of the original keys)
-  Sidecar sidecar;              // what convert records (forward) or what it read (reverse)
-  bool reverse = false;
-  std::string unlisted;  // unlisted_note() of the source (forward), for the commands to print
-};
+// The sidecar, forward conversions and single-process conversions live in model_state (shared
+// with the C ABI's d9d_convert): Note [conversion sidecar] in <d9d/model_state/conversion.hpp>.
+using model_state::checkpoint_dir;
+using model_state::Conversion;
+using model_state::forward_conversion;
+using model_state::kSidecarFileName;
+using model_state::parse_sidecar;
+using model_state::Sidecar;
+using model_state::unlisted_note;
 
-// The forward conversion of the checkpoint at `src` through the spec `spec_text`.
-Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
-                              std::string spec_origin);
+// Prints unlisted_note() as "d9d: warning: ..." on standard error, when there is one (Note
+// [unlisted tensors] in <d9d/model_state/conversion.hpp>: every command that reads a checkpoint
+// says so).
+void warn_unlisted(const io::Checkpoint& checkpoint);
+
 // The inverse of the conversion that wrote `src` (Note [conversion sidecar]). `spec_text`, when
 // given, replaces the sidecar's spec (it must still describe original -> converted).
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
@@ -170,7 +121,8 @@ Command add_demo(CLI::App& app);
 //   default]).
 CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t& bytes,
                              const std::string& help);
-//   --threads N: d9d's worker threads (d9d::set_num_threads); 0 leaves d9d's own count.
+//   --threads N: d9d's worker threads (d9d::set_num_threads), 0..kMaxThreads; 0 leaves d9d's own
+//   count.
 CLI::Option* add_threads_option(CLI::App& command, int& threads);
 //   --progress / --no-progress, into `show_progress`; --help shows its current value.
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress);

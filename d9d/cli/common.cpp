@@ -1,66 +1,24 @@
-// Helpers shared by the commands: sizes, formatting, shared options, the conversion sidecar,
-// building mappers.
+// Helpers shared by the commands: sizes, formatting, shared options, building mappers.
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
-#include <limits>
 #include <set>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include "cli.hpp"
 
 #include <d9d/error.hpp>
 #include <d9d/io/file.hpp>
-#include <d9d/mapper/json.hpp>
 
 namespace d9d::cli {
 
 // ---- sizes and formatting -----------------------------------------------------------------------
-
-int64_t parse_size(std::string_view text) {
-  const std::string original(text);
-  size_t pos = 0;
-  while (pos < text.size() &&
-         (std::isdigit(static_cast<unsigned char>(text[pos])) != 0 || text[pos] == '.')) {
-    ++pos;
-  }
-  const std::string number(text.substr(0, pos));
-  D9D_CHECK(!number.empty() && std::count(number.begin(), number.end(), '.') <= 1 && number != ".",
-            "invalid size \"", original, "\": expected a number with an optional unit (500MB, ",
-            "1.5GiB, 4096)");
-  std::string unit(text.substr(pos));
-  while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
-  std::transform(unit.begin(), unit.end(), unit.begin(), [](char c) {
-    return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  });
-  static const std::pair<std::string_view, double> kUnits[] = {{"", 1.0},
-                                                               {"b", 1.0},
-                                                               {"kb", 1e3},
-                                                               {"mb", 1e6},
-                                                               {"gb", 1e9},
-                                                               {"tb", 1e12},
-                                                               {"kib", 1024.0},
-                                                               {"mib", 1048576.0},
-                                                               {"gib", 1073741824.0},
-                                                               {"tib", 1099511627776.0}};
-  double scale = 0;
-  for (const auto& [name, value] : kUnits) {
-    if (unit == name) scale = value;
-  }
-  D9D_CHECK(scale > 0, "invalid size \"", original, "\": unknown unit \"", text.substr(pos),
-            "\" (use B, KB, MB, GB, TB = powers of 1000, or KiB, MiB, GiB, TiB = powers of 1024)");
-  const double bytes = std::floor(std::stod(number) * scale);
-  D9D_CHECK(bytes >= 0 && bytes < 9.2e18, "invalid size \"", original, "\": out of range");
-  return static_cast<int64_t>(bytes);
-}
 
 std::string format_bytes(int64_t bytes) {
   static const char* const kUnits[] = {"kB", "MB", "GB", "TB", "PB"};
@@ -145,7 +103,7 @@ CLI::Option* add_threads_option(CLI::App& command, int& threads) {
       .add_option("--threads", threads,
                   "Worker threads for reading, copying and casting (0: one per core, or "
                   "$D9D_NUM_THREADS)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, kMaxThreads));
 }
 
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress) {
@@ -160,135 +118,13 @@ int usage_error(std::string_view command, std::string_view message) {
   return kExitUsage;
 }
 
-// ---- the conversion sidecar ---------------------------------------------------------------------
-
-std::string sidecar_json(const Sidecar& sidecar) {
-  nlohmann::ordered_json j;
-  j["d9d_conversion"] = 1;
-  j["spec"] = sidecar.spec;
-  j["spec_origin"] = sidecar.spec_origin;
-  nlohmann::ordered_json source = nlohmann::ordered_json::object();
-  for (const auto& [name, spec] : sidecar.source) {
-    source[name] = nlohmann::ordered_json::array({dtype_name(spec.dtype), spec.shape.vec()});
-  }
-  j["source"] = std::move(source);
-  j["dropped"] = sidecar.dropped;
-  return j.dump(1) + "\n";
-}
-
-Sidecar parse_sidecar(std::string_view json, std::string_view name) {
-  // Strict and bounded (parse_json: no key twice, at most 64 levels deep), and every value from
-  // the file is shown cut short (json_excerpt): the record travels with a checkpoint, so it is
-  // input like any other.
-  nlohmann::json j;
-  try {
-    j = mapper::parse_json(json);
-  } catch (const mapper::JsonError& e) {
-    d9d::detail::throw_error<ValueError>(name, ": not a valid conversion record: ", e.what());
-  }
-  auto fail = [&](const std::string& what) {
-    d9d::detail::throw_error<ValueError>(name, ": ", what,
-                                         " (is it a d9d-conversion.json written by d9d convert?)");
-  };
-  if (!j.is_object() || !j.contains("d9d_conversion")) fail("not a d9d conversion record");
-  if (j["d9d_conversion"] != 1) {
-    fail("unknown version " + mapper::json_excerpt(j["d9d_conversion"]));
-  }
-  if (!j.contains("spec") || !j["spec"].is_string()) fail("\"spec\" must be a string");
-  if (!j.contains("source") || !j["source"].is_object()) fail("\"source\" must be an object");
-  Sidecar s;
-  s.spec = j["spec"].get<std::string>();
-  if (j.contains("spec_origin") && j["spec_origin"].is_string()) {
-    s.spec_origin = j["spec_origin"].get<std::string>();
-  }
-  for (const auto& [key, value] : j["source"].items()) {
-    const std::string where = "\"source\"[" + mapper::json_string_excerpt(key) + "]";
-    if (!value.is_array() || value.size() != 2 || !value[0].is_string() || !value[1].is_array()) {
-      fail(where + " must be [dtype, shape]");
-    }
-    const std::optional<DType> dtype = dtype_from_name(value[0].get<std::string>());
-    if (!dtype) fail(where + ": unknown dtype " + mapper::json_excerpt(value[0]));
-    Shape shape;
-    for (const auto& d : value[1]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) {
-        fail(where + ": bad shape " + mapper::json_excerpt(value[1]));
-      }
-      shape.push_back(d.get<int64_t>());
-    }
-    s.source.emplace(key, mapper::TensorSpec{*dtype, shape});
-  }
-  if (j.contains("dropped") && j["dropped"].is_array()) {
-    for (const auto& d : j["dropped"]) {
-      if (d.is_string()) s.dropped.push_back(d.get<std::string>());
-    }
-  }
-  return s;
-}
-
-void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync) {
-  const std::string text = sidecar_json(sidecar);
-  io::AtomicFile file(dir / kSidecarFileName, static_cast<int64_t>(text.size()));
-  file.write_at(0, reinterpret_cast<const std::byte*>(text.data()), text.size());
-  file.commit(fsync);
-}
-
-fs::path checkpoint_dir(const fs::path& path) {
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) return path;
-  fs::path parent = path.parent_path();
-  return parent.empty() ? fs::path(".") : parent;
-}
-
-std::string unlisted_note(const io::Checkpoint& checkpoint) {
-  const std::map<std::string, std::string>& unlisted = checkpoint.unlisted_tensors();
-  if (unlisted.empty()) return "";
-  std::string list;
-  size_t shown = 0;
-  for (const auto& [tensor, file] : unlisted) {
-    if (shown++ == 10) {
-      list += ", ... (" + std::to_string(unlisted.size() - 10) + " more)";
-      break;
-    }
-    list += (list.empty() ? "" : ", ") + tensor + " (in " + file + ")";
-  }
-  return count_of(static_cast<int64_t>(unlisted.size()), "tensor") + " in the shards of " +
-         checkpoint.dir().string() + (unlisted.size() == 1 ? " is" : " are") +
-         " not in its index and left out: " + list;
-}
-
+// Note [unlisted tensors] in <d9d/model_state/conversion.hpp>.
 void warn_unlisted(const io::Checkpoint& checkpoint) {
   const std::string note = unlisted_note(checkpoint);
   if (!note.empty()) std::cerr << "d9d: warning: " << note << "\n";
 }
 
 // ---- building the mapper ------------------------------------------------------------------------
-
-Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
-                              std::string spec_origin) {
-  Conversion c;
-  try {
-    c.mapping = mapper::from_spec(spec_text, src.keys());
-  } catch (const mapper::SpecError& e) {
-    d9d::detail::throw_error<ValueError>(spec_origin, ": ", e.what());
-  } catch (const ValueError& e) {
-    d9d::detail::throw_error<ValueError>("spec ", spec_origin, " does not fit ", src.dir().string(),
-                                         ": ", e.what());
-  }
-  c.mapper = c.mapping.mapper;
-  c.unlisted = unlisted_note(src);  // Note [unlisted tensors]
-  D9D_CHECK(c.unlisted.empty() || c.mapping.unmatched != mapper::UnmatchedPolicy::kError,
-            spec_origin, ": ", c.unlisted, "; the spec says \"unmatched\": \"error\"");
-  for (const std::string& key : src.keys()) {
-    const io::TensorInfo& info = src.info(key);
-    c.sidecar.source.emplace(key, mapper::TensorSpec{info.dtype, info.shape});
-  }
-  if (c.mapping.unmatched == mapper::UnmatchedPolicy::kDrop) {
-    c.sidecar.dropped = c.mapping.unmatched_keys;
-  }
-  c.sidecar.spec = std::move(spec_text);
-  c.sidecar.spec_origin = std::move(spec_origin);
-  return c;
-}
 
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
                               const std::string& spec_origin) {

@@ -9,6 +9,7 @@
 
 #include <d9d/dist/process_group.hpp>
 #include <d9d/mapper/adapters.hpp>
+#include <d9d/model_state/conversion.hpp>
 #include <d9d/model_state/distributed.hpp>
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
@@ -19,36 +20,9 @@ namespace d9d::cli {
 
 namespace {
 
-// Removes `dir` on failure if this run created it and left it empty (nothing partial).
-class CreatedDirGuard {
- public:
-  explicit CreatedDirGuard(fs::path dir) : dir_(std::move(dir)) {
-    std::error_code ec;
-    created_ = !fs::exists(dir_, ec);
-  }
-  CreatedDirGuard(const CreatedDirGuard&) = delete;
-  CreatedDirGuard& operator=(const CreatedDirGuard&) = delete;
-  ~CreatedDirGuard() {
-    if (!created_ || done_) return;
-    std::error_code ec;
-    if (fs::is_directory(dir_, ec) && fs::is_empty(dir_, ec)) fs::remove(dir_, ec);
-  }
-  void done() { done_ = true; }
-
- private:
-  fs::path dir_;
-  bool created_ = false;
-  bool done_ = false;
-};
-
 // The mapper, planned from metadata before anything touches the destination.
 Conversion plan_conversion(const ConvertOptions& options) {
-  std::error_code ec;
-  if (fs::exists(options.dest, ec) && fs::exists(options.source, ec)) {
-    D9D_CHECK(!fs::equivalent(checkpoint_dir(options.source), options.dest, ec),
-              "convert: the destination ", options.dest.string(),
-              " is the source checkpoint's directory; write elsewhere");
-  }
+  model_state::check_destination_is_not_source(options.source, options.dest);
   if (options.spec_text) {
     return options.reverse
                ? reverse_conversion(options.source, options.spec_text, options.spec_origin)
@@ -79,6 +53,8 @@ model_state::ReadOptions read_options(const ConvertOptions& options, const Conve
   return ro;
 }
 
+// The library's write options from the command line's (the sidecar is added by
+// conversion_write_options, Note [conversion sidecar]).
 model_state::WriteOptions write_options(const ConvertOptions& options) {
   model_state::WriteOptions wo;
   wo.shard_size = options.shard_size;
@@ -114,7 +90,7 @@ ConvertResult summarize(const ConvertOptions& options, const Conversion& c,
 }
 
 // Every rank plans the same conversion; rank 0 alone speaks, keeps the destination directory
-// tidy and writes the sidecar.
+// tidy; the sidecar is published with the checkpoint.
 ConvertResult run_convert_distributed(const ConvertOptions& options, dist::ProcessGroup& world) {
   const Stopwatch clock;
   const bool rank0 = world.rank() == 0;
@@ -130,15 +106,11 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
   if (rank0) print_notes(options, c);
 
   if (options.threads > 0) set_num_threads(options.threads);
-  std::optional<CreatedDirGuard> guard;
+  std::optional<model_state::CreatedDirGuard> guard;
   if (rank0) guard.emplace(options.dest);
   const model_state::ReadPlan plan = model_state::convert_model_state_distributed(
       options.source, options.dest, c.mapper, world, read_options(options, c),
-      write_options(options), [&] {
-        std::error_code ec;
-        fs::remove(options.dest / kSidecarFileName, ec);  // Note [conversion sidecar]
-      });
-  if (rank0 && !c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
+      model_state::conversion_write_options(c, write_options(options)));
   if (guard) guard->done();
   ConvertOptions quiet_unless_rank0 = options;
   quiet_unless_rank0.quiet = options.quiet || !rank0;
@@ -157,27 +129,9 @@ ConvertResult run_convert(const ConvertOptions& options) {
   print_notes(options, c);
 
   if (options.threads > 0) set_num_threads(options.threads);
-  model_state::ModelStateStream stream =
-      model_state::read_model_state(options.source, c.mapper, read_options(options, c));
-  const model_state::WriteOptions wo = write_options(options);
-
-  CreatedDirGuard guard(options.dest);
-  // write_model_state_local, spelled out so that the record of an earlier conversion goes just
-  // before the new checkpoint replaces the old one (Note [conversion sidecar]).
-  model_state::prepare_destination(options.dest, wo);
-  {
-    model_state::ShardWriter writer(options.dest,
-                                    mapper::identity_mapper_from_mapper_outputs(c.mapper), wo);
-    if (const auto specs = stream.planned_specs()) writer.plan(*specs);
-    for (auto&& [name, tensor] : stream) writer.add(name, tensor);
-    const model_state::LocalShards shards = writer.finish();
-    std::error_code ec;
-    fs::remove(options.dest / kSidecarFileName, ec);
-    model_state::finalize_checkpoint(options.dest, {&shards, 1}, wo);
-  }
-  if (!c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
-  guard.done();
-  return summarize(options, c, stream.plan(), clock, 1);
+  const model_state::ReadPlan plan = model_state::convert_model_state_local(
+      options.source, options.dest, c, read_options(options, c), write_options(options));
+  return summarize(options, c, plan, clock, 1);
 }
 
 Command add_convert(CLI::App& app) {

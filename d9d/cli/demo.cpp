@@ -30,6 +30,9 @@ namespace {
 
 using Specs = std::vector<std::pair<std::string, mapper::TensorSpec>>;
 
+// More layers make more tensors than a safetensors header can list (100 MB, ~100 bytes each).
+constexpr int64_t kMaxDemoLayers = 100'000;
+
 // The tensors of a Llama-family model as transformers names them.
 Specs llama_specs(const DemoOptions& o, DType dtype) {
   const int64_t head_dim = o.hidden / o.heads;
@@ -163,14 +166,48 @@ struct DemoModel {
   int64_t shard_size = 0;  // of every checkpoint
 };
 
+// Why the options make no model ("" when they make one): a usage error.
+std::string model_problem(const DemoOptions& o) {
+  using d9d::detail::str_cat;
+  if (o.hidden <= 0 || o.layers < 0 || o.heads <= 0 || o.kv_heads <= 0 || o.intermediate <= 0 ||
+      o.vocab <= 0) {
+    return "--hidden, --heads, --kv-heads, --intermediate and --vocab must be positive, --layers "
+           "not negative";
+  }
+  if (o.layers > kMaxDemoLayers) {
+    return str_cat("--layers ", o.layers, " is more than ", kMaxDemoLayers,
+                   " (more tensors than a checkpoint's header can list)");
+  }
+  if (o.hidden % o.heads != 0) {
+    return str_cat("--hidden (", o.hidden, ") must be a multiple of --heads (", o.heads, ")");
+  }
+  if (o.heads % o.kv_heads != 0) {
+    return str_cat("--heads (", o.heads, ") must be a multiple of --kv-heads (", o.kv_heads, ")");
+  }
+  // Every tensor's bytes, the fused ones and the total must fit in 63 bits (4 bytes an element
+  // at most).
+  bool overflow = false;
+  auto mul = [&](int64_t a, int64_t b) {
+    int64_t r = 0;
+    overflow = overflow || __builtin_mul_overflow(a, b, &r);
+    return r;
+  };
+  auto add = [&](int64_t a, int64_t b) {
+    int64_t r = 0;
+    overflow = overflow || __builtin_add_overflow(a, b, &r);
+    return r;
+  };
+  const int64_t attention =
+      mul(add(mul(2, o.heads), mul(2, o.kv_heads)), mul(o.hidden / o.heads, o.hidden));
+  const int64_t layer =
+      add(add(attention, mul(3, mul(o.intermediate, o.hidden))), mul(2, o.hidden));
+  const int64_t elements = add(mul(o.layers, layer), add(mul(2, mul(o.vocab, o.hidden)), o.hidden));
+  const bool fits = mul(elements, 4) >= 0 && !overflow;
+  if (!fits) return "the model these sizes describe is more than 2^63 - 1 bytes";
+  return "";
+}
+
 DemoModel demo_model(const DemoOptions& o) {
-  D9D_CHECK(o.hidden > 0 && o.layers >= 0 && o.heads > 0 && o.kv_heads > 0 && o.intermediate > 0 &&
-                o.vocab > 0,
-            "demo: sizes must be positive");
-  D9D_CHECK(o.hidden % o.heads == 0, "demo: --hidden (", o.hidden,
-            ") must be a multiple of --heads (", o.heads, ")");
-  D9D_CHECK(o.heads % o.kv_heads == 0, "demo: --heads (", o.heads,
-            ") must be a multiple of --kv-heads (", o.kv_heads, ")");
   const DType dtype = parse_dtype(o.dtype);
   DemoModel model;
   model.specs = llama_specs(o, dtype);
@@ -319,6 +356,9 @@ void print_footer(bool ok, const WorkDir& work, const fs::path& fused) {
 }  // namespace
 
 int run_demo(const DemoOptions& o) {
+  if (const std::string problem = model_problem(o); !problem.empty()) {
+    return usage_error("demo", problem);
+  }
   const DemoModel model = demo_model(o);
   const WorkDir work(o);
   const fs::path original = work.path() / "llama-hf";
@@ -379,7 +419,10 @@ Command add_demo(CLI::App& app) {
       "Make a Llama-shaped checkpoint, convert it to fused QKV + gate_up and back, verify it is "
       "bit-exact, and print the throughput");
   command->add_option("--hidden", options->hidden, "Hidden size")->capture_default_str();
-  command->add_option("--layers", options->layers, "Decoder layers")->capture_default_str();
+  command
+      ->add_option("--layers", options->layers,
+                   "Decoder layers (at most " + std::to_string(kMaxDemoLayers) + ")")
+      ->capture_default_str();
   command->add_option("--heads", options->heads, "Attention heads")->capture_default_str();
   command->add_option("--kv-heads", options->kv_heads, "Key/value heads (GQA)")
       ->capture_default_str();
@@ -411,7 +454,9 @@ Command add_demo(CLI::App& app) {
           "tensor)")
       ->check(size_or_auto)
       ->default_str("auto");
-  command->add_option("--seed", options->seed, "Seed of the random weights")->capture_default_str();
+  command->add_option("--seed", options->seed, "Seed of the random weights")
+      ->check(CLI::NonNegativeNumber)  // CLI11 would wrap "-1" into an unsigned seed
+      ->capture_default_str();
   add_threads_option(*command, options->threads);
   command->add_option("--dir", options->dir,
                       "Work here and keep the checkpoints (default: a temporary directory)");

@@ -73,6 +73,7 @@ void lay_out_shards(PlanResult& r) {
     for (const auto& [name, spec] : g.outputs) group_of[name] = &g.group;
   }
   r.shards.resize(shard_of.empty() ? 0 : shard_of.back() + 1);
+  model_state::check_shard_count(r.shards.size(), r.shard_size);  // as convert would refuse
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& [name, spec] = specs[i];
     if (spec.nbytes() > r.shard_size) r.too_large.push_back(name);

@@ -109,7 +109,7 @@ int default_threads() {
   if (const char* env = std::getenv("D9D_NUM_THREADS")) {
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && n >= 1 && n <= 1024) return static_cast<int>(n);
+    if (end != env && *end == '\0' && n >= 1 && n <= kMaxThreads) return static_cast<int>(n);
   }
   return std::max(1u, std::thread::hardware_concurrency());
 }
@@ -132,8 +132,8 @@ void parallel_for(int64_t count, const std::function<void(int64_t)>& fn) { pool(
 int num_threads() { return detail::pool().size(); }
 
 void set_num_threads(int threads) {
-  D9D_CHECK(threads >= 1 && threads <= 1024, "set_num_threads: expected 1..1024 threads, got ",
-            threads);
+  D9D_CHECK(threads >= 1 && threads <= kMaxThreads, "set_num_threads: expected 1..", kMaxThreads,
+            " threads, got ", threads);
   std::lock_guard lock(detail::g_pool_mu);
   detail::g_pool = std::make_unique<detail::ThreadPool>(threads);
 }

@@ -45,15 +45,7 @@ inline int64_t packed_bytes(int64_t numel, DType dtype, const char* op) {
   return bits / 8;
 }
 
-inline Strides contiguous_strides(const Shape& shape) {
-  Strides strides(shape.size(), 1);
-  int64_t step = 1;
-  for (size_t i = shape.size(); i-- > 0;) {
-    strides[i] = step;
-    step *= std::max<int64_t>(shape[i], 1);
-  }
-  return strides;
-}
+using d9d::contiguous_strides;  // public in <d9d/dims.hpp>
 
 // Whether the byte ranges spanned by the two views intersect (a conservative test).
 inline bool may_overlap(const Tensor& a, const Tensor& b) {

@@ -156,6 +156,7 @@ struct DistributedWriter::Impl {
   fs::path dest;
   WriteOptions options;
   Participation who;
+  std::optional<Destination> destination;  // on the finalizing rank, locked to the end
   std::optional<ShardWriter> writer;
   std::optional<GroupApplier> applier;
   std::string error;
@@ -177,7 +178,7 @@ DistributedWriter::DistributedWriter(fs::path dest_dir, MapperPtr mapper, WriteO
   w.options.show_progress = w.options.show_progress && w.finalizes();
   std::string error;
   try {
-    if (w.finalizes()) prepare_destination(w.dest, w.options);
+    if (w.finalizes()) w.destination.emplace(w.dest, w.options);
     if (w.who.writes) {
       w.writer.emplace(w.dest, std::move(mapper), w.options, w.who.tag);
     } else {
@@ -237,11 +238,11 @@ void DistributedWriter::finish() {
       if (!text.empty()) parts.push_back(shards_from_json(text));
     }
     try {
-      finalize_checkpoint(w.dest, parts, w.options);
+      w.destination->commit(parts);  // removes every rank's temporary files if it fails
     } catch (...) {
       error = message_of(std::current_exception());
-      for (const LocalShards& p : parts) remove_files(w.dest, p.files);  // those not renamed yet
     }
+    w.destination.reset();
   }
   error = agree(w.who.everyone, w.who.rank, error);
   if (!error.empty()) throw dist::CollectiveError("write_model_state_distributed: " + error);
@@ -326,7 +327,7 @@ class GroupSubsetMapper final : public mapper::ModelStateMapper {
 // (tensors, bytes) pair per rank, each rank rewriting its own at most ten times a second; rank 0
 // sums them into the one bar it draws, from a thread of its own, so the bar moves while rank 0
 // waits for the others. No message passes between ranks for it. Its name is a temporary of rank
-// 0's process (prepare_destination removes it if that process dies).
+// 0's process (a Destination removes it if that process dies).
 class SharedProgress {
  public:
   SharedProgress(const fs::path& path, int rank, int size)
@@ -433,6 +434,7 @@ ConversionLayout plan_conversion(const fs::path& src, const mapper::ModelStateMa
               spec.nbytes(), " bytes, more than the shard size of ", options.shard_size, " bytes");
   }
   layout.shard_of = assign_shards(layout.outputs, options.shard_size);
+  check_shard_count(layout.shard_of.empty() ? 0 : layout.shard_of.back() + 1, options.shard_size);
   std::string& fp = layout.fingerprint;
   for (size_t i = 0; i < layout.outputs.size(); ++i) {
     const auto& [name, spec] = layout.outputs[i];
@@ -442,6 +444,9 @@ ConversionLayout plan_conversion(const fs::path& src, const mapper::ModelStateMa
   }
   fp = str_cat(std::hash<std::string>{}(fp), "/", layout.outputs.size(), "/",
                layout.plan.groups.size());
+  for (size_t k = 0; k < layout.decls.size(); ++k) {
+    check_shard_header(k, layout.decls.size(), layout.decls[k], options);
+  }
   return layout;
 }
 
@@ -514,12 +519,14 @@ struct SharedFiles {
   }
 };
 
-// Phase 2, on rank 0: prepares the destination and creates every shard, header and size (io's
-// Note [shared file]), and the progress file. On failure, removes what it made and says why.
-SharedFiles create_shared_files(const Job& job, const ConversionLayout& layout) {
+// Phase 2, on rank 0: locks and prepares the destination (held in `destination` to the end) and
+// creates every shard, header and size (io's Note [shared file]), and the progress file. On
+// failure, removes what it made, unlocks and says why.
+SharedFiles create_shared_files(const Job& job, const ConversionLayout& layout,
+                                std::optional<Destination>& destination) {
   SharedFiles files;
   files.error = error_of([&] {
-    prepare_destination(job.dest_dir, job.write_options);
+    destination.emplace(job.dest_dir, job.write_options);
     if (job.read_options.show_progress) {
       files.progress = ".d9d-shard-" + std::to_string(::getpid()) + "-progress";
       SharedProgress::create(job.dest_dir / files.progress, job.group.size());
@@ -535,13 +542,16 @@ SharedFiles create_shared_files(const Job& job, const ConversionLayout& layout) 
     remove_files(job.dest_dir, files.all());
     files.shards.clear();
     files.progress.clear();
+    destination.reset();
   }
   return files;
 }
 
 // Phase 2, on every rank: rank 0 creates the files, the others learn their names.
-SharedFiles share_files(const Job& job, const ConversionLayout& layout) {
-  const std::string text = job.rank() == 0 ? create_shared_files(job, layout).to_json() : "";
+SharedFiles share_files(const Job& job, const ConversionLayout& layout,
+                        std::optional<Destination>& destination) {
+  const std::string text =
+      job.rank() == 0 ? create_shared_files(job, layout, destination).to_json() : "";
   SharedFiles files = SharedFiles::from_json(job.group.broadcast_object(text, 0));
   throw_if_failed(files.error.empty() ? "" : "rank 0: " + files.error);
   return files;
@@ -602,8 +612,8 @@ void write_run(const Job& job, const ConversionLayout& layout, const SharedFiles
             " shard(s) were written");
 }
 
-// Phase 5, on rank 0: the single-process run's renames and index.
-void publish(const Job& job, const ConversionLayout& layout, const SharedFiles& files,
+// Phase 5, on rank 0: the single-process run's commit.
+void publish(const ConversionLayout& layout, const SharedFiles& files, Destination& destination,
              const std::function<void()>& before_finalize) {
   if (before_finalize) before_finalize();
   LocalShards shards;
@@ -612,7 +622,7 @@ void publish(const Job& job, const ConversionLayout& layout, const SharedFiles& 
     shards.weight_map.emplace_back(layout.outputs[i].first, files.shards[layout.shard_of[i]]);
     shards.total_size += layout.outputs[i].second.nbytes();
   }
-  finalize_checkpoint(job.dest_dir, {&shards, 1}, job.write_options);
+  destination.commit({&shards, 1});
 }
 
 }  // namespace
@@ -626,7 +636,8 @@ ReadPlan convert_model_state_distributed(const fs::path& src, const fs::path& de
   const Job job{src, dest_dir, mapper, group, read_options, write_options};
   const int rank = group.rank();
   ConversionLayout layout = plan_on_every_rank(job);
-  const SharedFiles files = share_files(job, layout);
+  std::optional<Destination> destination;  // rank 0's
+  const SharedFiles files = share_files(job, layout, destination);
   // Rank 0's temporaries go whatever happens next (the shards once renamed are not there).
   struct Cleanup {
     const fs::path& dir;
@@ -651,7 +662,9 @@ ReadPlan convert_model_state_distributed(const fs::path& src, const fs::path& de
   if (bar) bar->stop();  // every rank is done: the bar's last line
   throw_if_failed(error);
 
-  if (rank == 0) error = error_of([&] { publish(job, layout, files, before_finalize); });
+  if (rank == 0) {
+    error = error_of([&] { publish(layout, files, *destination, before_finalize); });
+  }
   throw_if_failed(job.agreed(error));
   return std::move(layout.plan);
 }

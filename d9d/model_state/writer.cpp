@@ -1,10 +1,8 @@
 #include <d9d/model_state/writer.hpp>
 
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <optional>
 #include <set>
@@ -26,33 +24,11 @@ constexpr std::string_view kShardPrefix = ".d9d-shard-";  // .d9d-shard-<pid>-<t
 
 using detail::temp_shard_name;
 
-// The pid in a temporary name of ours or of io's atomic writer, if the name is one.
-std::optional<long> temp_file_pid(const std::string& name) {
-  std::string_view rest;
-  if (name.rfind(kShardPrefix, 0) == 0) {
-    rest = std::string_view(name).substr(kShardPrefix.size());
-  } else if (auto at = name.find(".d9d-tmp-"); name.rfind('.', 0) == 0 && at != std::string::npos) {
-    rest = std::string_view(name).substr(at + 9);
-  } else {
-    return std::nullopt;
-  }
-  long pid = 0;
-  size_t digits = 0;
-  while (digits < rest.size() && rest[digits] >= '0' && rest[digits] <= '9') {
-    pid = pid * 10 + (rest[digits] - '0');
-    if (++digits > 9) return std::nullopt;
-  }
-  if (digits == 0 || digits >= rest.size() || rest[digits] != '-') return std::nullopt;
-  return pid;
-}
-
 // The reference's rule: the open shard (of `count` tensors, `bytes` bytes) is closed when the next
 // tensor would take it past shard_size; an empty shard takes any tensor.
 bool closes_shard(size_t count, int64_t bytes, int64_t next, int64_t shard_size) {
   return count > 0 && bytes + next > shard_size;
 }
-
-bool process_alive(long pid) { return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM; }
 
 std::string group_list(const std::vector<const StateGroup*>& groups, size_t limit = 20) {
   std::ostringstream out;
@@ -64,6 +40,23 @@ std::string group_list(const std::vector<const StateGroup*>& groups, size_t limi
 }
 
 }  // namespace
+
+void check_shard_count(size_t count, int64_t shard_size) {
+  D9D_CHECK(
+      count <= static_cast<size_t>(io::kMaxShardCount), "write_model_state: the outputs need ",
+      count, " shards of at most ", shard_size, " bytes, more than the ", io::kMaxShardCount,
+      " that shard names (model-XXXXX-of-YYYYY.safetensors) can number; raise the shard size");
+}
+
+void check_shard_header(size_t index, size_t count, std::span<const io::TensorDecl> decls,
+                        const WriteOptions& options) {
+  try {
+    io::plan_safetensors(decls, options.metadata, {options.alignment, options.fsync});
+  } catch (const Error& e) {
+    d9d::detail::throw_error<ValueError>("write_model_state: shard ", index + 1, " of ", count,
+                                         ": ", e.what());
+  }
+}
 
 std::string detail::temp_shard_name(const std::string& tag, size_t index) {
   return std::string(kShardPrefix) + std::to_string(::getpid()) + "-" + tag + "-" +
@@ -81,7 +74,7 @@ struct ShardWriter::Impl {
   // Topology: each input belongs to exactly one group.
   std::vector<const StateGroup*> groups;
   std::unordered_map<std::string, size_t> group_of_input;
-  std::vector<size_t> remaining;  // inputs not yet arrived, per group
+  std::vector<size_t> remaining;          // inputs not yet arrived, per group
   std::map<std::string, Tensor> waiting;  // arrived inputs of incomplete groups
   std::vector<std::string> unconsumed;
   std::set<std::string> seen;
@@ -95,7 +88,7 @@ struct ShardWriter::Impl {
   };
   std::vector<Shard> shards;
   bool planned = false;
-  std::unordered_map<std::string, size_t> shard_of;  // planned: output -> shard
+  std::unordered_map<std::string, size_t> shard_of;     // planned: output -> shard
   std::vector<std::pair<std::string, Tensor>> pending;  // unplanned: the open shard's tensors
   int64_t pending_bytes = 0;
 
@@ -152,6 +145,7 @@ struct ShardWriter::Impl {
 
   void flush_pending() {
     if (pending.empty()) return;
+    check_shard_count(shards.size() + 1, options.shard_size);
     Shard shard;
     shard.file = temp_shard_name(tag, shards.size());
     for (const auto& [name, tensor] : pending) {
@@ -209,7 +203,9 @@ ShardWriter::~ShardWriter() {
   }
 }
 
-int64_t ShardWriter::planned_output_count() const { return impl_->output_count; }
+int64_t ShardWriter::planned_output_count() const {
+  return impl_->output_count;
+}
 
 std::vector<size_t> assign_shards(std::span<const std::pair<std::string, TensorSpec>> outputs,
                                   int64_t shard_size) {
@@ -268,6 +264,7 @@ void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> sourc
             group_list(unsatisfied));
   // Lay the outputs out in shards.
   const std::vector<size_t> shard_of = assign_shards(outputs, w.options.shard_size);
+  check_shard_count(shard_of.empty() ? 0 : shard_of.back() + 1, w.options.shard_size);
   int64_t total_bytes = 0;
   for (size_t i = 0; i < outputs.size(); ++i) {
     const auto& [out, spec] = outputs[i];
@@ -281,6 +278,9 @@ void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> sourc
     total_bytes += spec.nbytes();
     w.shard_of.emplace(out, shard_of[i]);
     w.result.weight_map.emplace_back(out, shard.file);
+  }
+  for (size_t k = 0; k < w.shards.size(); ++k) {
+    check_shard_header(k, w.shards.size(), w.shards[k].decls, w.options);
   }
   w.result.total_size = total_bytes;
   w.planned = true;
@@ -344,71 +344,6 @@ LocalShards ShardWriter::finish() {
   for (const Impl::Shard& shard : w.shards) w.result.files.push_back(shard.file);
   w.finished = true;
   return w.result;
-}
-
-// ---- destination and finalization ---------------------------------------------------------------
-
-void prepare_destination(const fs::path& dest_dir, const WriteOptions& options) {
-  std::error_code ec;
-  fs::create_directories(dest_dir, ec);
-  D9D_CHECK_AS(io::IoError, !ec, "write_model_state: cannot create ", dest_dir.string(), ": ",
-               ec.message());
-  D9D_CHECK_AS(io::IoError, ::access(dest_dir.c_str(), W_OK) == 0, "write_model_state: ",
-               dest_dir.string(), " is not writable");
-  for (const auto& entry : fs::directory_iterator(dest_dir)) {
-    const std::string name = entry.path().filename().string();
-    if (auto pid = temp_file_pid(name); pid && !process_alive(*pid)) {
-      fs::remove(entry.path(), ec);  // a temporary of an interrupted run
-      continue;
-    }
-    if (options.overwrite || name.rfind('.', 0) == 0) continue;
-    const bool is_checkpoint = name == io::kIndexFileName ||
-                               (name.size() > 12 && name.ends_with(".safetensors"));
-    D9D_CHECK_AS(io::IoError, !is_checkpoint, "write_model_state: ", dest_dir.string(),
-                 " already holds a checkpoint (", name,
-                 "); write elsewhere, or allow replacing it (WriteOptions::overwrite, "
-                 "--overwrite on the command line)");
-  }
-}
-
-void finalize_checkpoint(const fs::path& dest_dir, std::span<const LocalShards> parts,
-                         const WriteOptions& options) {
-  size_t count = 0;
-  for (const LocalShards& p : parts) count += p.files.size();
-  io::SafetensorsIndex index;
-  index.total_size = 0;
-  std::map<std::string, std::string> final_name;  // temporary -> final
-  for (const LocalShards& p : parts) {
-    *index.total_size += p.total_size;
-    for (const auto& [tensor, file] : p.weight_map) {
-      auto [it, fresh] = final_name.emplace(file, "");
-      if (fresh) it->second = io::shard_file_name(static_cast<int>(final_name.size()) - 1,
-                                                   static_cast<int>(count));
-      D9D_CHECK(index.weight_map.emplace(tensor, it->second).second,
-                "write_model_state: ", tensor, " was written by two processes");
-    }
-  }
-  D9D_CHECK(final_name.size() == count, "write_model_state: ", count - final_name.size(),
-            " shard file(s) hold no tensor");
-  // An old index goes first, so no index ever names a mix of old and new shards.
-  std::error_code ec;
-  if (options.overwrite) fs::remove(dest_dir / io::kIndexFileName, ec);
-  for (const auto& [temp, name] : final_name) {
-    fs::rename(dest_dir / temp, dest_dir / name, ec);
-    D9D_CHECK_AS(io::IoError, !ec, "write_model_state: cannot rename ", (dest_dir / temp).string(),
-                 " to ", name, ": ", ec.message());
-  }
-  if (options.overwrite) {  // shards of the old checkpoint that the new one does not have
-    std::set<std::string> keep;
-    for (const auto& [temp, name] : final_name) keep.insert(name);
-    for (const auto& entry : fs::directory_iterator(dest_dir)) {
-      const std::string name = entry.path().filename().string();
-      if (name.rfind("model", 0) == 0 && name.ends_with(".safetensors") && !keep.contains(name)) {
-        fs::remove(entry.path(), ec);
-      }
-    }
-  }
-  index.write(dest_dir / io::kIndexFileName, options.fsync);  // atomic, fsyncs the directory
 }
 
 MapperPtr detail::gather_dtensor_inputs(const StateDict& state, MapperPtr mapper) {

@@ -9,6 +9,8 @@ import os
 import shutil
 import stat
 import tempfile
+import time
+from fractions import Fraction
 
 import numpy as np
 import safetensors.numpy as stnp
@@ -52,6 +54,45 @@ with tempfile.TemporaryDirectory() as tmp:
         check(r.returncode == 2, f"usage: {what}: exit 2 (got {r.returncode}: {r.stderr.strip()})")
     for u in ("u1", "u2", "u3", "u4", "u5"):
         check(not os.path.exists(path(u)), f"usage error left no {u}")
+    # Flags out of range: exit 2, in the CLI's words (the flag named), never an abort.
+    nines, huge = "9" * 400, "1" + "0" * 400 + "MiB"
+    for what, args, flag in [
+            ("a shard size of 400 nines", ["convert", good, path("u6"), "--spec", LLAMA,
+                                           "--shard-size", nines], "--shard-size"),
+            ("a memory budget past 2^63", ["convert", good, path("u6"), "--spec", LLAMA,
+                                           "--memory-budget", huge], "--memory-budget"),
+            ("a shard size of 2^63 bytes", ["plan", good, "--spec", LLAMA, "--shard-size",
+                                            "8388608TiB"], "--shard-size"),
+            ("verify's memory budget", ["verify", good, good, "--memory-budget", huge],
+             "--memory-budget"),
+            ("the demo's shard size", ["demo", "--shard-size", nines], "--shard-size"),
+            ("100000 threads", ["convert", good, path("u6"), "--spec", LLAMA, "--threads",
+                                "100000"], "--threads"),
+            ("verify with 1025 threads", ["verify", good, good, "--threads", "1025"], "--threads"),
+            ("the demo with 100000 threads", ["demo", "--threads", "100000"], "--threads"),
+            ("--max-shown past an int", ["verify", good, good, "--max-shown", "1" + "0" * 20],
+             "--max-shown"),
+            ("a negative --max-shown", ["verify", good, good, "--max-shown", "-1"], "--max-shown"),
+            ("a negative hidden size", ["demo", "--hidden", "-1"], "--hidden"),
+            ("zero heads", ["demo", "--heads", "0"], "--heads"),
+            ("a billion layers", ["demo", "--layers", "1000000000"], "--layers"),
+            ("heads not a multiple of kv-heads", ["demo", "--heads", "16", "--kv-heads", "3"],
+             "--kv-heads"),
+            ("a model past 2^63 bytes", ["demo", "--hidden", "4000000000", "--heads", "1",
+                                         "--kv-heads", "1", "--vocab", "4000000000"], "2^63"),
+            ("a negative seed", ["demo", "--seed", "-1"], "--seed")]:
+        r = d9d(*args)
+        check(r.returncode == 2 and flag in r.stderr and "terminate" not in r.stderr,
+              f"usage: {what}: exit 2 naming {flag} (got {r.returncode}: {r.stderr.strip()[:300]})")
+    check(not os.path.exists(path("u6")), "usage errors left no u6")
+    # Sizes are exact integers, whatever their digits.
+    for text, size in [("1.5GB", 1_500_000_000), ("1.5 gib", 1_610_612_736), ("4096", 4096),
+                       (".5KiB", 512), ("0.0000000000009094947017729282379150390625TiB", 1),
+                       ("9223372036854775807", 2**63 - 1),
+                       ("8388607.99999999999TiB", int(Fraction("8388607.99999999999") * 2**40))]:
+        r = d9d("plan", good, "--spec", LLAMA, "--json", "--shard-size", text)
+        got = json.loads(r.stdout)["shard_size"] if r.stdout else r.stderr.strip()
+        check(got == size, f"--shard-size {text} is {size} bytes (got {got})")
     for args in (["--help"], ["convert", "--help"], ["--version"]):
         r = d9d(*args)
         check(r.returncode == 0 and r.stdout, f"{' '.join(args)}: exit 0 with output")
@@ -156,6 +197,24 @@ with tempfile.TemporaryDirectory() as tmp:
                    ["convert", good, path("out10"), "--spec", LLAMA, "--shard-size", "10KB"],
                    ["embed.weight", "10000"], out=path("out10"))
     check(not os.path.exists(path("out10")), "a failed run removes the directory it created")
+
+    # ---- more shards than shard names: refused before a byte is written -----------------------
+    bytes_ck = path("bytes")
+    os.makedirs(bytes_ck)
+    stnp.save_file({f"t{i}": np.zeros(1, np.uint8) for i in range(100_000)},
+                   os.path.join(bytes_ck, "model.safetensors"))
+    keep = path("keep.json")
+    with open(keep, "w") as fh:
+        json.dump({"d9d_mapper_spec": 1, "unmatched": "keep", "rules": []}, fh)
+    t0 = time.monotonic()
+    expect_failure("100,000 one-byte tensors in one-byte shards",
+                   ["convert", bytes_ck, path("out11"), "--spec", keep, "--shard-size", "1"],
+                   ["100000 shards", "99999"], out=path("out11"))
+    took = time.monotonic() - t0
+    check(not os.path.exists(path("out11")) and took < 30,
+          f"refused at once ({took:.1f} s), writing nothing")
+    expect_failure("100,000 one-byte shards (plan)",
+                   ["plan", bytes_ck, "--spec", keep, "--shard-size", "1"], ["100000 shards"])
 
     # ---- destinations that cannot be written ----------------------------------------------------
     open(path("a_file"), "w").close()

@@ -39,7 +39,8 @@ with tempfile.TemporaryDirectory() as tmp:
     for d in (original, fused, back):
         check(os.path.exists(os.path.join(d, INDEX)), f"{d} has an index")
     r = d9d("demo", "--hidden", 64, "--heads", 6)
-    check(r.returncode == 1 and "--heads" in r.stderr, "demo rejects a hidden size heads do not divide")
+    check(r.returncode == 2 and "--heads" in r.stderr,
+          "demo rejects a hidden size heads do not divide: a usage error")
 
     # ---- inspect --------------------------------------------------------------------------------
     info = json.loads(d9d_ok("inspect", fused, "--json").stdout)

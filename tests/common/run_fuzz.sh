@@ -7,7 +7,7 @@
 # source X.cpp or X_backend.cpp) or one file. tests/io and tests/cli register these two:
 #   tests/common/run_fuzz.sh 15 tests/io/fuzz/fuzz_header.cpp d9d/core io
 #   tests/common/run_fuzz.sh 15 tests/cli/fuzz/fuzz_spec.cpp d9d/core io d9d/dist d9d/mapper \
-#       d9d/cli/common.cpp
+#       d9d/model_state
 # Build output and the growing corpus go to $D9D_FUZZ_BUILD_DIR (default build-TARGET/ at the
 # repository root). Needs the Debian packages clang and libclang-rt-14-dev; without them this
 # fails (exit 1) rather than pretending to have fuzzed. Crash inputs are left in the build dir.

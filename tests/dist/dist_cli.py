@@ -2,8 +2,10 @@
 """`mpirun -np N d9d convert`: one checkpoint, byte for byte the single-process one (every file,
 the index and the conversion record, forward and --reverse); errors agreed on by every rank (one
 message, exit 1, nothing partial); only `convert` runs under mpirun; a rank killed mid-conversion
-ends the job non-zero within a bounded time, with no index; and a rank that stops coming to
-collectives ends the job after D9D_DIST_TIMEOUT.
+ends the job non-zero within a bounded time, with no index; a second writer (one process or a
+job) beside a running job is refused, naming its rank 0; rank 0 killed at steps of its commit
+leaves the old checkpoint or the new one, and the next job writes the new one; and a rank that
+stops coming to collectives ends the job after D9D_DIST_TIMEOUT.
 
   python3 dist_cli.py D9D SPECS_DIR DIST_TOOL MPIRUN
 """
@@ -171,6 +173,68 @@ with tempfile.TemporaryDirectory() as tmp:
     check(r.returncode == 0, f"the rerun after a kill succeeds ({r.stderr.strip()})")
     left = [n for n in os.listdir(out) if is_temporary(n)]
     check(left == [], f"no temporaries after the rerun ({left})")
+
+    # One writer (Note [checkpoint commit]): while a 4-rank job writes `out` (its ranks stopped
+    # with SIGSTOP), a single-process conversion and a 2-rank one into `out` are refused, naming
+    # rank 0's pid, and change nothing; the job then finishes.
+    job = mpirun(4, D9D, "convert", big, out, "--spec", LLAMA, "--shard-size", "80MB", "--overwrite",
+                 "--threads", "1", "--memory-budget", "4MiB", popen=True)
+    ranks = {}
+    while job.poll() is None and not (os.path.isdir(out) and
+                                      any(n.startswith(".d9d-shard-") for n in os.listdir(out))):
+        time.sleep(0.001)
+    ranks = rank_pids(job.pid)
+    if check(job.poll() is None and len(ranks) == 4, "the 4-rank job was caught writing"):
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGSTOP)
+        before = sorted(os.listdir(out))
+        r = single("convert", src, out, "--spec", LLAMA, "--overwrite", "--no-progress")
+        check(r.returncode == 1 and f"another d9d process (pid {ranks[0]})" in r.stderr,
+              f"a second writer beside a running job is refused ({r.returncode}: {r.stderr.strip()})")
+        r = mpirun(2, D9D, "convert", src, out, "--spec", LLAMA, "--overwrite")
+        check(r.returncode == 1 and r.stderr.count("d9d: error:") == 1 and
+              "is being written by another d9d process" in r.stderr,
+              f"a second job is refused with one message ({r.returncode}: {r.stderr.strip()})")
+        check(sorted(os.listdir(out)) == before, "the refused writers changed nothing")
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGCONT)
+        print(f"ok: writers beside a running job were refused, naming its rank 0 (pid {ranks[0]})")
+    _, err = job.communicate(timeout=300)
+    check(job.returncode == 0, f"the first job finishes ({err.strip()[-300:]})")
+    check(single("verify", big, out, "--spec", LLAMA, "--no-progress").returncode == 0,
+          "and its checkpoint is the one in the directory")
+
+    # Rank 0 killed at steps of its commit (the test hook D9D_TEST_COMMIT_FAULT=kill:K), over an
+    # old checkpoint with the same shard names: the old one or the new one is there, and the next
+    # job writes the new one, byte for byte the single-process one.
+    old_src = os.path.join(tmp, "old-src")
+    save_hub_sharded(llama_state(np.random.default_rng(4), hidden=256, layers=6, heads=8,
+                                 kv_heads=2, intermediate=704, vocab=5000, random_bits=True),
+                     old_src, max_shard_size=3_000_000)
+    one = os.path.join(tmp, "one-3MB")
+    states = set()
+    for k in range(1, 100, 4):
+        out = os.path.join(tmp, f"commit-kill-{k}")
+        r = mpirun(2, D9D, "convert", old_src, out, "--spec", LLAMA, "--shard-size", "3MB")
+        check(r.returncode == 0, f"the old checkpoint ({r.stderr.strip()})")
+        env = dict(os.environ, D9D_TEST_COMMIT_FAULT=f"kill:{k}")
+        r = subprocess.run([MPIRUN, *MPI_FLAGS, "-np", "2", D9D, "convert", src, out, "--spec",
+                            LLAMA, "--shard-size", "3MB", "--overwrite"], capture_output=True,
+                           text=True, timeout=300, env=env)
+        if r.returncode == 0:
+            same_checkpoint(one, out, f"kill:{k} came after the last step")
+            break
+        is_old = single("verify", old_src, out, "--spec", LLAMA, "--no-progress").returncode == 0
+        is_new = single("verify", src, out, "--spec", LLAMA, "--no-progress").returncode == 0
+        check(is_old != is_new,
+              f"rank 0 killed at commit step {k}: the old checkpoint or the new one "
+              f"({sorted(os.listdir(out))})")
+        states.add("old" if is_old else "new")
+        r = mpirun(2, D9D, "convert", src, out, "--spec", LLAMA, "--shard-size", "3MB",
+                   "--overwrite")
+        check(r.returncode == 0, f"kill:{k}: the next job succeeds ({r.stderr.strip()})")
+        same_checkpoint(one, out, f"kill:{k}: the next job")
+    check(states == {"old", "new"}, f"kills landed before and after the commit point ({states})")
 
     # A rank that stops coming to collectives (alive, not dying): the watchdog ends the job.
     env = dict(os.environ, D9D_DIST_TIMEOUT="2")

@@ -5,7 +5,10 @@
 #include <sys/mman.h>
 
 #include <bit>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -165,6 +168,82 @@ TEST_CASE("a rank that fails makes every rank throw the same error, and no index
   CHECK_THROWS_WITH_AS(model_state::write_model_state_distributed(dest, mapper::identity(name), gen,
                                                                   g, quiet_write()),
                        doctest::Contains("already holds a checkpoint"), CollectiveError);
+}
+
+// Note [checkpoint commit] under several ranks: the finalizing rank's lock refuses a second
+// writer on every rank, and a commit that fails at any step leaves the old checkpoint.
+TEST_CASE("a destination another writer holds refuses a distributed write on every rank") {
+  ProcessGroup& g = world();
+  SharedTempDir tmp;
+  const fs::path dest = tmp / "out";
+  const std::string name = "t" + std::to_string(g.rank());
+  const std::vector<std::pair<std::string, Tensor>> gen{{name, Tensor::zeros({4}, DType::U8)}};
+  std::optional<model_state::Destination> held;
+  if (g.rank() == 0) held.emplace(dest, quiet_write());
+  g.barrier();
+  CHECK_THROWS_WITH_AS(model_state::write_model_state_distributed(dest, mapper::identity(name), gen,
+                                                                  g, quiet_write()),
+                       doctest::Contains("is being written by another d9d process"),
+                       CollectiveError);
+  g.barrier();
+  held.reset();
+  g.barrier();
+  model_state::write_model_state_distributed(dest, mapper::identity(name), gen, g, quiet_write());
+  if (g.rank() == 0) CHECK(files_in(dest).size() == static_cast<size_t>(g.size()) + 1);
+}
+
+TEST_CASE(
+    "a distributed commit that fails at any step leaves the old checkpoint, or the new one whole") {
+  ProcessGroup& g = world();
+  SharedTempDir tmp;
+  const std::string name = "t" + std::to_string(g.rank());
+  const MapperPtr mapper = mapper::identity(name);
+  auto state = [&](uint64_t seed) {
+    return std::vector<std::pair<std::string, Tensor>>{
+        {name, random_tensor({64}, DType::U8, seed + static_cast<uint64_t>(g.rank()))}};
+  };
+  model_state::WriteOptions wo = quiet_write();
+  wo.overwrite = true;
+  model_state::write_model_state_distributed(tmp / "expected", mapper, state(100), g, wo);
+  int failed = 0;
+  for (int k = 1; k < 100; ++k) {
+    CAPTURE(k);
+    const fs::path out = tmp / ("out" + std::to_string(k));
+    model_state::write_model_state_distributed(out, mapper, state(200), g, wo);  // the old one
+    std::map<std::string, std::string> before;
+    if (g.rank() == 0) {
+      for (const std::string& f : files_in(out)) before[f] = read_file(out / f);
+    }
+    ::setenv("D9D_TEST_COMMIT_FAULT", ("error:" + std::to_string(k)).c_str(), 1);
+    bool threw = false;
+    try {
+      model_state::write_model_state_distributed(out, mapper, state(100), g, wo);
+    } catch (const CollectiveError& e) {
+      threw = true;
+      CHECK(std::string(e.what()).find("D9D_TEST_COMMIT_FAULT") != std::string::npos);
+    }
+    ::unsetenv("D9D_TEST_COMMIT_FAULT");
+    failed += threw ? 1 : 0;
+    std::string done;
+    if (g.rank() == 0) {
+      std::map<std::string, std::string> now;
+      for (const std::string& f : files_in(out)) now[f] = read_file(out / f);
+      if (threw) {
+        CHECK(now == before);  // undone
+      } else {
+        { model_state::Destination next(out, wo); }  // finishes a commit past its commit point
+        std::map<std::string, std::string> after, expected;
+        for (const std::string& f : files_in(out)) after[f] = read_file(out / f);
+        for (const std::string& f : files_in(tmp / "expected")) {
+          expected[f] = read_file(tmp / "expected" / f);
+        }
+        CHECK(after == expected);
+        if (now == expected) done = "every step was tried";
+      }
+    }
+    if (!g.broadcast_object(done, 0).empty()) break;
+  }
+  CHECK(failed >= 5);  // the staged index, the journal, the links, the renames, the commit point
 }
 
 // ---- load_model_state into DTensor targets ------------------------------------------------------

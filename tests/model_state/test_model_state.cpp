@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -461,6 +463,182 @@ TEST_CASE("the destination must be writable") {
   fs::permissions(tmp / "ro", fs::perms::owner_read | fs::perms::owner_exec);
   CHECK_THROWS_WITH_AS(write_checkpoint(tmp / "ro", {{"a", Tensor::zeros({4}, DType::F32)}}, 1 << 20),
                        doctest::Contains("not writable"), io::IoError);
+}
+
+// ---- one writer, and the commit (Note [checkpoint commit]) --------------------------------------
+
+namespace {
+
+// Every file of a directory with its bytes.
+std::map<std::string, std::string> snapshot(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const std::string& name : files_in(dir)) files[name] = read_file(dir / name);
+  return files;
+}
+
+// D9D_TEST_COMMIT_FAULT for the scope (read by every Destination made meanwhile).
+struct CommitFault {
+  explicit CommitFault(const std::string& value) {
+    ::setenv("D9D_TEST_COMMIT_FAULT", value.c_str(), 1);
+  }
+  ~CommitFault() { ::unsetenv("D9D_TEST_COMMIT_FAULT"); }
+};
+
+}  // namespace
+
+TEST_CASE("a second writer into a directory is refused at once, naming the first one's pid") {
+  TempDir tmp;
+  std::optional<Destination> first(std::in_place, tmp / "out", quiet_write());
+  CHECK(files_in(tmp / "out") == std::set<std::string>{".d9d-lock"});
+  const std::string pid =
+      "is being written by another d9d process (pid " + std::to_string(::getpid()) + ")";
+  CHECK_THROWS_WITH_AS(write_checkpoint(tmp / "out", {{"a", Tensor::zeros({4}, DType::F32)}}, 64),
+                       doctest::Contains(pid.c_str()), io::IoError);
+  first.reset();  // the lock and its file go with the first writer
+  CHECK(files_in(tmp / "out").empty());
+  write_checkpoint(tmp / "out", {{"a", Tensor::zeros({4}, DType::F32)}}, 64);
+  CHECK(files_in(tmp / "out") ==
+        std::set<std::string>{"model.safetensors.index.json", "model-00001-of-00001.safetensors"});
+}
+
+TEST_CASE("overwrite replaces the old checkpoint's files and nothing else in the directory") {
+  TempDir tmp;
+  const StateDict three{{"x", Tensor::zeros({1000}, DType::U8)},
+                        {"y", Tensor::zeros({1000}, DType::U8)},
+                        {"z", Tensor::zeros({1000}, DType::U8)}};
+  write_checkpoint(tmp / "out", three, 1000);  // model-0000{1,2,3}-of-00003
+  d9d::test::write_file(tmp / "out" / "model_backup.safetensors", "the user's");
+  d9d::test::write_file(tmp / "out" / "config.json", "{}");
+  WriteOptions o = quiet_write();
+  o.overwrite = true;
+  const StateDict one{{"w", Tensor::full({8}, uint8_t{7}, DType::U8)}};
+  save_model_state(tmp / "out", identity_mapper_from_state(one), one, o);
+  CHECK(files_in(tmp / "out") == std::set<std::string>{"model.safetensors.index.json",
+                                                       "model-00001-of-00001.safetensors",
+                                                       "model_backup.safetensors", "config.json"});
+  CHECK(read_file(tmp / "out" / "model_backup.safetensors") == "the user's");
+  // A file under a name the new checkpoint needs that the old index does not name: refused,
+  // nothing changed.
+  d9d::test::write_file(tmp / "out" / "model-00001-of-00003.safetensors", "not d9d's");
+  const auto before = snapshot(tmp / "out");
+  CHECK_THROWS_WITH_AS(write_checkpoint(tmp / "out", three, 1000),  // no overwrite: refused
+                       doctest::Contains("already holds a checkpoint"), io::IoError);
+  WriteOptions small = o;
+  small.shard_size = 1000;
+  CHECK_THROWS_WITH_AS(
+      save_model_state(tmp / "out", identity_mapper_from_state(three), three, small),
+      doctest::Contains("model-00001-of-00003.safetensors is not part of the checkpoint"),
+      io::IoError);
+  CHECK(snapshot(tmp / "out") == before);
+  // A lone model.safetensors is the old checkpoint too.
+  TempDir hf;
+  io::save_safetensors(hf / "model.safetensors", three);
+  save_model_state(hf.path(), identity_mapper_from_state(one), one, o);
+  CHECK(files_in(hf.path()) ==
+        std::set<std::string>{"model.safetensors.index.json", "model-00001-of-00001.safetensors"});
+  // An index that cannot be read: which files are the old checkpoint is unknown.
+  d9d::test::write_file(hf / "model.safetensors.index.json", "{not json");
+  CHECK_THROWS_WITH_AS(save_model_state(hf.path(), identity_mapper_from_state(one), one, o),
+                       doctest::Contains("its index cannot be read"), io::IoError);
+}
+
+TEST_CASE(
+    "a commit that fails at any step leaves the old checkpoint; one past its commit point, the "
+    "new") {
+  // Old checkpoints: none, one whose shard names the new one reuses (set aside by links), one of
+  // other names (removed after the commit point), each with a companion file; a lone
+  // model.safetensors (set aside before the commit point).
+  struct Old {
+    const char* what;
+    int64_t shard_size;  // 0: no old checkpoint; -1: a lone model.safetensors
+  };
+  const StateDict fresh{{"a", Tensor::full({600}, uint8_t{1}, DType::U8)},
+                        {"b", Tensor::full({600}, uint8_t{2}, DType::U8)}};
+  const StateDict stale{{"a", Tensor::full({600}, uint8_t{3}, DType::U8)},
+                        {"b", Tensor::full({600}, uint8_t{4}, DType::U8)}};
+  for (const Old old : {Old{"no old checkpoint", 0}, Old{"the same shard names", 1000},
+                        Old{"other shard names", 600 * 2}, Old{"a lone model.safetensors", -1}}) {
+    CAPTURE(old.what);
+    TempDir tmp;
+    WriteOptions o = quiet_write();
+    o.overwrite = true;
+    o.shard_size = 1000;  // two shards
+    o.companion_files["notes.json"] = "new";
+    WriteOptions before_options = o;
+    before_options.shard_size = old.shard_size;
+    before_options.companion_files["notes.json"] = "old";
+    // The expected end state, written without faults.
+    save_model_state(tmp / "expected", identity_mapper_from_state(fresh), fresh, o);
+    const auto expected = snapshot(tmp / "expected");
+    int failed = 0, finished_late = 0;
+    for (int k = 1;; ++k) {
+      CAPTURE(k);
+      const fs::path out = tmp / ("out" + std::to_string(k));
+      fs::create_directories(out);
+      d9d::test::write_file(out / "config.json", "{}");  // the user's
+      if (old.shard_size > 0) {
+        save_model_state(out, identity_mapper_from_state(stale), stale, before_options);
+      } else if (old.shard_size < 0) {
+        io::save_safetensors(out / "model.safetensors", stale);
+      }
+      const auto original = snapshot(out);
+      bool threw = false;
+      {
+        CommitFault fault("error:" + std::to_string(k));
+        try {
+          save_model_state(out, identity_mapper_from_state(fresh), fresh, o);
+        } catch (const io::IoError& e) {
+          threw = true;
+          CHECK(std::string(e.what()).find("D9D_TEST_COMMIT_FAULT") != std::string::npos);
+        }
+      }
+      if (threw) {  // before the commit point: undone, the old checkpoint exactly
+        ++failed;
+        CHECK(snapshot(out) == original);
+        continue;
+      }
+      // Past the commit point (a warning) or no fault at all: the new checkpoint, whole.
+      const io::Checkpoint back = io::Checkpoint::open(out);
+      CHECK(equal(back.load("a"), fresh.at("a")));
+      CHECK(equal(back.load("b"), fresh.at("b")));
+      auto now = snapshot(out);
+      now.erase("config.json");
+      if (now == expected) break;  // the fault came after the last step: every step was tried
+      ++finished_late;
+      { Destination next(out, o); }  // the next writer finishes the commit
+      now = snapshot(out);
+      CHECK(now.erase("config.json") == 1);
+      CHECK(now == expected);
+    }
+    CHECK(failed >= 6);         // stage index and companion, journal, two renames, the commit point
+    CHECK(finished_late >= 2);  // the companion's rename, the journal's removal
+  }
+}
+
+// ---- limits the plan knows ----------------------------------------------------------------------
+
+TEST_CASE("100,000 one-byte tensors in shards of one byte fail before a byte is written") {
+  TempDir tmp;
+  std::vector<std::pair<std::string, Tensor>> items;
+  std::vector<std::string> names;
+  const Tensor byte = Tensor::zeros({1}, DType::U8);
+  for (int i = 0; i < 100'000; ++i) {
+    names.push_back("t" + std::to_string(i));
+    items.emplace_back(names.back(), byte);
+  }
+  WriteOptions o = quiet_write();
+  o.shard_size = 1;
+  CHECK_THROWS_WITH_AS(
+      write_model_state_local(tmp / "out", identity_mapper_from_names(names), items, o),
+      doctest::Contains("need 100000 shards of at most 1 bytes, more than the 99999"), ValueError);
+  CHECK(files_in(tmp / "out").empty());
+  // Every other limit of a shard's header too: a tensor the format cannot name.
+  CHECK_THROWS_WITH_AS(
+      write_model_state_local(tmp / "out", identity("__metadata__"),
+                              std::vector<std::pair<std::string, Tensor>>{{"__metadata__", byte}},
+                              quiet_write()),
+      doctest::Contains("shard 1 of 1"), ValueError);
+  CHECK(files_in(tmp / "out").empty());
 }
 
 // ---- loading ------------------------------------------------------------------------------------

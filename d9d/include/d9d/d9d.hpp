@@ -10,6 +10,7 @@
 #include <d9d/io/mapped_file.hpp>
 #include <d9d/io/safetensors.hpp>
 #include <d9d/mapper.hpp>
+#include <d9d/model_state/conversion.hpp>
 #include <d9d/model_state/distributed.hpp>
 #include <d9d/model_state/progress.hpp>
 #include <d9d/model_state/reader.hpp>

@@ -113,6 +113,17 @@ inline int64_t numel_of(std::span<const int64_t> shape) {
   return n;
 }
 
+// Row-major strides of `shape` (a size-0 dim counts as 1, as PyTorch's).
+inline Strides contiguous_strides(const Shape& shape) {
+  Strides strides(shape.size(), 1);
+  int64_t step = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = step;
+    step *= std::max<int64_t>(shape[i], 1);
+  }
+  return strides;
+}
+
 // Prints "[2, 3]".
 std::ostream& operator<<(std::ostream& out, const Dims& dims);
 

@@ -174,9 +174,11 @@ std::vector<Tensor> unbind(const Tensor& tensor, int64_t dim = 0);
 // Same dtype, same shape and the same bytes element by element (NaNs compare by their bits).
 bool equal(const Tensor& a, const Tensor& b);
 
+// The most worker threads d9d runs.
+inline constexpr int kMaxThreads = 1024;
 // Worker threads used by large copies and casts (default: the hardware's, or $D9D_NUM_THREADS).
 int num_threads();
-// Not to be called while another thread runs a d9d operation.
+// 1..kMaxThreads. Not to be called while another thread runs a d9d operation.
 void set_num_threads(int threads);
 
 namespace detail {

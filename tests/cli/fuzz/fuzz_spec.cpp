@@ -1,5 +1,6 @@
 // libFuzzer target: the spec parser (mapper::from_spec) and the conversion record reader
-// (cli::parse_sidecar), the two JSON files a user or a downloaded checkpoint hands d9d.
+// (model_state::parse_sidecar, what `d9d convert --reverse` reads), the two JSON files a user or a
+// downloaded checkpoint hands d9d.
 //
 // Beyond "no crash, no sanitizer report, no exception that is not a d9d::Error": an accepted spec
 // uses only keys it was given, and its mapper infers on them (or says why not) with a d9d::Error;
@@ -12,8 +13,7 @@
 
 #include <d9d/mapper/compose.hpp>
 #include <d9d/mapper/spec.hpp>
-
-#include "cli.hpp"  // d9d/cli: parse_sidecar, sidecar_json
+#include <d9d/model_state/conversion.hpp>
 
 namespace {
 
@@ -62,13 +62,13 @@ void spec(std::string_view text) {
 }
 
 void record(std::string_view text) {
-  d9d::cli::Sidecar s;
+  d9d::model_state::Sidecar s;
   try {
-    s = d9d::cli::parse_sidecar(text, "fuzz");
+    s = d9d::model_state::parse_sidecar(text, "fuzz");
   } catch (const d9d::Error&) {
     return;
   }
-  const d9d::cli::Sidecar again = d9d::cli::parse_sidecar(d9d::cli::sidecar_json(s), "again");
+  const d9d::model_state::Sidecar again = d9d::model_state::parse_sidecar(d9d::model_state::sidecar_json(s), "again");
   require(again.spec == s.spec && again.spec_origin == s.spec_origin && again.source == s.source &&
           again.dropped == s.dropped);
   // What --reverse does next: the recorded spec over the recorded keys, then its inverse.

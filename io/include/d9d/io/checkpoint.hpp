@@ -43,8 +43,11 @@ namespace d9d::io {
 inline constexpr std::string_view kSingleFileName = "model.safetensors";
 inline constexpr std::string_view kIndexFileName = "model.safetensors.index.json";
 
+// The most shards a checkpoint of d9d's naming can have: five digits.
+inline constexpr int kMaxShardCount = 99999;
+
 // "model-00001-of-00003.safetensors" for index 0 of 3 (1-based in the name, five digits as
-// transformers writes them).
+// transformers writes them); count is at most kMaxShardCount.
 std::string shard_file_name(int index, int count);
 
 // True when `name` is a plain file name (rule 3 above).

@@ -1,11 +1,13 @@
-// Files as d9d writes them: an owned file descriptor, whole-buffer pread / pwrite, and a file
-// published atomically under its final name (Note [atomic publish]). Every error is an IoError
-// "<operation> <path>: <the system's reason>".
+// Files as d9d writes them: an owned file descriptor, whole-buffer pread / pwrite, a file
+// published atomically under its final name (Note [atomic publish]) and an exclusive lock file.
+// Every error is an IoError "<operation> <path>: <the system's reason>".
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
+#include <string>
 
 #include <d9d/io/mapped_file.hpp>  // IoError
 
@@ -72,7 +74,7 @@ void fsync_parent_dir(const std::filesystem::path& path);
 // under the final name (an earlier file there is left untouched), and the destructor of an
 // uncommitted file unlinks the temporary. A crash can leave a temporary behind, never a torn file
 // under the final name; the pid in its name lets a later writer see that its process is gone
-// (model_state's prepare_destination removes such files).
+// (a model_state Destination removes such files).
 class AtomicFile {
  public:
   AtomicFile() noexcept = default;
@@ -99,6 +101,34 @@ class AtomicFile {
  private:
   std::filesystem::path final_path_;
   std::filesystem::path temp_path_;
+  FileDescriptor fd_;
+};
+
+// An exclusive flock(2) on a lock file, held until destruction, or until the process dies (the
+// kernel drops it then: a killed holder leaves no stale lock). The file holds a note of who holds
+// it, for the message of whoever is refused. The destructor removes the file while still holding
+// the lock; try_lock() therefore checks, once locked, that the path still names the file it
+// locked, and starts again if not (someone else's release removed it meanwhile). Move-only.
+class LockFile {
+ public:
+  LockFile() noexcept = default;
+  LockFile(LockFile&&) noexcept = default;
+  LockFile& operator=(LockFile&& other) noexcept;
+  ~LockFile() noexcept { release(); }
+
+  // Locks `path` (created with mode 0644 if missing) without waiting and writes `note` into it;
+  // nullopt when another open file description holds the lock. Throws IoError.
+  static std::optional<LockFile> try_lock(const std::filesystem::path& path,
+                                          const std::string& note);
+  // The note of the lock's holder ("" if it cannot be read or is not written yet).
+  static std::string note_of(const std::filesystem::path& path);
+
+  bool locked() const noexcept { return fd_.is_open(); }
+  // Removes the file and drops the lock; a no-op when not locked.
+  void release() noexcept;
+
+ private:
+  std::filesystem::path path_;
   FileDescriptor fd_;
 };
 

@@ -11,9 +11,10 @@
 // Note [distributed checkpoint]: as the reference does, every writing rank streams its outputs
 // into shards of its own under temporary names (a ShardWriter tagged with its rank), and rank 0
 // gathers every rank's LocalShards (all_gather_object), renames the shards to
-// model-0000i-of-0000N.safetensors in rank order and writes one index (finalize_checkpoint).
-// Beyond the reference: the destination is checked once, by the finalizing rank, before anyone
-// writes (prepare_destination); the ranks agree on success before the gather and again after the
+// model-0000i-of-0000N.safetensors in rank order and writes one index (Destination::commit).
+// Beyond the reference: the destination is locked and checked once, by the finalizing rank,
+// before anyone writes, and stays locked until its commit (a Destination: Note [checkpoint
+// commit] in writer.hpp); the ranks agree on success before the gather and again after the
 // index is written (Note [agreement] in <d9d/dist/process_group.hpp>), so a failure on any rank
 // makes every rank throw the same dist::CollectiveError, no index is written and every rank's
 // temporary files are removed; and every rank returns only once the checkpoint is complete, so
@@ -139,16 +140,17 @@ void save_model_state_pipeline_parallel(const std::filesystem::path& dest_dir, M
 // checkpoint, byte for byte the one a single process writes, with no tensor data sent between
 // ranks. The single-process layout (which output goes in which shard at which offset) follows from
 // metadata alone (plan_read, assign_shards, plan_safetensors), so every rank plans it, and the
-// ranks check that their plans agree. Rank 0 prepares the destination and creates every shard
-// under a temporary name with its header and its full size (io's Note [shared file]). The plan's
-// groups, in stream order, are split into N contiguous runs of about equal bytes (inputs read plus
+// ranks check that their plans agree. Rank 0 locks and prepares the destination (a Destination,
+// held to the end: Note [checkpoint commit] in writer.hpp) and creates every shard under a
+// temporary name with its header and its full size (io's Note [shared file]). The plan's groups,
+// in stream order, are split into N contiguous runs of about equal bytes (inputs read plus
 // outputs written, from the inferred specs, not the group count: the largest run is as small as
 // it can be); each rank streams its run through the mapper and writes every output at its planned
 // offset in the shared files, then makes its writes durable. The ranks agree on success; rank 0
-// calls `before_finalize` (if set), renames the shards and writes the index (finalize_checkpoint);
-// the ranks agree once more. Any failure: every rank throws the same dist::CollectiveError, the
-// temporary files are removed, no index is written. Reading is this rank's groups' inputs only;
-// its progress bar is labelled "[rank]" and only rank 0 draws it.
+// calls `before_finalize` (if set) and commits the shards and the index; the ranks agree once
+// more. Any failure: every rank throws the same dist::CollectiveError, the temporary files are
+// removed, no index is written. Reading is this rank's groups' inputs only; its progress bar is
+// labelled "[rank]" and only rank 0 draws it.
 //
 // Returns the plan of the whole conversion (every group; plan.groups in stream order).
 ReadPlan convert_model_state_distributed(const std::filesystem::path& src,
