@@ -163,8 +163,7 @@ void SafetensorsIndex::add_shard(const std::string& file, const SafetensorsHeade
 }
 
 SafetensorsIndex SafetensorsIndex::read(const std::filesystem::path& path) {
-  const MappedFile file = MappedFile::open(path);
-  return parse({reinterpret_cast<const char*>(file.data()), file.size()}, path.string());
+  return parse(read_regular_file(path), path.string());
 }
 
 std::string SafetensorsIndex::to_json() const {
@@ -221,6 +220,7 @@ struct Checkpoint::Impl {
   std::vector<std::string> keys;
   std::unordered_map<std::string_view, std::pair<uint32_t, const TensorInfo*>> where;
   int64_t total_bytes = 0;
+  std::map<std::string, std::string> unlisted;
 
   std::pair<uint32_t, const TensorInfo*> find(std::string_view name) const {
     const auto it = where.find(name);
@@ -287,20 +287,39 @@ Checkpoint Checkpoint::open(const std::filesystem::path& path) {
   }
 
   if (impl->index) {
-    std::unordered_map<std::string_view, uint32_t> file_number;
-    for (uint32_t f = 0; f < impl->files.size(); ++f) file_number.emplace(impl->files[f], f);
+    // Every tensor of every shard: a tensor in two shards is an error (which copy is meant cannot
+    // be told), one the index does not list is left out and kept aside.
+    std::unordered_map<std::string_view, uint32_t> holder;
+    for (uint32_t f = 0; f < impl->files.size(); ++f) {
+      for (const std::string& tensor : impl->opened[f].keys()) {
+        const auto [it, fresh] = holder.emplace(tensor, f);
+        if (!fresh) {
+          d9d::detail::throw_error<FormatError>(
+              "checkpoint ", impl->dir.string(), ": tensor ", detail::quote_name(tensor),
+              " is in two shards, ", detail::quote_name(impl->files[it->second]), " and ",
+              detail::quote_name(impl->files[f]), "; a checkpoint holds each tensor once");
+        }
+      }
+    }
     impl->keys.reserve(impl->index->weight_map.size());
     impl->where.reserve(impl->index->weight_map.size());
     for (const auto& [tensor, file] : impl->index->weight_map) {
-      const uint32_t f = file_number.at(file);
-      const SafetensorsFile& shard = impl->opened[f];
-      if (!shard.contains(tensor)) {
+      const auto it = holder.find(tensor);
+      if (it == holder.end() || impl->files[it->second] != file) {
+        const auto f = std::lower_bound(impl->files.begin(), impl->files.end(), file);
         d9d::detail::throw_error<FormatError>(
             index_path.string(), ": weight_map[", detail::quote_name(tensor),
             "]: the index puts it in ", detail::quote_name(file), ", which has no such tensor (",
-            shard.size(), " tensors)");
+            impl->opened[static_cast<size_t>(f - impl->files.begin())].size(), " tensors)");
       }
       impl->keys.push_back(tensor);  // weight_map is a std::map: already sorted
+    }
+    if (holder.size() > impl->index->weight_map.size()) {  // each listed one was found above
+      for (const auto& [tensor, f] : holder) {
+        if (!impl->index->weight_map.contains(std::string(tensor))) {
+          impl->unlisted.emplace(tensor, impl->files[f]);
+        }
+      }
     }
   } else {
     impl->keys = impl->opened[0].sorted_keys();
@@ -346,6 +365,9 @@ const SafetensorsFile& Checkpoint::file(std::string_view file_name) const {
 }
 int64_t Checkpoint::total_bytes() const {
   return impl_->total_bytes;
+}
+const std::map<std::string, std::string>& Checkpoint::unlisted_tensors() const {
+  return impl_->unlisted;
 }
 
 Tensor Checkpoint::tensor(std::string_view name) const {

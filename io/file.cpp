@@ -34,6 +34,41 @@ void FileDescriptor::reset() noexcept {
   fd_ = -1;
 }
 
+FileDescriptor open_regular_file(const std::filesystem::path& path) {
+  FileDescriptor fd = FileDescriptor::open(path, O_RDONLY | O_NONBLOCK);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw_errno("stat", path, errno);
+  if (!S_ISREG(st.st_mode)) {
+    const char* kind = S_ISFIFO(st.st_mode)   ? " (a FIFO)"
+                       : S_ISDIR(st.st_mode)  ? " (a directory)"
+                       : S_ISCHR(st.st_mode)  ? " (a character device)"
+                       : S_ISBLK(st.st_mode)  ? " (a block device)"
+                       : S_ISSOCK(st.st_mode) ? " (a socket)"
+                                              : "";
+    d9d::detail::throw_error<IoError>("open ", path.string(), ": not a regular file", kind);
+  }
+  const int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    throw_errno("open", path, errno);
+  }
+  return fd;
+}
+
+std::string read_regular_file(const std::filesystem::path& path) {
+  const FileDescriptor fd = open_regular_file(path);
+  std::string text;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t got = ::pread(fd.get(), buf, sizeof buf, static_cast<off_t>(text.size()));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("read", path, errno);
+    }
+    if (got == 0) return text;
+    text.append(buf, static_cast<size_t>(got));
+  }
+}
+
 void pread_all(int fd, uint64_t offset, std::byte* dst, size_t size,
                const std::filesystem::path& path) {
   while (size > 0) {
@@ -60,6 +95,12 @@ void pwrite_all(int fd, uint64_t offset, const std::byte* src, size_t size,
     const ssize_t put = ::pwrite(fd, src, size, static_cast<off_t>(offset));
     if (put < 0) {
       if (errno == EINTR) continue;
+      if (errno == EFAULT) {
+        if (const auto source = MappedFile::describe_source(src)) {
+          d9d::detail::throw_error<IoError>("write ", path.string(),
+                                            ": the bytes to write are a view of ", *source);
+        }
+      }
       throw_errno("write", path, errno);
     }
     src += put;

@@ -45,8 +45,6 @@ using detail::JsonNumber;
 using detail::JsonSyntaxError;
 using detail::quote_name;
 
-constexpr int64_t kMaxHeaderSize = 100'000'000;
-
 using Entry = std::pair<std::string, TensorInfo>;
 
 // `text == literal`, with the length checked first and a fixed-size compare the compiler inlines
@@ -249,28 +247,36 @@ class HeaderParser {
   }
 
   void check_size(const TensorWhere& where, const TensorInfo& info) const {
+    // The element count overflows as the reference's checked product does (so [0, 2^62, 2^62] is
+    // empty and [2^62, 2^62, 0] is an overflow). The byte size is numel * bits / 8 taken as
+    // (numel / 8) * bits + (numel % 8) * bits / 8, so that it does not overflow where only the
+    // bit count would (a U8 tensor of 2^63 - 1 elements is 2^63 - 1 bytes).
     uint64_t numel = 1;
     bool overflow = false;
     for (const int64_t s : info.shape) {
       overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(s), &numel);
     }
-    uint64_t bits = 0;
-    overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_bits(info.dtype)), &bits);
+    const auto bits = static_cast<uint64_t>(dtype_bits(info.dtype));
+    uint64_t bytes = 0;
+    overflow |= __builtin_mul_overflow(numel / 8, bits, &bytes);
+    overflow |= __builtin_add_overflow(bytes, numel % 8 * bits / 8, &bytes);
     auto desc = [&] {
       std::ostringstream out;
       out << info.dtype << " " << info.shape;
       return out;
     };
-    if (overflow || bits / 8 > static_cast<uint64_t>(INT64_MAX)) {
+    if (overflow || bytes > static_cast<uint64_t>(INT64_MAX)) {
       fail(where, desc().str() + " has a byte size past 2^63 - 1", 12);
     }
-    if (bits % 8 != 0) {
+    if (numel % 8 * bits % 8 != 0) {
       fail(where,
-           desc().str() + " is " + std::to_string(bits) + " bits, not a whole number of bytes", 12);
+           desc().str() + " is " + std::to_string(numel) + " elements of " + std::to_string(bits) +
+               " bits, not a whole number of bytes",
+           12);
     }
-    if (bits / 8 != static_cast<uint64_t>(info.end - info.begin)) {
+    if (bytes != static_cast<uint64_t>(info.end - info.begin)) {
       fail(where,
-           desc().str() + " needs " + std::to_string(bits / 8) + " bytes but data_offsets [" +
+           desc().str() + " needs " + std::to_string(bytes) + " bytes but data_offsets [" +
                std::to_string(info.begin) + ", " + std::to_string(info.end) + "] hold " +
                std::to_string(info.end - info.begin),
            12);
@@ -285,25 +291,29 @@ class HeaderParser {
 
 SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::string_view name) {
   detail::NameIndex index;
-  return detail::validate_safetensors(file, name, index);
+  return detail::validate_safetensors(file, file.size(), name, index);
 }
 
 namespace detail {
 
-SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::string_view name,
-                                       NameIndex& index) {
+SafetensorsHeader validate_safetensors(std::span<const std::byte> head, uint64_t file_size,
+                                       std::string_view name, NameIndex& index) {
   auto fail = [&](const std::string& where, const std::string& what, int rule) {
     d9d::detail::throw_error<FormatError>(name, ": ", where, ": ", what, " (rule ", rule, ": ",
                                           detail::rule_text(rule), ")");
   };
-  const uint64_t file_size = file.size();
   if (file_size < 8) {
     fail("header length", "the file is " + std::to_string(file_size) + " bytes, fewer than 8", 1);
   }
   uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(file[static_cast<size_t>(i)]);
-  if (n > static_cast<uint64_t>(kMaxHeaderSize)) {
-    fail("header length", std::to_string(n) + " is past the limit of 100000000", 2);
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(head[static_cast<size_t>(i)]);
+  if (n > detail::kMaxHeaderSize) {
+    // Not echoed: an implausible length is 8 bytes of whatever the file is (a secret, a
+    // password file's first line), not a number anyone wrote.
+    fail("header length",
+         "not a safetensors file: its first 8 bytes are not a plausible header length (a "
+         "little-endian integer of at most 100000000)",
+         2);
   }
   if (8 + n > file_size) {
     fail("header length",
@@ -311,7 +321,8 @@ SafetensorsHeader validate_safetensors(std::span<const std::byte> file, std::str
              " bytes after the length",
          3);
   }
-  const std::string_view header(reinterpret_cast<const char*>(file.data()) + 8,
+  D9D_ASSERT(head.size() >= 8 + n);
+  const std::string_view header(reinterpret_cast<const char*>(head.data()) + 8,
                                 static_cast<size_t>(n));
   if (const size_t bad = detail::find_invalid_utf8(header); bad != std::string_view::npos) {
     fail("header byte " + std::to_string(bad), "invalid UTF-8", 4);

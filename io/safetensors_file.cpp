@@ -6,8 +6,8 @@
 // (measured: 2 threads, 2 GB, 12.7 GB/s pread vs 12.9 GB/s memcpy into warm memory), but pread
 // needs no page-table entries for the source, so loading a checkpoint does not add the whole file
 // to this process's resident set on top of the copies, and a file truncated under us is an
-// IoError instead of SIGBUS. Adjacent small tensors are read with one preadv (up to 1024 pieces),
-// so a file of many small tensors costs few system calls.
+// IoError instead of SIGBUS (Note [truncated files]). Adjacent small tensors are read with one
+// preadv (up to 1024 pieces), so a file of many small tensors costs few system calls.
 //
 // Note [fresh memory]: copies land in Storage::allocate memory (core's allocator, whose cache of
 // freed blocks lets a streaming reader reuse warm memory). Filling brand-new memory costs the
@@ -16,6 +16,7 @@
 // already owns) reaches it. MADV_HUGEPAGE on the destination was tried and dropped: it helps when
 // the memory was recently freed in this process (5.7 vs 3.4 GB/s here), but on this VM a fresh
 // process faulting in huge pages the host has reclaimed ran 3-5x slower than with 4 KiB pages.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 
@@ -31,6 +32,7 @@
 #include "json.hpp"
 #include "name_index.hpp"
 #include "parallel.hpp"
+#include "rules.hpp"
 #include "validate.hpp"
 
 namespace d9d::io {
@@ -66,21 +68,25 @@ SafetensorsFile::~SafetensorsFile() = default;
 SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   auto impl = std::make_unique<Impl>();
   auto file = std::make_shared<MappedFile>(MappedFile::open(path));
-  // Note [header without read-around]: the header is parsed through the mapping, and a fault on
-  // a plain mapping reads the kernel's read-around window (16 MiB with the descriptor's
-  // sequential hint) of tensor data along with it: opening a cold file read 16 MiB it might never
-  // need (d9d inspect of a sharded checkpoint, a rank that loads a slice). So the header is read
-  // with read-around off and exactly its bytes asked for, and the advice is reset afterwards.
-  file->advise(Advice::kRandom);
-  if (file->size() >= 8) {
+  // The header is read with pread, not through the mapping (Note [truncated files]: a file cut
+  // short meanwhile is an IoError, not SIGBUS). Note [header without read-around]: reading it
+  // must not read megabytes of tensor data along with it (d9d inspect of a sharded checkpoint, a
+  // rank that loads a slice), so the descriptor's readahead is off while it is read: exactly its
+  // pages come from a cold disk.
+  ::posix_fadvise(file->fd(), 0, 0, POSIX_FADV_RANDOM);
+  std::string head(static_cast<size_t>(std::min<uint64_t>(file->size(), 8)), '\0');
+  file->read(0, std::as_writable_bytes(std::span(head)));
+  if (head.size() == 8) {
     uint64_t n = 0;
-    std::memcpy(&n, file->data(), 8);  // checked by the validation below
-    file->advise(Advice::kWillNeed, 0,
-                 static_cast<size_t>(std::min<uint64_t>(n, file->size()) + 8));
+    std::memcpy(&n, head.data(), 8);  // little-endian on every platform d9d builds for
+    if (n <= detail::kMaxHeaderSize && 8 + n <= file->size()) {
+      head.resize(static_cast<size_t>(8 + n));
+      file->read(8, std::as_writable_bytes(std::span(head)).subspan(8));
+    }
   }
-  SafetensorsHeader header =
-      detail::validate_safetensors(file->bytes(), path.string(), impl->index);
-  file->advise(Advice::kNormal);
+  ::posix_fadvise(file->fd(), 0, 0, POSIX_FADV_SEQUENTIAL);  // as MappedFile::open left it
+  SafetensorsHeader header = detail::validate_safetensors(std::as_bytes(std::span(head)),
+                                                          file->size(), path.string(), impl->index);
   impl->header_size = header.header_size;
   impl->metadata = std::move(header.metadata);
   impl->keys.reserve(header.tensors.size());
@@ -148,6 +154,7 @@ std::shared_ptr<const MappedFile> SafetensorsFile::shared_mapped_file() const {
 Tensor SafetensorsFile::tensor(std::string_view name) const {
   const TensorInfo& info = impl_->infos[impl_->find(name)];
   const int64_t offset = impl_->file_offset(info);
+  impl_->file->check_size();  // Note [truncated files]: no view of bytes already gone
   if (info.nbytes() >= (int64_t{1} << 20)) {
     impl_->file->advise(Advice::kWillNeed, static_cast<size_t>(offset),
                         static_cast<size_t>(info.nbytes()));
@@ -183,7 +190,9 @@ void SafetensorsFile::read_into(std::string_view name, const Tensor& dst) const 
     read_ranges({&range, 1});
     return;
   }
-  dst.copy_(tensor(name));  // strided (or device) destination: the copy engine reads the mapping
+  // A strided (or device) destination: an owned copy first, then the copy engine (Note
+  // [truncated files]: never a copy through the mapping).
+  dst.copy_(load(name));
 }
 
 std::map<std::string, Tensor> SafetensorsFile::load_all() const {

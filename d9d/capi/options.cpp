@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <d9d/error.hpp>
+#include <d9d/mapper/json.hpp>
 #include <d9d/model_state/conversion.hpp>
 #include <d9d/model_state/sizes.hpp>
 
@@ -25,8 +26,9 @@ std::string shown(std::string text) {
   if (text.size() > kMax) text = text.substr(0, kMax) + "...";
   return text;
 }
+// A value from the caller in a message: bounded however large or deep it is (json_excerpt).
 std::string shown(const Json& value) {
-  return shown(value.dump());
+  return mapper::json_excerpt(value, 64);
 }
 
 // The value of `field` as a positive size.
@@ -72,8 +74,8 @@ Options parse_options(const char* json, OptionsFor use) {
   if (json == nullptr) return o;
   Json root;
   try {
-    root = Json::parse(json);
-  } catch (const Json::exception& e) {
+    root = mapper::parse_json(json);  // strict and at most 64 levels deep
+  } catch (const mapper::JsonError& e) {
     throw_error<ValueError>("options_json: not valid JSON (", e.what(), ")");
   }
   D9D_CHECK(root.is_object(), "options_json: expected a JSON object, got ", root.type_name());

@@ -81,6 +81,12 @@ using model_state::forward_conversion;
 using model_state::kSidecarFileName;
 using model_state::parse_sidecar;
 using model_state::Sidecar;
+using model_state::unlisted_note;
+
+// Prints unlisted_note() as "d9d: warning: ..." on standard error, when there is one (Note
+// [unlisted tensors] in <d9d/model_state/conversion.hpp>: every command that reads a checkpoint
+// says so).
+void warn_unlisted(const io::Checkpoint& checkpoint);
 
 // The inverse of the conversion that wrote `src` (Note [conversion sidecar]). `spec_text`, when
 // given, replaces the sidecar's spec (it must still describe original -> converted).

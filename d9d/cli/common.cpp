@@ -14,6 +14,7 @@
 #include "cli.hpp"
 
 #include <d9d/error.hpp>
+#include <d9d/io/file.hpp>
 
 namespace d9d::cli {
 
@@ -69,14 +70,11 @@ std::string format_seconds(double seconds) {
 }
 
 std::string read_text_file(const fs::path& path, std::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  D9D_CHECK_AS(io::IoError, in.good(), "cannot read ", what, " ", path.string(), ": ",
-               std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  D9D_CHECK_AS(io::IoError, !in.bad(), "cannot read ", what, " ", path.string(), ": ",
-               std::strerror(errno));
-  return text.str();
+  try {
+    return io::read_regular_file(path);  // a FIFO is refused, not waited on
+  } catch (const io::IoError& e) {
+    d9d::detail::throw_error<io::IoError>("cannot read ", what, ": ", e.what());
+  }
 }
 
 // ---- options several commands take --------------------------------------------------------------
@@ -118,6 +116,12 @@ int usage_error(std::string_view command, std::string_view message) {
   std::cerr << "d9d " << command << ": " << message << "\n"
             << "Run with --help for more information.\n";
   return kExitUsage;
+}
+
+// Note [unlisted tensors] in <d9d/model_state/conversion.hpp>.
+void warn_unlisted(const io::Checkpoint& checkpoint) {
+  const std::string note = unlisted_note(checkpoint);
+  if (!note.empty()) std::cerr << "d9d: warning: " << note << "\n";
 }
 
 // ---- building the mapper ------------------------------------------------------------------------

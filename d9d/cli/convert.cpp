@@ -33,6 +33,7 @@ Conversion plan_conversion(const ConvertOptions& options) {
 }
 
 void print_notes(const ConvertOptions& options, const Conversion& c) {
+  if (!c.unlisted.empty()) std::cerr << "d9d: warning: " << c.unlisted << "\n";
   if (options.quiet || c.reverse) return;
   for (const std::string& rule : c.mapping.unused_rules) {
     std::cerr << "d9d: note: rule " << rule << " matched no tensor\n";

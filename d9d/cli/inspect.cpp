@@ -26,6 +26,7 @@ std::string pad_left(const std::string& s, size_t width) {
 
 int run_inspect(const InspectOptions& options) {
   const io::Checkpoint ck = io::Checkpoint::open(options.checkpoint);
+  warn_unlisted(ck);
   const std::vector<std::string>& keys = ck.keys();
 
   std::map<std::string, std::pair<int64_t, int64_t>> per_file;   // tensors, bytes
@@ -62,6 +63,7 @@ int run_inspect(const InspectOptions& options) {
                          {"file", *e.file}});
     }
     j["tensors"] = std::move(tensors);
+    j["unlisted_tensors"] = ck.unlisted_tensors();  // Note [unlisted tensors]
     std::cout << j.dump(1) << "\n";
     return 0;
   }

@@ -152,6 +152,7 @@ void print_json(const PlanResult& r) {
   j["unmatched_policy"] = policy_name(c.mapping.unmatched);
   j["unconsumed_keys"] = r.unconsumed;
   j["unused_rules"] = c.mapping.unused_rules;
+  j["unlisted_tensors"] = r.checkpoint.unlisted_tensors();  // Note [unlisted tensors]
   std::cout << j.dump(1) << "\n";
 }
 
@@ -251,6 +252,7 @@ void print_text(const PlanResult& r) {
 
 int run_plan(const PlanOptions& options) {
   const PlanResult r = plan(options);
+  warn_unlisted(r.checkpoint);
   if (options.json) {
     print_json(r);
   } else {

@@ -134,6 +134,7 @@ VerifyResult run_verify(const VerifyOptions& options) {
   std::string through;
   {
     io::Checkpoint a = io::Checkpoint::open(options.a);
+    warn_unlisted(a);  // Note [unlisted tensors]
     if (options.spec || options.spec_text) {
       std::string text =
           options.spec_text ? *options.spec_text : read_text_file(*options.spec, "spec");
@@ -144,11 +145,13 @@ VerifyResult run_verify(const VerifyOptions& options) {
       m = mapper::identity_mapper_from_names(a.keys());
     }
   }
+  warn_unlisted(b);
   if (options.threads > 0) set_num_threads(options.threads);
   model_state::ReadOptions ro;
   ro.memory_budget = options.memory_budget;
   ro.show_progress = options.show_progress;
   ro.label = "Verifying";
+  ro.zero_copy = false;  // A's bytes are read by memcmp: with pread, never through a mapping
   model_state::ModelStateStream stream = model_state::read_model_state(options.a, m, ro);
 
   VerifyResult result;

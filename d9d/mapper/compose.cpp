@@ -99,14 +99,15 @@ ParallelMapper::ParallelMapper(std::vector<MapperPtr> mappers) {
   }
 }
 
+const ParallelMapper::Route* ParallelMapper::find_route(std::optional<std::string_view> key) const {
+  if (!key) return no_input_route_ ? &*no_input_route_ : nullptr;
+  const auto it = routes_.find(*key);
+  return it == routes_.end() ? nullptr : &it->second;
+}
+
 template <class Dict, class Call>
 Dict ParallelMapper::run(Dict group, Call call) const {
-  const Route* route = nullptr;
-  if (group.empty()) {
-    if (no_input_route_) route = &*no_input_route_;
-  } else if (auto it = routes_.find(group.begin()->first); it != routes_.end()) {
-    route = &it->second;
-  }
+  const Route* route = find_route(detail::first_key(group));
   if (route == nullptr || !detail::same_keys(group, route->group->inputs)) {
     detail::throw_undefined_group(*this, group);
   }
@@ -122,6 +123,18 @@ StateDict ParallelMapper::apply(StateDict group) const {
 
 SpecDict ParallelMapper::infer(const SpecDict& group) const {
   return run(group, [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
+}
+
+bool ParallelMapper::moves_data(const StateGroup& group) const {
+  const Route* route = find_route(detail::first_key(group.inputs));
+  if (route == nullptr || route->group->inputs != group.inputs) return true;  // not a group
+  return route->mapper->moves_data(*route->group);
+}
+
+std::vector<std::string> ParallelMapper::concatenated_inputs(const StateGroup& group) const {
+  const Route* route = find_route(detail::first_key(group.inputs));
+  if (route == nullptr || route->group->inputs != group.inputs) return {};
+  return route->mapper->concatenated_inputs(*route->group);
 }
 
 MapperPtr ParallelMapper::do_inverse(const SpecDict& input_specs) const {
@@ -190,6 +203,14 @@ SpecDict ShardMapper::infer(const SpecDict& group) const {
   SpecDict out = mapper_->infer(group);
   detail::check_group_outputs(*mapper_, g, out, "infer");
   return out;
+}
+
+bool ShardMapper::moves_data(const StateGroup& group) const {
+  return mapper_->moves_data(group);
+}
+
+std::vector<std::string> ShardMapper::concatenated_inputs(const StateGroup& group) const {
+  return mapper_->concatenated_inputs(group);
 }
 
 MapperPtr ShardMapper::do_inverse(const SpecDict& input_specs) const {
@@ -264,6 +285,32 @@ StateDict PrefixScopeMapper::apply(StateDict group) const {
 SpecDict PrefixScopeMapper::infer(const SpecDict& group) const {
   return run(SpecDict(group),
              [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
+}
+
+std::optional<StateGroup> PrefixScopeMapper::unscoped(const StateGroup& group) const {
+  StateGroup inner;
+  for (const auto& k : group.inputs) {
+    if (k.compare(0, source_prefix_.size(), source_prefix_) != 0) return std::nullopt;
+    inner.inputs.insert(inner.inputs.end(), k.substr(source_prefix_.size()));
+  }
+  for (const auto& k : group.outputs) {
+    if (k.compare(0, target_prefix_.size(), target_prefix_) != 0) return std::nullopt;
+    inner.outputs.insert(inner.outputs.end(), k.substr(target_prefix_.size()));
+  }
+  return inner;
+}
+
+bool PrefixScopeMapper::moves_data(const StateGroup& group) const {
+  const std::optional<StateGroup> inner = unscoped(group);
+  return !inner || mapper_->moves_data(*inner);  // not a group of it: the safe answer
+}
+
+std::vector<std::string> PrefixScopeMapper::concatenated_inputs(const StateGroup& group) const {
+  const std::optional<StateGroup> inner = unscoped(group);
+  if (!inner) return {};
+  std::vector<std::string> parts = mapper_->concatenated_inputs(*inner);
+  for (std::string& part : parts) part.insert(0, source_prefix_);
+  return parts;
 }
 
 MapperPtr PrefixScopeMapper::do_inverse(const SpecDict& input_specs) const {

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -48,6 +49,18 @@ bool same_keys(const std::map<std::string, V>& dict, const std::set<std::string>
     if (kv.first != *it++) return false;
   }
   return true;
+}
+
+// The first key of a group's inputs (a StateDict, a SpecDict or a key set), what compose mappers
+// route a group by; nullopt when it has none.
+inline std::optional<std::string_view> first_key(const std::set<std::string>& keys) {
+  if (keys.empty()) return std::nullopt;
+  return *keys.begin();
+}
+template <class V>
+std::optional<std::string_view> first_key(const std::map<std::string, V>& dict) {
+  if (dict.empty()) return std::nullopt;
+  return dict.begin()->first;
 }
 
 // "[a, b] -> [r]", shortened like keys_str.

@@ -68,6 +68,14 @@ SpecDict ModelStateMapper::infer(const SpecDict& group) const {
                            "); override infer() to support plans and dry runs"));
 }
 
+bool ModelStateMapper::moves_data(const StateGroup& /*group*/) const {
+  return true;
+}
+
+std::vector<std::string> ModelStateMapper::concatenated_inputs(const StateGroup& /*group*/) const {
+  return {};
+}
+
 MapperPtr ModelStateMapper::do_inverse(const SpecDict& /*input_specs*/) const {
   throw NotInvertibleError(
       d9d::detail::str_cat(describe(), ": has no inverse (override do_inverse() to provide one)"));

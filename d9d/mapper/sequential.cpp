@@ -276,12 +276,7 @@ SequentialMapper::SequentialMapper(std::vector<MapperPtr> mappers) {
 template <class Dict, class Call>
 Dict SequentialMapper::run(Dict group, Call call) const {
   const Plan& plan = *plan_;
-  std::optional<uint32_t> net;
-  if (group.empty()) {
-    net = plan.no_input_net;
-  } else if (auto it = plan.routes.find(group.begin()->first); it != plan.routes.end()) {
-    net = it->second;
-  }
+  const std::optional<uint32_t> net = find_net(detail::first_key(group));
   if (!net || !detail::same_keys(group, plan.net_groups[*net]->inputs)) {
     detail::throw_undefined_group(*this, group);
   }
@@ -314,6 +309,25 @@ Dict SequentialMapper::run(Dict group, Call call) const {
     current = std::move(next);  // keys no node of this group consumed were bound for dead ends
   }
   return current;
+}
+
+std::optional<uint32_t> SequentialMapper::find_net(std::optional<std::string_view> key) const {
+  if (!key) return plan_->no_input_net;
+  const auto it = plan_->routes.find(*key);
+  return it == plan_->routes.end() ? std::nullopt : std::optional<uint32_t>(it->second);
+}
+
+// A chain of views is a view: the net group moves data when one of its nodes does.
+bool SequentialMapper::moves_data(const StateGroup& group) const {
+  const Plan& plan = *plan_;
+  const std::optional<uint32_t> net = find_net(detail::first_key(group.inputs));
+  if (!net || plan.net_groups[*net]->inputs != group.inputs) return true;  // not a group
+  for (size_t i = plan.node_offsets[*net]; i < plan.node_offsets[*net + 1]; ++i) {
+    const Plan::Stage& stage = plan.stages[plan.nodes[i].stage];
+    const uint32_t node = plan.nodes[i].index;
+    if (node < stage.groups.size() && stage.mapper->moves_data(*stage.groups[node])) return true;
+  }
+  return false;
 }
 
 StateDict SequentialMapper::apply(StateDict group) const {

@@ -2,12 +2,14 @@
 // single process's conversion.
 #include <d9d/model_state/conversion.hpp>
 
+#include <map>
 #include <optional>
 
 #include <nlohmann/json.hpp>
 
 #include <d9d/error.hpp>
 #include <d9d/mapper/adapters.hpp>
+#include <d9d/mapper/json.hpp>
 
 namespace d9d::model_state {
 
@@ -38,16 +40,18 @@ std::string sidecar_json(const Sidecar& sidecar) {
 Sidecar parse_sidecar(std::string_view json, std::string_view name) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(json);
-  } catch (const nlohmann::json::exception& e) {
-    d9d::detail::throw_error<ValueError>(name, ": not valid JSON (", e.what(), ")");
+    j = mapper::parse_json(json);
+  } catch (const mapper::JsonError& e) {
+    d9d::detail::throw_error<ValueError>(name, ": not a valid conversion record: ", e.what());
   }
   auto fail = [&](const std::string& what) {
     d9d::detail::throw_error<ValueError>(name, ": ", what,
                                          " (is it a d9d-conversion.json written by d9d convert?)");
   };
   if (!j.is_object() || !j.contains("d9d_conversion")) fail("not a d9d conversion record");
-  if (j["d9d_conversion"] != 1) fail("unknown version " + j["d9d_conversion"].dump());
+  if (j["d9d_conversion"] != 1) {
+    fail("unknown version " + mapper::json_excerpt(j["d9d_conversion"]));
+  }
   if (!j.contains("spec") || !j["spec"].is_string()) fail("\"spec\" must be a string");
   if (!j.contains("source") || !j["source"].is_object()) fail("\"source\" must be an object");
   Sidecar s;
@@ -56,15 +60,16 @@ Sidecar parse_sidecar(std::string_view json, std::string_view name) {
     s.spec_origin = j["spec_origin"].get<std::string>();
   }
   for (const auto& [key, value] : j["source"].items()) {
+    const std::string where = "\"source\"[" + mapper::json_string_excerpt(key) + "]";
     if (!value.is_array() || value.size() != 2 || !value[0].is_string() || !value[1].is_array()) {
-      fail("\"source\"[\"" + key + "\"] must be [dtype, shape]");
+      fail(where + " must be [dtype, shape]");
     }
     const std::optional<DType> dtype = dtype_from_name(value[0].get<std::string>());
-    if (!dtype) fail("\"source\"[\"" + key + "\"]: unknown dtype " + value[0].dump());
+    if (!dtype) fail(where + ": unknown dtype " + mapper::json_excerpt(value[0]));
     Shape shape;
     for (const auto& d : value[1]) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0) {
-        fail("\"source\"[\"" + key + "\"]: bad shape " + value[1].dump());
+        fail(where + ": bad shape " + mapper::json_excerpt(value[1]));
       }
       shape.push_back(d.get<int64_t>());
     }
@@ -85,6 +90,24 @@ fs::path checkpoint_dir(const fs::path& path) {
   return parent.empty() ? fs::path(".") : parent;
 }
 
+std::string unlisted_note(const io::Checkpoint& checkpoint) {
+  const std::map<std::string, std::string>& unlisted = checkpoint.unlisted_tensors();
+  if (unlisted.empty()) return "";
+  std::string list;
+  size_t shown = 0;
+  for (const auto& [tensor, file] : unlisted) {
+    if (shown++ == 10) {
+      list += ", ... (" + std::to_string(unlisted.size() - 10) + " more)";
+      break;
+    }
+    list += (list.empty() ? "" : ", ") + tensor + " (in " + file + ")";
+  }
+  return d9d::detail::str_cat(unlisted.size(), unlisted.size() == 1 ? " tensor" : " tensors",
+                              " in the shards of ", checkpoint.dir().string(),
+                              unlisted.size() == 1 ? " is" : " are",
+                              " not in its index and left out: ", list);
+}
+
 // ---- converting ---------------------------------------------------------------------------------
 
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
@@ -99,6 +122,9 @@ Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
                                          ": ", e.what());
   }
   c.mapper = c.mapping.mapper;
+  c.unlisted = unlisted_note(src);  // Note [unlisted tensors]
+  D9D_CHECK(c.unlisted.empty() || c.mapping.unmatched != mapper::UnmatchedPolicy::kError,
+            spec_origin, ": ", c.unlisted, "; the spec says \"unmatched\": \"error\"");
   for (const std::string& key : src.keys()) {
     const io::TensorInfo& info = src.info(key);
     c.sidecar.source.emplace(key, mapper::TensorSpec{info.dtype, info.shape});

@@ -313,6 +313,10 @@ class GroupSubsetMapper final : public mapper::ModelStateMapper {
   }
   StateDict apply(StateDict group) const override { return parent_->apply(std::move(group)); }
   SpecDict infer(const SpecDict& group) const override { return parent_->infer(group); }
+  bool moves_data(const StateGroup& group) const override { return parent_->moves_data(group); }
+  std::vector<std::string> concatenated_inputs(const StateGroup& group) const override {
+    return parent_->concatenated_inputs(group);
+  }
   std::string describe() const override { return parent_->describe(); }
 
  private:

@@ -111,36 +111,82 @@ const int64_t kPageSize = sysconf(_SC_PAGESIZE);
 // Tensors of at least this many bytes get MADV_WILLNEED on their range before they are read.
 constexpr int64_t kReadAheadMin = int64_t{1} << 20;
 
+// What releasing_view asks of the kernel for a tensor's bytes.
+enum class Prefetch : uint8_t {
+  kNone,       // nothing: a view that will only be read in part (Note [reading what a rank owns])
+  kReadAhead,  // start reading it in (MADV_WILLNEED): a view d9d will read with pread
+  kPopulate,   // read it in and fault in its page-table entries (MADV_POPULATE_READ, which fails
+               // with an IoError naming the file where touching a page would raise SIGBUS), so
+               // a consumer that reads it through the mapping finds it resident
+};
+
 // A view of a checkpoint tensor whose storage gives the tensor's whole pages back to the kernel
 // when the last reference goes (Note [read-ahead budget]); pages shared with a neighbour stay.
-// `will_need`: ask the kernel to read the whole tensor ahead now (a view that will only be read in
-// part, Note [reading what a rank owns], is not; its read-ahead advice is put back when it goes).
-Tensor releasing_view(const io::Checkpoint& checkpoint, const std::string& name, bool will_need) {
+Tensor releasing_view(const io::Checkpoint& checkpoint, const std::string& name,
+                      Prefetch prefetch) {
   const io::CheckpointEntry entry = checkpoint.entry(name);
   const io::SafetensorsFile& file = checkpoint.file(*entry.file);
   std::shared_ptr<const io::MappedFile> mapping = file.shared_mapped_file();
   const int64_t begin = file.data_offset() + entry.info->begin;
   const int64_t end = file.data_offset() + entry.info->end;
   const int64_t nbytes = end - begin;
-  if (will_need && nbytes >= kReadAheadMin) {
+  mapping->check_size();  // Note [truncated files]: no view of bytes already gone
+  if (prefetch != Prefetch::kNone && nbytes >= kReadAheadMin) {
     mapping->advise(io::Advice::kWillNeed, static_cast<size_t>(begin), static_cast<size_t>(nbytes));
+  }
+  if (prefetch == Prefetch::kPopulate) {
+    mapping->populate(static_cast<size_t>(begin), static_cast<size_t>(nbytes));
   }
   const int64_t first_page = (begin + kPageSize - 1) / kPageSize * kPageSize;
   const int64_t last_page = end / kPageSize * kPageSize;
   Storage storage = Storage::wrap(
       const_cast<std::byte*>(mapping->data() + begin), static_cast<size_t>(nbytes), Device::cpu(),
-      StorageKind::kMapped, false,
-      [mapping, begin, nbytes, first_page, last_page, will_need](std::byte*) {
+      StorageKind::kMapped, false, [mapping, first_page, last_page](std::byte*) {
         if (last_page > first_page) {
           mapping->advise(io::Advice::kDontNeed, static_cast<size_t>(first_page),
                           static_cast<size_t>(last_page - first_page));
         }
-        if (!will_need && nbytes > 0) {
-          mapping->advise(io::Advice::kNormal, static_cast<size_t>(begin),
-                          static_cast<size_t>(nbytes));
-        }
       });
   return Tensor::from_storage(std::move(storage), entry.info->dtype, entry.info->shape);
+}
+
+// Where the bytes of `view` are when it is a view of a checkpoint file: the file and the byte of
+// it where the view's first element is.
+struct FileBytes {
+  const io::MappedFile* file = nullptr;
+  uint64_t offset = 0;
+};
+std::optional<FileBytes> file_bytes_of(const io::Checkpoint& checkpoint, const Tensor& view) {
+  if (!view.defined() || view.storage().kind() != StorageKind::kMapped) return std::nullopt;
+  const auto p = reinterpret_cast<uintptr_t>(view.data_ptr());
+  for (const std::string& name : checkpoint.files()) {
+    const io::MappedFile& file = checkpoint.file(name).mapped_file();
+    const auto begin = reinterpret_cast<uintptr_t>(file.data());
+    if (p >= begin && p - begin < file.size()) return FileBytes{&file, p - begin};
+  }
+  return std::nullopt;
+}
+
+// An owned copy of `view`, a view of a checkpoint file at `at`: the bytes its elements span read
+// with pread (Note [truncated files]), a chunk at a time with exactly that chunk's pages asked of
+// the kernel first (so a cold file is read no further than the view: Note [reading what a rank
+// owns]), and the same view made of them.
+Tensor read_view(const Tensor& view, const FileBytes& at) {
+  int64_t span = view.nbytes();
+  if (view.numel() > 0 && !view.is_contiguous()) {  // packed sub-byte tensors are contiguous
+    int64_t last = 0;
+    for (int64_t d = 0; d < view.dim(); ++d) last += (view.size(d) - 1) * view.stride(d);
+    span = (last + 1) * view.element_size();
+  }
+  Storage storage = Storage::allocate(static_cast<size_t>(span));
+  constexpr int64_t kChunk = int64_t{8} << 20;
+  for (int64_t done = 0; done < span; done += kChunk) {
+    const int64_t len = std::min(kChunk, span - done);
+    const uint64_t offset = at.offset + static_cast<uint64_t>(done);
+    at.file->advise(io::Advice::kWillNeed, offset, static_cast<size_t>(len));
+    at.file->read(offset, {storage.data() + done, static_cast<size_t>(len)});
+  }
+  return Tensor(std::move(storage), view.dtype(), view.shape(), view.strides());
 }
 
 // Note [pread into the staging ring]: on cuda:N a group's inputs are not viewed through the
@@ -168,57 +214,25 @@ Tensor upload_from_file(StagingRing& staging, const io::Checkpoint& checkpoint,
                         });
 }
 
-// Reads one byte of every page of the view's elements, so the consumer finds them resident.
-void fault_in(const Tensor& view) {
-  if (view.numel() == 0) return;
-  if (view.is_contiguous()) {
-    const auto* p = static_cast<const volatile unsigned char*>(view.data_ptr());
-    const int64_t n = view.nbytes();
-    unsigned char sink = 0;
-    for (int64_t i = 0; i < n; i += kPageSize) sink ^= p[i];
-    sink ^= p[n - 1];
-    (void)sink;
-    return;
-  }
-  if (view.dim() == 1) {  // a strided row: one touch per element, each page once
-    const auto* p = static_cast<const volatile unsigned char*>(view.data_ptr());
-    const int64_t step = view.stride(0) * view.element_size();
-    unsigned char sink = 0;
-    int64_t last_page = -1;
-    for (int64_t i = 0; i < view.size(0); ++i) {
-      const int64_t at = i * step;
-      if (at / kPageSize != last_page) sink ^= p[at];
-      last_page = at / kPageSize;
-    }
-    (void)sink;
-    return;
-  }
-  for (int64_t i = 0; i < view.size(0); ++i) fault_in(view.select(0, i));
-}
-
+// Note [views or copies]: on the host, a group whose mapper only makes views (moves_data() is
+// false: identity, rename, reshape, ...) gets views of the files as inputs and hands its outputs
+// on as views of them, zero-copy, their pages populated (releasing_view). Every other group gets
+// its inputs read into memory with pread first (io's Checkpoint::load: Note [pread for copies]),
+// so that the ops that move data (cat, stack, casts, transposes) never read a mapping: a file cut
+// short meanwhile is an IoError naming it, not SIGBUS (Note [truncated files]). That is a copy
+// more than reading through the mapping, except for the commonest such group: a cat or stack
+// along dim 0 (concatenated_inputs(): fused QKV, gate_up, stacked experts) lays its inputs' bytes
+// end to end, so they are read from the files straight into its output and the op is skipped:
+// the read is the op's copy. A view handed on is written by pwrite, which fails cleanly too, and
+// load_model_state reads the views it is handed into its targets with pread, so no byte d9d
+// itself reads comes through a mapping.
+//
 // Note [reading what a rank owns]: load_model_state into a DTensor target needs only this rank's
-// slice. The group's inputs are then views with no read-ahead asked for; the mapper runs on them
-// (a view op such as identity or rename touches no byte); distribute_tensor narrows the output to
-// this rank's slice (a view again); and only then is the slice read in: a packed slice (Shard on
-// dim 0) with read-around off (MADV_RANDOM) and the kernel asked for exactly its pages
-// (MADV_WILLNEED), so a rank reads about 1/N of the tensor, not the whole of it. A mapper that
-// moves data (transpose, stack, ...) reads its whole inputs, necessarily.
-void read_slice(
-    const Tensor& local,
-    const std::vector<std::pair<const std::byte*, std::shared_ptr<const io::MappedFile>>>& inputs) {
-  if (local.numel() > 0 && local.storage().kind() == StorageKind::kMapped &&
-      local.is_contiguous()) {
-    const auto* p = static_cast<const std::byte*>(local.data_ptr());
-    for (const auto& [begin, mapping] : inputs) {
-      if (p < mapping->data() || p + local.nbytes() > mapping->data() + mapping->size()) continue;
-      const auto offset = static_cast<size_t>(p - mapping->data());
-      mapping->advise(io::Advice::kRandom, offset, static_cast<size_t>(local.nbytes()));
-      mapping->advise(io::Advice::kWillNeed, offset, static_cast<size_t>(local.nbytes()));
-      break;
-    }
-  }
-  if (local.storage().kind() == StorageKind::kMapped) fault_in(local);
-}
+// slice. A group that only makes views then gets views with no read-ahead asked for; the mapper
+// runs on them (touching no byte); distribute_tensor narrows the output to this rank's slice (a
+// view again); and only then is the slice read, with pread, into memory of its own (read_view:
+// exactly its pages asked of the kernel), so a rank reads about 1/N of the tensor, not the whole
+// of it. A group that moves data (transpose, stack, ...) reads its whole inputs, necessarily.
 
 }  // namespace
 
@@ -232,6 +246,9 @@ struct ModelStateStream::Impl {
   // owns]), and which groups have one.
   std::map<std::string, std::shared_ptr<const dist::DTensorSpec>> distribute_outputs;
   std::vector<bool> slices_group;
+  // Whether views handed on are populated (Prefetch::kPopulate); load_model_state, which reads
+  // them into its targets with pread, only has them read ahead.
+  bool populate_views = true;
 
   std::mutex mu;
   std::condition_variable workers_cv;   // budget freed or a group to start
@@ -318,22 +335,62 @@ struct ModelStateStream::Impl {
     }
   }
 
-  StateDict run_group(const GroupPlan& g, bool slices) {
-    StateDict inputs;
-    std::vector<std::pair<const std::byte*, std::shared_ptr<const io::MappedFile>>> mappings;
-    for (const auto& [name, spec] : g.inputs) {
-      if (staging != nullptr && !slices) {
-        inputs.emplace(name, upload_from_file(*staging, checkpoint, name));
-        continue;
-      }
-      Tensor view = releasing_view(checkpoint, name, /*will_need=*/!slices);
-      if (slices) {
-        mappings.emplace_back(static_cast<const std::byte*>(view.data_ptr()),
-                              checkpoint.file(*checkpoint.entry(name).file).shared_mapped_file());
-      }
-      inputs.emplace(name, std::move(view));
+  // The one output of a group whose mapper lays `parts` (its inputs) end to end, read from the
+  // files straight into it (Note [views or copies]). On the host; a DTensor target's slice is
+  // then taken from it like any output's.
+  StateDict read_concatenated(const GroupPlan& g, const std::vector<std::string>& parts) {
+    D9D_ASSERT(g.outputs.size() == 1 && parts.size() == g.inputs.size());
+    const auto& [name, spec] = *g.outputs.begin();
+    Tensor out = Tensor::empty(spec.shape, spec.dtype);
+    std::vector<io::ReadRange> ranges;
+    uint64_t at = 0;
+    for (const std::string& part : parts) {
+      const io::CheckpointEntry entry = checkpoint.entry(part);
+      const io::SafetensorsFile& file = checkpoint.file(*entry.file);
+      const auto nbytes = static_cast<uint64_t>(entry.info->nbytes());
+      ranges.push_back({&file.mapped_file(),
+                        static_cast<uint64_t>(file.data_offset() + entry.info->begin),
+                        static_cast<std::byte*>(out.mutable_data_ptr()) + at, nbytes,
+                        /*populate=*/true});
+      at += nbytes;
     }
-    StateDict outputs = mapper->apply(std::move(inputs));
+    D9D_ASSERT(at == static_cast<uint64_t>(out.nbytes()));
+    io::read_ranges(ranges);
+    StateDict outputs;
+    outputs.emplace(name, std::move(out));
+    return outputs;
+  }
+
+  // The group's outputs, its inputs read as Note [views or copies] says.
+  StateDict apply_group(const GroupPlan& g, bool slices) {
+    StateDict inputs;
+    if (staging != nullptr && !slices) {
+      for (const auto& [name, spec] : g.inputs) {
+        inputs.emplace(name, upload_from_file(*staging, checkpoint, name));
+      }
+      return mapper->apply(std::move(inputs));
+    }
+    if (options.zero_copy && !mapper->moves_data(g.group)) {
+      const Prefetch prefetch = slices           ? Prefetch::kNone
+                                : populate_views ? Prefetch::kPopulate
+                                                 : Prefetch::kReadAhead;
+      for (const auto& [name, spec] : g.inputs) {
+        inputs.emplace(name, releasing_view(checkpoint, name, prefetch));
+      }
+      return mapper->apply(std::move(inputs));
+    }
+    if (const std::vector<std::string> parts = mapper->concatenated_inputs(g.group);
+        !parts.empty() && g.inferred) {
+      return read_concatenated(g, parts);
+    }
+    std::vector<std::string> names;
+    names.reserve(g.inputs.size());
+    for (const auto& [name, spec] : g.inputs) names.push_back(name);
+    return mapper->apply(checkpoint.load(names));
+  }
+
+  StateDict run_group(const GroupPlan& g, bool slices) {
+    StateDict outputs = apply_group(g, slices);
     for (const std::string& name : g.group.outputs) {
       D9D_CHECK(outputs.contains(name), "read_model_state: group ", mapper::to_string(g.group),
                 " did not produce ", name);
@@ -348,19 +405,21 @@ struct ModelStateStream::Impl {
                 TensorSpec::of(it->second).str(), " but its infer() promised ", spec.str());
     }
     for (auto& [name, tensor] : outputs) {
-      if (slices) {
-        if (auto it = distribute_outputs.find(name); it != distribute_outputs.end()) {
+      if (slices) {  // Note [reading what a rank owns]
+        const auto it = distribute_outputs.find(name);
+        if (it != distribute_outputs.end()) {
           const dist::DTensor local =
               dist::distribute_tensor(tensor, it->second->mesh, it->second->placements);
-          read_slice(local.local(), mappings);
-          tensor = local.as_tensor();
-          continue;
+          const auto at = file_bytes_of(checkpoint, local.local());
+          tensor =
+              at ? read_view(local.local(), *at).with_attachment(local.spec()) : local.as_tensor();
+        } else if (const auto at = file_bytes_of(checkpoint, tensor)) {
+          tensor = read_view(tensor, *at);  // not populated: read it now
         }
+        continue;
       }
       if (options.device.is_cuda()) {
         tensor = tensor.to(options.device);  // a no-op unless a mapper made a host tensor
-      } else if (tensor.storage().kind() == StorageKind::kMapped) {
-        fault_in(tensor);
       }
     }
     return outputs;
@@ -470,6 +529,7 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
   }
   // DTensor targets take this rank's slice only (Note [reading what a rank owns]).
   ModelStateStream::Impl& impl = *stream.impl_;
+  impl.populate_views = false;
   for (const auto& [name, tensor] : target) {
     if (auto d = dist::as_dtensor(tensor)) impl.distribute_outputs.emplace(name, d->spec());
   }
@@ -499,6 +559,16 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
                 "load_model_state: the mapper produced ", name, " as ", source->str(),
                 " but the target is ", dest->str());
       dest->local().copy_(source->local());
+    } else if (const auto at = file_bytes_of(impl.checkpoint, tensor)) {
+      // Note [views or copies]: a view of a file is read with pread, straight into a packed host
+      // target.
+      const Tensor& dst = it->second;
+      if (dst.device().is_cpu() && dst.is_contiguous() && tensor.is_contiguous()) {
+        at->file->read(at->offset, {static_cast<std::byte*>(dst.mutable_data_ptr()),
+                                    static_cast<size_t>(dst.nbytes())});
+      } else {
+        dst.copy_(read_view(tensor, *at));
+      }
     } else {
       it->second.copy_(tensor);
     }

@@ -363,6 +363,20 @@ static void test_options(void) {
   BAD_OPTIONS("{\"memory_budget\": \"99999999999999999999\"}", "more than 2^63 - 1 bytes");
   BAD_OPTIONS("{\"memory_budget\": \"-5MiB\"}", "invalid size \"-5MiB\"", "expected a number");
   BAD_OPTIONS("{\"memory_budget\": [1]}", "must be a number of bytes or a size string");
+  BAD_OPTIONS("{\"threads\": 1, \"threads\": 2}", "duplicate key \"threads\"");
+  {
+    /* 100,000 levels deep: an error naming the depth, not a stack overflow. */
+    enum { kDepth = 100000 };
+    char* deep = malloc(2 * kDepth + 32);
+    CHECK(deep != NULL, "malloc");
+    size_t n = (size_t)sprintf(deep, "{\"memory_budget\": ");
+    for (int i = 0; i < kDepth; ++i) deep[n++] = '[';
+    for (int i = 0; i < kDepth; ++i) deep[n++] = ']';
+    deep[n++] = '}';
+    deep[n] = '\0';
+    BAD_OPTIONS(deep, "nested deeper than 64");
+    free(deep);
+  }
   CHECK(s == NULL, "no handle");
 #undef BAD_OPTIONS
   /* Good ones, every form. */

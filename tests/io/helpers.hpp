@@ -1,14 +1,22 @@
 // Test helpers for io: hand-built safetensors files (scratch directories from common/files.hpp).
 #pragma once
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include <doctest/doctest.h>
 
 #include <d9d/io/checkpoint.hpp>
+#include <d9d/io/file.hpp>
 #include <d9d/io/safetensors.hpp>
 
 #include "common/files.hpp"
@@ -65,6 +73,34 @@ inline Tensor patterned(const Shape& shape, DType dtype, int seed = 0) {
   auto* p = static_cast<uint8_t*>(t.mutable_data_ptr());
   for (int64_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<uint8_t>((i * 7 + seed) & 0xFF);
   return t;
+}
+
+// Whether `open_it` (a call that opens `fifo`, a FIFO nobody writes) threw an IoError saying it is
+// a FIFO, at once. An open that waited for a writer would hang the test; a thread opens the FIFO
+// for writing after 5 s to release it, and the time taken fails the check instead.
+template <class F>
+bool refused_at_once(const std::filesystem::path& fifo, F open_it) {
+  using namespace std::chrono;
+  std::atomic<bool> done{false};
+  std::thread release([&] {
+    for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(milliseconds(100));
+    if (done) return;
+    const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    if (fd >= 0) ::close(fd);
+  });
+  const auto start = steady_clock::now();
+  std::string message;
+  try {
+    open_it();
+  } catch (const IoError& e) {
+    message = e.what();
+  }
+  done = true;
+  release.join();
+  INFO("message: ", message);
+  CHECK(message.find("not a regular file (a FIFO)") != std::string::npos);
+  CHECK(message.find(fifo.filename().string()) != std::string::npos);
+  return steady_clock::now() - start < seconds(3);
 }
 
 inline std::string bytes_of(const Tensor& t) {

@@ -164,6 +164,46 @@ TEST_CASE("an indexed tensor missing from its shard is an error naming both") {
       FormatError);
 }
 
+TEST_CASE("a tensor in two shards is an error naming both files") {
+  Sharded s;
+  // Shard 2 holds "a" too; the index still says shard 1.
+  save_safetensors(s.dir / shard_file_name(1, 2),
+                   {{"a", s.tensors.at("a")}, {"c", s.tensors.at("c")}});
+  CHECK_THROWS_WITH_AS(Checkpoint::open(s.dir.path()),
+                       doctest::Contains("tensor \"a\" is in two shards, "
+                                         "\"model-00001-of-00002.safetensors\" and "
+                                         "\"model-00002-of-00002.safetensors\""),
+                       FormatError);
+}
+
+TEST_CASE("a tensor a shard holds but the index does not list is left out and named") {
+  Sharded s;
+  SafetensorsIndex index = SafetensorsIndex::read(s.dir / kIndexFileName);
+  index.weight_map.erase("b");
+  index.write(s.dir / kIndexFileName);
+  const Checkpoint ckpt = Checkpoint::open(s.dir.path());
+  CHECK(ckpt.keys() == std::vector<std::string>{"a", "c"});
+  CHECK_FALSE(ckpt.contains("b"));
+  CHECK(ckpt.unlisted_tensors() ==
+        std::map<std::string, std::string>{{"b", "model-00001-of-00002.safetensors"}});
+  CHECK(Checkpoint::open(s.dir / shard_file_name(0, 2)).unlisted_tensors().empty());  // no index
+}
+
+TEST_CASE("a FIFO in place of the index or of a shard is refused at once") {
+  {
+    Sharded s;
+    std::filesystem::remove(s.dir / kIndexFileName);
+    REQUIRE(::mkfifo((s.dir / kIndexFileName).c_str(), 0600) == 0);
+    CHECK(refused_at_once(s.dir / kIndexFileName, [&] { Checkpoint::open(s.dir.path()); }));
+  }
+  {
+    Sharded s;
+    std::filesystem::remove(s.dir / shard_file_name(1, 2));
+    REQUIRE(::mkfifo((s.dir / shard_file_name(1, 2)).c_str(), 0600) == 0);
+    CHECK(refused_at_once(s.dir / shard_file_name(1, 2), [&] { Checkpoint::open(s.dir.path()); }));
+  }
+}
+
 TEST_CASE("an index naming a path outside the directory is rejected before any file is opened") {
   Sharded s;
   write_file(s.dir / kIndexFileName, R"({"weight_map":{"a":"../../etc/passwd"}})");

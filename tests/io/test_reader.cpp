@@ -60,6 +60,28 @@ TEST_CASE("MappedFile reports missing files and directories as IoError naming th
                        IoError);
 }
 
+TEST_CASE("a FIFO is refused at once, naming it, not waited on for a writer") {
+  TempDir dir;
+  REQUIRE(::mkfifo((dir / "f.safetensors").c_str(), 0600) == 0);
+  CHECK(refused_at_once(dir / "f.safetensors", [&] { MappedFile::open(dir / "f.safetensors"); }));
+  CHECK(refused_at_once(dir / "f.safetensors",
+                        [&] { SafetensorsFile::open(dir / "f.safetensors"); }));
+  CHECK(refused_at_once(dir / "f.safetensors", [&] { read_regular_file(dir / "f.safetensors"); }));
+  CHECK_THROWS_WITH_AS(read_regular_file(dir.path()), doctest::Contains("(a directory)"), IoError);
+}
+
+TEST_CASE("read_regular_file reads a whole file, larger than its buffer too") {
+  TempDir dir;
+  std::string text(200'000, '\0');
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>(i * 13 % 256);
+  write_file(dir / "t", text);
+  CHECK(read_regular_file(dir / "t") == text);
+  write_file(dir / "e", "");
+  CHECK(read_regular_file(dir / "e").empty());
+  CHECK_THROWS_WITH_AS(read_regular_file(dir / "missing"), doctest::Contains("No such file"),
+                       IoError);
+}
+
 TEST_CASE("an empty file or a short file is a FormatError from SafetensorsFile::open") {
   TempDir dir;
   write_file(dir / "e.safetensors", "");
@@ -230,6 +252,57 @@ TEST_CASE("read_ranges reports a file truncated after it was opened") {
   const SafetensorsFile f = SafetensorsFile::open(dir / "t.safetensors");
   std::filesystem::resize_file(dir / "t.safetensors", 100);
   CHECK_THROWS_WITH_AS(f.load("a"), doctest::Contains("unexpected end of file"), IoError);
+}
+
+// Checks that `text` contains `part`, showing `text` otherwise.
+#define CHECK_CONTAINS(text, part)                \
+  do {                                            \
+    const std::string text_ = (text);             \
+    INFO("message: ", text_);                     \
+    CHECK(text_.find(part) != std::string::npos); \
+  } while (0)
+
+// The message of the IoError `fn` throws; "" when it throws none.
+template <class F>
+std::string io_error_of(F fn) {
+  try {
+    fn();
+  } catch (const IoError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Note [truncated files]: every way d9d reads a file cut short under it is an IoError naming it.
+TEST_CASE("a file cut short after it was opened is an IoError naming it, never SIGBUS") {
+  TempDir dir;
+  const auto path = dir / "t.safetensors";
+  save_safetensors(path,
+                   {{"a", patterned({1 << 20}, DType::U8)}, {"b", patterned({4}, DType::U8)}});
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  const Tensor view = f.tensor("a");  // taken before: the caller's, under the mmap contract
+  std::filesystem::resize_file(path, 4096);
+  const std::string shrunk = "t.safetensors, which is now 4096 bytes long but had";
+  // No view of bytes that are gone is handed out.
+  CHECK_CONTAINS(io_error_of([&] { f.tensor("a"); }), shrunk);
+  CHECK_CONTAINS(io_error_of([&] { f.tensor("b"); }), shrunk);
+  // Copies read with pread: a new tensor, a strided destination.
+  CHECK_CONTAINS(io_error_of([&] { f.load("a"); }), "unexpected end of file");
+  Tensor wide = Tensor::zeros({1 << 20, 2}, DType::U8);
+  CHECK_CONTAINS(io_error_of([&] { f.read_into("a", wide.select(1, 0)); }), "t.safetensors");
+  CHECK_CONTAINS(io_error_of([&] { f.mapped_file().check_size(); }), shrunk);
+  // Page-table entries of the lost pages: MADV_POPULATE_READ fails where a touch would SIGBUS.
+  CHECK_CONTAINS(io_error_of([&] { f.mapped_file().populate(0, f.mapped_file().size()); }), shrunk);
+  // A view written to another file goes through pwrite, which the kernel answers with EFAULT:
+  // the error names the file the bytes were a view of.
+  const std::string written = io_error_of([&] {
+    save_safetensors(dir / "o.safetensors", {{"a", view}});
+  });
+  CHECK_CONTAINS(written, "the bytes to write are a view of " + path.string());
+  CHECK_CONTAINS(written, "(byte 4096), which is now 4096 bytes long");
+  CHECK(dir.list() == std::vector<std::string>{"t.safetensors"});  // no output, no temporary
+  CHECK(MappedFile::describe_source(view.data_ptr()).value().rfind(path.string(), 0) == 0);
+  CHECK_FALSE(MappedFile::describe_source(wide.data_ptr()).has_value());
 }
 
 TEST_CASE("a header not in offset order is listed in file order and looked up by name") {

@@ -31,14 +31,27 @@ TEST_CASE("rule 1: files of 0 to 7 bytes are rejected") {
 }
 
 TEST_CASE("rule 2: a header length past 100,000,000 is rejected, 100,000,000 itself is not") {
-  CHECK_REJECTED(le64(100'000'001) + "{}", "rule 2", "100000001");
-  CHECK_REJECTED(le64(std::numeric_limits<uint64_t>::max()) + "{}", "rule 2",
-                 "18446744073709551615");
+  CHECK_REJECTED(le64(100'000'001) + "{}", "rule 2",
+                 "not a safetensors file: its first 8 bytes are not a plausible header length");
+  CHECK_REJECTED(le64(std::numeric_limits<uint64_t>::max()) + "{}", "rule 2", "plausible");
   CHECK_REJECTED(le64(uint64_t{1} << 63) + "{}", "rule 2");
   // Exactly the limit: a header of "{}" padded with spaces to 100,000,000 bytes is valid.
   std::string big = le64(100'000'000) + "{}";
   big.resize(8 + 100'000'000, ' ');
   CHECK(rejection(big).empty());
+}
+
+TEST_CASE("rule 2: an implausible header length is not echoed (it is 8 bytes of the file)") {
+  // A secret, or /etc/passwd, where a shard was expected: the number read back would be its text.
+  for (const std::string text : {"s3cr3t-k3y and the rest of the file", "root:x:0:0:root:/root"}) {
+    CAPTURE(text);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(text[static_cast<size_t>(i)]);
+    const std::string msg = rejection(text);
+    CHECK(msg.find("rule 2") != std::string::npos);
+    CHECK(msg.find(std::to_string(n)) == std::string::npos);
+    CHECK(msg.find(text.substr(0, 4)) == std::string::npos);
+  }
 }
 
 TEST_CASE("rule 3: a header that does not fit in the file is rejected") {
@@ -49,7 +62,7 @@ TEST_CASE("rule 3: a header that does not fit in the file is rejected") {
   CHECK_REJECTED(past, "rule 3", "do not fit");
   std::string way_past = file;
   way_past.replace(0, 8, le64(100'000'000));
-  CHECK_REJECTED(way_past, "rule 3");
+  CHECK_REJECTED(way_past, "rule 3", "100000000 bytes of header");  // plausible: shown
   CHECK_REJECTED(le64(1), "rule 3");
 }
 
@@ -224,8 +237,9 @@ TEST_CASE("rule 10: shape is a list of non-negative integers") {
   CHECK_REJECTED(with_shape("[[2]]"), "rule 10");
   CHECK_REJECTED(with_shape("[2,]"), "rule 10", "']', not an integer");  // trailing comma
   CHECK_REJECTED(with_shape("2"), "rule 10", "not a list");
-  // 2^63 - 1 is an integer the format allows; its byte size then overflows (rule 12).
-  CHECK_REJECTED(with_shape("[9223372036854775807]"), "rule 12");
+  // 2^63 - 1 is a size the format allows: U8 of that many elements is 2^63 - 1 bytes, which
+  // these data_offsets do not hold (rule 12).
+  CHECK_REJECTED(with_shape("[9223372036854775807]"), "rule 12", "needs 9223372036854775807 bytes");
 }
 
 TEST_CASE("rule 11: data_offsets is two non-negative integers, begin <= end") {
@@ -247,9 +261,21 @@ TEST_CASE("rule 12: the byte size of dtype and shape equals the range") {
   CHECK_REJECTED(image(entry(R"({"dtype":"F32","shape":[2,2],"data_offsets":[0,12]})"), 12),
                  "rule 12", "tensor \"a\"", "F32 [2, 2] needs 16 bytes", "[0, 12] hold 12");
   CHECK_REJECTED(image(entry(R"({"dtype":"F4","shape":[3],"data_offsets":[0,1]})"), 1), "rule 12",
-                 "12 bits, not a whole number of bytes");
+                 "3 elements of 4 bits, not a whole number of bytes");
   CHECK_REJECTED(image(entry(R"({"dtype":"F6_E2M3","shape":[5],"data_offsets":[0,4]})"), 4),
-                 "rule 12", "30 bits");
+                 "rule 12", "5 elements of 6 bits");
+  // Byte sizes up to 2^63 - 1 are sizes, even where the bit count passes 2^64: U8 and F4 below
+  // are 2^63 - 1 and 2^62 bytes (data_offsets that small do not hold them), one element more is
+  // past the limit.
+  CHECK_REJECTED(
+      image(entry(R"({"dtype":"U8","shape":[9223372036854775807],"data_offsets":[0,8]})"), 8),
+      "rule 12", "needs 9223372036854775807 bytes");
+  CHECK_REJECTED(
+      image(entry(R"({"dtype":"F4","shape":[4611686018427387904,2],"data_offsets":[0,8]})"), 8),
+      "rule 12", "needs 4611686018427387904 bytes");
+  CHECK_REJECTED(
+      image(entry(R"({"dtype":"U8","shape":[4611686018427387904,2],"data_offsets":[0,8]})"), 8),
+      "rule 12", "past 2^63 - 1");
   CHECK_REJECTED(
       image(entry(R"({"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]})"), 8),
       "rule 12", "past 2^63 - 1");

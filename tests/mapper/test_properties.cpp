@@ -173,6 +173,118 @@ TEST_CASE("infer agrees with apply on random shapes, dims and counts, valid or n
   CHECK(invalid > 300);
 }
 
+// moves_data() false is a promise the streamed reader builds on (Note [views or copies] in
+// reader.cpp): for contiguous inputs every output is a contiguous view of an input's bytes.
+bool outputs_are_views(const ModelStateMapper& m, const StateGroup& g, const StateDict& in) {
+  StateDict group;
+  for (const auto& k : g.inputs) group.emplace(k, in.at(k));
+  for (const auto& [name, out] : m.apply(group)) {
+    const bool of_an_input = std::any_of(in.begin(), in.end(), [&](const auto& entry) {
+      return out.storage().data() == entry.second.storage().data();
+    });
+    if (!out.is_contiguous() || !of_an_input) return false;
+  }
+  return true;
+}
+
+TEST_CASE("moves_data() false only where apply() makes contiguous views of its inputs") {
+  int views = 0, moving = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    Case c = random_case(trial % kOps);
+    if (outcome_of([&] { apply_all(*c.mapper, c.inputs); }) != Outcome::kOk) continue;
+    // Alone, and as a stage after a rename (a sequential's net group) inside a prefix scope.
+    StateDict renamed;
+    for (const auto& [k, v] : c.inputs) renamed.emplace("in." + k, v);
+    std::vector<MapperPtr> before;
+    for (const auto& [k, v] : c.inputs) before.push_back(rename_tensor("in." + k, k));
+    const MapperPtr chained = prefix_scope(sequential({parallel(before), c.mapper}), "m.", "o.");
+    StateDict scoped;
+    for (const auto& [k, v] : renamed) scoped.emplace("m." + k, v);
+    for (const auto& [m, in] : {std::pair{c.mapper, c.inputs}, std::pair{chained, scoped}}) {
+      for (const StateGroup& g : m->state_dependency_groups()) {
+        INFO("trial ", trial, ": ", m->describe());
+        if (m->moves_data(g)) {
+          ++moving;
+        } else {
+          ++views;
+          CHECK(outputs_are_views(*m, g, in));
+        }
+      }
+    }
+  }
+  CHECK(views > 500);  // identity-like ops, chunks along dim 0, casts to the same dtype
+  CHECK(moving > 500);
+}
+
+// concatenated_inputs() lets the reader skip apply() and read the inputs straight into the output:
+// what it names must be exactly apply()'s bytes.
+TEST_CASE("concatenated_inputs() names inputs whose bytes end to end are apply()'s one output") {
+  int concatenations = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    Case c = random_case(6 + trial % 2);  // stack and cat, any dim
+    if (outcome_of([&] { apply_all(*c.mapper, c.inputs); }) != Outcome::kOk) continue;
+    const MapperPtr scoped = prefix_scope(parallel({c.mapper, rename_tensor("x", "y")}), "m.", "o.");
+    StateDict in;
+    for (const auto& [k, v] : c.inputs) in.emplace("m." + k, v);
+    for (const auto& [m, inputs] : {std::pair{c.mapper, c.inputs}, std::pair{scoped, in}}) {
+      const StateGroup& g = *m->state_dependency_groups().begin();
+      const std::vector<std::string> parts = m->concatenated_inputs(g);
+      if (parts.empty()) continue;
+      INFO("trial ", trial, ": ", m->describe());
+      ++concatenations;
+      REQUIRE(std::set<std::string>(parts.begin(), parts.end()) == g.inputs);
+      StateDict group;
+      for (const auto& k : g.inputs) group.emplace(k, inputs.at(k));
+      const StateDict out = m->apply(group);
+      REQUIRE(out.size() == 1);
+      std::string bytes;
+      for (const auto& part : parts) {
+        const Tensor& t = inputs.at(part);
+        bytes.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.nbytes()));
+      }
+      const Tensor& result = out.begin()->second;
+      CHECK(std::string(static_cast<const char*>(result.data_ptr()),
+                        static_cast<size_t>(result.nbytes())) == bytes);
+    }
+  }
+  CHECK(concatenations > 300);
+  CHECK(concatenate_tensors({"a", "b"}, "w", 1)->concatenated_inputs(group({"a", "b"}, {"w"})).empty());
+  CHECK(sequential({rename_tensor("a", "b"), stack_tensors({"b", "c"}, "w", 0)})
+            ->concatenated_inputs(group({"a", "c"}, {"w"}))
+            .empty());  // a chain: not said (the safe answer)
+  CHECK(identity("w")->concatenated_inputs(group({"w"}, {"w"})).empty());
+}
+
+TEST_CASE("moves_data() of each op and of compositions") {
+  const StateGroup one{{"w"}, {"w"}};
+  for (const MapperPtr& m : {identity("w"), rename_tensor("w", "w"), squeeze("w"),
+                             unsqueeze("w", 0), reshape("w", {-1})}) {
+    CHECK_FALSE(m->moves_data(*m->state_dependency_groups().begin()));
+  }
+  for (const MapperPtr& m : {transpose("w", 0, 1), permute("w", {1, 0}), cast("w", DType::F32),
+                             stack_tensors({"a", "b"}, "w", 0), concatenate_tensors({"a"}, "w", 0),
+                             chunk_tensors("w", {"a"}, 1)}) {
+    INFO(m->describe());
+    CHECK(m->moves_data(*m->state_dependency_groups().begin()));
+  }
+  CHECK_FALSE(chunk_tensors("w", {"a", "b"}, 0)->moves_data(group({"w"}, {"a", "b"})));
+  CHECK_FALSE(select_child_modules({"w"}, "p")->moves_data(group({"p.w"}, {"w"})));
+  // A cast to the dtype it is known to come from returns the tensor itself.
+  CHECK_FALSE(cast("w", DType::F32)->inverse({{"w", {DType::F32, {2}}}})->moves_data(one));
+  // Compositions: the group moves data when one of its parts does.
+  const MapperPtr p = parallel({rename_tensor("a", "x"), concatenate_tensors({"b", "c"}, "y", 0)});
+  CHECK_FALSE(p->moves_data(group({"a"}, {"x"})));
+  CHECK(p->moves_data(group({"b", "c"}, {"y"})));
+  CHECK(p->moves_data(group({"zz"}, {"x"})));  // not a group of it: the safe answer
+  const MapperPtr s1 = sequential({rename_tensor("w", "v"), reshape("v", {-1})});
+  CHECK_FALSE(s1->moves_data(group({"w"}, {"v"})));
+  const MapperPtr s2 = sequential({transpose("w", 0, 1), reshape("w", {-1})});
+  CHECK(s2->moves_data(group({"w"}, {"w"})));
+  CHECK_FALSE(shard(p, 2, 0)->moves_data(group({"a"}, {"x"})));
+  CHECK_FALSE(prefix_scope(p, "m.", "o.")->moves_data(group({"m.a"}, {"o.x"})));
+  CHECK(prefix_scope(p, "m.", "o.")->moves_data(group({"m.b", "m.c"}, {"o.y"})));
+}
+
 TEST_CASE("data-moving ops give contiguous outputs equal to core's ops") {
   for (int trial = 0; trial < 300; ++trial) {
     Shape shape = random_shape(2, 4, 5);

@@ -18,11 +18,13 @@
 // Other top-level keys are ignored, as transformers ignores them.
 //
 // Checkpoint::open then maps and validates every shard the index names (every rule of
-// safetensors.hpp) and checks that each indexed tensor is in the shard the index names.
-// Tensors a shard holds but the index does not name are not part of the checkpoint (transformers
-// ignores them too). total_size is not compared with the shards: writers disagree on it
-// (huggingface_hub counts a storage shared by several tensors once), so it is reported, not
-// enforced.
+// safetensors.hpp) and checks that each indexed tensor is in the shard the index names, and that
+// no tensor is in two shards (which copy is meant cannot be told; FormatError naming both).
+// Tensors a shard holds but the index does not list are not part of the checkpoint (transformers
+// leaves them out too); unlisted_tensors() names them, for the caller to report (the d9d CLI
+// warns, and refuses them under a spec's "unmatched": "error"). total_size is not compared with
+// the shards: writers disagree on it (huggingface_hub counts a storage shared by several tensors
+// once), so it is reported, not enforced.
 #pragma once
 
 #include <cstdint>
@@ -107,6 +109,9 @@ class Checkpoint {
   const SafetensorsFile& file(std::string_view file_name) const;
   // Sum of every tensor's bytes.
   int64_t total_bytes() const;
+  // Tensors the shards hold that the index does not list (so not in keys()), each with its
+  // shard's file name; empty without an index.
+  const std::map<std::string, std::string>& unlisted_tensors() const;
 
   Tensor tensor(std::string_view name) const;  // zero-copy view (SafetensorsFile::tensor)
   Tensor load(std::string_view name) const;    // owned copy (SafetensorsFile::load)

@@ -47,11 +47,22 @@ class FileDescriptor {
   int fd_ = -1;
 };
 
+// Opens `path` read-only, refusing anything but a regular file: a FIFO would block the open (or the
+// first read) forever, a device or directory fail later and less clearly. The open is
+// non-blocking and the descriptor is made blocking again once fstat has said what it is. Throws
+// IoError "open <path>: ..." ("...: not a regular file (a FIFO)").
+FileDescriptor open_regular_file(const std::filesystem::path& path);
+// The whole regular file at `path` (open_regular_file, then pread to its end): for small files
+// read once (an index, a spec, a conversion record). Throws IoError.
+std::string read_regular_file(const std::filesystem::path& path);
+
 // Reads exactly `size` bytes at `offset` (retrying short reads and EINTR); throws IoError on an
 // error or on end of file before `size` bytes. `path` names the file in errors.
 void pread_all(int fd, uint64_t offset, std::byte* dst, size_t size,
                const std::filesystem::path& path);
-// Writes exactly `size` bytes at `offset`; throws IoError (ENOSPC, EFBIG, EIO, ...).
+// Writes exactly `size` bytes at `offset`; throws IoError (ENOSPC, EFBIG, EIO, ...). When `src`
+// is a view of a mapped file that shrank under it (EFAULT: the system refused to read the bytes;
+// Note [truncated files] in mapped_file.hpp), the error names that file.
 void pwrite_all(int fd, uint64_t offset, const std::byte* src, size_t size,
                 const std::filesystem::path& path);
 // fsyncs the directory that holds `path`, so that a rename into it is durable.

@@ -21,7 +21,10 @@
 // rule: `model.safetensors: tensor "w": ... (rule 12: ...)`.
 //
 //   1. The file holds at least the 8 bytes of N.
-//   2. N <= 100,000,000 (the reference's limit; this also keeps 8 + N from overflowing).
+//   2. N <= 100,000,000 (the reference's limit; this also keeps 8 + N from overflowing). A
+//      larger N is not a length anyone wrote but 8 bytes of some other file (a text file, a
+//      key), so the error does not show it: "its first 8 bytes are not a plausible header
+//      length". A plausible N that passes the end of the file (rule 3) is shown.
 //   3. 8 + N <= the file size: the header lies inside the file.
 //   4. The header is valid UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF.
 //   5. The header is exactly one RFC 8259 JSON object: it begins with '{' at its first byte and
@@ -35,12 +38,22 @@
 //  10. "shape" is an array of integers in [0, 2^63 - 1], written as JSON integers: no sign, no
 //      fraction, no exponent ("1.0", "-1", "1e3" and 2^64 are rejected). [] is a scalar.
 //  11. "data_offsets" is an array of exactly two such integers, BEGIN <= END.
-//  12. The byte size numel * bits / 8 is computed with overflow checks, must be a whole number of
-//      bytes, and must equal END - BEGIN.
+//  12. The byte size numel * bits / 8 is computed with overflow checks (numel as the reference's
+//      checked product, the size itself exactly: a U8 tensor of 2^63 - 1 elements is 2^63 - 1
+//      bytes), must be a whole number of bytes, and must equal END - BEGIN.
 //  13. Sorted by (BEGIN, END), the ranges tile the data section: the first begins at 0, each one
 //      begins where the previous one ended (no gap, no overlap, no two tensors on the same bytes),
 //      and the last ends exactly at the end of the file (no trailing bytes). Zero-size tensors
 //      (BEGIN == END, a 0 in the shape) and scalars are valid.
+//
+// FILES. SafetensorsFile::open maps a regular file only: a FIFO, a device or a directory is an
+// IoError (never waited on: a FIFO nobody writes would block forever). Symbolic links are
+// followed wherever they point, inside the checkpoint directory or not: the Hugging Face hub's
+// cache is built of them (each snapshot's files link to blobs in another directory), so a reader
+// that refused them would refuse every downloaded model; index rule 3 (checkpoint.hpp) keeps the
+// index's file names inside the directory, and what a link there points to is the choice of
+// whoever made the link. The header is read with pread; tensors are views of the mapping (Note
+// [truncated files] in mapped_file.hpp says what happens when the file shrinks under them).
 //
 // WHERE D9D IS STRICTER than the reference (safetensors 0.8, checked by tests/io/differential.py):
 // whitespace before the opening '{' (rule 5), duplicate keys (rule 6), "__metadata__": null

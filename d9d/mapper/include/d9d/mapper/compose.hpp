@@ -44,6 +44,8 @@ class ParallelMapper final : public ModelStateMapper {
   explicit ParallelMapper(std::vector<MapperPtr> mappers);
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  bool moves_data(const StateGroup& group) const override;
+  std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
   std::string describe() const override;
   const std::vector<MapperPtr>& mappers() const { return mappers_; }
 
@@ -57,6 +59,9 @@ class ParallelMapper final : public ModelStateMapper {
   };
   template <class Dict, class Call>
   Dict run(Dict group, Call call) const;
+  // The route of the group with input `key` (nullopt: of the group without inputs); nullptr if
+  // there is none. Callers check that the group's inputs are exactly theirs.
+  const Route* find_route(std::optional<std::string_view> key) const;
 
   std::vector<MapperPtr> mappers_;
   // Input key -> its group (inputs never collide, so any one key of a group finds it); a group
@@ -71,6 +76,7 @@ class SequentialMapper final : public ModelStateMapper {
   ~SequentialMapper() override;
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  bool moves_data(const StateGroup& group) const override;
   std::string describe() const override;
   const std::vector<MapperPtr>& stages() const { return stages_; }
 
@@ -81,6 +87,9 @@ class SequentialMapper final : public ModelStateMapper {
   struct Plan;  // the stage-by-stage execution plan of every net group (sequential.cpp)
   template <class Dict, class Call>
   Dict run(Dict group, Call call) const;
+  // The net group with input `key` (nullopt: the one without inputs), if there is one. Callers
+  // check that its inputs are exactly theirs.
+  std::optional<uint32_t> find_net(std::optional<std::string_view> key) const;
 
   std::vector<MapperPtr> stages_;
   std::unique_ptr<const Plan> plan_;
@@ -92,6 +101,8 @@ class ShardMapper final : public ModelStateMapper {
   // Takes exactly the inputs of one of this shard's groups.
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  bool moves_data(const StateGroup& group) const override;
+  std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
   std::string describe() const override;
 
  protected:
@@ -113,6 +124,8 @@ class PrefixScopeMapper final : public ModelStateMapper {
   PrefixScopeMapper(MapperPtr mapper, std::string source_prefix, std::string target_prefix);
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  bool moves_data(const StateGroup& group) const override;
+  std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
   std::string describe() const override;
 
  protected:
@@ -121,6 +134,9 @@ class PrefixScopeMapper final : public ModelStateMapper {
  private:
   template <class Dict, class Call>
   Dict run(Dict group, Call call) const;
+  // The inner mapper's group for one of this mapper's groups (nullopt for keys without the
+  // prefixes).
+  std::optional<StateGroup> unscoped(const StateGroup& group) const;
 
   MapperPtr mapper_;
   std::string source_prefix_, target_prefix_;

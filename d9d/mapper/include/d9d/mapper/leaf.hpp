@@ -106,6 +106,7 @@ class IdentityMapper final : public SingleTensorMapper {
  public:
   explicit IdentityMapper(std::string name);
   std::string describe() const override;
+  bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -118,6 +119,7 @@ class RenameTensorMapper final : public SingleTensorMapper {
  public:
   RenameTensorMapper(std::string from, std::string to);
   std::string describe() const override;
+  bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -163,6 +165,7 @@ class SqueezeMapper final : public SingleTensorMapper {
   SqueezeMapper(std::string source, std::string target, std::optional<int64_t> dim,
                 bool require_size_one = false);
   std::string describe() const override;
+  bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -178,6 +181,7 @@ class UnsqueezeMapper final : public SingleTensorMapper {
  public:
   UnsqueezeMapper(std::string source, std::string target, int64_t dim);
   std::string describe() const override;
+  bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -195,6 +199,7 @@ class ReshapeMapper final : public SingleTensorMapper {
   ReshapeMapper(std::string source, std::string target, Shape shape,
                 std::optional<Shape> input_shape = std::nullopt);
   std::string describe() const override;
+  bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -212,6 +217,8 @@ class CastMapper final : public SingleTensorMapper {
   CastMapper(std::string source, std::string target, DType dtype,
              std::optional<DType> input_dtype = std::nullopt);
   std::string describe() const override;
+  // To its own dtype, to() returns the tensor itself.
+  bool moves_data(const StateGroup&) const override { return input_dtype_ != dtype_; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -232,6 +239,7 @@ class DistributeMapper final : public SingleTensorMapper {
   DistributeMapper(std::string name, dist::DeviceMesh mesh,
                    std::vector<dist::Placement> placements);
   std::string describe() const override;
+  bool moves_data(const StateGroup&) const override { return false; }
   const dist::DeviceMesh& device_mesh() const { return mesh_; }
   const std::vector<dist::Placement>& placements() const { return placements_; }
 
@@ -264,6 +272,7 @@ class SelectChildModulesMapper final : public ModelStateMapper {
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
   std::string describe() const override;
+  bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
   // Throws NotInvertibleError: a selection out of a parent module has no inverse.
@@ -279,6 +288,11 @@ class ManyToOneMapper : public ModelStateMapper {
  public:
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
+  // Along dim 0, the output's bytes are the inputs' bytes in order (legacy empty parts of a cat
+  // are 0 bytes).
+  std::vector<std::string> concatenated_inputs(const StateGroup&) const final {
+    return dim_ == 0 ? sources_ : std::vector<std::string>{};
+  }
   const std::vector<std::string>& sources() const { return sources_; }
   const std::string& target() const { return target_; }
   int64_t dim() const { return dim_; }
@@ -302,6 +316,8 @@ class OneToManyMapper : public ModelStateMapper {
  public:
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
+  // Pieces along dim 0 of a contiguous tensor are contiguous views; along another dim, copies.
+  bool moves_data(const StateGroup&) const final { return dim_ != 0; }
   const std::string& source() const { return source_; }
   const std::vector<std::string>& targets() const { return targets_; }
   int64_t dim() const { return dim_; }

@@ -17,6 +17,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <d9d/error.hpp>
 #include <d9d/mapper/state_group.hpp>
@@ -59,6 +60,19 @@ class ModelStateMapper {
   // apply() would raise for them (mismatched shapes, bad dims, too many chunks) are raised here.
   // The default throws NotInferableError.
   virtual SpecDict infer(const SpecDict& group) const;
+
+  // Whether apply() of `group` (one of state_dependency_groups()) reads the bytes of its inputs:
+  // copies, joins, casts. False promises that, given contiguous inputs (tensors as a file holds
+  // them), apply() reads no byte and returns each output as a contiguous view of an input
+  // (identity, rename, reshape, squeeze, chunks along dim 0). The streamed reader hands such
+  // groups views of the files and reads the inputs of every other group into memory first (Note
+  // [truncated files] in <d9d/io/mapped_file.hpp>). The default, true, is always safe.
+  virtual bool moves_data(const StateGroup& group) const;
+  // When apply() of `group` makes its one output by laying the bytes of its inputs end to end
+  // (concatenate_tensors and stack_tensors along dim 0, for contiguous inputs), those inputs in
+  // that order; empty otherwise (the default). The streamed reader then reads the inputs from the
+  // files straight into the output instead of applying the group: the read is the op's copy.
+  virtual std::vector<std::string> concatenated_inputs(const StateGroup& group) const;
 
   // The mapper that undoes this one: sequential({m, m->inverse()}) passes every group's data
   // through unchanged. `input_specs` are the specs of this mapper's inputs (extra keys are

@@ -47,11 +47,23 @@ struct Sidecar {
 };
 
 std::string sidecar_json(const Sidecar& sidecar);
-// Parses and checks a sidecar; `name` is used in error messages (ValueError).
+// Parses and checks a sidecar; `name` is used in error messages (ValueError). Strict and bounded
+// as a spec is (mapper::parse_json: no key twice, at most 64 levels deep), every value from it
+// shown cut short (json_excerpt): the record travels with a checkpoint, so it is input like any
+// other.
 Sidecar parse_sidecar(std::string_view json, std::string_view name);
 
 // The directory of a checkpoint path (a directory, an index file or a .safetensors file).
 std::filesystem::path checkpoint_dir(const std::filesystem::path& path);
+
+// Note [unlisted tensors]: tensors a checkpoint's shards hold that its index does not list are not
+// part of the checkpoint (io::Checkpoint::unlisted_tensors; transformers leaves them out too).
+// The d9d CLI says so on standard error, naming them, in every command that reads a checkpoint;
+// a forward conversion whose spec says "unmatched": "error" refuses them.
+//
+// "N tensors in the shards of DIR are not in its index and left out: a (in FILE), ..." (the first
+// 10); "" when there are none.
+std::string unlisted_note(const io::Checkpoint& checkpoint);
 
 // A mapper for a checkpoint, with what the spec expansion reported.
 struct Conversion {
@@ -59,11 +71,13 @@ struct Conversion {
   mapper::SpecMapping mapping;  // of the forward spec (for a reverse: of the original keys)
   Sidecar sidecar;              // what a conversion records (forward) or what it read (reverse)
   bool reverse = false;
+  std::string unlisted;  // forward: unlisted_note() of the source, for the caller to report
 };
 
 // The forward conversion of the checkpoint `src` through the spec `spec_text`; `spec_origin`
 // names the spec in errors and in the sidecar. Throws ValueError for a malformed spec (the
-// SpecError's message after the origin) and for a spec that does not fit the checkpoint's keys.
+// SpecError's message after the origin), for a spec that does not fit the checkpoint's keys, and
+// for unlisted tensors under "unmatched": "error" (Note [unlisted tensors]).
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
                               std::string spec_origin);
 

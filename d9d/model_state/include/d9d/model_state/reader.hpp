@@ -54,6 +54,13 @@ struct ReadOptions {
   // Bytes of groups being read or waiting for the consumer (see Note [read-ahead budget]). The
   // d9d CLI's --memory-budget defaults to this.
   int64_t memory_budget = int64_t{512} << 20;
+  // Groups whose mapper only makes views (identity, rename, reshape, ...: moves_data() false)
+  // hand their outputs out as zero-copy views of the files (Note [views or copies] in
+  // reader.cpp); code that reads such a view through its pointer meets SIGBUS if the file is cut
+  // short meanwhile, as with any mmap. False reads every group's inputs into memory with pread
+  // first (a copy of those bytes more; a file cut short is then an IoError naming it), for a
+  // consumer that reads every byte itself (d9d verify).
+  bool zero_copy = true;
   // A progress bar on standard error (a ProgressBar: drawn only on a terminal).
   bool show_progress = true;
   std::string label = "Loading Model States";
