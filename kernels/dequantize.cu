@@ -10,8 +10,8 @@ namespace {
 template <QuantFormat kFormat, class D, GlobalScaleMode kMode>
 __global__ void __launch_bounds__(kDequantThreads) dequantize_kernel(const DequantArgs args) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * kDequantThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kDequantThreads + threadIdx.x;
-       i < args.items; i += step) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kDequantThreads + threadIdx.x; i < args.items;
+       i += step) {
     dequantize_item<kFormat, D, kMode>(args, i);
   }
 }
@@ -52,10 +52,14 @@ cudaError_t launch_dequantize(const DequantArgs& args, cudaStream_t stream) {
     return cudaErrorMisalignedAddress;
   }
   switch (args.out_dtype) {
-    case DType::BF16: return launch_for<d9d::numerics::BF16T>(args, stream);
-    case DType::F16: return launch_for<d9d::numerics::F16T>(args, stream);
-    case DType::F32: return launch_for<float>(args, stream);
-    default: return cudaErrorInvalidValue;
+    case DType::BF16:
+      return launch_for<d9d::numerics::BF16T>(args, stream);
+    case DType::F16:
+      return launch_for<d9d::numerics::F16T>(args, stream);
+    case DType::F32:
+      return launch_for<float>(args, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 

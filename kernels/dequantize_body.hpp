@@ -33,9 +33,9 @@ struct DequantArgs {
   DType out_dtype = DType::BF16;
   GlobalScaleMode mode = GlobalScaleMode::kMultiply;
   numerics::DequantLayout layout;
-  const std::byte* source = nullptr;      // FP8 codes, or bytes of two FP4 codes (low nibble first)
-  const std::byte* scale = nullptr;       // F32 (fp8 formats), E8M0 codes (mxfp4), E4M3 (nvfp4)
-  const float* global_scale = nullptr;    // nvfp4: one per layout.global_rows rows; null: 1
+  const std::byte* source = nullptr;    // FP8 codes, or bytes of two FP4 codes (low nibble first)
+  const std::byte* scale = nullptr;     // F32 (fp8 formats), E8M0 codes (mxfp4), E4M3 (nvfp4)
+  const float* global_scale = nullptr;  // nvfp4: one per layout.global_rows rows; null: 1
   std::byte* out = nullptr;
   int64_t items_per_row = 0;
   int64_t items = 0;
@@ -91,7 +91,8 @@ D9D_HOST_DEVICE void dequantize_item(const DequantArgs& a, int64_t item) {
     if (whole) {
       const uint64_t word = load_as<uint64_t>(a.source + e0);
       D9D_UNROLL
-      for (int k = 0; k < kDequantItem; ++k) codes[k] = static_cast<uint32_t>(word >> (8 * k)) & 0xFFu;
+      for (int k = 0; k < kDequantItem; ++k)
+        codes[k] = static_cast<uint32_t>(word >> (8 * k)) & 0xFFu;
     } else {
       for (int k = 0; k < n; ++k) codes[k] = load_as<uint8_t>(a.source + e0 + k);
     }
@@ -121,7 +122,8 @@ D9D_HOST_DEVICE void dequantize_item(const DequantArgs& a, int64_t item) {
       move_word<16>(to + j * 16, reinterpret_cast<const std::byte*>(out) + j * 16);
     }
   } else {
-    for (int k = 0; k < n; ++k) store_as<Raw<D>>(to + k * static_cast<int64_t>(sizeof(Raw<D>)), out[k]);
+    for (int k = 0; k < n; ++k)
+      store_as<Raw<D>>(to + k * static_cast<int64_t>(sizeof(Raw<D>)), out[k]);
   }
 }
 
@@ -151,9 +153,15 @@ inline void dequantize_item_any(const DequantArgs& a, int64_t item) {
     }
   };
   switch (a.out_dtype) {
-    case DType::F16: with_format(numerics::F16T{}); return;
-    case DType::F32: with_format(float{}); return;
-    default: with_format(numerics::BF16T{}); return;
+    case DType::F16:
+      with_format(numerics::F16T{});
+      return;
+    case DType::F32:
+      with_format(float{});
+      return;
+    default:
+      with_format(numerics::BF16T{});
+      return;
   }
 }
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,6 +24,7 @@
 
 #include <d9d/io/checkpoint.hpp>
 #include <d9d/mapper/mapper.hpp>
+#include <d9d/mapper/quantized.hpp>
 #include <d9d/mapper/spec.hpp>
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
@@ -112,6 +114,29 @@ void write_sidecar(const fs::path& dir, const Sidecar& sidecar, bool fsync);
 // The directory of a checkpoint path (a directory, an index file or a .safetensors file).
 fs::path checkpoint_dir(const fs::path& path);
 
+// ---- quantized checkpoints ----------------------------------------------------------------------
+
+// Note [config.json]: a checkpoint directory may hold config.json (transformers' model config).
+// d9d reads its "quantization_config" to recognize quantized weights (inspect, plan, convert), and
+// `convert` writes it into the output directory, after the index, with that entry brought up to
+// date: removed when no quantized weight is left, the dequantized modules added to the method's
+// list of unquantized modules when some are ("modules_to_not_convert": transformers' fp8 and
+// mxfp4; "ignore": compressed-tensors; "exclude_modules": ModelOpt). Other files beside the
+// shards (tokenizer, generation config) are not copied.
+inline constexpr std::string_view kConfigFileName = "config.json";
+
+// The text of dir/config.json; nullopt when there is none.
+std::optional<std::string> read_config_json(const fs::path& dir);
+// The quantization_config of dir/config.json; nullopt when there is no such file or entry.
+std::optional<mapper::QuantizationConfig> quantization_config(const fs::path& dir);
+// The dtype and shape of every tensor of `ck`.
+mapper::SpecDict checkpoint_specs(const io::Checkpoint& ck);
+// "fp8_block [128, 128]", "nvfp4 (global scale: divide)": a pair's format, for tables.
+std::string quantized_format_str(const mapper::QuantizedPair& pair);
+// The quantized weights among `specs` by key: weight, scale and global scale keys map to the
+// pair's index in `pairs` (pairs whose shapes do not fit are left out: they show as they are).
+std::map<std::string, size_t> quantized_keys(const std::vector<mapper::QuantizedPair>& pairs);
+
 // ---- building the mapper ------------------------------------------------------------------------
 
 // A mapper for a checkpoint, with what the spec expansion reported.
@@ -120,6 +145,10 @@ struct Conversion {
   mapper::SpecMapping mapping;  // of the forward spec (for --reverse: of the original keys)
   Sidecar sidecar;              // what convert records (forward) or what it read (reverse)
   bool reverse = false;
+  // The source's config.json quantization_config and quantized weights (Note [scales follow
+  // their weights]): checked against the mapper before any byte is read.
+  std::optional<mapper::QuantizationConfig> quantization;
+  std::vector<mapper::QuantizedPair> quantized;
 };
 
 // The forward conversion of the checkpoint at `src` through the spec `spec_text`.
@@ -132,6 +161,12 @@ Conversion reverse_conversion(const fs::path& src, const std::optional<std::stri
 // forward_conversion or reverse_conversion, from command-line options.
 Conversion make_conversion(const fs::path& src, const std::optional<fs::path>& spec_path,
                            bool reverse);
+
+// Writes dest/config.json from the source checkpoint directory's (Note [config.json]), when it
+// has one; `outputs` are the converted checkpoint's tensors. Returns what it did, for a note
+// ("config.json copied", "... with quantization_config removed"); empty when there was none.
+std::string write_config(const fs::path& source_dir, const fs::path& dest, const Conversion& c,
+                         const mapper::SpecDict& outputs, bool fsync);
 
 // ---- the command line ---------------------------------------------------------------------------
 

@@ -235,6 +235,107 @@ fs::path checkpoint_dir(const fs::path& path) {
   return parent.empty() ? fs::path(".") : parent;
 }
 
+// ---- quantized checkpoints ----------------------------------------------------------------------
+
+std::optional<std::string> read_config_json(const fs::path& dir) {
+  const fs::path path = dir / kConfigFileName;
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return std::nullopt;
+  return read_text_file(path, "model config");
+}
+
+std::optional<mapper::QuantizationConfig> quantization_config(const fs::path& dir) {
+  const std::optional<std::string> text = read_config_json(dir);
+  if (!text) return std::nullopt;
+  return mapper::parse_quantization_config(*text, (dir / kConfigFileName).string());
+}
+
+mapper::SpecDict checkpoint_specs(const io::Checkpoint& ck) {
+  mapper::SpecDict specs;
+  for (const std::string& key : ck.keys()) {
+    const io::TensorInfo& info = ck.info(key);
+    specs.emplace_hint(specs.end(), key, mapper::TensorSpec{info.dtype, info.shape});
+  }
+  return specs;
+}
+
+std::string quantized_format_str(const mapper::QuantizedPair& pair) {
+  std::string out(quant_format_name(pair.format));
+  if (pair.format == QuantFormat::kFp8Block) {
+    out += " [" + std::to_string(pair.block_rows) + ", " + std::to_string(pair.block_cols) + "]";
+  }
+  if (pair.global_scale_mode) {
+    out += std::string(" (global scale: ") +
+           std::string(global_scale_mode_name(*pair.global_scale_mode)) + ")";
+  }
+  return out;
+}
+
+std::map<std::string, size_t> quantized_keys(const std::vector<mapper::QuantizedPair>& pairs) {
+  std::map<std::string, size_t> out;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const mapper::QuantizedPair& p = pairs[i];
+    if (!p.misfit.empty()) continue;
+    out.emplace(p.weight, i);
+    out.emplace(p.scale, i);
+    if (!p.global_scale.empty()) out.emplace(p.global_scale, i);
+  }
+  return out;
+}
+
+std::string write_config(const fs::path& source_dir, const fs::path& dest, const Conversion& c,
+                         const mapper::SpecDict& outputs, bool fsync) {
+  const std::optional<std::string> text = read_config_json(source_dir);
+  if (!text) return {};
+  const std::string origin = (source_dir / kConfigFileName).string();
+  std::string out = *text;  // byte for byte, unless its quantization_config changes
+  std::string what = "config.json copied";
+  bool changed = false;
+  if (const auto q = mapper::parse_quantization_config(*text, origin)) {
+    const std::vector<mapper::QuantizedPair> kept = mapper::find_quantized_pairs(outputs, q);
+    auto j = nlohmann::ordered_json::parse(*text);
+    if (kept.empty()) {
+      j.erase("quantization_config");
+      what += " with its quantization_config removed (no quantized weight is left)";
+      changed = true;
+    } else {
+      // The modules whose weights were dequantized: the outputs of the groups that read a
+      // quantized weight and are not quantized weights or scales themselves.
+      const std::map<std::string, size_t> packed = quantized_keys(kept);
+      std::map<std::string, const mapper::StateGroup*> group_of;
+      for (const mapper::StateGroup& g : c.mapper->state_dependency_groups()) {
+        for (const std::string& in : g.inputs) group_of.emplace(in, &g);
+      }
+      std::set<std::string> modules;
+      for (const mapper::QuantizedPair& p : c.quantized) {
+        auto it = group_of.find(p.weight);
+        if (it == group_of.end()) continue;
+        for (const std::string& o : it->second->outputs) {
+          if (!packed.count(o)) modules.insert(o.substr(0, o.rfind('.')));
+        }
+      }
+      if (!modules.empty()) {
+        const char* list = q->quant_method == "compressed-tensors" ? "ignore"
+                           : q->quant_method == "modelopt"         ? "exclude_modules"
+                                                                   : "modules_to_not_convert";
+        nlohmann::ordered_json& config = j["quantization_config"];
+        if (!config.contains(list) || !config[list].is_array()) {
+          config[list] = nlohmann::ordered_json::array();
+        }
+        for (const std::string& m : modules) config[list].push_back(m);
+        what += " with " + count_of(static_cast<int64_t>(modules.size()), "dequantized module") +
+                " added to its quantization_config's \"" + list + "\"";
+        changed = true;
+      }
+    }
+    if (changed) out = j.dump(2) + "\n";
+  }
+  io::AtomicFile file(dest / kConfigFileName, static_cast<int64_t>(out.size()));
+  file.write_at(0, reinterpret_cast<const std::byte*>(out.data()), out.size());
+  file.commit(fsync);
+  return what;
+}
+
 // ---- building the mapper ------------------------------------------------------------------------
 
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
@@ -258,6 +359,14 @@ Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
   }
   c.sidecar.spec = std::move(spec_text);
   c.sidecar.spec_origin = std::move(spec_origin);
+  c.quantization = quantization_config(src.dir());
+  c.quantized = mapper::find_quantized_pairs(c.sidecar.source, c.quantization);
+  try {
+    mapper::check_quantized_pairs(*c.mapper, c.quantized);
+  } catch (const ValueError& e) {
+    d9d::detail::throw_error<ValueError>("spec ", c.sidecar.spec_origin, " on ", src.dir().string(),
+                                         ": ", e.what());
+  }
   return c;
 }
 

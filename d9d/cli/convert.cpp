@@ -69,6 +69,19 @@ void print_notes(const ConvertOptions& options, const Conversion& c) {
   }
 }
 
+// config.json beside the new checkpoint (Note [config.json]), said in a note.
+void note_config(const ConvertOptions& options, const Conversion& c,
+                 const model_state::ReadPlan& plan) {
+  mapper::SpecDict outputs;
+  for (auto& [name, spec] : plan.outputs().value_or(
+           std::vector<std::pair<std::string, mapper::TensorSpec>>{})) {
+    outputs.emplace(name, spec);
+  }
+  const std::string what =
+      write_config(checkpoint_dir(options.source), options.dest, c, outputs, options.fsync);
+  if (!what.empty() && !options.quiet) std::cerr << "d9d: note: " << what << "\n";
+}
+
 model_state::ReadOptions read_options(const ConvertOptions& options, const Conversion& c) {
   model_state::ReadOptions ro;
   ro.device = options.device;
@@ -138,6 +151,7 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
         fs::remove(options.dest / kSidecarFileName, ec);  // Note [conversion sidecar]
       });
   if (rank0 && !c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
+  if (rank0) note_config(options, c, plan);
   if (guard) guard->done();
   ConvertOptions quiet_unless_rank0 = options;
   quiet_unless_rank0.quiet = options.quiet || !rank0;
@@ -175,6 +189,7 @@ ConvertResult run_convert(const ConvertOptions& options) {
     model_state::finalize_checkpoint(options.dest, {&shards, 1}, wo);
   }
   if (!c.reverse) write_sidecar(options.dest, c.sidecar, options.fsync);
+  note_config(options, c, stream.plan());
   guard.done();
   return summarize(options, c, stream.plan(), clock, 1);
 }

@@ -280,8 +280,8 @@ void cuda_dequantize(QuantFormat format, const numerics::DequantLayout& layout,
   const cudaError_t launch = kernels::launch_dequantize(args, cudaStreamPerThread);
   if (launch != cudaSuccess) wait_after_failed_launch();
   const auto bytes = static_cast<size_t>(layout.rows * layout.cols * element_size(out_dtype));
-  D9D_CUDA_CHECK(launch, "dequantize ", quant_format_name(format), " to ", out_dtype, " on cuda:",
-                 device, ", ", layout.rows, " x ", layout.cols, " elements");
+  D9D_CUDA_CHECK(launch, "dequantize ", quant_format_name(format), " to ", out_dtype,
+                 " on cuda:", device, ", ", layout.rows, " x ", layout.cols, " elements");
   sync_stream(device, "dequantize", 1, bytes);
 }
 

@@ -85,8 +85,8 @@ class Rules {
   // The scale's shape must be `want` (computed from the source by `rule`).
   void scale_shape(const Shape& want, const std::string& rule) const {
     D9D_CHECK(scale_.shape == want, what_, "the scale ", input_str(scale_),
-              " does not fit the source ", input_str(source_), ": expected ", shape_str(want),
-              " (", rule, ")");
+              " does not fit the source ", input_str(source_), ": expected ", shape_str(want), " (",
+              rule, ")");
   }
   const std::string& what() const { return what_; }
 
@@ -121,8 +121,8 @@ Plan plan_dequantize(const Dequantization& how, const QuantizedInput& source,
       rules.source_dtype(DType::F8_E4M3);
       rules.source_ndim(2);
       rules.scale_dtype(is_wide_float(scale.dtype), "F32, BF16 or F16");
-      D9D_CHECK(how.block_rows >= 1 && how.block_cols >= 1, what, "invalid block [",
-                how.block_rows, ", ", how.block_cols, "]");
+      D9D_CHECK(how.block_rows >= 1 && how.block_cols >= 1, what, "invalid block [", how.block_rows,
+                ", ", how.block_cols, "]");
       const int64_t r = s[n - 2], c = s[n - 1];
       Shape want = leading(s, 2);
       want.push_back(ceil_div(r, how.block_rows));
@@ -152,8 +152,9 @@ Plan plan_dequantize(const Dequantization& how, const QuantizedInput& source,
       rules.source_ndim(2);
       Shape want = leading(s, 1);
       want.push_back(1);
-      rules.scale_shape(want, "the source's shape with its last dim 1 (per channel), or [] or [1] "
-                              "(per tensor)");
+      rules.scale_shape(want,
+                        "the source's shape with its last dim 1 (per channel), or [] or [1] "
+                        "(per tensor)");
       l.block_cols = std::max<int64_t>(l.cols, 1);
       break;
     }
@@ -173,9 +174,10 @@ Plan plan_dequantize(const Dequantization& how, const QuantizedInput& source,
       }
       Shape want = leading(s, 1);
       want.push_back(ceil_div(2 * s[n - 1], 32));
-      rules.scale_shape(want, "one scale per 32 elements of the source's last dim of 2 FP4 "
-                              "codes a byte; gpt-oss's blocks are [..., G, 16] with scales "
-                              "[..., G]");
+      rules.scale_shape(want,
+                        "one scale per 32 elements of the source's last dim of 2 FP4 "
+                        "codes a byte; gpt-oss's blocks are [..., G, 16] with scales "
+                        "[..., G]");
       p.shape = leading(s, 1);
       p.shape.push_back(2 * s[n - 1]);
       l.cols = 2 * s[n - 1];
@@ -188,8 +190,9 @@ Plan plan_dequantize(const Dequantization& how, const QuantizedInput& source,
       rules.scale_dtype(scale.dtype == DType::F8_E4M3, "F8_E4M3");
       Shape want = leading(s, 1);
       want.push_back(ceil_div(2 * s[n - 1], 16));
-      rules.scale_shape(want, "one scale per 16 elements of the source's last dim of 2 FP4 "
-                              "codes a byte");
+      rules.scale_shape(want,
+                        "one scale per 16 elements of the source's last dim of 2 FP4 "
+                        "codes a byte");
       p.shape = leading(s, 1);
       p.shape.push_back(2 * s[n - 1]);
       l.cols = 2 * s[n - 1];
@@ -235,12 +238,12 @@ void for_row_chunks(const DequantLayout& l, int64_t out_bytes, const Run& run) {
     return;
   }
   int64_t step = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(l.cols, 1));
-  if (l.block_rows > 1 && l.block_rows < l.rows) {  // whole blocks: each chunk builds its tables once
+  // Whole row blocks, so that each chunk builds its tables once.
+  if (l.block_rows > 1 && l.block_rows < l.rows) {
     step = ceil_div(step, l.block_rows) * l.block_rows;
   }
-  detail::parallel_for(ceil_div(l.rows, step), [&](int64_t i) {
-    run(i * step, std::min(l.rows, (i + 1) * step));
-  });
+  detail::parallel_for(ceil_div(l.rows, step),
+                       [&](int64_t i) { run(i * step, std::min(l.rows, (i + 1) * step)); });
 }
 
 // Every E4M3 code decoded.
@@ -318,7 +321,7 @@ std::vector<Raw<D>> fp4_tables(QuantFormat format, std::optional<GlobalScaleMode
       }
       for (uint32_t nibble = 0; nibble < 16; ++nibble) {
         const float v = format == QuantFormat::kMxfp4 ? numerics::dequantize_mxfp4(nibble, code)
-                                                       : numerics::dequantize_nvfp4(nibble, scale);
+                                                      : numerics::dequantize_nvfp4(nibble, scale);
         t[code * 16 + nibble] = numerics::convert_value<D>(v);
       }
     }
@@ -345,10 +348,17 @@ void dequantize_on_host(QuantFormat format, std::optional<GlobalScaleMode> mode,
 template <class F>
 void visit_output_type(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::BF16: f(numerics::BF16T{}); return;
-    case DType::F16: f(numerics::F16T{}); return;
-    case DType::F32: f(float{}); return;
-    default: D9D_ASSERT(false);
+    case DType::BF16:
+      f(numerics::BF16T{});
+      return;
+    case DType::F16:
+      f(numerics::F16T{});
+      return;
+    case DType::F32:
+      f(float{});
+      return;
+    default:
+      D9D_ASSERT(false);
   }
 }
 
@@ -395,8 +405,8 @@ Tensor dequantize(const Tensor& source, const Tensor& scale, const Dequantizatio
   const Device device = source.device();
   D9D_CHECK_AS(DeviceError,
                scale.device() == device && (!global || global_scale.device() == device),
-               "dequantize: the inputs are on different devices (source ", device.str(),
-               ", scale ", scale.device().str(),
+               "dequantize: the inputs are on different devices (source ", device.str(), ", scale ",
+               scale.device().str(),
                global ? str_cat(", global scale ", global_scale.device().str()) : "", ")");
   Tensor out = Tensor::empty(p.shape, how.dtype, device);
   if (out.numel() == 0) return out;

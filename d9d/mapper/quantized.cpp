@@ -51,7 +51,8 @@ TensorSpec logical_spec(const QuantScheme& scheme, const std::string& weight, co
   how.dtype = DType::F32;
   if (g != nullptr) how.global_scale_mode = GlobalScaleMode::kMultiply;
   try {
-    return {DType::F32, dequantized_shape(how, {w.dtype, w.shape}, {s.dtype, s.shape}, input_of(g))};
+    return {DType::F32,
+            dequantized_shape(how, {w.dtype, w.shape}, {s.dtype, s.shape}, input_of(g))};
   } catch (const Error&) {
     rethrow_with(str_cat("'", weight, "' (", w, ") and its scale '", scale, "' (", s, ")",
                          g != nullptr ? str_cat(" and global scale '", global, "' (", *g, ")") : "",
@@ -83,8 +84,9 @@ SpecDict DequantizeMapper::infer(const SpecDict& group) const {
   const TensorSpec& s = group.at(scale_);
   const TensorSpec* g = global_scale_.empty() ? nullptr : &group.at(global_scale_);
   try {
-    return {{target_, {how_.dtype, dequantized_shape(how_, {w.dtype, w.shape}, {s.dtype, s.shape},
-                                                     input_of(g))}}};
+    return {{target_,
+             {how_.dtype,
+              dequantized_shape(how_, {w.dtype, w.shape}, {s.dtype, s.shape}, input_of(g))}}};
   } catch (const Error&) {
     rethrow_with(str_cat(describe(), ": '", source_, "' is ", w, ", '", scale_, "' is ", s,
                          g != nullptr ? str_cat(", '", global_scale_, "' is ", *g) : "", ": "));
@@ -133,9 +135,9 @@ struct CompanionOp {
   enum class Kind : uint8_t { kSame, kTranspose, kStack, kCat, kUnbind, kSplit, kCopy, kFirst };
   Kind kind = Kind::kSame;
   int64_t dim = 0, dim1 = 0;
-  std::vector<int64_t> sizes;  // kSplit
-  size_t outputs = 1;          // kCopy, kUnbind, kSplit: how many pieces
-  bool flatten_parts = false;  // kStack: each part (one element) to [] first
+  std::vector<int64_t> sizes;        // kSplit
+  size_t outputs = 1;                // kCopy, kUnbind, kSplit: how many pieces
+  bool flatten_parts = false;        // kStack: each part (one element) to [] first
   std::optional<Shape> piece_shape;  // kUnbind: each 0-dim piece reshaped to this
 
   static CompanionOp of(Kind kind, int64_t dim = 0, int64_t dim1 = 0) {
@@ -161,7 +163,8 @@ struct CompanionOp {
       case Kind::kCat: {
         Shape s = in[0].shape;
         s[static_cast<size_t>(dim)] = 0;
-        for (const TensorSpec& t : in) s[static_cast<size_t>(dim)] += t.shape[static_cast<size_t>(dim)];
+        for (const TensorSpec& t : in)
+          s[static_cast<size_t>(dim)] += t.shape[static_cast<size_t>(dim)];
         return {{in[0].dtype, s}};
       }
       case Kind::kUnbind: {
@@ -249,8 +252,8 @@ QuantizedMapper::QuantizedMapper(MapperPtr weights, QuantScheme scheme)
 QuantizedMapper::QuantizedMapper(MapperPtr weights, QuantScheme scheme, Undo undo)
     : weights_(std::move(weights)), scheme_(std::move(scheme)), undo_(std::move(undo)) {
   D9D_CHECK(weights_ != nullptr, "quantized: no weight mapper");
-  D9D_CHECK(weights_->state_dependency_groups().size() == 1, "quantized(",
-            weights_->describe(), "): expected a mapper of one group (a leaf op)");
+  D9D_CHECK(weights_->state_dependency_groups().size() == 1, "quantized(", weights_->describe(),
+            "): expected a mapper of one group (a leaf op)");
   using K = Move::Kind;
   using Names = std::vector<std::string>;
   std::shared_ptr<Move> move;
@@ -283,8 +286,8 @@ QuantizedMapper::QuantizedMapper(MapperPtr weights, QuantScheme scheme, Undo und
   }
   const bool global = !scheme_.names.global_scale_suffix.empty();
   StateGroup group;
-  for (const auto& [names, into] : {std::pair{&move->sources, &group.inputs},
-                                    std::pair{&move->targets, &group.outputs}}) {
+  for (const auto& [names, into] :
+       {std::pair{&move->sources, &group.inputs}, std::pair{&move->targets, &group.outputs}}) {
     for (const std::string& name : *names) {
       D9D_CHECK(scheme_.names.is_weight(name), "quantized(", weights_->describe(), "): '", name,
                 "' does not end in the weight suffix '", scheme_.names.weight_suffix,
@@ -327,7 +330,8 @@ QuantizedMapper::Plan QuantizedMapper::plan(const SpecDict& inputs) const {
   // The companions' structure must be the same for every part.
   const auto n = static_cast<int64_t>(w[0].shape.size());
   const bool scale_per_tensor = format == QuantFormat::kFp8Channel && per_tensor(s[0].shape);
-  const bool mx_blocks = format == QuantFormat::kMxfp4 && s[0].shape.size() + 1 == w[0].shape.size();
+  const bool mx_blocks =
+      format == QuantFormat::kMxfp4 && s[0].shape.size() + 1 == w[0].shape.size();
   const bool global_per_tensor = has_global && per_tensor(g[0].shape);
   for (size_t i = 1; i < mv.sources.size(); ++i) {
     const bool same =
@@ -438,8 +442,10 @@ QuantizedMapper::Plan QuantizedMapper::plan(const SpecDict& inputs) const {
       if (r.role == Role::kCopied && undo_.scales_copied) {
         so = CompanionOp::of(C::kFirst);
       } else if (r.role == Role::kCopied || r.role == Role::kFixed) {
-        refuse(str_cat("concatenating along dim ", d, " would need one scale for the parts, "
-                       "whose scales ('", names.scale_of(first), "', ...) may differ"));
+        refuse(str_cat("concatenating along dim ", d,
+                       " would need one scale for the parts, "
+                       "whose scales ('",
+                       names.scale_of(first), "', ...) may differ"));
       }
       for (size_t i = 0; i + 1 < w.size() && r.role == Role::kBlocked; ++i) {
         const int64_t extent = w[i].shape[static_cast<size_t>(d)];
@@ -488,8 +494,10 @@ QuantizedMapper::Plan QuantizedMapper::plan(const SpecDict& inputs) const {
           if (i + 1 < extents.size()) {
             if (extents[i] % r.unit != 0) {
               refuse(str_cat("splitting '", first, "' along dim ", d, ": the piece '",
-                             mv.targets[i], "' gets ", extents[i], " there, not a multiple of the "
-                             "block's ", r.unit, ", so one scale of '", names.scale_of(first),
+                             mv.targets[i], "' gets ", extents[i],
+                             " there, not a multiple of the "
+                             "block's ",
+                             r.unit, ", so one scale of '", names.scale_of(first),
                              "' would have to serve two pieces"));
             }
             so.sizes.push_back(extents[i] / r.unit);

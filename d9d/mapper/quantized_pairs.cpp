@@ -112,7 +112,8 @@ std::vector<QuantizedPair> find_quantized_pairs(const SpecDict& specs,
         continue;
       }
     } else if (spec.dtype == DType::U8) {
-      const std::string base_blocks = key.substr(0, key.size() - std::string_view("_blocks").size());
+      const std::string base_blocks =
+          key.substr(0, key.size() - std::string_view("_blocks").size());
       const std::string base_packed =
           key.substr(0, key.size() - std::string_view(".weight_packed").size());
       if (ends_with(key, "_blocks") && has(base_blocks + "_scales")) {
@@ -194,7 +195,8 @@ class PassThrough {
 
 }  // namespace
 
-void check_quantized_pairs(const ModelStateMapper& mapper, const std::vector<QuantizedPair>& pairs) {
+void check_quantized_pairs(const ModelStateMapper& mapper,
+                           const std::vector<QuantizedPair>& pairs) {
   std::unordered_map<std::string_view, const StateGroup*> group_of;
   for (const StateGroup& g : mapper.state_dependency_groups()) {
     for (const std::string& in : g.inputs) group_of.emplace(in, &g);
@@ -219,20 +221,19 @@ void check_quantized_pairs(const ModelStateMapper& mapper, const std::vector<Qua
       all_same = all_same && g == gw;
     }
     if (!any) continue;  // dropped or unread: nothing to keep together
-    D9D_CHECK(p.misfit.empty(), mapper.describe(), " reads ", pair, ", which do not fit: ",
-              p.misfit);
+    D9D_CHECK(p.misfit.empty(), "the conversion reads ", pair, ", which do not fit: ", p.misfit);
     if (all_same) continue;  // one group (dequantize, quantized, or a mapper taking both)
     if (!all_read) {
       const bool weight_read = gw != nullptr;
       throw ValueError(str_cat(
-          mapper.describe(), ": ", pair, ": the conversion reads ",
+          pair, ": the conversion reads ",
           weight_read ? "the weight without its scale" : "a scale without its weight",
           " (the other is dropped); a quantized weight is worth nothing without its scales, and "
           "its scales nothing without it: dequantize it, or keep or drop them together"));
     }
     bool unchanged = passes_through(mapper, p.weight);
     for (const std::string& k : keys) unchanged = unchanged && passes_through(mapper, k);
-    D9D_CHECK(unchanged, mapper.describe(), ": ", pair,
+    D9D_CHECK(unchanged, pair,
               " are moved in separate groups, so nothing keeps them together (a weight renamed, "
               "fused or transformed without its scale, or the other way round); declare the "
               "quantization in the spec (\"quantization\"), so that its scales follow each weight, "

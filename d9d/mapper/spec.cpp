@@ -54,7 +54,8 @@ QuantScheme parse_quantization(const Node& node) {
   if (auto block = node.find("block")) {
     const std::vector<int64_t> b = block->integers();
     if (q.format != QuantFormat::kFp8Block) block->fail("only fp8_block has a block");
-    if (b.size() != 2 || b[0] < 1 || b[1] < 1) block->fail("expected two positive sizes [rows, cols]");
+    if (b.size() != 2 || b[0] < 1 || b[1] < 1)
+      block->fail("expected two positive sizes [rows, cols]");
     q.block_rows = b[0];
     q.block_cols = b[1];
   }
@@ -263,7 +264,8 @@ void expand_paired(const Rule& r, const KeySet& keys, const std::function<void(I
     Bindings b;
     if (!r.sources[0].match(keys.parts[i], b)) continue;
     Instance instance{{keys.keys[i]}, {r.targets[0].instantiate(b)}};
-    for (size_t c = 1; c < r.sources.size(); ++c) instance.sources.push_back(r.sources[c].instantiate(b));
+    for (size_t c = 1; c < r.sources.size(); ++c)
+      instance.sources.push_back(r.sources[c].instantiate(b));
     if (!keys.has(instance.sources[1])) continue;
     if (instance.sources.size() > 2 && !keys.has(instance.sources[2])) {
       throw SpecError(r.path, str_cat("the checkpoint has '", instance.sources[0],

@@ -199,14 +199,16 @@ const std::vector<OpDef>& ops() {
          if (auto mode = node.find("global_scale_mode")) {
            how.global_scale_mode = global_scale_mode_from_name(mode->str());
            if (!how.global_scale_mode) {
-             mode->fail(str_cat("expected \"multiply\" (ModelOpt's weight_scale_2) or \"divide\" "
-                                "(compressed-tensors' weight_global_scale), got ",
-                                json_string_excerpt(mode->str())));
+             mode->fail(
+                 str_cat("expected \"multiply\" (ModelOpt's weight_scale_2) or \"divide\" "
+                         "(compressed-tensors' weight_global_scale), got ",
+                         json_string_excerpt(mode->str())));
            }
          }
          if (node.has("global_scale") != how.global_scale_mode.has_value()) {
-           node.fail("\"global_scale\" and \"global_scale_mode\" go together: the two nvfp4 "
-                     "conventions (multiply, divide) are never guessed");
+           node.fail(
+               "\"global_scale\" and \"global_scale_mode\" go together: the two nvfp4 "
+               "conventions (multiply, divide) are never guessed");
          }
          if (node.has("global_scale") && how.format != QuantFormat::kNvfp4) {
            node.at("global_scale").fail("only nvfp4 has a global scale");

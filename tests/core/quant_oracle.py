@@ -86,8 +86,8 @@ def wide_scales(n, dtype):
         t = WIDE[dtype]
         v = RNG.integers(0, 2**16, size=n, dtype=np.uint16).view(t).astype(np.float32)
     v *= np.where(RNG.random(n) < 0.2, -1, 1).astype(np.float32)
-    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, 2**-149 if dtype == "F32" else 0.5,
-                         2**127 if dtype == "F32" else 2.0], dtype=np.float32)
+    tiny, huge = (2**-149, 2**127) if dtype == "F32" else (0.5, 2.0)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, tiny, huge], dtype=np.float32)
     k = min(n, specials.size)
     v[:k] = specials[:k]
     RNG.shuffle(v)
@@ -133,7 +133,8 @@ class Run:
     def refuse(self, what, fmt, out, block, mode, source, scale, glob, *needles):
         code, err, _ = self.call(fmt, out, block, mode, source, scale, glob)
         check(code == 1 and all(n in err for n in needles),
-              lambda: f"{what}: expected a refusal naming {needles}, got exit {code}: {err.strip()}")
+              lambda: f"{what}: expected a refusal naming {needles}, got exit {code}: "
+              f"{err.strip()}")
 
 
 def fp8_codes(shape):
@@ -178,10 +179,11 @@ def test_fp8_channel(run):
         w = fp8_codes(shape)
         for sdt in ("F32", "BF16", "F16"):
             s = wide_scales(max(1, int(np.prod(sshape))), sdt).reshape(sshape)
-            want = e4m3(w) * (s.astype(np.float32) if len(sshape) > 1 else s.astype(np.float32).reshape(()))
+            s32 = s.astype(np.float32)
+            want = e4m3(w) * (s32 if len(sshape) > 1 else s32.reshape(()))
             for out in ("BF16", "F16", "F32"):
-                run.compare(f"fp8_channel {shape} scale {sdt}{list(sshape)} -> {out}", "fp8_channel",
-                            out, "-", "-", ("F8_E4M3", w), (sdt, s), None, want)
+                run.compare(f"fp8_channel {shape} scale {sdt}{list(sshape)} -> {out}",
+                            "fp8_channel", out, "-", "-", ("F8_E4M3", w), (sdt, s), None, want)
     run.refuse("fp8_channel: a 1-D scale of the rows", "fp8_channel", "BF16", "-", "-",
                ("F8_E4M3", fp8_codes((300, 517))), ("F32", np.ones(300, np.float32)), None,
                "F32[300]", "expected [300, 1]")

@@ -60,7 +60,8 @@ int main(int argc, char** argv) {
       how.block_rows = std::stoll(b.at(0));
       how.block_cols = std::stoll(b.at(1));
     }
-    if (std::string(argv[4]) != "-") how.global_scale_mode = d9d::global_scale_mode_from_name(argv[4]);
+    if (std::string(argv[4]) != "-")
+      how.global_scale_mode = d9d::global_scale_mode_from_name(argv[4]);
     const d9d::Tensor source = read_input(argv[5]);
     const d9d::Tensor scale = read_input(argv[6]);
     const d9d::Tensor global = argc == 9 ? read_input(argv[7]) : d9d::Tensor();
@@ -71,7 +72,8 @@ int main(int argc, char** argv) {
     const d9d::Tensor out = d9d::dequantize(source, scale, how, global);
     if (out.shape() != shape) throw d9d::ValueError("dequantized_shape differs from the result");
     std::ofstream(argv[argc - 1], std::ios::binary)
-        .write(static_cast<const char*>(out.data_ptr()), static_cast<std::streamsize>(out.nbytes()));
+        .write(static_cast<const char*>(out.data_ptr()),
+               static_cast<std::streamsize>(out.nbytes()));
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "quant_tool: %s\n", e.what());

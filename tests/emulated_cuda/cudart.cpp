@@ -19,8 +19,9 @@
 //   (default 8 GiB) with cudaErrorMemoryAllocation beyond;
 // - kernel launches: the kernels registered by kernels/copy.cu, kernels/cast.cu and
 //   kernels/dequantize.cu are run on the stream's thread by executing their thread bodies
-//   (copy_body.hpp, cast_body.hpp, dequantize_body.hpp: the same code nvcc compiles) for every block and thread of the launch configuration given, in order, with
-//   the tile barrier kept. Launch-configuration errors are the runtime's.
+//   (copy_body.hpp, cast_body.hpp, dequantize_body.hpp: the same code nvcc compiles) for every
+//   block and thread of the launch configuration given, in order, with the tile barrier kept.
+//   Launch-configuration errors are the runtime's.
 //
 // What it cannot show: the device code nvcc generated, real concurrency between blocks, the
 // speed of anything. tests/core/test_cuda_parity and friends on an H200 (bench/gpu_check.sh) do.
@@ -442,8 +443,9 @@ std::function<void()> emulate_dequantize(const LaunchConfig& cfg, int device, vo
   const bool fp4 = a.format == d9d::QuantFormat::kMxfp4 || a.format == d9d::QuantFormat::kNvfp4;
   const auto elements = static_cast<size_t>(a.layout.rows * a.layout.cols);
   const size_t source_bytes = fp4 ? elements / 2 : elements;
-  const size_t out_bytes = elements * static_cast<size_t>(d9d::numerics::kDTypes[static_cast<int>(
-                                                              a.out_dtype)].bits / 8);
+  const size_t out_bytes =
+      elements *
+      static_cast<size_t>(d9d::numerics::kDTypes[static_cast<int>(a.out_dtype)].bits / 8);
   if (cfg.block.x != kDequantThreads) {
     misuse(cudaErrorInvalidConfiguration, "dequantize_kernel", "%u threads per block", cfg.block.x);
     return nullptr;

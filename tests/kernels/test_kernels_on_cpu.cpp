@@ -1,10 +1,10 @@
 // The CUDA kernels' own code run on the CPU: the copy planner (copy_plan.cpp) and what each thread
 // of the copy, cast and dequantize kernels does (copy_body.hpp, cast_body.hpp,
-// dequantize_body.hpp), executed block by block and thread by thread over host memory, with the barrier of a tiled copy kept (every thread loads its
-// part of the tile before any stores). Results must be byte-identical to core's CPU ops. This is
-// the index arithmetic, alignment choices, tiling and splitting of the GPU path, tested on every
-// machine; launch limits, shared-memory races and the CUDA calls themselves are left to
-// tests/core/test_cuda_parity on a GPU.
+// dequantize_body.hpp), executed block by block and thread by thread over host memory, with the
+// barrier of a tiled copy kept (every thread loads its part of the tile before any stores). Results
+// must be byte-identical to core's CPU ops. This is the index arithmetic, alignment choices, tiling
+// and splitting of the GPU path, tested on every machine; launch limits, shared-memory races and
+// the CUDA calls themselves are left to tests/core/test_cuda_parity on a GPU.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -325,23 +325,68 @@ std::vector<DequantCase> dequant_cases() {
   };
   // layout: rows, cols, matrix_rows, block_rows, block_cols, scale_rows, scale_cols, global_rows
   return {
-      {"fp8_block ragged", how(F::kFp8Block, 64, 32), {3, 130, 70}, {3, 3, 3}, DType::BF16, {},
+      {"fp8_block ragged",
+       how(F::kFp8Block, 64, 32),
+       {3, 130, 70},
+       {3, 3, 3},
+       DType::BF16,
+       {},
        {390, 70, 130, 64, 32, 3, 3, 0}},
-      {"fp8_block whole blocks", how(F::kFp8Block), {256, 128}, {2, 1}, DType::F32, {},
+      {"fp8_block whole blocks",
+       how(F::kFp8Block),
+       {256, 128},
+       {2, 1},
+       DType::F32,
+       {},
        {256, 128, 256, 128, 128, 2, 1, 0}},
-      {"fp8_channel", how(F::kFp8Channel), {33, 64}, {33, 1}, DType::F16, {},
+      {"fp8_channel",
+       how(F::kFp8Channel),
+       {33, 64},
+       {33, 1},
+       DType::F16,
+       {},
        {33, 64, 1, 1, 64, 1, 1, 0}},
-      {"fp8_channel per tensor", how(F::kFp8Channel), {70, 9}, {}, DType::F32, {},
+      {"fp8_channel per tensor",
+       how(F::kFp8Channel),
+       {70, 9},
+       {},
+       DType::F32,
+       {},
        {70, 9, 70, 70, 9, 1, 1, 0}},
-      {"mxfp4 gpt-oss blocks", how(F::kMxfp4), {4, 9, 2, 16}, {4, 9, 2}, DType::U8, {},
+      {"mxfp4 gpt-oss blocks",
+       how(F::kMxfp4),
+       {4, 9, 2, 16},
+       {4, 9, 2},
+       DType::U8,
+       {},
        {36, 64, 1, 1, 32, 1, 2, 0}},
-      {"mxfp4 packed, ragged", how(F::kMxfp4), {5, 7}, {5, 1}, DType::F8_E8M0, {},
+      {"mxfp4 packed, ragged",
+       how(F::kMxfp4),
+       {5, 7},
+       {5, 1},
+       DType::F8_E8M0,
+       {},
        {5, 14, 1, 1, 32, 1, 1, 0}},
-      {"nvfp4 per-matrix global, divide", how(F::kNvfp4, 128, 128, GlobalScaleMode::kDivide),
-       {2, 3, 9}, {2, 3, 2}, DType::F8_E4M3, Shape{2}, {6, 18, 1, 1, 16, 1, 2, 3}},
-      {"nvfp4 global, multiply", how(F::kNvfp4, 128, 128, GlobalScaleMode::kMultiply), {64, 8},
-       {64, 1}, DType::F8_E4M3, Shape{}, {64, 16, 1, 1, 16, 1, 1, 64}},
-      {"nvfp4 no global", how(F::kNvfp4), {64, 8}, {64, 1}, DType::F8_E4M3, {},
+      {"nvfp4 per-matrix global, divide",
+       how(F::kNvfp4, 128, 128, GlobalScaleMode::kDivide),
+       {2, 3, 9},
+       {2, 3, 2},
+       DType::F8_E4M3,
+       Shape{2},
+       {6, 18, 1, 1, 16, 1, 2, 3}},
+      {"nvfp4 global, multiply",
+       how(F::kNvfp4, 128, 128, GlobalScaleMode::kMultiply),
+       {64, 8},
+       {64, 1},
+       DType::F8_E4M3,
+       Shape{},
+       {64, 16, 1, 1, 16, 1, 1, 64}},
+      {"nvfp4 no global",
+       how(F::kNvfp4),
+       {64, 8},
+       {64, 1},
+       DType::F8_E4M3,
+       {},
        {64, 16, 1, 1, 16, 1, 1, 0}},
   };
 }
@@ -350,8 +395,8 @@ std::vector<DequantCase> dequant_cases() {
 
 TEST_CASE("the dequantize kernel gives the CPU's bytes for every format, vectorized or not") {
   for (const DequantCase& c : dequant_cases()) {
-    const bool fp8 = c.how.format == QuantFormat::kFp8Block ||
-                     c.how.format == QuantFormat::kFp8Channel;
+    const bool fp8 =
+        c.how.format == QuantFormat::kFp8Block || c.how.format == QuantFormat::kFp8Channel;
     const DType source_dtype = fp8 ? DType::F8_E4M3 : DType::U8;
     for (DType out_dtype : {DType::BF16, DType::F16, DType::F32}) {
       for (int64_t skip : {int64_t{0}, int64_t{1}}) {
@@ -369,12 +414,12 @@ TEST_CASE("the dequantize kernel gives the CPU's bytes for every format, vectori
         REQUIRE(want.numel() == c.layout.rows * c.layout.cols);
         Tensor got = poisoned({want.numel() + kGuard}, out_dtype).narrow(0, 0, want.numel());
         const Tensor scale_arg = fp8 ? scale.to(DType::F32) : scale;
-        const DequantArgs args = dequant_args(
-            how.format, c.layout, static_cast<const std::byte*>(source.data_ptr()),
-            static_cast<const std::byte*>(scale_arg.data_ptr()),
-            c.global ? static_cast<const float*>(global.data_ptr()) : nullptr,
-            how.global_scale_mode.value_or(GlobalScaleMode::kMultiply),
-            static_cast<std::byte*>(got.mutable_data_ptr()), out_dtype);
+        const DequantArgs args =
+            dequant_args(how.format, c.layout, static_cast<const std::byte*>(source.data_ptr()),
+                         static_cast<const std::byte*>(scale_arg.data_ptr()),
+                         c.global ? static_cast<const float*>(global.data_ptr()) : nullptr,
+                         how.global_scale_mode.value_or(GlobalScaleMode::kMultiply),
+                         static_cast<std::byte*>(got.mutable_data_ptr()), out_dtype);
         CHECK(args.vector == (skip == 0 && c.layout.cols % kDequantItem == 0));
         for (int64_t i = 0; i < args.items; ++i) dequantize_item_any(args, i);
         check_bytes(got, want.reshape({want.numel()}));

@@ -41,8 +41,8 @@ QuantScheme scheme(QuantFormat format, std::string weight, std::string scale,
 }
 
 // One weight with its scales, per format: the weight's packed shape is `shape`.
-void add_weight(StateDict& state, const QuantScheme& q, const std::string& name,
-                const Shape& shape, const Shape& global_shape = {}) {
+void add_weight(StateDict& state, const QuantScheme& q, const std::string& name, const Shape& shape,
+                const Shape& global_shape = {}) {
   const Shape& s = shape;
   const size_t n = s.size();
   auto ceil = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
@@ -131,7 +131,8 @@ const QuantScheme kBlock = scheme(QuantFormat::kFp8Block, ".weight", ".weight_sc
 
 }  // namespace
 
-TEST_CASE("dequantize is a group of a weight and its scales, inferred without data, with no inverse") {
+TEST_CASE(
+    "dequantize is a group of a weight and its scales, inferred without data, with no inverse") {
   StateDict state;
   add_weight(state, kBlock, "w.weight", {300, 200});
   Dequantization how;
@@ -145,8 +146,9 @@ TEST_CASE("dequantize is a group of a weight and its scales, inferred without da
   CHECK_THROWS_AS(m->inverse(specs_of(state)), NotInvertibleError);
   // A scale that does not fit: both tensors named, before any byte is read.
   state["w.weight_scale_inv"] = float_scales({2, 2});
-  check_refused(m, state, {"'w.weight' is F8_E4M3[300, 200]", "'w.weight_scale_inv' is F32[2, 2]",
-                           "expected [3, 2]"});
+  check_refused(
+      m, state,
+      {"'w.weight' is F8_E4M3[300, 200]", "'w.weight_scale_inv' is F32[2, 2]", "expected [3, 2]"});
 }
 
 TEST_CASE("fp8_block: Q/K/V fused along rows take their scales along, and split back bit-exactly") {
@@ -154,17 +156,18 @@ TEST_CASE("fp8_block: Q/K/V fused along rows take their scales along, and split 
   add_weight(state, kBlock, "q.weight", {256, 300});
   add_weight(state, kBlock, "k.weight", {128, 300});
   add_weight(state, kBlock, "v.weight", {100, 300});  // the last part may be ragged
-  const StateDict out =
-      run_and_undo(concatenate_tensors({"q.weight", "k.weight", "v.weight"}, "qkv.weight", 0),
-                   kBlock, state);
+  const StateDict out = run_and_undo(
+      concatenate_tensors({"q.weight", "k.weight", "v.weight"}, "qkv.weight", 0), kBlock, state);
   CHECK(keys(out) == std::set<std::string>{"qkv.weight", "qkv.weight_scale_inv"});
   CHECK(out.at("qkv.weight_scale_inv").shape() == Shape{4, 3});
   CHECK(equal(floats(out, kBlock, "qkv.weight"),
               cat({floats(state, kBlock, "q.weight"), floats(state, kBlock, "k.weight"),
-                   floats(state, kBlock, "v.weight")}, 0)));
+                   floats(state, kBlock, "v.weight")},
+                  0)));
 }
 
-TEST_CASE("fp8_block: a fusion that would put two tensors under one scale is refused, naming them") {
+TEST_CASE(
+    "fp8_block: a fusion that would put two tensors under one scale is refused, naming them") {
   StateDict state;
   add_weight(state, kBlock, "q.weight", {200, 300});
   add_weight(state, kBlock, "k.weight", {128, 300});
@@ -186,7 +189,8 @@ TEST_CASE("fp8_block: a fusion that would put two tensors under one scale is ref
 
 TEST_CASE("fp8_block: experts stack with their scales; chunk, split and transpose follow too") {
   StateDict experts;
-  for (const char* e : {"e0.weight", "e1.weight", "e2.weight"}) add_weight(experts, kBlock, e, {130, 70});
+  for (const char* e : {"e0.weight", "e1.weight", "e2.weight"})
+    add_weight(experts, kBlock, e, {130, 70});
   const StateDict stacked = run_and_undo(
       stack_tensors({"e0.weight", "e1.weight", "e2.weight"}, "experts.weight", 0), kBlock, experts);
   CHECK(stacked.at("experts.weight_scale_inv").shape() == Shape{3, 2, 1});
@@ -209,7 +213,8 @@ TEST_CASE("fp8_block: experts stack with their scales; chunk, split and transpos
       std::make_shared<TransposeMapper>("gate_up.weight", "t.weight", 0, 1), kBlock, fused);
   CHECK(equal(floats(t, kBlock, "t.weight"),
               floats(fused, kBlock, "gate_up.weight").transpose(0, 1).contiguous()));
-  const QuantScheme tall = scheme(QuantFormat::kFp8Block, ".weight", ".weight_scale_inv", {}, 128, 64);
+  const QuantScheme tall =
+      scheme(QuantFormat::kFp8Block, ".weight", ".weight_scale_inv", {}, 128, 64);
   StateDict one;
   add_weight(one, tall, "w.weight", {130, 70});
   check_refused(quantized(transpose("w.weight", 0, 1), tall), one, {"128 x 64 blocks 64 x 128"});
@@ -220,41 +225,43 @@ TEST_CASE("fp8_channel: rows fuse, columns split with the same scales, columns n
   StateDict state;
   add_weight(state, q, "gate.weight", {30, 64});
   add_weight(state, q, "up.weight", {30, 64});
-  const StateDict fused =
-      run_and_undo(concatenate_tensors({"gate.weight", "up.weight"}, "gate_up.weight", 0), q, state);
+  const StateDict fused = run_and_undo(
+      concatenate_tensors({"gate.weight", "up.weight"}, "gate_up.weight", 0), q, state);
   CHECK(equal(floats(fused, q, "gate_up.weight"),
               cat({floats(state, q, "gate.weight"), floats(state, q, "up.weight")}, 0)));
-  check_refused(quantized(concatenate_tensors({"gate.weight", "up.weight"}, "x.weight", 1), q), state,
-                {"one scale for the parts", "'gate.weight_scale'"});
+  check_refused(quantized(concatenate_tensors({"gate.weight", "up.weight"}, "x.weight", 1), q),
+                state, {"one scale for the parts", "'gate.weight_scale'"});
   const StateDict gate{{"gate.weight", state.at("gate.weight")},
                        {"gate.weight_scale", state.at("gate.weight_scale")}};
   const StateDict cols =
       run_and_undo(split_tensors("gate.weight", {"a.weight", "b.weight"}, {24, 40}, 1), q, gate);
   CHECK(equal(cols.at("a.weight_scale"), state.at("gate.weight_scale")));
-  CHECK(equal(floats(cols, q, "b.weight"), floats(state, q, "gate.weight").narrow(1, 24, 40).contiguous()));
+  CHECK(equal(floats(cols, q, "b.weight"),
+              floats(state, q, "gate.weight").narrow(1, 24, 40).contiguous()));
   // A per-tensor scale is copied to every piece, and never joined.
   StateDict tensor;
   tensor["w.weight"] = codes({8, 6}, DType::F8_E4M3);
   tensor["w.weight_scale"] = float_scales({1});
-  const StateDict rows = run_and_undo(chunk_tensors("w.weight", {"a.weight", "b.weight"}, 0), q, tensor);
+  const StateDict rows =
+      run_and_undo(chunk_tensors("w.weight", {"a.weight", "b.weight"}, 0), q, tensor);
   CHECK(equal(rows.at("b.weight_scale"), tensor.at("w.weight_scale")));
   check_refused(quantized(stack_tensors({"a.weight", "b.weight"}, "w.weight", 0), q), rows,
                 {"one for its whole tensor"});
 }
 
-TEST_CASE("mxfp4 (gpt-oss blocks and packed): experts stack, groups fuse, packed bytes never split") {
+TEST_CASE(
+    "mxfp4 (gpt-oss blocks and packed): experts stack, groups fuse, packed bytes never split") {
   const QuantScheme q = scheme(QuantFormat::kMxfp4, "_blocks", "_scales");
   StateDict state;
   add_weight(state, q, "e0.down_blocks", {64, 3, 16});
   add_weight(state, q, "e1.down_blocks", {64, 3, 16});
-  const StateDict stacked =
-      run_and_undo(stack_tensors({"e0.down_blocks", "e1.down_blocks"}, "experts.down_blocks", 0), q,
-                   state);
+  const StateDict stacked = run_and_undo(
+      stack_tensors({"e0.down_blocks", "e1.down_blocks"}, "experts.down_blocks", 0), q, state);
   CHECK(stacked.at("experts.down_scales").shape() == Shape{2, 64, 3});
   CHECK(equal(floats(stacked, q, "experts.down_blocks"),
               stack({floats(state, q, "e0.down_blocks"), floats(state, q, "e1.down_blocks")})));
-  const StateDict wide =
-      run_and_undo(concatenate_tensors({"e0.down_blocks", "e1.down_blocks"}, "w_blocks", 1), q, state);
+  const StateDict wide = run_and_undo(
+      concatenate_tensors({"e0.down_blocks", "e1.down_blocks"}, "w_blocks", 1), q, state);
   CHECK(equal(floats(wide, q, "w_blocks"),
               cat({floats(state, q, "e0.down_blocks"), floats(state, q, "e1.down_blocks")}, 1)));
   check_refused(
@@ -266,11 +273,14 @@ TEST_CASE("mxfp4 (gpt-oss blocks and packed): experts stack, groups fuse, packed
   add_weight(packed, ct, "a.weight_packed", {5, 32});
   add_weight(packed, ct, "b.weight_packed", {5, 20});
   const StateDict ab = run_and_undo(
-      concatenate_tensors({"a.weight_packed", "b.weight_packed"}, "ab.weight_packed", 1), ct, packed);
-  CHECK(equal(floats(ab, ct, "ab.weight_packed"),
-              cat({floats(packed, ct, "a.weight_packed"), floats(packed, ct, "b.weight_packed")}, 1)));
+      concatenate_tensors({"a.weight_packed", "b.weight_packed"}, "ab.weight_packed", 1), ct,
+      packed);
+  CHECK(equal(
+      floats(ab, ct, "ab.weight_packed"),
+      cat({floats(packed, ct, "a.weight_packed"), floats(packed, ct, "b.weight_packed")}, 1)));
   check_refused(
-      quantized(concatenate_tensors({"b.weight_packed", "a.weight_packed"}, "ba.weight_packed", 1), ct),
+      quantized(concatenate_tensors({"b.weight_packed", "a.weight_packed"}, "ba.weight_packed", 1),
+                ct),
       packed, {"'b.weight_packed' has 20", "multiple of the block's 16"});
 }
 
@@ -285,12 +295,13 @@ TEST_CASE("nvfp4: stacked weights get one global scale per matrix, in both conve
         run_and_undo(stack_tensors({"e0.weight", "e1.weight"}, "experts.weight", 0), q, state);
     CHECK(stacked.at("experts.weight_scale_2").shape() == Shape{2});
     for (GlobalScaleMode mode : {GlobalScaleMode::kMultiply, GlobalScaleMode::kDivide}) {
-      CHECK(equal(floats(stacked, q, "experts.weight", mode),
-                  stack({floats(state, q, "e0.weight", mode), floats(state, q, "e1.weight", mode)})));
+      CHECK(
+          equal(floats(stacked, q, "experts.weight", mode),
+                stack({floats(state, q, "e0.weight", mode), floats(state, q, "e1.weight", mode)})));
     }
     // Fusing rows would need one global scale for both: refused, naming them.
-    check_refused(quantized(concatenate_tensors({"e0.weight", "e1.weight"}, "x.weight", 0), q), state,
-                  {"one global scale", "'e0.weight_scale_2'"});
+    check_refused(quantized(concatenate_tensors({"e0.weight", "e1.weight"}, "x.weight", 0), q),
+                  state, {"one global scale", "'e0.weight_scale_2'"});
   }
   const QuantScheme q = scheme(QuantFormat::kNvfp4, ".weight", ".weight_scale");
   StateDict state;
@@ -298,7 +309,8 @@ TEST_CASE("nvfp4: stacked weights get one global scale per matrix, in both conve
   add_weight(state, q, "b.weight", {4, 5});
   const StateDict ab =
       run_and_undo(concatenate_tensors({"a.weight", "b.weight"}, "ab.weight", 1), q, state);
-  CHECK(equal(floats(ab, q, "ab.weight"), cat({floats(state, q, "a.weight"), floats(state, q, "b.weight")}, 1)));
+  CHECK(equal(floats(ab, q, "ab.weight"),
+              cat({floats(state, q, "a.weight"), floats(state, q, "b.weight")}, 1)));
   check_refused(quantized(concatenate_tensors({"b.weight", "a.weight"}, "ba.weight", 1), q), state,
                 {"'b.weight' has 5", "multiple of the block's 8"});
 }
@@ -308,7 +320,8 @@ TEST_CASE("ops the scales cannot follow, and weights without the weight suffix, 
                        doctest::Contains("'w.weight_scale_inv' of the quantized weight 'w.weight'"),
                        ValueError);
   CHECK_THROWS_WITH_AS(quantized(rename_tensor("w.weight", "w.kernel"), kBlock),
-                       doctest::Contains("'w.kernel' does not end in the weight suffix"), ValueError);
+                       doctest::Contains("'w.kernel' does not end in the weight suffix"),
+                       ValueError);
 }
 
 // ---- spec files ---------------------------------------------------------------------------------
@@ -376,25 +389,26 @@ TEST_CASE("a spec's \"quantization\" makes every rule that moves a weight move i
 TEST_CASE("a spec cannot move a scale on its own, nor fuse a quantized weight with a plain one") {
   StateDict state = deepseek_like();
   state["model.layers.0.attn.q_proj.bias"] = random_values({256}, DType::BF16);
-  const std::string alone = spec_error(
-      spec_with(R"({"op": "rename_tensor", "source": "{x...}.q_proj.weight_scale_inv",
+  const std::string alone =
+      spec_error(spec_with(R"({"op": "rename_tensor", "source": "{x...}.q_proj.weight_scale_inv",
                     "target": "{x...}.q.weight_scale_inv"})"),
-      keys_of(state));
+                 keys_of(state));
   CHECK(alone.find("'model.layers.0.attn.q_proj.weight_scale_inv' belongs to the quantized weight "
                    "'model.layers.0.attn.q_proj.weight'") != std::string::npos);
-  const std::string mixed = spec_error(
-      spec_with(R"({"op": "concatenate_tensors", "target": "x.weight", "sources":
+  const std::string mixed =
+      spec_error(spec_with(R"({"op": "concatenate_tensors", "target": "x.weight", "sources":
                     ["model.layers.0.attn.q_proj.weight", "model.layers.0.attn.q_proj.bias"]})"),
-      keys_of(state));
-  CHECK(mixed.find("'model.layers.0.attn.q_proj.bias', read with it, is not one") != std::string::npos);
+                 keys_of(state));
+  CHECK(mixed.find("'model.layers.0.attn.q_proj.bias', read with it, is not one") !=
+        std::string::npos);
   const std::string misaligned = [&] {
     StateDict s;
     add_weight(s, kBlock, "a.weight", {100, 64});
     add_weight(s, kBlock, "b.weight", {128, 64});
-    const SpecMapping m = from_spec(
-        spec_with(R"({"op": "concatenate_tensors", "target": "ab.weight",
+    const SpecMapping m =
+        from_spec(spec_with(R"({"op": "concatenate_tensors", "target": "ab.weight",
                       "sources": ["a.weight", "b.weight"]})"),
-        keys_of(s));
+                  keys_of(s));
     try {
       infer_all(*m.mapper, specs_of(s));
     } catch (const ValueError& e) {
@@ -407,36 +421,49 @@ TEST_CASE("a spec cannot move a scale on its own, nor fuse a quantized weight wi
 
 TEST_CASE("the spec op dequantize reads a weight with its scales; its fields are checked") {
   const StateDict state = deepseek_like();
-  const SpecMapping m = from_spec(
-      std::string(R"({"d9d_mapper_spec": 1, "rules": [
+  const SpecMapping m = from_spec(std::string(R"({"d9d_mapper_spec": 1, "rules": [
         {"op": "dequantize", "format": "fp8_block", "source": "{m...}.weight",
          "scale": "{m...}.weight_scale_inv", "dtype": "BF16"}]})"),
-      keys_of(state));
+                                  keys_of(state));
   const StateDict out = apply_all(*m.mapper, state);
   // The norm has no scale: not a quantized weight, kept as it is ("unmatched": "keep").
-  CHECK(keys(out) == std::set<std::string>{"model.layers.0.attn.k_proj.weight",
-                                           "model.layers.0.attn.q_proj.weight",
-                                           "model.layers.0.attn.v_proj.weight", "model.norm.weight"});
+  CHECK(keys(out) == std::set<std::string>{
+                         "model.layers.0.attn.k_proj.weight", "model.layers.0.attn.q_proj.weight",
+                         "model.layers.0.attn.v_proj.weight", "model.norm.weight"});
   CHECK(out.at("model.layers.0.attn.q_proj.weight").dtype() == DType::BF16);
   CHECK(specs_of(out) == infer_all(*m.mapper, specs_of(state)));
   const std::vector<std::string> keys = keys_of(state);
   auto rule = [](const std::string& fields) {
-    return std::string(R"({"d9d_mapper_spec": 1, "rules": [{"op": "dequantize", )") + fields + "}]}";
+    return std::string(R"({"d9d_mapper_spec": 1, "rules": [{"op": "dequantize", )") + fields +
+           "}]}";
   };
   const std::string base = R"("source": "{m...}.weight", "scale": "{m...}.weight_scale_inv")";
-  CHECK(spec_error(rule(R"("format": "fp7", "dtype": "BF16", )" + base), keys).find("unknown format") != std::string::npos);
-  CHECK(spec_error(rule(R"("format": "fp8_block", "dtype": "F8_E4M3", )" + base), keys).find("expected \"BF16\"") != std::string::npos);
-  CHECK(spec_error(rule(R"("format": "mxfp4", "block": [32, 32], "dtype": "BF16", )" + base), keys).find("only fp8_block has a block") != std::string::npos);
-  CHECK(spec_error(rule(R"("format": "nvfp4", "global_scale": "{m...}.g", "dtype": "BF16", )" + base), keys).find("never guessed") != std::string::npos);
-  CHECK(spec_error(rule(R"("format": "fp8_block", "dtype": "BF16", "source": "{m...}.weight", "scale": "{n}.s")"), keys).find("{n} is not bound") != std::string::npos);
+  CHECK(spec_error(rule(R"("format": "fp7", "dtype": "BF16", )" + base), keys)
+            .find("unknown format") != std::string::npos);
+  CHECK(spec_error(rule(R"("format": "fp8_block", "dtype": "F8_E4M3", )" + base), keys)
+            .find("expected \"BF16\"") != std::string::npos);
+  CHECK(spec_error(rule(R"("format": "mxfp4", "block": [32, 32], "dtype": "BF16", )" + base), keys)
+            .find("only fp8_block has a block") != std::string::npos);
+  CHECK(
+      spec_error(rule(R"("format": "nvfp4", "global_scale": "{m...}.g", "dtype": "BF16", )" + base),
+                 keys)
+          .find("never guessed") != std::string::npos);
+  CHECK(
+      spec_error(
+          rule(
+              R"("format": "fp8_block", "dtype": "BF16", "source": "{m...}.weight",
+                  "scale": "{n}.s")"),
+          keys)
+          .find("{n} is not bound") != std::string::npos);
   // A global scale the checkpoint lacks, named with its weight.
   StateDict nv;
   const QuantScheme q = scheme(QuantFormat::kNvfp4, ".weight", ".weight_scale");
   add_weight(nv, q, "w.weight", {4, 8});
-  const std::string missing = spec_error(
-      rule(R"("format": "nvfp4", "source": "{m}.weight", "scale": "{m}.weight_scale",
-              "global_scale": "{m}.weight_scale_2", "global_scale_mode": "multiply", "dtype": "BF16")"),
-      keys_of(nv));
+  const std::string missing =
+      spec_error(rule(R"("format": "nvfp4", "source": "{m}.weight", "scale": "{m}.weight_scale",
+              "global_scale": "{m}.weight_scale_2", "global_scale_mode": "multiply",
+              "dtype": "BF16")"),
+                 keys_of(nv));
   CHECK(missing.find("has 'w.weight' and its scale 'w.weight_scale' but not its global scale "
                      "'w.weight_scale_2'") != std::string::npos);
 }

@@ -1,7 +1,8 @@
 // Quantized weights in mappers: dequantize, scales that follow their weights, and the checks that
 // keep a weight and its scale together.
 //
-// The formats and their tensors are core's (<d9d/quantization.hpp>, <d9d/numerics/quantization.hpp>).
+// The formats and their tensors are core's (<d9d/quantization.hpp>,
+// <d9d/numerics/quantization.hpp>).
 //
 // Note [scales follow their weights]: a quantized weight is a pair (or, for nvfp4 with a global
 // scale, a triple) of tensors, and every conversion must keep them together: a scale left behind

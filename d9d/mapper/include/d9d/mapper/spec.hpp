@@ -48,7 +48,7 @@
 //                         global_scale_mode: "multiply" (ModelOpt) | "divide" (compressed-
 //                         tensors), required), block?: [br, bc] (fp8_block, default [128, 128]),
 //                         dtype: "BF16" | "F16" | "F32", target?. One instance per key the source
-//                         matches whose scale exists; the tensors' rules are <d9d/quantization.hpp>'s
+//                         matches whose scale exists (rules: <d9d/quantization.hpp>)
 // A multi-source rule applies where every source exists; where some exist and others do not, the
 // missing keys are an error. Two rules of one stage that consume or produce the same key are an
 // error, as is a rule output that would replace a key passing through the stage.

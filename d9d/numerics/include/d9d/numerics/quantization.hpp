@@ -7,8 +7,8 @@
 //
 //   fp8_block    DeepSeek-V3 / Qwen3-FP8 (transformers' finegrained_fp8): W F8_E4M3 [..., R, C],
 //                scale ("weight_scale_inv", the dequantization multiplier despite its name) a float
-//                [..., ceil(R/br), ceil(C/bc)]; W[i, j] * s[i / br, j / bc]. Edge blocks are partial
-//                (DeepSeek's weight_dequant masks them).
+//                [..., ceil(R/br), ceil(C/bc)]; W[i, j] * s[i / br, j / bc]. Edge blocks are
+//                partial (DeepSeek's weight_dequant masks them).
 //   fp8_channel  compressed-tensors: W F8_E4M3 [..., R, C], scale [..., R, 1] (one per output
 //                channel) or one element ([] or [1]: per tensor); W[i, j] * s[i]. The scale is in
 //                the model's dtype (BF16, F16 or F32).
@@ -19,7 +19,8 @@
 //                (output [..., 2K]).
 //   nvfp4        NVIDIA ModelOpt and compressed-tensors: U8 [..., K] of E2M1 pairs (low nibble
 //                first), an F8_E4M3 scale per 16 elements [..., ceil(2K / 16)], and an F32 global
-//                scale that ModelOpt multiplies ("weight_scale_2") and compressed-tensors divides by
+//                scale that ModelOpt multiplies ("weight_scale_2") and compressed-tensors divides
+//                by
 //                ("weight_global_scale"). Both first combine the two scales, then multiply:
 //                fp4 * (f32(s) * g) (ModelOpt NVFP4QTensor.dequantize) or fp4 * (f32(s) / g)
 //                (compressed-tensors _dequantize: scale = scale / global_scale, then x_q * scale).
@@ -52,10 +53,14 @@ namespace numerics {
 // As a spec's "format" spells it.
 constexpr std::string_view quant_format_name(QuantFormat format) {
   switch (format) {
-    case QuantFormat::kFp8Block: return "fp8_block";
-    case QuantFormat::kFp8Channel: return "fp8_channel";
-    case QuantFormat::kMxfp4: return "mxfp4";
-    case QuantFormat::kNvfp4: return "nvfp4";
+    case QuantFormat::kFp8Block:
+      return "fp8_block";
+    case QuantFormat::kFp8Channel:
+      return "fp8_channel";
+    case QuantFormat::kMxfp4:
+      return "mxfp4";
+    case QuantFormat::kNvfp4:
+      return "nvfp4";
   }
   return "?";
 }
@@ -95,8 +100,10 @@ D9D_HOST_DEVICE float dequantize_mxfp4(uint32_t nibble, uint32_t scale_code) {
 template <GlobalScaleMode kMode>
 D9D_HOST_DEVICE float nvfp4_scale(uint32_t scale_code, float global_scale) {
   const float s = E4M3Format::decode(scale_code);
-  if constexpr (kMode == GlobalScaleMode::kMultiply) return s * global_scale;
-  else return s / global_scale;
+  if constexpr (kMode == GlobalScaleMode::kMultiply)
+    return s * global_scale;
+  else
+    return s / global_scale;
 }
 D9D_HOST_DEVICE float dequantize_nvfp4(uint32_t nibble, float combined_scale) {
   return scaled(E2M1Format::decode(nibble), combined_scale);
