@@ -337,7 +337,8 @@ QuantizedMapper::Plan QuantizedMapper::plan(const SpecDict& inputs) const {
     const bool same =
         w[i].shape.size() == w[0].shape.size() && s[i].shape.size() == s[0].shape.size() &&
         (format != QuantFormat::kFp8Channel || per_tensor(s[i].shape) == scale_per_tensor) &&
-        (!has_global || g[i].shape == g[0].shape);
+        (!has_global || (per_tensor(g[i].shape) == global_per_tensor &&
+                         g[i].shape.size() == g[0].shape.size()));
     if (!same) {
       refuse(str_cat("the scales of '", mv.sources[i], "' and '", first,
                      "' are of different kinds (", s[i], " and ", s[0], ")"));

@@ -299,6 +299,15 @@ TEST_CASE("nvfp4: stacked weights get one global scale per matrix, in both conve
           equal(floats(stacked, q, "experts.weight", mode),
                 stack({floats(state, q, "e0.weight", mode), floats(state, q, "e1.weight", mode)})));
     }
+    // Stacks of experts join along the experts, their global scales with them.
+    StateDict experts;
+    add_weight(experts, q, "a.weight", {2, 6, 9}, {2});
+    add_weight(experts, q, "b.weight", {3, 6, 9}, {3});
+    const StateDict joined =
+        run_and_undo(concatenate_tensors({"a.weight", "b.weight"}, "ab.weight", 0), q, experts);
+    CHECK(joined.at("ab.weight_scale_2").shape() == Shape{5});
+    CHECK(equal(floats(joined, q, "ab.weight"),
+                cat({floats(experts, q, "a.weight"), floats(experts, q, "b.weight")}, 0)));
     // Fusing rows would need one global scale for both: refused, naming them.
     check_refused(quantized(concatenate_tensors({"e0.weight", "e1.weight"}, "x.weight", 0), q),
                   state, {"one global scale", "'e0.weight_scale_2'"});
