@@ -1,7 +1,7 @@
 // The GPU check's timings (bench/gpu_check.sh runs it): pinned cudaMemcpy ceilings, the staging
 // ring's download (how device tensors are saved) against pinned D2H, the engine's
-// read_model_state and load_model_state to cuda:0 against pinned H2D, the copy/cast kernels against a device-to-device
-// cudaMemcpy, and an NCCL world-of-one all_gather. Prints one table; exits nonzero if a result is wrong.
+// read_model_state and load_model_state to cuda:0 against pinned H2D, the copy/cast/dequantize
+// kernels against a device-to-device cudaMemcpy, and an NCCL world-of-one all_gather. Prints one table; exits nonzero if a result is wrong.
 //
 // Usage: bench_cuda SCRATCH_DIR [CHECKPOINT_GIB]   (default 8 GiB; the checkpoint is written under
 // SCRATCH_DIR, read once to bring it into the page cache, then timed, and removed at the end)
@@ -221,6 +221,38 @@ int main(int argc, char** argv) {
     expect(equal(part.to(DType::F8_E4M3).to(Device::cpu()),
                  part.to(Device::cpu()).to(DType::F8_E4M3)),
            "F32 -> F8_E4M3 on the device differs from the CPU");
+  }
+
+  {
+    // Dequantization to BF16 of a [16384, 8192] weight in each format: bytes read (the packed
+    // weight and its scales) + written (the BF16 output).
+    const double n = 16384.0 * 8192.0;
+    Dequantization how;
+    how.format = QuantFormat::kFp8Block;
+    const Tensor w8 = random_device({16384, 8192}, DType::F8_E4M3, 11);
+    const Tensor s8 = random_device({128, 64}, DType::F32, 12);
+    add("dequantize fp8_block -> BF16 [16384,8192]", n * 3 + 128 * 64 * 4,
+        time_median([&] { (void)dequantize(w8, s8, how); }), d2d_gbps, "D2D");
+    expect(equal(dequantize(w8, s8, how).narrow(0, 0, 256).to(Device::cpu()),
+                 dequantize(w8.narrow(0, 0, 256).to(Device::cpu()),
+                            s8.narrow(0, 0, 2).to(Device::cpu()), how)),
+           "dequantize fp8_block on the device differs from the CPU");
+    how.format = QuantFormat::kMxfp4;
+    const Tensor b4 = random_device({16384, 256, 16}, DType::U8, 13);
+    const Tensor e8 = random_device({16384, 256}, DType::U8, 14);
+    add("dequantize mxfp4 -> BF16 [16384,8192]", n * 2.5 + n / 32,
+        time_median([&] { (void)dequantize(b4, e8, how); }), d2d_gbps, "D2D");
+    how.format = QuantFormat::kNvfp4;
+    how.global_scale_mode = GlobalScaleMode::kDivide;
+    const Tensor p4 = random_device({16384, 4096}, DType::U8, 15);
+    const Tensor s4 = random_device({16384, 512}, DType::F8_E4M3, 16);
+    const Tensor g = Tensor::full({}, 2688.0f, DType::F32).to(kGpu);
+    add("dequantize nvfp4 -> BF16 [16384,8192]", n * 2.5 + n / 16,
+        time_median([&] { (void)dequantize(p4, s4, how, g); }), d2d_gbps, "D2D");
+    expect(equal(dequantize(p4, s4, how, g).narrow(0, 0, 256).to(Device::cpu()),
+                 dequantize(p4.narrow(0, 0, 256).to(Device::cpu()),
+                            s4.narrow(0, 0, 256).to(Device::cpu()), how, g.to(Device::cpu()))),
+           "dequantize nvfp4 on the device differs from the CPU");
   }
 
   // ---- read_model_state to cuda:0 --------------------------------------------------------------

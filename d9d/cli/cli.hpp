@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,6 +24,7 @@
 
 #include <d9d/io/checkpoint.hpp>
 #include <d9d/mapper/mapper.hpp>
+#include <d9d/mapper/quantized.hpp>
 #include <d9d/mapper/spec.hpp>
 #include <d9d/model_state/conversion.hpp>
 #include <d9d/model_state/reader.hpp>
@@ -82,11 +84,23 @@ using model_state::kSidecarFileName;
 using model_state::parse_sidecar;
 using model_state::Sidecar;
 using model_state::unlisted_note;
+// Quantized checkpoints: Note [config.json] in <d9d/model_state/conversion.hpp>.
+using model_state::checkpoint_specs;
+using model_state::kConfigFileName;
+using model_state::quantization_config;
 
 // Prints unlisted_note() as "d9d: warning: ..." on standard error, when there is one (Note
 // [unlisted tensors] in <d9d/model_state/conversion.hpp>: every command that reads a checkpoint
 // says so).
 void warn_unlisted(const io::Checkpoint& checkpoint);
+
+// ---- quantized checkpoints ----------------------------------------------------------------------
+
+// "fp8_block [128, 128]", "nvfp4 (global scale: divide)": a pair's format, for tables.
+std::string quantized_format_str(const mapper::QuantizedPair& pair);
+// The quantized weights among `specs` by key: weight, scale and global scale keys map to the
+// pair's index in `pairs` (pairs whose shapes do not fit are left out: they show as they are).
+std::map<std::string, size_t> quantized_keys(const std::vector<mapper::QuantizedPair>& pairs);
 
 // The inverse of the conversion that wrote `src` (Note [conversion sidecar]). `spec_text`, when
 // given, replaces the sidecar's spec (it must still describe original -> converted).

@@ -124,6 +124,32 @@ void warn_unlisted(const io::Checkpoint& checkpoint) {
   if (!note.empty()) std::cerr << "d9d: warning: " << note << "\n";
 }
 
+// ---- quantized checkpoints ----------------------------------------------------------------------
+
+std::string quantized_format_str(const mapper::QuantizedPair& pair) {
+  std::string out(quant_format_name(pair.format));
+  if (pair.format == QuantFormat::kFp8Block) {
+    out += " [" + std::to_string(pair.block_rows) + ", " + std::to_string(pair.block_cols) + "]";
+  }
+  if (pair.global_scale_mode) {
+    out += std::string(" (global scale: ") +
+           std::string(global_scale_mode_name(*pair.global_scale_mode)) + ")";
+  }
+  return out;
+}
+
+std::map<std::string, size_t> quantized_keys(const std::vector<mapper::QuantizedPair>& pairs) {
+  std::map<std::string, size_t> out;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const mapper::QuantizedPair& p = pairs[i];
+    if (!p.misfit.empty()) continue;
+    out.emplace(p.weight, i);
+    out.emplace(p.scale, i);
+    if (!p.global_scale.empty()) out.emplace(p.global_scale, i);
+  }
+  return out;
+}
+
 // ---- building the mapper ------------------------------------------------------------------------
 
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
@@ -164,6 +190,7 @@ Conversion reverse_conversion(const fs::path& src, const std::optional<std::stri
                                          " cannot be undone: ", e.what(),
                                          "; convert with an explicit inverse spec instead");
   }
+  model_state::add_config(c, dir, checkpoint_specs(io::Checkpoint::open(src)));
   return c;
 }
 

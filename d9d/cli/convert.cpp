@@ -44,6 +44,11 @@ void print_notes(const ConvertOptions& options, const Conversion& c) {
   }
 }
 
+// What was done to config.json beside the new checkpoint (Note [config.json]), once it is there.
+void note_config(const ConvertOptions& options, const Conversion& c) {
+  if (!c.config_note.empty() && !options.quiet) std::cerr << "d9d: note: " << c.config_note << "\n";
+}
+
 model_state::ReadOptions read_options(const ConvertOptions& options, const Conversion& c) {
   model_state::ReadOptions ro;
   ro.device = options.device;
@@ -112,6 +117,7 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
       options.source, options.dest, c.mapper, world, read_options(options, c),
       model_state::conversion_write_options(c, write_options(options)));
   if (guard) guard->done();
+  if (rank0) note_config(options, c);
   ConvertOptions quiet_unless_rank0 = options;
   quiet_unless_rank0.quiet = options.quiet || !rank0;
   return summarize(quiet_unless_rank0, c, plan, clock, world.size());
@@ -131,6 +137,7 @@ ConvertResult run_convert(const ConvertOptions& options) {
   if (options.threads > 0) set_num_threads(options.threads);
   const model_state::ReadPlan plan = model_state::convert_model_state_local(
       options.source, options.dest, c, read_options(options, c), write_options(options));
+  note_config(options, c);
   return summarize(options, c, plan, clock, 1);
 }
 

@@ -3,7 +3,9 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
+#include <utility>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -58,6 +60,7 @@ struct PlanResult {
   std::vector<PlannedShard> shards;
   std::vector<std::string> too_large;  // outputs larger than a shard (the writer would refuse)
   int64_t shard_size = 0;
+  std::vector<mapper::QuantizedPair> quantized_outputs;  // kept packed, with their scales
 
   bool ok() const { return missing.empty() && too_large.empty(); }
 };
@@ -107,8 +110,23 @@ PlanResult plan(const PlanOptions& options) {
   if (r.missing.empty()) {
     r.read = model_state::plan_read(r.checkpoint, m);
     lay_out_shards(r);
+    mapper::SpecDict out;
+    for (const PlannedOutput& o : r.outputs) out.emplace(o.name, o.spec);
+    r.quantized_outputs = mapper::find_quantized_pairs(out, r.conversion.quantization);
   }
   return r;
+}
+
+nlohmann::ordered_json pair_json(const mapper::QuantizedPair& p) {
+  nlohmann::ordered_json q = {
+      {"weight", p.weight}, {"format", quant_format_name(p.format)}, {"scale", p.scale}};
+  if (!p.global_scale.empty()) q["global_scale"] = p.global_scale;
+  if (p.misfit.empty()) {
+    q["logical_shape"] = p.logical_shape.vec();
+  } else {
+    q["misfit"] = p.misfit;
+  }
+  return q;
 }
 
 std::string join(const std::set<std::string>& names) {
@@ -153,17 +171,38 @@ void print_json(const PlanResult& r) {
   j["unconsumed_keys"] = r.unconsumed;
   j["unused_rules"] = c.mapping.unused_rules;
   j["unlisted_tensors"] = r.checkpoint.unlisted_tensors();  // Note [unlisted tensors]
+  nlohmann::ordered_json in = nlohmann::ordered_json::array();
+  for (const mapper::QuantizedPair& p : c.quantized) in.push_back(pair_json(p));
+  j["quantized_inputs"] = std::move(in);
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const mapper::QuantizedPair& p : r.quantized_outputs) out.push_back(pair_json(p));
+  j["quantized_outputs"] = std::move(out);
   std::cout << j.dump(1) << "\n";
 }
 
+// The dtype and shape column of an output: a quantized weight kept packed shows its format and
+// logical shape (its scales are folded into it and not listed); nullopt for a folded scale.
+std::optional<std::pair<std::string, std::string>> output_columns(
+    const PlanResult& r, const std::map<std::string, size_t>& folded, const PlannedOutput& o) {
+  if (auto it = folded.find(o.name); it != folded.end()) {
+    const mapper::QuantizedPair& p = r.quantized_outputs[it->second];
+    if (p.weight != o.name) return std::nullopt;
+    return std::pair{std::string(quant_format_name(p.format)), format_shape(p.logical_shape)};
+  }
+  return std::pair{std::string(dtype_name(o.spec.dtype)), format_shape(o.spec.shape)};
+}
+
 void print_outputs(const PlanResult& r) {
+  const std::map<std::string, size_t> folded = quantized_keys(r.quantized_outputs);
   size_t w_name = 4;
   size_t w_dtype = 5;
   size_t w_shape = 5;
   for (const PlannedOutput& o : r.outputs) {
+    const auto columns = output_columns(r, folded, o);
+    if (!columns) continue;
     w_name = std::max(w_name, o.name.size());
-    w_dtype = std::max(w_dtype, dtype_name(o.spec.dtype).size());
-    w_shape = std::max(w_shape, format_shape(o.spec.shape).size());
+    w_dtype = std::max(w_dtype, columns->first.size());
+    w_shape = std::max(w_shape, columns->second.size());
   }
   auto pad = [](std::string s, size_t w) {
     if (s.size() < w) s.append(w - s.size(), ' ');
@@ -173,13 +212,18 @@ void print_outputs(const PlanResult& r) {
             << "  " << pad("name", w_name) << "  " << pad("dtype", w_dtype) << "  "
             << pad("shape", w_shape) << "  shard  from\n";
   for (const PlannedOutput& o : r.outputs) {
+    const auto columns = output_columns(r, folded, o);
+    if (!columns) continue;
     const mapper::StateGroup& g = o.from;
     const bool same = g.inputs.size() == 1 && g.outputs.size() == 1 && *g.inputs.begin() == o.name;
-    std::cout << "  " << pad(o.name, w_name) << "  "
-              << pad(std::string(dtype_name(o.spec.dtype)), w_dtype) << "  "
-              << pad(format_shape(o.spec.shape), w_shape) << "  "
-              << pad(std::to_string(o.shard + 1), 5) << "  " << (same ? "=" : join(g.inputs))
-              << "\n";
+    std::cout << "  " << pad(o.name, w_name) << "  " << pad(columns->first, w_dtype) << "  "
+              << pad(columns->second, w_shape) << "  " << pad(std::to_string(o.shard + 1), 5)
+              << "  " << (same ? "=" : join(g.inputs)) << "\n";
+  }
+  if (!r.quantized_outputs.empty()) {
+    std::cout << "  ("
+              << count_of(static_cast<int64_t>(r.quantized_outputs.size()), "quantized weight")
+              << " kept packed, each shown as its format and logical shape, its scales with it)\n";
   }
   std::cout << "\nshards (--shard-size " << format_bytes(r.shard_size) << "):\n";
   for (const PlannedShard& s : r.shards) {
@@ -234,6 +278,15 @@ void print_text(const PlanResult& r) {
             << format_bytes(ck.total_bytes()) << " in " << ck.files().size() << " file"
             << (ck.files().size() == 1 ? "" : "s") << "\n";
   std::cout << "  groups:     " << r.groups << "\n";
+  if (!c.quantized.empty()) {
+    std::map<std::string, int64_t> per_format;
+    for (const mapper::QuantizedPair& p : c.quantized) ++per_format[quantized_format_str(p)];
+    std::cout << "  quantized:  " << count_of(static_cast<int64_t>(c.quantized.size()), "weight");
+    for (const auto& [format, count] : per_format) std::cout << ", " << format << " " << count;
+    if (c.quantization)
+      std::cout << " (config.json: quant_method " << c.quantization->quant_method << ")";
+    std::cout << "\n";
+  }
   if (r.read) {
     std::cout << "  reads:      " << r.read->files.size() << " file"
               << (r.read->files.size() == 1 ? "" : "s") << ", " << format_bytes(r.read->input_bytes)

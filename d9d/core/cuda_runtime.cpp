@@ -12,10 +12,12 @@
 
 #include <d9d/cuda_check.hpp>
 #include <d9d/error.hpp>
+#include <d9d/quantization.hpp>
 #include <d9d/storage.hpp>
 
 #include "cast.cuh"
 #include "copy.cuh"
+#include "dequantize.cuh"
 
 namespace d9d {
 namespace detail {
@@ -267,6 +269,20 @@ void cuda_cast(const std::byte* src, DType src_dtype, std::byte* dst, DType dst_
   D9D_CUDA_CHECK(launch, "cast ", src_dtype, " to ", dst_dtype, " on cuda:", device, ", ", count,
                  " elements");
   sync_stream(device, "cast", 1, static_cast<size_t>(count * element_size(dst_dtype)));
+}
+
+void cuda_dequantize(QuantFormat format, const numerics::DequantLayout& layout,
+                     const std::byte* source, const std::byte* scale, const float* global_scale,
+                     GlobalScaleMode mode, std::byte* out, DType out_dtype, int device) {
+  const CudaDeviceGuard device_guard(device);
+  const kernels::DequantArgs args =
+      kernels::dequant_args(format, layout, source, scale, global_scale, mode, out, out_dtype);
+  const cudaError_t launch = kernels::launch_dequantize(args, cudaStreamPerThread);
+  if (launch != cudaSuccess) wait_after_failed_launch();
+  const auto bytes = static_cast<size_t>(layout.rows * layout.cols * element_size(out_dtype));
+  D9D_CUDA_CHECK(launch, "dequantize ", quant_format_name(format), " to ", out_dtype,
+                 " on cuda:", device, ", ", layout.rows, " x ", layout.cols, " elements");
+  sync_stream(device, "dequantize", 1, bytes);
 }
 
 }  // namespace detail

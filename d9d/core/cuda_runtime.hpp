@@ -16,6 +16,7 @@
 #include <span>
 
 #include <d9d/dtype.hpp>
+#include <d9d/numerics/quantization.hpp>
 
 #include "copy.hpp"
 
@@ -47,5 +48,11 @@ void cuda_run_copies(std::span<const CopyTask> tasks, int device);
 // Converts `count` packed elements on `device` (src and dst aligned to their element sizes).
 void cuda_cast(const std::byte* src, DType src_dtype, std::byte* dst, DType dst_dtype,
                int64_t count, int device);
+
+// dequantize() on `device` (kernels/dequantize.cuh says what each pointer holds); every pointer is
+// memory of that device, `global_scale` may be null.
+void cuda_dequantize(QuantFormat format, const numerics::DequantLayout& layout,
+                     const std::byte* source, const std::byte* scale, const float* global_scale,
+                     GlobalScaleMode mode, std::byte* out, DType out_dtype, int device);
 
 }  // namespace d9d::detail

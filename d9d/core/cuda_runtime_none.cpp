@@ -25,6 +25,10 @@ void cuda_memcpy_peer(void*, int, const void*, int, size_t) { no_cuda("copying b
 void cuda_memset_zero(void*, size_t, int) { no_cuda("clearing CUDA memory"); }
 void cuda_run_copies(std::span<const CopyTask>, int) { no_cuda("copying on a CUDA device"); }
 void cuda_cast(const std::byte*, DType, std::byte*, DType, int64_t, int) { no_cuda("converting on a CUDA device"); }
+void cuda_dequantize(QuantFormat, const numerics::DequantLayout&, const std::byte*,
+                     const std::byte*, const float*, GlobalScaleMode, std::byte*, DType, int) {
+  no_cuda("dequantizing on a CUDA device");
+}
 
 void throw_cuda_error(int code, const char* call, const std::string& context) {
   throw_error<DeviceError>(call, " failed: CUDA error ", code, " (", context, ")");

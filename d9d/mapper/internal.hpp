@@ -107,4 +107,22 @@ void check_group_outputs(const ModelStateMapper& who, const StateGroup& group,
                                         " declares the outputs ", keys_str(group.outputs)));
 }
 
+// Rethrows the active exception with `context` before its message, keeping its type, so that a
+// shape error from a rule says which mapper and tensor it was about.
+[[noreturn]] inline void rethrow_with(const std::string& context) {
+  try {
+    throw;
+  } catch (const IndexError& e) {
+    throw IndexError(context + e.what());
+  } catch (const TypeError& e) {
+    throw TypeError(context + e.what());
+  } catch (const ValueError& e) {
+    throw ValueError(context + e.what());
+  } catch (const DeviceError& e) {
+    throw DeviceError(context + e.what());
+  } catch (const Error& e) {
+    throw Error(context + e.what());
+  }
+}
+
 }  // namespace d9d::mapper::detail

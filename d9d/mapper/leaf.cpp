@@ -17,24 +17,7 @@ namespace d9d::mapper {
 namespace {
 
 using d9d::detail::str_cat;
-
-// Rethrows the active exception with `context` before its message, keeping its type, so that a
-// shape error from a rule says which mapper and tensor it was about.
-[[noreturn]] void rethrow_with(const std::string& context) {
-  try {
-    throw;
-  } catch (const IndexError& e) {
-    throw IndexError(context + e.what());
-  } catch (const TypeError& e) {
-    throw TypeError(context + e.what());
-  } catch (const ValueError& e) {
-    throw ValueError(context + e.what());
-  } catch (const DeviceError& e) {
-    throw DeviceError(context + e.what());
-  } catch (const Error& e) {
-    throw Error(context + e.what());
-  }
-}
+using detail::rethrow_with;
 
 void check_unique(const char* op, const std::vector<std::string>& names, const char* what) {
   D9D_CHECK(!names.empty(), op, ": needs at least one ", what, " name");

@@ -12,6 +12,7 @@
 
 #include <d9d/mapper/compose.hpp>
 #include <d9d/mapper/leaf.hpp>
+#include <d9d/mapper/quantized.hpp>
 
 #include "internal.hpp"
 #include "key_pattern.hpp"
@@ -38,13 +39,50 @@ namespace {
 struct Spec {
   std::string description;
   UnmatchedPolicy unmatched = UnmatchedPolicy::kKeep;
+  std::optional<QuantScheme> quantization;  // Note [scales follow their weights]
   std::vector<std::vector<Rule>> stages;
 };
+
+QuantScheme parse_quantization(const Node& node) {
+  node.only({"format", "block", "weight_suffix", "scale_suffix", "global_scale_suffix", "comment"},
+            "\"quantization\"");
+  QuantScheme q;
+  const Node format = node.at("format");
+  const std::optional<QuantFormat> f = quant_format_from_name(format.str());
+  if (!f) format.fail(str_cat("unknown format ", json_string_excerpt(format.str())));
+  q.format = *f;
+  if (auto block = node.find("block")) {
+    const std::vector<int64_t> b = block->integers();
+    if (q.format != QuantFormat::kFp8Block) block->fail("only fp8_block has a block");
+    if (b.size() != 2 || b[0] < 1 || b[1] < 1)
+      block->fail("expected two positive sizes [rows, cols]");
+    q.block_rows = b[0];
+    q.block_cols = b[1];
+  }
+  auto suffix = [](const Node& n) {
+    std::string text = n.str();
+    if (text.empty()) n.fail("expected a non-empty suffix");
+    return text;
+  };
+  q.names.weight_suffix = suffix(node.at("weight_suffix"));
+  q.names.scale_suffix = suffix(node.at("scale_suffix"));
+  if (auto g = node.find("global_scale_suffix")) {
+    if (q.format != QuantFormat::kNvfp4) g->fail("only nvfp4 has a global scale");
+    q.names.global_scale_suffix = suffix(*g);
+  }
+  std::set<std::string> distinct{q.names.weight_suffix, q.names.scale_suffix};
+  if (!q.names.global_scale_suffix.empty()) distinct.insert(q.names.global_scale_suffix);
+  if (distinct.size() != (q.names.global_scale_suffix.empty() ? 2u : 3u)) {
+    node.fail("the suffixes must differ");
+  }
+  return q;
+}
 
 Spec parse_spec(std::string_view text) {
   const nlohmann::json json = detail::parse_spec_json(text);
   const Node root{json, "$"};
-  root.only({"d9d_mapper_spec", "description", "unmatched", "stages", "rules"}, "a spec");
+  root.only({"d9d_mapper_spec", "description", "unmatched", "quantization", "stages", "rules"},
+            "a spec");
   Spec spec;
   const Node version = root.at("d9d_mapper_spec");
   if (version.integer() != 1)
@@ -63,6 +101,7 @@ Spec parse_spec(std::string_view text) {
           str_cat("expected \"keep\", \"drop\" or \"error\", got ", json_string_excerpt(policy)));
     }
   }
+  if (auto q = root.find("quantization")) spec.quantization = parse_quantization(*q);
   if (root.has("stages") == root.has("rules")) {
     root.fail("expected either \"stages\" (a list of {\"rules\": [...]}) or \"rules\"");
   }
@@ -218,6 +257,99 @@ void expand_per_key(const Rule& r, const KeySet& keys, const std::function<void(
   }
 }
 
+// Instances of a kPaired rule: one per key the source matches whose scale exists (a key without
+// one is not a quantized weight); a missing global scale is an error.
+void expand_paired(const Rule& r, const KeySet& keys, const std::function<void(Instance)>& build) {
+  for (size_t i = 0; i < keys.keys.size(); ++i) {
+    Bindings b;
+    if (!r.sources[0].match(keys.parts[i], b)) continue;
+    Instance instance{{keys.keys[i]}, {r.targets[0].instantiate(b)}};
+    for (size_t c = 1; c < r.sources.size(); ++c)
+      instance.sources.push_back(r.sources[c].instantiate(b));
+    if (!keys.has(instance.sources[1])) continue;
+    if (instance.sources.size() > 2 && !keys.has(instance.sources[2])) {
+      throw SpecError(r.path, str_cat("the checkpoint has '", instance.sources[0],
+                                      "' and its scale '", instance.sources[1],
+                                      "' but not its global scale '", instance.sources[2], "'"));
+    }
+    build(std::move(instance));
+  }
+}
+
+// The quantized weights of one stage's keys under a spec's "quantization": every key that is a
+// weight by its name and whose scale (and global scale) the stage has.
+struct QuantizedKeys {
+  const QuantScheme* scheme = nullptr;
+  std::unordered_set<std::string> weights;
+  std::unordered_map<std::string, std::string> weight_of;  // scale or global scale -> its weight
+
+  QuantizedKeys(const std::optional<QuantScheme>& q, const KeySet& keys) {
+    if (!q) return;
+    scheme = &*q;
+    for (const std::string& k : keys.keys) {
+      if (!q->names.is_weight(k) || !keys.has(q->names.scale_of(k))) continue;
+      weights.insert(k);
+      weight_of.emplace(q->names.scale_of(k), k);
+      if (!q->names.global_scale_suffix.empty()) weight_of.emplace(q->names.global_scale_of(k), k);
+    }
+  }
+};
+
+// Note [scales follow their weights], in a spec: each instance that reads quantized weights is
+// wrapped so their scales follow; an instance that reads only scales whose weights this rule also
+// moves is dropped (a rule over "{x...}" meets both); any other reading of a scale is an error.
+std::vector<MapperPtr> with_scales(const Rule& r, std::vector<MapperPtr> instances,
+                                   const QuantizedKeys& q) {
+  if (q.scheme == nullptr || r.op->family == Family::kPaired) return instances;
+  const QuantNames& names = q.scheme->names;
+  std::unordered_set<std::string> moved;  // weights this rule moves
+  for (const MapperPtr& m : instances) {
+    for (const std::string& k : m->state_dependency_groups().begin()->inputs) {
+      if (q.weights.count(k)) moved.insert(k);
+    }
+  }
+  std::vector<MapperPtr> out;
+  for (MapperPtr& m : instances) {
+    const std::set<std::string>& inputs = m->state_dependency_groups().begin()->inputs;
+    size_t weights = 0, companions = 0;
+    std::string weight, plain, companion;
+    for (const std::string& k : inputs) {
+      if (q.weights.count(k)) {
+        ++weights;
+        weight = k;
+      } else if (auto it = q.weight_of.find(k); it != q.weight_of.end()) {
+        ++companions;
+        companion = k;
+        if (!moved.count(it->second)) {
+          throw SpecError(r.path, str_cat("'", k, "' belongs to the quantized weight '", it->second,
+                                          "' and moves with it (the spec's \"quantization\"); "
+                                          "no rule moves it on its own"));
+        }
+      } else {
+        plain = k;
+      }
+    }
+    if (weights == 0 && companions == 0) {
+      out.push_back(std::move(m));
+      continue;
+    }
+    if (weights == 0) continue;  // scales of weights this rule moves: they follow them
+    if (weights + companions != inputs.size() || companions != 0) {
+      throw SpecError(r.path, str_cat("'", weight, "' is a quantized weight (its scale '",
+                                      names.scale_of(weight), "' is in the checkpoint) but '",
+                                      companions != 0 ? companion : plain,
+                                      "', read with it, is not one; this rule would separate "
+                                      "them from their scales"));
+    }
+    try {
+      out.push_back(quantized(std::move(m), *q.scheme));
+    } catch (const Error& e) {
+      throw SpecError(r.path, e.what());
+    }
+  }
+  return out;
+}
+
 // The leaf mappers of every instance of `r` over `keys`.
 std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
   std::vector<MapperPtr> out;
@@ -240,6 +372,9 @@ std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
     case Family::kSingle:
     case Family::kOneToMany:
       expand_per_key(r, keys, build);
+      break;
+    case Family::kPaired:
+      expand_paired(r, keys, build);
       break;
   }
   return out;
@@ -264,11 +399,12 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
 
   for (const auto& rules : spec.stages) {
     const KeySet keys(std::move(current));
+    const QuantizedKeys quantized_keys(spec.quantization, keys);
     std::unordered_map<std::string, size_t> consumed_by, produced_by;  // key -> rule index
     std::vector<MapperPtr> mappers;
     for (size_t ri = 0; ri < rules.size(); ++ri) {
       const Rule& r = rules[ri];
-      std::vector<MapperPtr> instances = expand(r, keys);
+      std::vector<MapperPtr> instances = with_scales(r, expand(r, keys), quantized_keys);
       if (instances.empty()) result.unused_rules.push_back(r.summary());
       for (auto& m : instances) {
         for (const auto& g : m->state_dependency_groups()) {

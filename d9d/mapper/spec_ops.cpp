@@ -2,12 +2,21 @@
 #include "spec_ops.hpp"
 
 #include <d9d/mapper/leaf.hpp>
+#include <d9d/mapper/quantized.hpp>
 
 namespace d9d::mapper::detail {
 
 using d9d::detail::str_cat;
 
 namespace {
+
+std::string quant_format_list() {
+  std::string list;
+  for (int i = 0; i < kNumQuantFormats; ++i) {
+    list += str_cat(i ? ", " : "", quant_format_name(static_cast<QuantFormat>(i)));
+  }
+  return list;
+}
 
 int64_t dim_or_zero(const Node& node) {
   auto d = node.find("dim");
@@ -165,6 +174,58 @@ const std::vector<OpDef>& ops() {
            return split_tensors(std::move(i.sources[0]), std::move(i.targets), sizes, dim);
          };
        }},
+      {"dequantize",
+       Family::kPaired,
+       {"format", "source", "scale", "global_scale", "global_scale_mode", "block", "dtype",
+        "target"},
+       [](const Node& node, const Rule&) -> Builder {
+         Dequantization how;
+         const Node format = node.at("format");
+         const std::optional<QuantFormat> f = quant_format_from_name(format.str());
+         if (!f) {
+           format.fail(str_cat("unknown format ", json_string_excerpt(format.str()),
+                               " (formats: ", quant_format_list(), ")"));
+         }
+         how.format = *f;
+         if (auto block = node.find("block")) {
+           const std::vector<int64_t> b = block->integers();
+           if (how.format != QuantFormat::kFp8Block) block->fail("only fp8_block has a block");
+           if (b.size() != 2 || b[0] < 1 || b[1] < 1) {
+             block->fail("expected two positive sizes [rows, cols]");
+           }
+           how.block_rows = b[0];
+           how.block_cols = b[1];
+         }
+         if (auto mode = node.find("global_scale_mode")) {
+           how.global_scale_mode = global_scale_mode_from_name(mode->str());
+           if (!how.global_scale_mode) {
+             mode->fail(
+                 str_cat("expected \"multiply\" (ModelOpt's weight_scale_2) or \"divide\" "
+                         "(compressed-tensors' weight_global_scale), got ",
+                         json_string_excerpt(mode->str())));
+           }
+         }
+         if (node.has("global_scale") != how.global_scale_mode.has_value()) {
+           node.fail(
+               "\"global_scale\" and \"global_scale_mode\" go together: the two nvfp4 "
+               "conventions (multiply, divide) are never guessed");
+         }
+         if (node.has("global_scale") && how.format != QuantFormat::kNvfp4) {
+           node.at("global_scale").fail("only nvfp4 has a global scale");
+         }
+         const Node dtype = node.at("dtype");
+         const std::optional<DType> d = dtype_from_name(dtype.str());
+         if (!d || (*d != DType::BF16 && *d != DType::F16 && *d != DType::F32)) {
+           dtype.fail(str_cat("expected \"BF16\", \"F16\" or \"F32\", got ",
+                              json_string_excerpt(dtype.str())));
+         }
+         how.dtype = *d;
+         return [how](Instance i) {
+           return dequantize(std::move(i.sources[0]), std::move(i.sources[1]),
+                             std::move(i.targets[0]), how,
+                             i.sources.size() > 2 ? std::move(i.sources[2]) : std::string());
+         };
+       }},
   };
   return table;
 }
@@ -247,6 +308,23 @@ void read_one_to_many(const Node& node, Rule& r, const std::string& what) {
   if (r.count < 1) count.fail("expected a count of at least 1");
 }
 
+void read_paired(const Node& node, Rule& r) {
+  read_single(node, r);
+  for (const char* companion : {"scale", "global_scale"}) {
+    const std::optional<Node> n = companion == std::string_view("scale")
+                                      ? std::optional<Node>(node.at(companion))
+                                      : node.find(companion);
+    if (!n) continue;
+    r.sources.push_back(pattern(*n));
+    for (const auto& c : r.sources.back().captures()) {
+      if (!r.sources[0].has_capture(c)) {
+        n->fail(str_cat("the capture {", c, "} is not bound by the source ",
+                        json_string_excerpt(r.sources[0].text())));
+      }
+    }
+  }
+}
+
 void read_select(const Node& node, Rule& r) {
   const Node parent = node.at("parent");
   const Pattern p = pattern(parent);
@@ -298,6 +376,9 @@ Rule parse_rule(const Node& node) {
       break;
     case Family::kSelect:
       read_select(node, r);
+      break;
+    case Family::kPaired:
+      read_paired(node, r);
       break;
   }
   r.build = r.op->parse(node, r);

@@ -31,6 +31,11 @@ enum class Family : uint8_t {
   kOneToMany,
   // "parent" (a pattern) and "base_names": one instance per parent key found.
   kSelect,
+  // "source", its companions "scale" and "global_scale" (patterns with the source's captures),
+  // and "target" (default: the source): one instance per key the source matches whose scale
+  // exists. sources holds the source, the scale and the global scale. Such an op reads a
+  // quantized weight's scales itself, so a spec's "quantization" does not wrap it.
+  kPaired,
 };
 
 // The keys of one instance of a rule. kSelect: sources holds the parent key and targets the

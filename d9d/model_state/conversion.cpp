@@ -4,11 +4,13 @@
 
 #include <map>
 #include <optional>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include <d9d/error.hpp>
 #include <d9d/mapper/adapters.hpp>
+#include <d9d/io/file.hpp>
 #include <d9d/mapper/json.hpp>
 
 namespace d9d::model_state {
@@ -108,6 +110,87 @@ std::string unlisted_note(const io::Checkpoint& checkpoint) {
                               " not in its index and left out: ", list);
 }
 
+// ---- config.json --------------------------------------------------------------------------------
+
+std::optional<std::string> read_config_json(const fs::path& dir) {
+  const fs::path path = dir / kConfigFileName;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::nullopt;
+  try {
+    return io::read_regular_file(path);  // a FIFO is refused, not waited on
+  } catch (const io::IoError& e) {
+    d9d::detail::throw_error<io::IoError>("cannot read the model config: ", e.what());
+  }
+}
+
+std::optional<mapper::QuantizationConfig> quantization_config(const fs::path& dir) {
+  const std::optional<std::string> text = read_config_json(dir);
+  if (!text) return std::nullopt;
+  return mapper::parse_quantization_config(*text, (dir / kConfigFileName).string());
+}
+
+SpecDict checkpoint_specs(const io::Checkpoint& checkpoint) {
+  SpecDict specs;
+  for (const std::string& key : checkpoint.keys()) {
+    const io::TensorInfo& info = checkpoint.info(key);
+    specs.emplace_hint(specs.end(), key, mapper::TensorSpec{info.dtype, info.shape});
+  }
+  return specs;
+}
+
+void add_config(Conversion& c, const fs::path& source_dir, const SpecDict& source_specs) {
+  c.config = read_config_json(source_dir);
+  c.config_note.clear();
+  if (!c.config) return;
+  const std::string origin = (source_dir / kConfigFileName).string();
+  const std::optional<mapper::QuantizationConfig> q =
+      mapper::parse_quantization_config(*c.config, origin);
+  c.config_note = "config.json copied";
+  if (!q) return;  // byte for byte
+  const SpecDict outputs = mapper::infer_all(*c.mapper, source_specs);
+  const std::vector<mapper::QuantizedPair> kept = mapper::find_quantized_pairs(outputs, q);
+  auto j = nlohmann::ordered_json::parse(*c.config);
+  if (kept.empty()) {
+    j.erase("quantization_config");
+    c.config_note += " with its quantization_config removed (no quantized weight is left)";
+  } else {
+    // The modules whose weights were dequantized: the outputs of the groups that read a
+    // quantized weight and are not quantized weights or scales themselves.
+    std::set<std::string> packed;
+    for (const mapper::QuantizedPair& p : kept) {
+      if (!p.misfit.empty()) continue;
+      packed.insert({p.weight, p.scale});
+      if (!p.global_scale.empty()) packed.insert(p.global_scale);
+    }
+    std::map<std::string, const mapper::StateGroup*> group_of;
+    for (const mapper::StateGroup& g : c.mapper->state_dependency_groups()) {
+      for (const std::string& in : g.inputs) group_of.emplace(in, &g);
+    }
+    std::set<std::string> modules;
+    for (const mapper::QuantizedPair& p : c.quantized) {
+      auto it = group_of.find(p.weight);
+      if (it == group_of.end()) continue;
+      for (const std::string& o : it->second->outputs) {
+        if (!packed.count(o)) modules.insert(o.substr(0, o.rfind('.')));
+      }
+    }
+    if (modules.empty()) return;  // byte for byte
+    const char* list = q->quant_method == "compressed-tensors" ? "ignore"
+                       : q->quant_method == "modelopt"         ? "exclude_modules"
+                                                               : "modules_to_not_convert";
+    nlohmann::ordered_json& config = j["quantization_config"];
+    if (!config.contains(list) || !config[list].is_array()) {
+      config[list] = nlohmann::ordered_json::array();
+    }
+    for (const std::string& m : modules) config[list].push_back(m);
+    c.config_note += d9d::detail::str_cat(" with ", modules.size(),
+                                          modules.size() == 1 ? " dequantized module" :
+                                                                " dequantized modules",
+                                          " added to its quantization_config's \"", list, "\"");
+  }
+  c.config = j.dump(2) + "\n";
+}
+
 // ---- converting ---------------------------------------------------------------------------------
 
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
@@ -134,12 +217,22 @@ Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
   }
   c.sidecar.spec = std::move(spec_text);
   c.sidecar.spec_origin = std::move(spec_origin);
+  c.quantization = quantization_config(src.dir());
+  c.quantized = mapper::find_quantized_pairs(c.sidecar.source, c.quantization);
+  try {
+    mapper::check_quantized_pairs(*c.mapper, c.quantized);
+  } catch (const ValueError& e) {
+    d9d::detail::throw_error<ValueError>("spec ", c.sidecar.spec_origin, " on ", src.dir().string(),
+                                         ": ", e.what());
+  }
+  add_config(c, src.dir(), c.sidecar.source);
   return c;
 }
 
 WriteOptions conversion_write_options(const Conversion& c, WriteOptions options) {
   options.companion_files[std::string(kSidecarFileName)] =
       c.reverse ? std::nullopt : std::optional<std::string>(sidecar_json(c.sidecar));
+  if (c.config) options.companion_files[std::string(kConfigFileName)] = c.config;
   return options;
 }
 

@@ -270,6 +270,63 @@ TEST_CASE("every dtype conversion on the device is byte-identical to the CPU's")
   }
 }
 
+TEST_CASE("dequantize on the device is byte-identical to the CPU's, every format") {
+  struct Case {
+    QuantFormat format;
+    Shape source, scale;
+    DType source_dtype, scale_dtype;
+    std::optional<Shape> global;
+    std::optional<GlobalScaleMode> mode;
+  };
+  const std::vector<Case> cases = {
+      {QuantFormat::kFp8Block, {3, 300, 517}, {3, 3, 5}, DType::F8_E4M3, DType::F32, {}, {}},
+      {QuantFormat::kFp8Block, {256, 256}, {2, 2}, DType::F8_E4M3, DType::BF16, {}, {}},
+      {QuantFormat::kFp8Channel, {300, 64}, {300, 1}, DType::F8_E4M3, DType::BF16, {}, {}},
+      {QuantFormat::kFp8Channel, {70, 9}, {1}, DType::F8_E4M3, DType::F16, {}, {}},
+      {QuantFormat::kMxfp4, {4, 90, 3, 16}, {4, 90, 3}, DType::U8, DType::U8, {}, {}},
+      {QuantFormat::kMxfp4, {300, 33}, {300, 3}, DType::U8, DType::F8_E8M0, {}, {}},
+      {QuantFormat::kNvfp4,
+       {4, 30, 40},
+       {4, 30, 5},
+       DType::U8,
+       DType::F8_E4M3,
+       Shape{4},
+       GlobalScaleMode::kDivide},
+      {QuantFormat::kNvfp4,
+       {300, 9},
+       {300, 2},
+       DType::U8,
+       DType::F8_E4M3,
+       Shape{},
+       GlobalScaleMode::kMultiply},
+      {QuantFormat::kNvfp4, {300, 8}, {300, 1}, DType::U8, DType::F8_E4M3, {}, {}},
+  };
+  for (const Case& c : cases) {
+    const Tensor source = test::random_tensor(c.source, c.source_dtype);
+    const Tensor scale = test::random_tensor(c.scale, c.scale_dtype);
+    const Tensor global = c.global ? test::random_tensor(*c.global, DType::F32) : Tensor();
+    for (DType out : {DType::BF16, DType::F16, DType::F32}) {
+      Dequantization how;
+      how.format = c.format;
+      how.dtype = out;
+      how.global_scale_mode = c.mode;
+      INFO(quant_format_name(c.format), " ", c.source, " -> ", out);
+      const Tensor expect = dequantize(source, scale, how, global);
+      prime_poisoned_cache(expect.nbytes());
+      check_same(dequantize(source.to(kGpu), scale.to(kGpu), how,
+                            global.defined() ? global.to(kGpu) : Tensor()),
+                 expect);
+    }
+  }
+  // A strided device source is packed first; inputs on two devices are refused.
+  const Tensor w = test::random_tensor({64, 300}, DType::F8_E4M3);
+  const Tensor s = test::random_tensor({3, 1}, DType::F32);
+  Dequantization how;
+  check_same(dequantize(w.to(kGpu).transpose(0, 1), s.to(kGpu), how),
+             dequantize(w.transpose(0, 1), s, how));
+  CHECK_THROWS_AS(dequantize(w.to(kGpu).transpose(0, 1), s, how), DeviceError);
+}
+
 TEST_CASE("equal, to_vector and item work on device tensors") {
   Tensor host = test::random_tensor({9, 4}, DType::F32);
   Tensor dev = host.to(kGpu);

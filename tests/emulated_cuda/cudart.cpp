@@ -17,10 +17,11 @@
 // - events, cudaStreamPerThread, cudaMallocAsync/cudaFreeAsync, the current device per thread,
 //   $D9D_EMULATED_CUDA_DEVICES devices (default 1) of $D9D_EMULATED_CUDA_MEMORY bytes each
 //   (default 8 GiB) with cudaErrorMemoryAllocation beyond;
-// - kernel launches: the kernels registered by kernels/copy.cu and kernels/cast.cu are run on the
-//   stream's thread by executing their thread bodies (copy_body.hpp, cast_body.hpp: the same code
-//   nvcc compiles) for every block and thread of the launch configuration given, in order, with
-//   the tile barrier kept. Launch-configuration errors are the runtime's.
+// - kernel launches: the kernels registered by kernels/copy.cu, kernels/cast.cu and
+//   kernels/dequantize.cu are run on the stream's thread by executing their thread bodies
+//   (copy_body.hpp, cast_body.hpp, dequantize_body.hpp: the same code nvcc compiles) for every
+//   block and thread of the launch configuration given, in order, with the tile barrier kept.
+//   Launch-configuration errors are the runtime's.
 //
 // What it cannot show: the device code nvcc generated, real concurrency between blocks, the
 // speed of anything. tests/core/test_cuda_parity and friends on an H200 (bench/gpu_check.sh) do.
@@ -48,6 +49,7 @@
 
 #include "cast_body.hpp"
 #include "copy_body.hpp"
+#include "dequantize_body.hpp"
 
 namespace {
 
@@ -435,6 +437,39 @@ std::function<void()> emulate_cast(const LaunchConfig& cfg, int device, void** a
   };
 }
 
+std::function<void()> emulate_dequantize(const LaunchConfig& cfg, int device, void** args) {
+  using namespace d9d::kernels;
+  const DequantArgs a = *static_cast<const DequantArgs*>(args[0]);
+  const bool fp4 = a.format == d9d::QuantFormat::kMxfp4 || a.format == d9d::QuantFormat::kNvfp4;
+  const auto elements = static_cast<size_t>(a.layout.rows * a.layout.cols);
+  const size_t source_bytes = fp4 ? elements / 2 : elements;
+  const size_t out_bytes =
+      elements *
+      static_cast<size_t>(d9d::numerics::kDTypes[static_cast<int>(a.out_dtype)].bits / 8);
+  if (cfg.block.x != kDequantThreads) {
+    misuse(cudaErrorInvalidConfiguration, "dequantize_kernel", "%u threads per block", cfg.block.x);
+    return nullptr;
+  }
+  if (!is_device(a.source, source_bytes, device) || !is_device(a.scale, 1, device) ||
+      !is_device(a.out, out_bytes, device) ||
+      (a.global_scale != nullptr && !is_device(a.global_scale, 4, device))) {
+    misuse(cudaErrorInvalidValue, "dequantize_kernel", "an input or the output is not on cuda:%d",
+           device);
+    return nullptr;
+  }
+  const int64_t blocks = cfg.grid.x;
+  return [=] {
+    const int64_t step = blocks * kDequantThreads;
+    for (int64_t block = 0; block < blocks; ++block) {
+      for (int t = 0; t < kDequantThreads; ++t) {
+        for (int64_t i = block * kDequantThreads + t; i < a.items; i += step) {
+          dequantize_item_any(a, i);
+        }
+      }
+    }
+  };
+}
+
 std::string demangle(const char* mangled) {
   int status = 0;
   char* s = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
@@ -449,6 +484,7 @@ Emulation emulation_for(const std::string& device_name) {
   const std::string name = demangle(device_name.c_str());
   if (name.find("::strided_copy_kernel_inline(") != std::string::npos) return emulate_inline_copy;
   if (name.find("::strided_copy_kernel(") != std::string::npos) return emulate_copy;
+  if (name.find("::dequantize_kernel<") != std::string::npos) return emulate_dequantize;
   Emulation found;
   for (int s = 0; s < d9d::kNumDTypes; ++s) {
     d9d::numerics::visit_element_type(static_cast<d9d::DType>(s), [&](auto src) {

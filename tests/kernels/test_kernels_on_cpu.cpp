@@ -1,10 +1,10 @@
 // The CUDA kernels' own code run on the CPU: the copy planner (copy_plan.cpp) and what each thread
-// of the copy and cast kernels does (copy_body.hpp, cast_body.hpp), executed block by block and
-// thread by thread over host memory, with the barrier of a tiled copy kept (every thread loads its
-// part of the tile before any stores). Results must be byte-identical to core's CPU ops. This is
-// the index arithmetic, alignment choices, tiling and splitting of the GPU path, tested on every
-// machine; launch limits, shared-memory races and the CUDA calls themselves are left to
-// tests/core/test_cuda_parity on a GPU.
+// of the copy, cast and dequantize kernels does (copy_body.hpp, cast_body.hpp,
+// dequantize_body.hpp), executed block by block and thread by thread over host memory, with the
+// barrier of a tiled copy kept (every thread loads its part of the tile before any stores). Results
+// must be byte-identical to core's CPU ops. This is the index arithmetic, alignment choices, tiling
+// and splitting of the GPU path, tested on every machine; launch limits, shared-memory races and
+// the CUDA calls themselves are left to tests/core/test_cuda_parity on a GPU.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -17,6 +17,7 @@
 #include "cast_body.hpp"
 #include "common/helpers.hpp"
 #include "copy_body.hpp"
+#include "dequantize_body.hpp"
 
 using namespace d9d;
 using namespace d9d::kernels;
@@ -294,6 +295,135 @@ TEST_CASE("the cast kernel converts every dtype pair as the CPU does, vectorized
           check_bytes(got, want);
           CHECK(guard_intact(got, kGuard));
         }
+      }
+    }
+  }
+}
+
+namespace {
+
+// One dequantization, with the layout the kernel is handed written out here from the formats (not
+// taken from core), so a layout core computed differently shows up as different bytes.
+struct DequantCase {
+  const char* what;
+  Dequantization how;
+  Shape source, scale;
+  DType scale_dtype;
+  std::optional<Shape> global;
+  d9d::numerics::DequantLayout layout;
+};
+
+std::vector<DequantCase> dequant_cases() {
+  using F = QuantFormat;
+  auto how = [](F f, int64_t br = 128, int64_t bc = 128, std::optional<GlobalScaleMode> m = {}) {
+    Dequantization h;
+    h.format = f;
+    h.block_rows = br;
+    h.block_cols = bc;
+    h.global_scale_mode = m;
+    return h;
+  };
+  // layout: rows, cols, matrix_rows, block_rows, block_cols, scale_rows, scale_cols, global_rows
+  return {
+      {"fp8_block ragged",
+       how(F::kFp8Block, 64, 32),
+       {3, 130, 70},
+       {3, 3, 3},
+       DType::BF16,
+       {},
+       {390, 70, 130, 64, 32, 3, 3, 0}},
+      {"fp8_block whole blocks",
+       how(F::kFp8Block),
+       {256, 128},
+       {2, 1},
+       DType::F32,
+       {},
+       {256, 128, 256, 128, 128, 2, 1, 0}},
+      {"fp8_channel",
+       how(F::kFp8Channel),
+       {33, 64},
+       {33, 1},
+       DType::F16,
+       {},
+       {33, 64, 1, 1, 64, 1, 1, 0}},
+      {"fp8_channel per tensor",
+       how(F::kFp8Channel),
+       {70, 9},
+       {},
+       DType::F32,
+       {},
+       {70, 9, 70, 70, 9, 1, 1, 0}},
+      {"mxfp4 gpt-oss blocks",
+       how(F::kMxfp4),
+       {4, 9, 2, 16},
+       {4, 9, 2},
+       DType::U8,
+       {},
+       {36, 64, 1, 1, 32, 1, 2, 0}},
+      {"mxfp4 packed, ragged",
+       how(F::kMxfp4),
+       {5, 7},
+       {5, 1},
+       DType::F8_E8M0,
+       {},
+       {5, 14, 1, 1, 32, 1, 1, 0}},
+      {"nvfp4 per-matrix global, divide",
+       how(F::kNvfp4, 128, 128, GlobalScaleMode::kDivide),
+       {2, 3, 9},
+       {2, 3, 2},
+       DType::F8_E4M3,
+       Shape{2},
+       {6, 18, 1, 1, 16, 1, 2, 3}},
+      {"nvfp4 global, multiply",
+       how(F::kNvfp4, 128, 128, GlobalScaleMode::kMultiply),
+       {64, 8},
+       {64, 1},
+       DType::F8_E4M3,
+       Shape{},
+       {64, 16, 1, 1, 16, 1, 1, 64}},
+      {"nvfp4 no global",
+       how(F::kNvfp4),
+       {64, 8},
+       {64, 1},
+       DType::F8_E4M3,
+       {},
+       {64, 16, 1, 1, 16, 1, 1, 0}},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("the dequantize kernel gives the CPU's bytes for every format, vectorized or not") {
+  for (const DequantCase& c : dequant_cases()) {
+    const bool fp8 =
+        c.how.format == QuantFormat::kFp8Block || c.how.format == QuantFormat::kFp8Channel;
+    const DType source_dtype = fp8 ? DType::F8_E4M3 : DType::U8;
+    for (DType out_dtype : {DType::BF16, DType::F16, DType::F32}) {
+      for (int64_t skip : {int64_t{0}, int64_t{1}}) {
+        CAPTURE(c.what);
+        CAPTURE(out_dtype);
+        CAPTURE(skip);
+        Dequantization how = c.how;
+        how.dtype = out_dtype;
+        const int64_t n = numel_of(c.source);
+        const Tensor source =
+            test::random_tensor({n + skip}, source_dtype).narrow(0, skip, n).view(c.source);
+        const Tensor scale = test::random_tensor(c.scale, c.scale_dtype);
+        const Tensor global = c.global ? test::random_tensor(*c.global, DType::F32) : Tensor();
+        const Tensor want = dequantize(source, scale, how, global);
+        REQUIRE(want.numel() == c.layout.rows * c.layout.cols);
+        Tensor got = poisoned({want.numel() + kGuard}, out_dtype).narrow(0, 0, want.numel());
+        const Tensor scale_arg = fp8 ? scale.to(DType::F32) : scale;
+        const DequantArgs args =
+            dequant_args(how.format, c.layout, static_cast<const std::byte*>(source.data_ptr()),
+                         static_cast<const std::byte*>(scale_arg.data_ptr()),
+                         c.global ? static_cast<const float*>(global.data_ptr()) : nullptr,
+                         how.global_scale_mode.value_or(GlobalScaleMode::kMultiply),
+                         static_cast<std::byte*>(got.mutable_data_ptr()), out_dtype);
+        CHECK(args.vector == (skip == 0 && c.layout.cols % kDequantItem == 0));
+        for (int64_t i = 0; i < args.items; ++i) dequantize_item_any(args, i);
+        check_bytes(got, want.reshape({want.numel()}));
+        CHECK(guard_intact(got, kGuard));
       }
     }
   }

@@ -1,5 +1,5 @@
-// The core layer's public API: DType, Device, Dims, Storage, Tensor, DLPack interchange, the
-// version.
+// The core layer's public API: DType, Device, Dims, Storage, Tensor, DLPack interchange,
+// dequantization, the version.
 // (<d9d/d9d.hpp> is the whole library.)
 #pragma once
 
@@ -8,6 +8,7 @@
 #include <d9d/dlpack.hpp>
 #include <d9d/dtype.hpp>
 #include <d9d/error.hpp>
+#include <d9d/quantization.hpp>
 #include <d9d/storage.hpp>
 #include <d9d/tensor.hpp>
 #include <d9d/staging.hpp>

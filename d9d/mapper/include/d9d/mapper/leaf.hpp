@@ -132,6 +132,8 @@ class TransposeMapper final : public SingleTensorMapper {
  public:
   TransposeMapper(std::string source, std::string target, int64_t dim0, int64_t dim1);
   std::string describe() const override;
+  int64_t dim0() const { return dim0_; }
+  int64_t dim1() const { return dim1_; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;

@@ -10,6 +10,7 @@
 //     "unmatched": "keep",           checkpoint keys that no rule consumes: "keep" (default:
 //                                    passed through unchanged), "drop" (left out, listed in the
 //                                    report) or "error"
+//     "quantization": {...},         optional: the checkpoint's quantized weights (below)
 //     "stages": [                    run in sequence; stage k's rules match the keys that stage
 //       {"rules": [RULE, ...]},      k-1 left (its outputs and the keys it passed through).
 //       ...                          A spec with one stage may say "rules": [...] instead.
@@ -24,7 +25,8 @@
 //   {"op": "rename_tensor", "source": "model.layers.{L}.self_attn.o_proj.weight",
 //    "target": "layers.{L}.attn.out.weight"}
 //
-// RULE = {"op": OP, ...} (OP is the name of the factory in leaf.hpp); "target" is optional where shown with "?" (default: the source name);
+// RULE = {"op": OP, ...} (OP is the name of the factory in leaf.hpp, or quantized.hpp's
+// dequantize); "target" is optional where shown with "?" (default: the source name);
 // "dim" defaults to 0 where shown as "dim?".
 //   identity              source
 //   rename_tensor         source, target
@@ -41,9 +43,27 @@
 //   unstack_tensors,      source, targets: [pattern, ...], dim?
 //   chunk_tensors         or target + over: "E" + count: n (targets for E = 0..n-1)
 //   split_tensors         source, targets: [pattern, ...], sizes: [...], dim?
+//   dequantize            format: "fp8_block" | "fp8_channel" | "mxfp4" | "nvfp4", source, scale
+//                         (a pattern with the source's captures), global_scale? (nvfp4; then
+//                         global_scale_mode: "multiply" (ModelOpt) | "divide" (compressed-
+//                         tensors), required), block?: [br, bc] (fp8_block, default [128, 128]),
+//                         dtype: "BF16" | "F16" | "F32", target?. One instance per key the source
+//                         matches whose scale exists (rules: <d9d/quantization.hpp>)
 // A multi-source rule applies where every source exists; where some exist and others do not, the
 // missing keys are an error. Two rules of one stage that consume or produce the same key are an
 // error, as is a rule output that would replace a key passing through the stage.
+//
+// "quantization" declares how the checkpoint's quantized weights are named, so that their scales
+// follow them (Note [scales follow their weights] in <d9d/mapper/quantized.hpp>):
+//   {"format": "fp8_block", "block"?: [128, 128], "weight_suffix": ".weight",
+//    "scale_suffix": ".weight_scale_inv", "global_scale_suffix"?: ".weight_scale_2" (nvfp4)}
+// A key ending in weight_suffix whose scale (the key with scale_suffix instead) the stage has is a
+// quantized weight. Every instance of a rule that reads one moves its scales the same way, in the
+// same group: its other sources must be quantized weights too, its targets must end in
+// weight_suffix, and fusions must not split a block (a misaligned concatenation is an error when
+// the specs are inferred, naming the tensors). A rule that reads a scale is an error unless it
+// also moves the scale's weight (a rule over every key meets both: the scale follows its weight).
+// dequantize rules read the scales themselves.
 #pragma once
 
 #include <string>

@@ -26,11 +26,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include <d9d/io/checkpoint.hpp>
+#include <d9d/mapper/quantized.hpp>
 #include <d9d/mapper/spec.hpp>
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
@@ -65,6 +67,24 @@ std::filesystem::path checkpoint_dir(const std::filesystem::path& path);
 // 10); "" when there are none.
 std::string unlisted_note(const io::Checkpoint& checkpoint);
 
+// Note [config.json]: a checkpoint directory may hold config.json (transformers' model config).
+// d9d reads its "quantization_config" to recognize quantized weights (inspect, plan, convert), and
+// a conversion writes it into the output directory, a companion file of the new checkpoint (Note
+// [checkpoint commit]), with that entry brought up to date: removed when no quantized weight is
+// left, the dequantized modules added to the method's list of unquantized modules when some are
+// ("modules_to_not_convert": transformers' fp8 and mxfp4; "ignore": compressed-tensors;
+// "exclude_modules": ModelOpt). Byte for byte when nothing changes. A source without config.json
+// leaves the destination's alone. Other files beside the shards (tokenizer, generation config)
+// are not copied.
+inline constexpr std::string_view kConfigFileName = "config.json";
+
+// The text of dir/config.json; nullopt when there is none (a FIFO or a directory is an IoError).
+std::optional<std::string> read_config_json(const std::filesystem::path& dir);
+// The quantization_config of dir/config.json; nullopt when there is no such file or entry.
+std::optional<mapper::QuantizationConfig> quantization_config(const std::filesystem::path& dir);
+// The dtype and shape of every tensor of `checkpoint`.
+SpecDict checkpoint_specs(const io::Checkpoint& checkpoint);
+
 // A mapper for a checkpoint, with what the spec expansion reported.
 struct Conversion {
   MapperPtr mapper;
@@ -72,23 +92,39 @@ struct Conversion {
   Sidecar sidecar;              // what a conversion records (forward) or what it read (reverse)
   bool reverse = false;
   std::string unlisted;  // forward: unlisted_note() of the source, for the caller to report
+  // The source's config.json quantization_config and quantized weights (Note [scales follow
+  // their weights] in <d9d/mapper/quantized.hpp>): checked against the mapper before any byte is
+  // read.
+  std::optional<mapper::QuantizationConfig> quantization;
+  std::vector<mapper::QuantizedPair> quantized;
+  // The destination's config.json (Note [config.json]); nullopt when the source has none. With
+  // what was done to it, for the caller to report ("config.json copied with ...").
+  std::optional<std::string> config;
+  std::string config_note;
 };
 
 // The forward conversion of the checkpoint `src` through the spec `spec_text`; `spec_origin`
 // names the spec in errors and in the sidecar. Throws ValueError for a malformed spec (the
-// SpecError's message after the origin), for a spec that does not fit the checkpoint's keys, and
-// for unlisted tensors under "unmatched": "error" (Note [unlisted tensors]).
+// SpecError's message after the origin), for a spec that does not fit the checkpoint's keys, for
+// unlisted tensors under "unmatched": "error" (Note [unlisted tensors]), and for a spec that would
+// separate a quantized weight from its scales (mapper::check_quantized_pairs).
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
                               std::string spec_origin);
+
+// Sets c.config and c.config_note from `source_dir`'s config.json, for the outputs of c.mapper on
+// `source_specs` (Note [config.json]). forward_conversion calls it; a reverse conversion built by
+// its caller calls it too.
+void add_config(Conversion& c, const std::filesystem::path& source_dir,
+                const SpecDict& source_specs);
 
 // Throws ValueError when `dest_dir` exists and is the directory of the checkpoint `src`: writing
 // there would replace the checkpoint being read.
 void check_destination_is_not_source(const std::filesystem::path& src,
                                      const std::filesystem::path& dest_dir);
 
-// `options` with the conversion's sidecar as a companion file of the checkpoint (a reverse
-// conversion records none, and an earlier record in the destination goes with the checkpoint it
-// described).
+// `options` with the conversion's sidecar and config.json as companion files of the checkpoint (a
+// reverse conversion records no sidecar, and an earlier record in the destination goes with the
+// checkpoint it described).
 WriteOptions conversion_write_options(const Conversion& c, WriteOptions options);
 
 // Removes `dir` on failure if this run created it and left it empty (nothing partial).
