@@ -2,7 +2,9 @@
 // single process's conversion.
 #include <d9d/model_state/conversion.hpp>
 
+#include <fstream>
 #include <optional>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -27,6 +29,7 @@ std::string sidecar_json(const Sidecar& sidecar) {
   }
   j["source"] = std::move(source);
   j["dropped"] = sidecar.dropped;
+  if (!sidecar.params.empty()) j["params"] = sidecar.params;
   return j.dump(1) + "\n";
 }
 
@@ -70,6 +73,13 @@ Sidecar parse_sidecar(std::string_view json, std::string_view name) {
       if (d.is_string()) s.dropped.push_back(d.get<std::string>());
     }
   }
+  if (j.contains("params")) {
+    if (!j["params"].is_object()) fail("\"params\" must be an object");
+    for (const auto& [key, value] : j["params"].items()) {
+      if (!value.is_number_integer()) fail("\"params\"[\"" + key + "\"] must be an integer");
+      s.params.emplace(key, value.get<int64_t>());
+    }
+  }
   return s;
 }
 
@@ -89,11 +99,27 @@ fs::path checkpoint_dir(const fs::path& path) {
 
 // ---- converting ---------------------------------------------------------------------------------
 
+std::optional<std::string> read_config_json(const fs::path& dir) {
+  const fs::path path = dir / kConfigFileName;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::nullopt;
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  D9D_CHECK_AS(io::IoError, in.good() || in.eof(), "cannot read ", path.string());
+  return text.str();
+}
+
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
-                              std::string spec_origin) {
+                              std::string spec_origin,
+                              const std::map<std::string, int64_t>& params) {
   Conversion c;
+  mapper::SpecParams given;
+  given.values = params;
+  given.config_json = read_config_json(src.dir());
+  given.config_origin = (src.dir() / kConfigFileName).string();
   try {
-    c.mapping = mapper::from_spec(spec_text, src.keys());
+    c.mapping = mapper::from_spec(spec_text, src.keys(), given);
   } catch (const mapper::SpecError& e) {
     d9d::detail::throw_error<ValueError>(spec_origin, ": ", e.what());
   } catch (const ValueError& e) {
@@ -108,6 +134,7 @@ Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
   if (c.mapping.unmatched == mapper::UnmatchedPolicy::kDrop) {
     c.sidecar.dropped = c.mapping.unmatched_keys;
   }
+  for (const auto& [name, p] : c.mapping.params) c.sidecar.params.emplace(name, p.value);
   c.sidecar.spec = std::move(spec_text);
   c.sidecar.spec_origin = std::move(spec_origin);
   return c;

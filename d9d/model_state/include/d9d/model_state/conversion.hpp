@@ -14,16 +14,20 @@
 //    "spec": "<the spec file's text, verbatim>",
 //    "spec_origin": "examples/specs/llama_hf_to_fused.json",
 //    "source": {"model.embed_tokens.weight": ["BF16", [32000, 1024]], ...},
-//    "dropped": ["..."]}                   (source keys the spec dropped, which cannot come back)
+//    "dropped": ["..."],                   (source keys the spec dropped, which cannot come back)
+//    "params": {"n_heads": 32, ...}}       (the spec's params as resolved; only when it has any)
 //
-// `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys)
-// and writes mapper->inverse(source specs). The sidecar is not a .safetensors file and not in the
-// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is
-// written last, atomically, after the index: an interrupted conversion leaves none.
+// `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys,
+// the recorded params) and writes mapper->inverse(source specs). The sidecar is not a .safetensors
+// file and not in the index, so checkpoint readers (io::Checkpoint, transformers, the reference)
+// ignore it. It is written last, atomically, after the index: an interrupted conversion leaves
+// none.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,12 +40,16 @@
 namespace d9d::model_state {
 
 inline constexpr std::string_view kSidecarFileName = "d9d-conversion.json";
+// The model's configuration, as transformers saves it beside the weights; a spec's params may
+// take their values from it (<d9d/mapper/spec.hpp>).
+inline constexpr std::string_view kConfigFileName = "config.json";
 
 struct Sidecar {
   std::string spec;
   std::string spec_origin;
   SpecDict source;
   std::vector<std::string> dropped;
+  std::map<std::string, int64_t> params;
 };
 
 std::string sidecar_json(const Sidecar& sidecar);
@@ -61,11 +69,18 @@ struct Conversion {
   bool reverse = false;
 };
 
+// The text of `dir`/config.json, or nullopt when there is none. Throws io::IoError when it
+// exists but cannot be read.
+std::optional<std::string> read_config_json(const std::filesystem::path& dir);
+
 // The forward conversion of the checkpoint `src` through the spec `spec_text`; `spec_origin`
-// names the spec in errors and in the sidecar. Throws ValueError for a malformed spec (the
-// SpecError's message after the origin) and for a spec that does not fit the checkpoint's keys.
+// names the spec in errors and in the sidecar. The spec's params take `params` (the caller's
+// values: --set), then the checkpoint directory's config.json, then the spec's defaults. Throws
+// ValueError for a malformed spec (the SpecError's message after the origin) and for a spec that
+// does not fit the checkpoint's keys.
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
-                              std::string spec_origin);
+                              std::string spec_origin,
+                              const std::map<std::string, int64_t>& params = {});
 
 // Throws ValueError when `dest_dir` exists and is the directory of the checkpoint `src`: writing
 // there would replace the checkpoint being read.
