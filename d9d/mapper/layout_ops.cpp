@@ -27,6 +27,8 @@
 //     w2 / down_proj [H, I] stack into down_proj [E, H, I].
 #include <d9d/mapper/leaf.hpp>
 
+#include <limits>
+
 #include "internal.hpp"
 #include "shape_rules.hpp"
 
@@ -115,9 +117,10 @@ TensorSpec PermuteForRopeMapper::infer_one(const TensorSpec& input) const {
   detail::check_elements(input.dtype, "permute_for_rope");
   D9D_CHECK_INDEX(!input.shape.empty(), "permute_for_rope: a 0-dim tensor has no rows");
   const int64_t rows = input.shape[0];
-  D9D_CHECK(rows % (2 * n_heads_) == 0, "permute_for_rope: ", rows, " rows are not ", n_heads_,
-            " heads of an even head_dim");
-  D9D_CHECK(!head_dim_ || rows == n_heads_ * *head_dim_, "permute_for_rope: ", rows,
+  // (Divisions, not products: n_heads may be any positive value a spec's param gives.)
+  D9D_CHECK(rows % n_heads_ == 0 && rows / n_heads_ % 2 == 0, "permute_for_rope: ", rows,
+            " rows are not ", n_heads_, " heads of an even head_dim");
+  D9D_CHECK(!head_dim_ || rows / n_heads_ == *head_dim_, "permute_for_rope: ", rows,
             " rows are not ", n_heads_, " heads of head_dim ", *head_dim_);
   return input;
 }
@@ -153,6 +156,9 @@ namespace {
 void check_heads(const char* op, int64_t n_heads, int64_t n_kv_heads) {
   D9D_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, op, ": n_heads ", n_heads,
             " must be a positive multiple of n_kv_heads ", n_kv_heads);
+  // n_heads + 2 * n_kv_heads heads must not overflow (n_kv_heads <= n_heads).
+  D9D_CHECK(n_heads <= std::numeric_limits<int64_t>::max() / 4, op, ": n_heads ", n_heads,
+            " is out of range");
 }
 
 }  // namespace
