@@ -119,15 +119,17 @@ void require(Pointer pointer, const char* argument) {
 // The spec of a NULL spec_json: no rules, and keys no rule consumes are kept as they are.
 constexpr std::string_view kIdentitySpec = R"({"d9d_mapper_spec": 1, "rules": []})";
 
-// The conversion of `checkpoint` through `spec_json`; any spec failure is D9D_E_SPEC (a spec that
-// does not fit the keys is a ValueError in the engine).
-model_state::Conversion conversion_of(const io::Checkpoint& checkpoint, const char* spec_json) {
+// The conversion of `checkpoint` through `spec_json`, its params from options' "params", then the
+// checkpoint's config.json; any spec failure is D9D_E_SPEC (a spec that does not fit the keys, or
+// whose params have no value, is a ValueError in the engine).
+model_state::Conversion conversion_of(const io::Checkpoint& checkpoint, const char* spec_json,
+                                      const Options& options) {
   try {
     if (spec_json == nullptr) {
       return model_state::forward_conversion(checkpoint, std::string(kIdentitySpec),
-                                             "identity spec (spec_json NULL)");
+                                             "identity spec (spec_json NULL)", options.params);
     }
-    return model_state::forward_conversion(checkpoint, spec_json, "spec_json");
+    return model_state::forward_conversion(checkpoint, spec_json, "spec_json", options.params);
   } catch (const ValueError& e) {
     throw CodedError(D9D_E_SPEC, e.what());
   }
@@ -339,7 +341,7 @@ int d9d_stream_open(const char* ckpt_path, const char* spec_json, const char* op
     const d9d::capi::Options o =
         d9d::capi::parse_options(options_json, d9d::capi::OptionsFor::kRead);
     const d9d::model_state::Conversion c =
-        d9d::capi::conversion_of(d9d::io::Checkpoint::open(ckpt_path), spec_json);
+        d9d::capi::conversion_of(d9d::io::Checkpoint::open(ckpt_path), spec_json, o);
     *out = new d9d_stream(d9d::model_state::read_model_state(ckpt_path, c.mapper, o.read));
     return D9D_OK;
   });
@@ -395,7 +397,7 @@ int d9d_load_into(const char* ckpt_path, const char* spec_json, const char* opti
     require(target, "target");
     const capi::Options o = capi::parse_options(options_json, capi::OptionsFor::kRead);
     const io::Checkpoint checkpoint = io::Checkpoint::open(ckpt_path);
-    const model_state::Conversion c = capi::conversion_of(checkpoint, spec_json);
+    const model_state::Conversion c = capi::conversion_of(checkpoint, spec_json, o);
     const model_state::ReadPlan plan = model_state::plan_read(checkpoint, *c.mapper);
     const auto outputs = plan.outputs();
     D9D_CHECK(outputs.has_value(), "the spec's outputs cannot be inferred");
@@ -438,7 +440,7 @@ int d9d_convert(const char* ckpt_path, const char* out_dir, const char* spec_jso
     capi::Options o = capi::parse_options(options_json, capi::OptionsFor::kConvert);
     o.read.label = "Converting";
     const model_state::Conversion c =
-        capi::conversion_of(io::Checkpoint::open(ckpt_path), spec_json);
+        capi::conversion_of(io::Checkpoint::open(ckpt_path), spec_json, o);
     model_state::convert_model_state_local(ckpt_path, out_dir, c, o.read, o.write);
     return D9D_OK;
   });

@@ -109,14 +109,26 @@ Options parse_options(const char* json, OptionsFor use) {
       o.write.overwrite = bool_value(value, key);
     } else if (convert && key == "fsync") {
       o.write.fsync = bool_value(value, key);
-    } else if (key == "params" || key == "io") {
+    } else if (key == "params") {
+      D9D_CHECK(value.is_object(), "options_json: \"params\" must be an object of integers, got ",
+                shown(value));
+      for (const auto& [name, v] : value.items()) {
+        D9D_CHECK(v.is_boolean() || (v.is_number_integer() &&
+                                     !(v.is_number_unsigned() &&
+                                       v.get<uint64_t>() > static_cast<uint64_t>(kMaxInt64))),
+                  "options_json: \"params\".\"", shown(name),
+                  "\" must be an integer (or true / false), got ", shown(v));
+        o.params[name] = v.is_boolean() ? (v.get<bool>() ? 1 : 0) : v.get<int64_t>();
+      }
+    } else if (key == "io") {
       throw_error<ValueError>("options_json: \"", key, "\" is not supported by this build of d9d");
     } else if (key == "shard_size" || key == "overwrite" || key == "fsync") {
       throw_error<ValueError>("options_json: \"", key, "\" is an option of d9d_convert only");
     } else {
-      throw_error<ValueError>("options_json: unknown field \"", shown(key),
-                              "\" (known: device, memory_budget, threads, reader_threads, show_progress",
-                              convert ? ", shard_size, overwrite, fsync)" : ")");
+      throw_error<ValueError>(
+          "options_json: unknown field \"", shown(key),
+          "\" (known: device, memory_budget, threads, reader_threads, show_progress, params",
+          convert ? ", shard_size, overwrite, fsync)" : ")");
     }
   }
   // d9d's worker threads are process-wide (as the CLI's --threads): they take effect once the

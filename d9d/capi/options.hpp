@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <string_view>
 
 #include <d9d/model_state/reader.hpp>
@@ -14,12 +16,13 @@ enum class OptionsFor : uint8_t { kRead, kConvert };
 
 struct Options {
   model_state::ReadOptions read;
-  model_state::WriteOptions write;  // d9d_convert only
-  int threads = 0;                  // d9d's worker threads (set_num_threads); 0: unchanged
+  model_state::WriteOptions write;        // d9d_convert only
+  int threads = 0;                        // d9d's worker threads (set_num_threads); 0: unchanged
+  std::map<std::string, int64_t> params;  // values for the spec's params (as the CLI's --set)
 };
 
 // Parses options_json (NULL: the defaults). Throws ValueError naming the field and the rule: an
-// unknown field, a value of the wrong type or range, a field that is reserved for later.
+// unknown field, a value of the wrong type or range, a field that is reserved for later ("io").
 Options parse_options(const char* json, OptionsFor use);
 
 // A size string, as model_state::parse_size reads it (Note [size units] in

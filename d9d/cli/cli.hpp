@@ -102,13 +102,17 @@ std::string quantized_format_str(const mapper::QuantizedPair& pair);
 // pair's index in `pairs` (pairs whose shapes do not fit are left out: they show as they are).
 std::map<std::string, size_t> quantized_keys(const std::vector<mapper::QuantizedPair>& pairs);
 
+// A spec's params as the command line sets them (--set name=value).
+using Params = std::map<std::string, int64_t>;
+
 // The inverse of the conversion that wrote `src` (Note [conversion sidecar]). `spec_text`, when
-// given, replaces the sidecar's spec (it must still describe original -> converted).
+// given, replaces the sidecar's spec (it must still describe original -> converted). The spec's
+// params are those the sidecar recorded, `params` set over them.
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
-                              const std::string& spec_origin);
+                              const std::string& spec_origin, const Params& params = {});
 // forward_conversion or reverse_conversion, from command-line options.
 Conversion make_conversion(const fs::path& src, const std::optional<fs::path>& spec_path,
-                           bool reverse);
+                           bool reverse, const Params& params = {});
 
 // ---- the command line ---------------------------------------------------------------------------
 
@@ -140,6 +144,9 @@ CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t
 CLI::Option* add_threads_option(CLI::App& command, int& threads);
 //   --progress / --no-progress, into `show_progress`; --help shows its current value.
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress);
+//   --set NAME=VALUE (repeatable): a value for the spec's param NAME (an integer, or true / false
+//   for 1 / 0), which wins over config.json and the spec's default (<d9d/mapper/spec.hpp>).
+CLI::Option* add_set_option(CLI::App& command, Params& params);
 
 // A usage error found after parsing: prints "d9d COMMAND: MESSAGE" and CLI11's hint; returns
 // kExitUsage.
@@ -157,8 +164,10 @@ struct PlanOptions {
   fs::path checkpoint;
   std::optional<fs::path> spec;
   bool reverse = false;
+  Params params;  // --set
   int64_t shard_size = model_state::WriteOptions{}.shard_size;
   bool json = false;
+  bool dot = false;  // the mapping graph for Graphviz instead of the report
 };
 int run_plan(const PlanOptions& options);
 
@@ -170,6 +179,7 @@ struct ConvertOptions {
   std::optional<std::string> spec_text;
   std::string spec_origin;
   bool reverse = false;
+  Params params;  // --set
   int64_t shard_size = model_state::WriteOptions{}.shard_size;
   int threads = 0;  // d9d::set_num_threads when > 0
   int64_t memory_budget = model_state::ReadOptions{}.memory_budget;
@@ -196,6 +206,7 @@ struct VerifyOptions {
   std::optional<fs::path> spec;
   std::optional<std::string> spec_text;
   std::string spec_origin;
+  Params params;    // --set
   int threads = 0;  // d9d::set_num_threads when > 0
   int64_t memory_budget = model_state::ReadOptions{}.memory_budget;
   bool show_progress = true;

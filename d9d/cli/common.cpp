@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -112,6 +114,46 @@ CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress) {
                               (show_progress ? "--progress)" : "--no-progress)"));
 }
 
+CLI::Option* add_set_option(CLI::App& command, Params& params) {
+  // NAME=VALUE, checked as it is parsed; the value as parse_set reads it.
+  auto parse_set = [](const std::string& text, std::string& name) -> std::optional<int64_t> {
+    const size_t eq = text.find('=');
+    if (eq == std::string::npos || eq == 0) return std::nullopt;
+    name = text.substr(0, eq);
+    const std::string value = text.substr(eq + 1);
+    if (value == "true") return 1;
+    if (value == "false") return 0;
+    int64_t v = 0;
+    const char* end = value.data() + value.size();
+    const auto [ptr, ec] = std::from_chars(value.data(), end, v);
+    if (value.empty() || ec != std::errc() || ptr != end) return std::nullopt;
+    return v;
+  };
+  const CLI::Validator set(
+      [parse_set](std::string& text) -> std::string {
+        std::string name;
+        if (parse_set(text, name)) return {};
+        return "expected NAME=VALUE with an integer (or true / false) VALUE, got \"" + text + "\"";
+      },
+      "NAME=VALUE");
+  return command
+      .add_option_function<std::vector<std::string>>(
+          "--set",
+          [&params, parse_set](const std::vector<std::string>& texts) {
+            for (const std::string& text : texts) {
+              std::string name;
+              const std::optional<int64_t> value = parse_set(text, name);
+              if (!params.emplace(name, *value).second) {
+                throw CLI::ValidationError("--set", name + " is set twice");
+              }
+            }
+          },
+          "A value for the spec's param NAME (over config.json and the spec's default); "
+          "repeatable")
+      ->check(set)
+      ->type_name("NAME=VALUE");
+}
+
 int usage_error(std::string_view command, std::string_view message) {
   std::cerr << "d9d " << command << ": " << message << "\n"
             << "Run with --help for more information.\n";
@@ -153,7 +195,7 @@ std::map<std::string, size_t> quantized_keys(const std::vector<mapper::Quantized
 // ---- building the mapper ------------------------------------------------------------------------
 
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
-                              const std::string& spec_origin) {
+                              const std::string& spec_origin, const Params& params) {
   const fs::path dir = checkpoint_dir(src);
   const fs::path path = dir / kSidecarFileName;
   std::error_code ec;
@@ -174,8 +216,11 @@ Conversion reverse_conversion(const fs::path& src, const std::optional<std::stri
   keys.reserve(c.sidecar.source.size());
   for (const auto& [name, spec] : c.sidecar.source) keys.push_back(name);
   const std::string origin = c.sidecar.spec_origin.empty() ? path.string() : c.sidecar.spec_origin;
+  mapper::SpecParams given;
+  given.values = c.sidecar.params;
+  for (const auto& [name, value] : params) given.values[name] = value;
   try {
-    c.mapping = mapper::from_spec(c.sidecar.spec, keys);
+    c.mapping = mapper::from_spec(c.sidecar.spec, keys, given);
   } catch (const mapper::SpecError& e) {
     d9d::detail::throw_error<ValueError>("--reverse: ", origin, ": ", e.what());
   } catch (const ValueError& e) {
@@ -195,16 +240,16 @@ Conversion reverse_conversion(const fs::path& src, const std::optional<std::stri
 }
 
 Conversion make_conversion(const fs::path& src, const std::optional<fs::path>& spec_path,
-                           bool reverse) {
+                           bool reverse, const Params& params) {
   std::optional<std::string> text;
   std::string origin;
   if (spec_path) {
     text = read_text_file(*spec_path, "spec");
     origin = spec_path->string();
   }
-  if (reverse) return reverse_conversion(src, text, origin);
+  if (reverse) return reverse_conversion(src, text, origin, params);
   D9D_CHECK(text.has_value(), "a spec is needed (--spec S), except with --reverse");
-  return forward_conversion(io::Checkpoint::open(src), std::move(*text), std::move(origin));
+  return forward_conversion(io::Checkpoint::open(src), std::move(*text), std::move(origin), params);
 }
 
 }  // namespace d9d::cli

@@ -25,16 +25,18 @@ Conversion plan_conversion(const ConvertOptions& options) {
   model_state::check_destination_is_not_source(options.source, options.dest);
   if (options.spec_text) {
     return options.reverse
-               ? reverse_conversion(options.source, options.spec_text, options.spec_origin)
+               ? reverse_conversion(options.source, options.spec_text, options.spec_origin,
+                                    options.params)
                : forward_conversion(io::Checkpoint::open(options.source), *options.spec_text,
-                                    options.spec_origin);
+                                    options.spec_origin, options.params);
   }
-  return make_conversion(options.source, options.spec, options.reverse);
+  return make_conversion(options.source, options.spec, options.reverse, options.params);
 }
 
 void print_notes(const ConvertOptions& options, const Conversion& c) {
   if (!c.unlisted.empty()) std::cerr << "d9d: warning: " << c.unlisted << "\n";
   if (options.quiet || c.reverse) return;
+  for (const std::string& note : c.mapping.notes) std::cerr << "d9d: note: " << note << "\n";
   for (const std::string& rule : c.mapping.unused_rules) {
     std::cerr << "d9d: note: rule " << rule << " matched no tensor\n";
   }
@@ -152,6 +154,7 @@ Command add_convert(CLI::App& app) {
   command->add_flag(
       "--reverse", options->reverse,
       "Undo the conversion that wrote CHECKPOINT (uses its " + std::string(kSidecarFileName) + ")");
+  add_set_option(*command, options->params);
   add_size_option(*command, "--shard-size", options->shard_size,
                   "Most tensor bytes per output shard");
   add_threads_option(*command, options->threads);

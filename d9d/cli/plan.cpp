@@ -1,16 +1,20 @@
-// d9d plan CKPT --spec S: a conversion's dry run, from metadata alone.
+// d9d plan CKPT --spec S: a conversion's dry run, from metadata alone: a report for a person,
+// --json for a program, --dot for Graphviz (every group's inputs -> ops -> outputs).
 #include <algorithm>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
+#include <unordered_map>
 #include <utility>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <d9d/io/checkpoint.hpp>
+#include <d9d/mapper/compose.hpp>
+#include <d9d/mapper/leaf.hpp>
 #include <d9d/model_state/reader.hpp>
 #include <d9d/model_state/writer.hpp>
 
@@ -45,6 +49,125 @@ struct PlannedOutput {
   mapper::StateGroup from;  // the group that makes it
 };
 
+// ---- the ops of a group
+// ---------------------------------------------------------------------------
+
+// One op of a group: a leaf mapper's group, with its inputs in the op's order (a stack's sources
+// as it stacks them) and its outputs' specs where they could be inferred.
+struct PlannedOp {
+  std::string op;        // "stack_tensors"
+  std::string describe;  // the leaf mapper's describe()
+  size_t stage = 0;      // of the composed mapper: ops of one stage run side by side
+  std::vector<std::string> inputs;
+  std::vector<std::string> outputs;
+  mapper::SpecDict output_specs;  // empty when not inferred
+};
+
+// The leaves of a composed mapper with the stage each runs in (a sequential's stages one after
+// another, a parallel's mappers side by side); returns the stages `m` spans.
+size_t collect_leaves(const mapper::MapperPtr& m, size_t stage,
+                      std::vector<std::pair<const mapper::ModelStateMapper*, size_t>>& out) {
+  if (const auto* p = dynamic_cast<const mapper::ParallelMapper*>(m.get())) {
+    size_t span = 0;
+    for (const auto& child : p->mappers()) span = std::max(span, collect_leaves(child, stage, out));
+    return span;
+  }
+  if (const auto* q = dynamic_cast<const mapper::SequentialMapper*>(m.get())) {
+    size_t span = 0;
+    for (const auto& child : q->stages()) span += collect_leaves(child, stage + span, out);
+    return span;
+  }
+  out.emplace_back(m.get(), stage);
+  return 1;
+}
+
+// Finds the leaf ops that make up each (net) group of a composed mapper.
+class OpIndex {
+ public:
+  explicit OpIndex(const mapper::MapperPtr& m) {
+    std::vector<std::pair<const mapper::ModelStateMapper*, size_t>> leaves;
+    by_input_.resize(collect_leaves(m, 0, leaves));
+    for (const auto& [leaf, stage] : leaves) {
+      for (const mapper::StateGroup& g : leaf->state_dependency_groups()) {
+        for (const std::string& key : g.inputs) by_input_[stage][key] = {leaf, &g};
+      }
+    }
+  }
+
+  // The ops of `group`, stage by stage, following its keys from its inputs; `inputs` are their
+  // specs (none: no output specs either).
+  std::vector<PlannedOp> ops_of(const mapper::StateGroup& group,
+                                const mapper::SpecDict& inputs) const {
+    std::vector<PlannedOp> out;
+    std::set<std::string> live(group.inputs.begin(), group.inputs.end());
+    mapper::SpecDict specs = inputs;
+    for (size_t stage = 0; stage < by_input_.size(); ++stage) {
+      std::vector<Leaf> here;
+      for (const std::string& key : live) {
+        auto it = by_input_[stage].find(key);
+        if (it != by_input_[stage].end() &&
+            std::find(here.begin(), here.end(), it->second) == here.end()) {
+          here.push_back(it->second);
+        }
+      }
+      for (const Leaf& leaf : here) {
+        out.push_back(planned(leaf, stage, specs));
+        for (const std::string& k : leaf.group->inputs) live.erase(k);
+        live.insert(leaf.group->outputs.begin(), leaf.group->outputs.end());
+      }
+    }
+    return out;
+  }
+
+ private:
+  struct Leaf {
+    const mapper::ModelStateMapper* mapper = nullptr;
+    const mapper::StateGroup* group = nullptr;
+    bool operator==(const Leaf&) const = default;
+  };
+
+  static PlannedOp planned(const Leaf& leaf, size_t stage, mapper::SpecDict& specs) {
+    PlannedOp op;
+    op.describe = leaf.mapper->describe();
+    op.op = op.describe.substr(0, op.describe.find('('));
+    op.stage = stage;
+    if (const auto* many = dynamic_cast<const mapper::ManyToOneMapper*>(leaf.mapper)) {
+      op.inputs = many->sources();
+    } else {
+      op.inputs.assign(leaf.group->inputs.begin(), leaf.group->inputs.end());
+    }
+    if (const auto* many = dynamic_cast<const mapper::OneToManyMapper*>(leaf.mapper)) {
+      op.outputs = many->targets();
+    } else {
+      op.outputs.assign(leaf.group->outputs.begin(), leaf.group->outputs.end());
+    }
+    mapper::SpecDict in;
+    for (const std::string& k : leaf.group->inputs) {
+      auto it = specs.find(k);
+      if (it == specs.end()) return op;  // no specs to infer from
+      in.emplace(k, it->second);
+    }
+    try {
+      op.output_specs = leaf.mapper->infer(in);
+    } catch (const Error&) {
+      return op;  // plan_read reported what matters; this op's outputs stay unknown
+    }
+    for (const auto& [k, spec] : op.output_specs) specs[k] = spec;
+    return op;
+  }
+
+  std::vector<std::unordered_map<std::string, Leaf>> by_input_;  // per stage: input key -> leaf
+};
+
+// A group of the plan with its ops.
+struct PlannedGroup {
+  mapper::StateGroup group;
+  mapper::SpecDict inputs;  // empty when the plan failed (missing inputs)
+  int64_t input_bytes = 0;
+  int64_t output_bytes = 0;
+  std::vector<PlannedOp> ops;
+};
+
 // What a conversion would do, from metadata alone.
 struct PlanResult {
   PlanResult(io::Checkpoint ck, Conversion c)
@@ -61,6 +184,7 @@ struct PlanResult {
   std::vector<std::string> too_large;  // outputs larger than a shard (the writer would refuse)
   int64_t shard_size = 0;
   std::vector<mapper::QuantizedPair> quantized_outputs;  // kept packed, with their scales
+  std::vector<PlannedGroup> details;  // in stream order (mapper order when inputs are missing)
 
   bool ok() const { return missing.empty() && too_large.empty(); }
 };
@@ -89,10 +213,25 @@ void lay_out_shards(PlanResult& r) {
   }
 }
 
+// Every group with its ops, in stream order.
+void find_ops(PlanResult& r) {
+  const OpIndex index(r.conversion.mapper);
+  if (r.read) {
+    for (const model_state::GroupPlan& g : r.read->groups) {
+      r.details.push_back(
+          {g.group, g.inputs, g.input_bytes, g.output_bytes, index.ops_of(g.group, g.inputs)});
+    }
+    return;
+  }
+  for (const mapper::StateGroup& g : r.conversion.mapper->state_dependency_groups()) {
+    r.details.push_back({g, {}, 0, 0, index.ops_of(g, {})});
+  }
+}
+
 PlanResult plan(const PlanOptions& options) {
   // (Braces: the checkpoint is opened first, as its errors come first.)
   PlanResult r{io::Checkpoint::open(options.checkpoint),
-               make_conversion(options.checkpoint, options.spec, options.reverse)};
+               make_conversion(options.checkpoint, options.spec, options.reverse, options.params)};
   r.shard_size = options.shard_size;
   const mapper::ModelStateMapper& m = *r.conversion.mapper;
   r.groups = m.state_dependency_groups().size();
@@ -114,6 +253,7 @@ PlanResult plan(const PlanOptions& options) {
     for (const PlannedOutput& o : r.outputs) out.emplace(o.name, o.spec);
     r.quantized_outputs = mapper::find_quantized_pairs(out, r.conversion.quantization);
   }
+  if (options.json || options.dot) find_ops(r);
   return r;
 }
 
@@ -133,6 +273,137 @@ std::string join(const std::set<std::string>& names) {
   std::string out;
   for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
   return out;
+}
+
+nlohmann::ordered_json spec_json(const std::string& name, const mapper::TensorSpec& spec) {
+  return {{"name", name},
+          {"dtype", dtype_name(spec.dtype)},
+          {"shape", spec.shape.vec()},
+          {"bytes", spec.nbytes()}};
+}
+
+// Per checkpoint file: the tensors and bytes the conversion reads from it.
+nlohmann::ordered_json reads_json(const PlanResult& r) {
+  std::map<std::string, std::pair<int64_t, int64_t>> per_file;  // tensors, bytes
+  for (const std::string& key : r.checkpoint.keys()) {
+    if (std::binary_search(r.unconsumed.begin(), r.unconsumed.end(), key)) continue;
+    const io::CheckpointEntry e = r.checkpoint.entry(key);
+    auto& [tensors, bytes] = per_file[*e.file];
+    ++tensors;
+    bytes += e.info->nbytes();
+  }
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const auto& [file, tb] : per_file) {
+    out.push_back({{"file", file}, {"tensors", tb.first}, {"bytes", tb.second}});
+  }
+  return out;
+}
+
+// Every group in stream order: its inputs (with their files), its ops in the order they run,
+// each with its inputs in the op's order and its inferred outputs, and its outputs.
+nlohmann::ordered_json groups_json(const PlanResult& r) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const PlannedGroup& g : r.details) {
+    nlohmann::ordered_json inputs = nlohmann::ordered_json::array();
+    for (const std::string& name : g.group.inputs) {
+      nlohmann::ordered_json in = {{"name", name}};
+      if (auto it = g.inputs.find(name); it != g.inputs.end()) in = spec_json(name, it->second);
+      if (r.checkpoint.contains(name)) in["file"] = *r.checkpoint.entry(name).file;
+      inputs.push_back(std::move(in));
+    }
+    nlohmann::ordered_json ops = nlohmann::ordered_json::array();
+    for (const PlannedOp& op : g.ops) {
+      nlohmann::ordered_json outs = nlohmann::ordered_json::array();
+      for (const std::string& name : op.outputs) {
+        auto it = op.output_specs.find(name);
+        outs.push_back(it == op.output_specs.end() ? nlohmann::ordered_json{{"name", name}}
+                                                   : spec_json(name, it->second));
+      }
+      ops.push_back({{"op", op.op},
+                     {"stage", op.stage},
+                     {"inputs", op.inputs},
+                     {"outputs", std::move(outs)},
+                     {"describe", op.describe}});
+    }
+    out.push_back(
+        {{"inputs", std::move(inputs)},
+         {"ops", std::move(ops)},
+         {"outputs", std::vector<std::string>(g.group.outputs.begin(), g.group.outputs.end())},
+         {"input_bytes", g.input_bytes},
+         {"output_bytes", g.output_bytes}});
+  }
+  return out;
+}
+
+// ---- --dot --------------------------------------------------------------------------------------
+
+// `lines` as one DOT string: quoted, with '"' and '\\' escaped, the lines joined by DOT's "\n".
+std::string dot_quoted(std::initializer_list<std::string> lines) {
+  std::string out = "\"";
+  for (const std::string& line : lines) {
+    if (out.size() > 1) out += "\\n";
+    for (char c : line) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+// The mapping graph: one cluster per group; tensors are ellipses (name, dtype, shape), ops boxes;
+// an op's input edges are numbered in the op's order when it has several.
+void print_dot(const PlanResult& r) {
+  std::cout << "digraph d9d_plan {\n"
+            << "  rankdir=LR;\n"
+            << "  node [fontname=\"Helvetica\", fontsize=10];\n"
+            << "  edge [fontname=\"Helvetica\", fontsize=8];\n";
+  for (size_t gi = 0; gi < r.details.size(); ++gi) {
+    const PlannedGroup& g = r.details[gi];
+    std::cout << "  subgraph cluster_" << gi << " {\n"
+              << "    label=" << dot_quoted({d9d::detail::str_cat("group ", gi + 1)}) << ";\n"
+              << "    style=dashed; color=gray;\n";
+    // The node of a tensor: a key gets a new node each time an op produces it (`made`); the
+    // group's outputs are filled.
+    std::map<std::string, std::string> node_of;
+    size_t next = 0;
+    auto tensor = [&](const std::string& name, const mapper::TensorSpec* spec, bool fresh,
+                      bool made) {
+      auto it = node_of.find(name);
+      if (it != node_of.end() && !fresh) return it->second;
+      const std::string id = d9d::detail::str_cat("g", gi, "t", next++);
+      node_of[name] = id;
+      const bool out = made && g.group.outputs.count(name) != 0;
+      std::cout << "    " << id << " [shape=ellipse"
+                << (out ? ", style=filled, fillcolor=\"#e8f0fe\"" : "") << ", label="
+                << (spec ? dot_quoted({name, d9d::detail::str_cat(*spec)}) : dot_quoted({name}))
+                << "];\n";
+      return id;
+    };
+    for (const std::string& name : g.group.inputs) {
+      auto it = g.inputs.find(name);
+      tensor(name, it == g.inputs.end() ? nullptr : &it->second, true, false);
+    }
+    for (size_t oi = 0; oi < g.ops.size(); ++oi) {
+      const PlannedOp& op = g.ops[oi];
+      const std::string id = d9d::detail::str_cat("g", gi, "op", oi);
+      std::cout << "    " << id << " [shape=box, style=rounded, label=" << dot_quoted({op.op})
+                << ", tooltip=" << dot_quoted({op.describe}) << "];\n";
+      for (size_t i = 0; i < op.inputs.size(); ++i) {
+        const std::string from = tensor(op.inputs[i], nullptr, false, false);
+        std::cout << "    " << from << " -> " << id;
+        if (op.inputs.size() > 1) std::cout << " [label=\"" << i << "\"]";
+        std::cout << ";\n";
+      }
+      for (const std::string& name : op.outputs) {
+        auto it = op.output_specs.find(name);
+        const std::string to =
+            tensor(name, it == op.output_specs.end() ? nullptr : &it->second, true, true);
+        std::cout << "    " << id << " -> " << to << ";\n";
+      }
+    }
+    std::cout << "  }\n";
+  }
+  std::cout << "}\n";
 }
 
 void print_json(const PlanResult& r) {
@@ -177,6 +448,20 @@ void print_json(const PlanResult& r) {
   nlohmann::ordered_json out = nlohmann::ordered_json::array();
   for (const mapper::QuantizedPair& p : r.quantized_outputs) out.push_back(pair_json(p));
   j["quantized_outputs"] = std::move(out);
+  j["notes"] = c.mapping.notes;
+  nlohmann::ordered_json params = nlohmann::ordered_json::object();
+  for (const auto& [name, p] : c.mapping.params) {
+    params[name] = {{"value", p.value}, {"from", p.origin}};
+  }
+  j["params"] = std::move(params);
+  j["coverage"] = {{"checkpoint_tensors", r.checkpoint.keys().size()},
+                   {"read", r.checkpoint.keys().size() - r.unconsumed.size()},
+                   {"not_read", r.unconsumed.size()},
+                   {"missing_inputs", r.missing.size()},
+                   {"unmatched_keys", c.mapping.unmatched_keys.size()},
+                   {"unused_rules", c.mapping.unused_rules.size()}};
+  j["reads"] = reads_json(r);
+  j["group_details"] = groups_json(r);
   std::cout << j.dump(1) << "\n";
 }
 
@@ -259,6 +544,7 @@ void print_coverage(const PlanResult& r) {
                                                : std::to_string(c.mapping.unused_rules.size()))
             << "\n";
   for (const std::string& rule : c.mapping.unused_rules) std::cout << "    " << rule << "\n";
+  for (const std::string& note : c.mapping.notes) std::cout << "  note: " << note << "\n";
   if (!r.too_large.empty()) {
     std::cout << "  tensors larger than a shard: " << r.too_large.size() << ": "
               << list(r.too_large) << "\n";
@@ -287,6 +573,15 @@ void print_text(const PlanResult& r) {
       std::cout << " (config.json: quant_method " << c.quantization->quant_method << ")";
     std::cout << "\n";
   }
+  if (!c.mapping.params.empty()) {
+    std::cout << "  params:     ";
+    const char* sep = "";
+    for (const auto& [name, p] : c.mapping.params) {
+      std::cout << sep << name << " = " << p.value << " (" << p.origin << ")";
+      sep = ", ";
+    }
+    std::cout << "\n";
+  }
   if (r.read) {
     std::cout << "  reads:      " << r.read->files.size() << " file"
               << (r.read->files.size() == 1 ? "" : "s") << ", " << format_bytes(r.read->input_bytes)
@@ -306,7 +601,9 @@ void print_text(const PlanResult& r) {
 int run_plan(const PlanOptions& options) {
   const PlanResult r = plan(options);
   warn_unlisted(r.checkpoint);
-  if (options.json) {
+  if (options.dot) {
+    print_dot(r);
+  } else if (options.json) {
     print_json(r);
   } else {
     print_text(r);
@@ -323,9 +620,16 @@ Command add_plan(CLI::App& app) {
   command->add_flag("--reverse", options->reverse,
                     "Plan undoing the conversion that wrote CHECKPOINT (uses its " +
                         std::string(kSidecarFileName) + ")");
+  add_set_option(*command, options->params);
   add_size_option(*command, "--shard-size", options->shard_size,
                   "Most tensor bytes per output shard");
-  command->add_flag("--json", options->json, "Print JSON");
+  command->add_flag("--json", options->json,
+                    "Print JSON: groups with their ops, inferred outputs, shards, coverage, reads");
+  command
+      ->add_flag("--dot", options->dot,
+                 "Print the mapping graph for Graphviz (inputs -> ops -> outputs, a cluster per "
+                 "group)")
+      ->excludes("--json");
   return {command, [options] {
             if (!options->spec && !options->reverse) {
               return usage_error("plan", "--spec is required (except with --reverse)");

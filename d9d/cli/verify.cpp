@@ -140,7 +140,7 @@ VerifyResult run_verify(const VerifyOptions& options) {
           options.spec_text ? *options.spec_text : read_text_file(*options.spec, "spec");
       std::string origin = options.spec_text ? options.spec_origin : options.spec->string();
       through = " through " + origin;
-      m = forward_conversion(a, std::move(text), std::move(origin)).mapper;
+      m = forward_conversion(a, std::move(text), std::move(origin), options.params).mapper;
     } else {
       m = mapper::identity_mapper_from_names(a.keys());
     }
@@ -221,6 +221,7 @@ Command add_verify(CLI::App& app) {
   command->add_option("b", options->b, "Checkpoint B")->required();
   command->add_option("--spec", options->spec,
                       "Convert A through this spec (streamed) before comparing with B");
+  add_set_option(*command, options->params);
   add_threads_option(*command, options->threads);
   add_size_option(*command, "--memory-budget", options->memory_budget, "Bytes of A read ahead");
   command->add_option("--max-shown", options->max_shown, "Differing tensors shown in detail")

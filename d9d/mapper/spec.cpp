@@ -18,6 +18,7 @@
 #include "key_pattern.hpp"
 #include "spec_json.hpp"
 #include "spec_ops.hpp"
+#include "spec_params.hpp"
 
 namespace d9d::mapper {
 
@@ -40,6 +41,7 @@ struct Spec {
   std::string description;
   UnmatchedPolicy unmatched = UnmatchedPolicy::kKeep;
   std::optional<QuantScheme> quantization;  // Note [scales follow their weights]
+  std::map<std::string, ParamValue> params;
   std::vector<std::vector<Rule>> stages;
 };
 
@@ -78,15 +80,21 @@ QuantScheme parse_quantization(const Node& node) {
   return q;
 }
 
-Spec parse_spec(std::string_view text) {
+Spec parse_spec(std::string_view text, const SpecParams& given) {
   const nlohmann::json json = detail::parse_spec_json(text);
-  const Node root{json, "$"};
-  root.only({"d9d_mapper_spec", "description", "unmatched", "quantization", "stages", "rules"},
-            "a spec");
+  const Node top{json, "$"};
+  top.only({"d9d_mapper_spec", "description", "unmatched", "quantization", "params", "stages",
+            "rules"},
+           "a spec");
   Spec spec;
-  const Node version = root.at("d9d_mapper_spec");
+  const Node version = top.at("d9d_mapper_spec");
   if (version.integer() != 1)
     version.fail(str_cat("unsupported version ", version.integer(), " (this d9d reads version 1)"));
+  // The params first: every rule's integer fields may use them.
+  spec.params = detail::resolve_params(top.find("params"), given);
+  detail::ParamValues values;
+  for (const auto& [name, p] : spec.params) values.emplace(name, p.value);
+  const Node root{json, "$", &values};
   if (auto d = root.find("description")) spec.description = d->str();
   if (auto u = root.find("unmatched")) {
     const std::string policy = u->str();
@@ -140,33 +148,68 @@ struct KeySet {
   bool has(const std::string& key) const { return lookup.count(key) != 0; }
 };
 
-// Numeric order when every value is a non-negative integer (then they must be 0..n-1), else
+// The values of a rule's `over` capture in order: numeric when every value is a non-negative
+// integer (then they must be 0..n-1; a gap is an error naming the keys it lacks), else
 // lexicographic.
-void order_over_values(std::vector<std::pair<std::string, std::string>>& items, const Rule& r,
-                       const Bindings& group) {
-  const bool numeric = std::all_of(items.begin(), items.end(), [](const auto& it) {
-    return !it.first.empty() && it.first.size() < 18 &&
-           std::all_of(it.first.begin(), it.first.end(),
-                       [](char c) { return c >= '0' && c <= '9'; });
+std::vector<std::string> ordered_values(const Rule& r, const Bindings& group,
+                                        const std::set<std::string>& found) {
+  std::vector<std::string> values(found.begin(), found.end());
+  const bool numeric = std::all_of(values.begin(), values.end(), [](const std::string& v) {
+    return !v.empty() && v.size() < 18 &&
+           std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
   });
-  if (!numeric) {
-    std::sort(items.begin(), items.end());
-    return;
+  if (!numeric) return values;
+  std::sort(values.begin(), values.end(), [](const std::string& a, const std::string& b) {
+    return std::stoll(a) < std::stoll(b);
+  });
+  bool gapless = true;
+  for (size_t i = 0; i < values.size(); ++i) {
+    gapless = gapless && std::stoll(values[i]) == static_cast<int64_t>(i) &&
+              values[i] == std::to_string(i);
   }
-  std::sort(items.begin(), items.end(),
-            [](const auto& a, const auto& b) { return std::stoll(a.first) < std::stoll(b.first); });
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (std::stoll(items[i].first) != static_cast<int64_t>(i) ||
-        (i > 0 && items[i].first == items[i - 1].first)) {
-      throw SpecError(r.path, str_cat("for ", detail::bindings_str(group), ", {", r.over,
-                                      "} takes the values ", detail::keys_str([&] {
-                                        std::vector<std::string> v;
-                                        for (const auto& it : items) v.push_back(it.first);
-                                        return v;
-                                      }()),
-                                      ": expected 0..", items.size() - 1, " with none missing"));
+  if (gapless) return values;
+  std::vector<std::string> missing;
+  for (int64_t k = 0; k < std::stoll(values.back()); ++k) {
+    if (found.count(std::to_string(k))) continue;
+    Bindings with = group;
+    with[r.over] = std::to_string(k);
+    for (const auto& p : r.sources) missing.push_back(p.instantiate(with));
+  }
+  throw SpecError(r.path, str_cat("for ", detail::bindings_str(group), ", {", r.over,
+                                  "} takes the values ", detail::keys_str(values), ": expected 0..",
+                                  values.size() - 1, " with none missing",
+                                  missing.empty() ? std::string()
+                                                  : str_cat(" (the checkpoint lacks ",
+                                                            detail::keys_str(missing), ")")));
+}
+
+// The values 0..count-1 of a rule's `over` capture, checked against those the checkpoint has: a
+// value missing is an error naming the keys it lacks, as is one past the count.
+std::vector<std::string> counted_values(const Rule& r, const Bindings& group,
+                                        const std::set<std::string>& found) {
+  std::vector<std::string> out, missing;
+  for (int64_t k = 0; k < r.count; ++k) {
+    out.push_back(std::to_string(k));
+    if (found.count(out.back())) continue;
+    Bindings with = group;
+    with[r.over] = out.back();
+    for (const auto& p : r.sources) missing.push_back(p.instantiate(with));
+  }
+  if (!missing.empty()) {
+    throw SpecError(r.path, str_cat("for ", detail::bindings_str(group), " {", r.over,
+                                    "} must take every value 0..", r.count - 1,
+                                    ", but the checkpoint lacks ", detail::keys_str(missing)));
+  }
+  if (found.size() != out.size()) {
+    std::vector<std::string> extra;
+    for (const auto& v : found) {
+      if (std::find(out.begin(), out.end(), v) == out.end()) extra.push_back(v);
     }
+    throw SpecError(r.path, str_cat("for ", detail::bindings_str(group), " {", r.over,
+                                    "} takes the values ", detail::keys_str(extra), " beyond 0..",
+                                    r.count - 1, " (\"count\" is ", r.count, ")"));
   }
+  return out;
 }
 
 // Instances of a kSelect rule: one per parent key, holding the children found (or the base names
@@ -221,19 +264,35 @@ void expand_many_to_one(const Rule& r, const KeySet& keys,
     }
     return;
   }
-  // One tensor per value of the `over` capture, grouped by the other captures.
-  std::map<Bindings, std::vector<std::pair<std::string, std::string>>> groups;
-  for (size_t i = 0; i < keys.keys.size(); ++i) {
-    Bindings b;
-    if (!r.sources[0].match(keys.parts[i], b)) continue;
-    std::string value = b.at(r.over);
-    b.erase(r.over);
-    groups[b].emplace_back(std::move(value), keys.keys[i]);
+  // One tensor per source and value of the `over` capture, grouped by the other captures; every
+  // source must exist for every value any of them takes.
+  std::map<Bindings, std::set<std::string>> values;
+  for (const auto& p : r.sources) {
+    for (size_t i = 0; i < keys.keys.size(); ++i) {
+      Bindings b;
+      if (!p.match(keys.parts[i], b)) continue;
+      std::string value = b.at(r.over);
+      b.erase(r.over);
+      values[b].insert(std::move(value));
+    }
   }
-  for (auto& [b, items] : groups) {
-    order_over_values(items, r, b);
-    std::vector<std::string> names;
-    for (auto& it : items) names.push_back(std::move(it.second));
+  for (const auto& [b, found] : values) {
+    const std::vector<std::string> ordered =
+        r.count > 0 ? counted_values(r, b, found) : ordered_values(r, b, found);
+    std::vector<std::string> names, missing;
+    for (const auto& v : ordered) {
+      Bindings with = b;
+      with[r.over] = v;
+      for (const auto& p : r.sources) {
+        names.push_back(p.instantiate(with));
+        if (!keys.has(names.back())) missing.push_back(names.back());
+      }
+    }
+    if (!missing.empty()) {
+      throw SpecError(r.path, str_cat("for ", detail::bindings_str(b), " the checkpoint lacks ",
+                                      detail::keys_str(missing), " (every {", r.over,
+                                      "} needs all of its sources)"));
+    }
     build(Instance{std::move(names), {r.targets[0].instantiate(b)}});
   }
 }
@@ -250,7 +309,7 @@ void expand_per_key(const Rule& r, const KeySet& keys, const std::function<void(
       for (int64_t k = 0; k < r.count; ++k) {
         Bindings with = b;
         with[r.over] = std::to_string(k);
-        targets.push_back(r.targets[0].instantiate(with));
+        for (const auto& t : r.targets) targets.push_back(t.instantiate(with));
       }
     }
     build(Instance{{keys.keys[i]}, std::move(targets)});
@@ -350,8 +409,37 @@ std::vector<MapperPtr> with_scales(const Rule& r, std::vector<MapperPtr> instanc
   return out;
 }
 
-// The leaf mappers of every instance of `r` over `keys`.
-std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
+// Instances of a kUntie / kTie rule: one per embedding key where "tied" holds and the lm_head key
+// is missing (untie: made from the embedding) or present (tie: dropped). What disagrees with
+// "tied" is a note (an lm_head present though tied: kept as it is) or an error (an lm_head
+// missing though not tied).
+void expand_tied(const Rule& r, const KeySet& keys, const std::function<void(Instance)>& build,
+                 std::vector<std::string>& notes) {
+  const bool untie = r.op->family == Family::kUntie;
+  for (size_t i = 0; i < keys.keys.size(); ++i) {
+    Bindings b;
+    if (!r.sources[0].match(keys.parts[i], b)) continue;
+    const std::string& embedding = keys.keys[i];
+    std::string lm_head = r.targets[0].instantiate(b);
+    const bool present = keys.has(lm_head);
+    if (!r.tied && !present) {
+      throw SpecError(r.path,
+                      str_cat("'", lm_head, "' is missing, and the embeddings are not tied ",
+                              "(\"tied\" is false), so '", embedding, "' does not stand for it"));
+    }
+    if (untie && r.tied && present) {
+      notes.push_back(str_cat(r.path, ": '", lm_head,
+                              "' is present although the embeddings are tied (\"tied\" is true): "
+                              "kept as it is, not made from '",
+                              embedding, "'"));
+    }
+    if (r.tied && present != untie) build(Instance{{embedding}, {std::move(lm_head)}});
+  }
+}
+
+// The leaf mappers of every instance of `r` over `keys`; what the expansion noticed goes to
+// `notes`.
+std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys, std::vector<std::string>& notes) {
   std::vector<MapperPtr> out;
   const std::function<void(Instance)> build = [&r, &out](Instance instance) {
     try {
@@ -376,6 +464,10 @@ std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
     case Family::kPaired:
       expand_paired(r, keys, build);
       break;
+    case Family::kUntie:
+    case Family::kTie:
+      expand_tied(r, keys, build, notes);
+      break;
   }
   return out;
 }
@@ -383,10 +475,16 @@ std::vector<MapperPtr> expand(const Rule& r, const KeySet& keys) {
 }  // namespace
 
 SpecMapping from_spec(std::string_view json, const std::vector<std::string>& checkpoint_keys) {
-  const Spec spec = parse_spec(json);
+  return from_spec(json, checkpoint_keys, SpecParams{});
+}
+
+SpecMapping from_spec(std::string_view json, const std::vector<std::string>& checkpoint_keys,
+                      const SpecParams& params) {
+  const Spec spec = parse_spec(json, params);
   SpecMapping result;
   result.unmatched = spec.unmatched;
   result.description = spec.description;
+  result.params = spec.params;
 
   std::vector<std::string> current(checkpoint_keys);
   std::sort(current.begin(), current.end());
@@ -404,7 +502,8 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
     std::vector<MapperPtr> mappers;
     for (size_t ri = 0; ri < rules.size(); ++ri) {
       const Rule& r = rules[ri];
-      std::vector<MapperPtr> instances = with_scales(r, expand(r, keys), quantized_keys);
+      std::vector<MapperPtr> instances =
+          with_scales(r, expand(r, keys, result.notes), quantized_keys);
       if (instances.empty()) result.unused_rules.push_back(r.summary());
       for (auto& m : instances) {
         for (const auto& g : m->state_dependency_groups()) {

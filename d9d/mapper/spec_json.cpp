@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "spec_params.hpp"
+
 namespace d9d::mapper::detail {
 
 using d9d::detail::str_cat;
@@ -40,13 +42,13 @@ void Node::expect(bool ok, const char* what) const {
 Node Node::at(const char* key) const {
   auto it = j.find(key);
   if (it == j.end()) fail(str_cat("missing required field \"", key, "\""));
-  return Node{*it, json_child_path(path, key)};
+  return Node{*it, json_child_path(path, key), params};
 }
 
 std::optional<Node> Node::find(const char* key) const {
   auto it = j.find(key);
   if (it == j.end()) return std::nullopt;
-  return Node{*it, json_child_path(path, key)};
+  return Node{*it, json_child_path(path, key), params};
 }
 
 void Node::only(const std::vector<std::string_view>& allowed, const std::string& what) const {
@@ -67,15 +69,27 @@ std::string Node::str() const {
 }
 
 int64_t Node::integer() const {
+  if (j.is_string() && is_param_expression(j.get_ref<const std::string&>())) {
+    static const ParamValues kNone;
+    return evaluate_param_expression(j.get_ref<const std::string&>(), params ? *params : kNone,
+                                     *this);
+  }
   expect(j.is_number_integer(), "an integer");
   return j.get<int64_t>();
+}
+
+bool Node::boolean() const {
+  if (j.is_boolean()) return j.get<bool>();
+  if (j.is_number_integer() || j.is_string()) return integer() != 0;
+  expect(false, "true, false or a \"{param expression}\"");
+  return false;
 }
 
 std::vector<Node> Node::array() const {
   expect(j.is_array(), "an array");
   std::vector<Node> out;
   out.reserve(j.size());
-  for (size_t i = 0; i < j.size(); ++i) out.push_back(Node{j[i], json_child_path(path, i)});
+  for (size_t i = 0; i < j.size(); ++i) out.push_back(Node{j[i], json_child_path(path, i), params});
   return out;
 }
 

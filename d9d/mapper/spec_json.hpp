@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,6 +20,9 @@ nlohmann::json parse_spec_json(std::string_view text);
 struct Node {
   const nlohmann::json& j;
   std::string path;
+  // The spec's resolved params, which integer() evaluates "{expression}" fields against; the
+  // nodes at() / find() / array() return carry it on.
+  const std::map<std::string, int64_t>* params = nullptr;
 
   [[noreturn]] void fail(const std::string& message) const;
   // Fails with "expected WHAT, got TYPE VALUE" unless `ok`.
@@ -31,7 +35,10 @@ struct Node {
   // ("dims" for "dim"); `what` says whose fields they are ("op \"transpose\"").
   void only(const std::vector<std::string_view>& allowed, const std::string& what) const;
   std::string str() const;
+  // An integer, or a "{expression}" over the params (spec_params.hpp).
   int64_t integer() const;
+  // true / false, or an integer() (non-zero is true): "{tied}".
+  bool boolean() const;
   std::vector<Node> array() const;
   std::vector<int64_t> integers() const;
 };

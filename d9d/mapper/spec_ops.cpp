@@ -23,6 +23,31 @@ int64_t dim_or_zero(const Node& node) {
   return d ? d->integer() : 0;
 }
 
+int64_t positive(const Node& node) {
+  const int64_t v = node.integer();
+  if (v < 1) node.fail(str_cat("expected a positive integer, got ", v));
+  return v;
+}
+
+// "n_kv_heads": positive, dividing n_heads.
+int64_t kv_heads(const Node& node, int64_t n_heads) {
+  const Node n = node.at("n_kv_heads");
+  const int64_t v = positive(n);
+  if (n_heads % v != 0) n.fail(str_cat("n_heads ", n_heads, " is not a multiple of ", v));
+  return v;
+}
+
+// Names listed value by value, `parts` per value, as the expansion lists a parts_over rule's.
+std::vector<std::vector<std::string>> by_expert(std::vector<std::string> names, size_t parts) {
+  std::vector<std::vector<std::string>> out;
+  for (size_t i = 0; i < names.size(); i += parts) {
+    out.emplace_back(
+        std::make_move_iterator(names.begin() + static_cast<std::ptrdiff_t>(i)),
+        std::make_move_iterator(names.begin() + static_cast<std::ptrdiff_t>(i + parts)));
+  }
+  return out;
+}
+
 // Every op, in the order error messages list them. Each parse reads the op's own fields (the
 // family's are read already) in the order the format lists them, so a rule with several problems
 // reports the first.
@@ -224,6 +249,113 @@ const std::vector<OpDef>& ops() {
            return dequantize(std::move(i.sources[0]), std::move(i.sources[1]),
                              std::move(i.targets[0]), how,
                              i.sources.size() > 2 ? std::move(i.sources[2]) : std::string());
+          };
+        }},
+      // ---- model layouts (Note [model layouts] in layout_ops.cpp) ----
+      {"permute_for_rope",
+       Family::kSingle,
+       {"source", "target", "n_heads", "head_dim", "direction"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t n_heads = positive(node.at("n_heads"));
+         std::optional<int64_t> head_dim;
+         if (auto h = node.find("head_dim")) head_dim = positive(*h);
+         const Node d = node.at("direction");
+         const std::string name = d.str();
+         if (name != "to_hf" && name != "from_hf") {
+           d.fail(str_cat("expected \"to_hf\" (interleaved -> rotate-half) or \"from_hf\", got ",
+                          json_string_excerpt(name)));
+         }
+         const RopeDirection direction =
+             name == "to_hf" ? RopeDirection::kToHf : RopeDirection::kFromHf;
+         return [=](Instance i) -> MapperPtr {
+           return std::make_shared<PermuteForRopeMapper>(
+               std::move(i.sources[0]), std::move(i.targets[0]), n_heads, direction, head_dim);
+         };
+       }},
+      {"interleave_qkv",
+       Family::kManyToOne,
+       {"sources", "target", "n_heads", "n_kv_heads"},
+       [](const Node& node, const Rule& rule) -> Builder {
+         if (rule.sources.size() != 3) node.at("sources").fail("expected [q, k, v]");
+         const int64_t n_heads = positive(node.at("n_heads"));
+         const int64_t n_kv_heads = kv_heads(node, n_heads);
+         return [=](Instance i) {
+           return interleave_qkv(std::move(i.sources), std::move(i.targets[0]), n_heads,
+                                 n_kv_heads);
+         };
+       }},
+      {"deinterleave_qkv",
+       Family::kOneToMany,
+       {"source", "targets", "n_heads", "n_kv_heads"},
+       [](const Node& node, const Rule& rule) -> Builder {
+         if (rule.targets.size() != 3) node.at("targets").fail("expected [q, k, v]");
+         const int64_t n_heads = positive(node.at("n_heads"));
+         const int64_t n_kv_heads = kv_heads(node, n_heads);
+         return [=](Instance i) {
+           return deinterleave_qkv(std::move(i.sources[0]), std::move(i.targets), n_heads,
+                                   n_kv_heads);
+         };
+       }},
+      {"interleave",
+       Family::kManyToOne,
+       {"sources", "source", "over", "target", "dim"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = dim_or_zero(node);
+         return [dim](Instance i) {
+           return interleave(std::move(i.sources), std::move(i.targets[0]), dim);
+         };
+       }},
+      {"deinterleave",
+       Family::kOneToMany,
+       {"source", "targets", "target", "over", "count", "dim"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = dim_or_zero(node);
+         return [dim](Instance i) {
+           return deinterleave(std::move(i.sources[0]), std::move(i.targets), dim);
+         };
+       }},
+      {"stack_experts",
+       Family::kManyToOne,
+       {"sources", "source", "over", "count", "target", "dim", "part_dim"},
+       [](const Node& node, const Rule& rule) -> Builder {
+         node.at("over");  // the experts are the values of a capture
+         const int64_t dim = dim_or_zero(node);
+         const int64_t part_dim = node.find("part_dim") ? node.at("part_dim").integer() : 0;
+         const size_t parts = rule.sources.size();
+         return [=](Instance i) {
+           return stack_experts(by_expert(std::move(i.sources), parts), std::move(i.targets[0]),
+                                dim, part_dim);
+         };
+       },
+       /*parts_over=*/true},
+      {"unstack_experts",
+       Family::kOneToMany,
+       {"source", "targets", "target", "over", "count", "dim", "part_dim"},
+       [](const Node& node, const Rule& rule) -> Builder {
+         node.at("over");
+         const int64_t dim = dim_or_zero(node);
+         const int64_t part_dim = node.find("part_dim") ? node.at("part_dim").integer() : 0;
+         const size_t parts = rule.targets.size();
+         return [=](Instance i) {
+           return unstack_experts(std::move(i.sources[0]), by_expert(std::move(i.targets), parts),
+                                  dim, part_dim);
+         };
+       },
+       /*parts_over=*/true},
+      {"untie_embeddings",
+       Family::kUntie,
+       {"embedding", "lm_head", "tied"},
+       [](const Node&, const Rule&) -> Builder {
+         return [](Instance i) {
+           return untie_embeddings(std::move(i.sources[0]), std::move(i.targets[0]));
+         };
+       }},
+      {"tie_embeddings",
+       Family::kTie,
+       {"embedding", "lm_head", "tied"},
+       [](const Node&, const Rule&) -> Builder {
+         return [](Instance i) {
+           return tie_embeddings(std::move(i.sources[0]), std::move(i.targets[0]));
          };
        }},
   };
@@ -248,12 +380,26 @@ void read_single(const Node& node, Rule& r) {
   r.targets.push_back(target ? pattern(*target) : r.sources[0]);
 }
 
+// "over" (the capture named `over` must be in every pattern of `patterns`).
+std::string read_over(const Node& over, const std::vector<Pattern>& patterns, const char* which) {
+  std::string name = over.str();
+  for (const auto& p : patterns) {
+    if (!p.has_capture(name)) {
+      over.fail(str_cat("the ", which, " ", json_string_excerpt(p.text()), " has no capture {",
+                        name, "}"));
+    }
+  }
+  return name;
+}
+
 void read_many_to_one(const Node& node, Rule& r, const std::string& what) {
   if (node.has("sources") == node.has("source")) {
     node.fail(str_cat(what, " needs either \"sources\" (a list) or \"source\" with \"over\""));
   }
   if (auto list = node.find("sources")) {
-    if (node.has("over")) node.at("over").fail("\"over\" goes with \"source\", not \"sources\"");
+    if (node.has("over") && !r.op->parts_over) {
+      node.at("over").fail("\"over\" goes with \"source\", not \"sources\"");
+    }
     for (const auto& n : list->array()) r.sources.push_back(pattern(n));
     if (r.sources.empty()) list->fail("expected at least one source");
     for (const auto& s : r.sources) {
@@ -263,14 +409,14 @@ void read_many_to_one(const Node& node, Rule& r, const std::string& what) {
                            json_string_excerpt(r.sources[0].text()), " differ"));
       }
     }
+    if (auto over = node.find("over")) r.over = read_over(*over, r.sources, "source");
   } else {
     r.sources.push_back(pattern(node.at("source")));
-    const Node over = node.at("over");
-    r.over = over.str();
-    if (!r.sources[0].has_capture(r.over)) {
-      over.fail(str_cat("the source ", json_string_excerpt(r.sources[0].text()),
-                        " has no capture {", r.over, "}"));
-    }
+    r.over = read_over(node.at("over"), r.sources, "source");
+  }
+  if (auto count = node.find("count")) {
+    r.count = count->integer();
+    if (r.count < 1) count->fail("expected a count of at least 1");
   }
   r.targets.push_back(pattern(node.at("target")));
   if (!r.over.empty() && r.targets[0].has_capture(r.over)) {
@@ -289,17 +435,17 @@ void read_one_to_many(const Node& node, Rule& r, const std::string& what) {
   if (auto list = node.find("targets")) {
     for (const auto& n : list->array()) r.targets.push_back(pattern(n));
     if (r.targets.empty()) list->fail("expected at least one target");
-    if (node.has("over")) node.at("over").fail("\"over\" goes with \"target\", not \"targets\"");
-    if (node.has("count")) node.at("count").fail("\"count\" goes with \"target\" and \"over\"");
-    return;
+    if (!r.op->parts_over) {
+      if (node.has("over")) node.at("over").fail("\"over\" goes with \"target\", not \"targets\"");
+      if (node.has("count")) node.at("count").fail("\"count\" goes with \"target\" and \"over\"");
+      return;
+    }
+    if (!node.has("over")) return;
+  } else {
+    r.targets.push_back(pattern(node.at("target")));
   }
-  r.targets.push_back(pattern(node.at("target")));
   const Node over = node.at("over");
-  r.over = over.str();
-  if (!r.targets[0].has_capture(r.over)) {
-    over.fail(str_cat("the target ", json_string_excerpt(r.targets[0].text()), " has no capture {",
-                      r.over, "}"));
-  }
+  r.over = read_over(over, r.targets, "target");
   if (r.sources[0].has_capture(r.over)) {
     over.fail(str_cat("the source cannot use {", r.over, "}: it is numbered by \"count\""));
   }
@@ -323,6 +469,13 @@ void read_paired(const Node& node, Rule& r) {
       }
     }
   }
+}
+
+// "embedding" and "lm_head" patterns (sources and targets of the rule) and "tied".
+void read_tied(const Node& node, Rule& r) {
+  r.sources.push_back(pattern(node.at("embedding")));
+  r.targets.push_back(pattern(node.at("lm_head")));
+  if (auto tied = node.find("tied")) r.tied = tied->boolean();
 }
 
 void read_select(const Node& node, Rule& r) {
@@ -380,6 +533,10 @@ Rule parse_rule(const Node& node) {
     case Family::kPaired:
       read_paired(node, r);
       break;
+    case Family::kUntie:
+    case Family::kTie:
+      read_tied(node, r);
+      break;
   }
   r.build = r.op->parse(node, r);
   // Targets may use only what the sources bind.
@@ -387,7 +544,9 @@ Rule parse_rule(const Node& node) {
   for (size_t i = 0; i < r.targets.size(); ++i) {
     for (const auto& c : r.targets[i].captures()) {
       if (!bound.count(c) && c != r.over) {
-        const Node t = node.has("targets") ? node.at("targets").array()[i] : node.at("target");
+        const Node t = node.has("targets")   ? node.at("targets").array()[i]
+                       : node.has("lm_head") ? node.at("lm_head")
+                                             : node.at("target");
         t.fail(str_cat("the capture {", c, "} is not bound by the source ",
                        json_string_excerpt(r.sources[0].text())));
       }

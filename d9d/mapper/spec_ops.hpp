@@ -36,6 +36,11 @@ enum class Family : uint8_t {
   // exists. sources holds the source, the scale and the global scale. Such an op reads a
   // quantized weight's scales itself, so a spec's "quantization" does not wrap it.
   kPaired,
+  // "embedding" and "lm_head" (patterns) and "tied": one instance per embedding key where
+  // "tied" is true and the lm_head key is missing (kUntie: it is made) or present (kTie: it is
+  // dropped). Instance: sources {embedding}, targets {lm_head}.
+  kUntie,
+  kTie,
 };
 
 // The keys of one instance of a rule. kSelect: sources holds the parent key and targets the
@@ -58,7 +63,10 @@ struct Rule {
   std::vector<Pattern> sources;  // one, except kManyToOne with "sources"
   std::vector<Pattern> targets;  // one, except kOneToMany with "targets"; none for kSelect
   std::string over;              // kManyToOne / kOneToMany over a capture
-  int64_t count = 0;             // kOneToMany "over": how many targets
+  // kOneToMany "over": how many targets; kManyToOne "over" (when given, else 0): the values the
+  // capture must take, 0..count-1.
+  int64_t count = 0;
+  bool tied = true;              // kUntie / kTie
   std::optional<std::set<std::string>> base_names;  // kSelect
   Builder build;
   // "$.rules[3] (rename_tensor model.{x}.bias)", for reports and messages.
@@ -74,9 +82,12 @@ struct OpDef {
   // Reads the op's own arguments from `node` (its family's fields are in `rule` already) and
   // returns the builder of its instances.
   Builder (*parse)(const Node& node, const Rule& rule);
+  // "sources" (kManyToOne) / "targets" (kOneToMany) may go with "over": several tensors per
+  // value of the capture, listed value by value (an expert's parts: stack_experts).
+  bool parts_over = false;
 };
 
-// Parses and checks one rule object.
+// Parses and checks one rule object (its integer fields may use the params `node` carries).
 Rule parse_rule(const Node& node);
 
 }  // namespace d9d::mapper::detail

@@ -36,6 +36,7 @@ std::string sidecar_json(const Sidecar& sidecar) {
   }
   j["source"] = std::move(source);
   j["dropped"] = sidecar.dropped;
+  if (!sidecar.params.empty()) j["params"] = sidecar.params;
   return j.dump(1) + "\n";
 }
 
@@ -80,6 +81,13 @@ Sidecar parse_sidecar(std::string_view json, std::string_view name) {
   if (j.contains("dropped") && j["dropped"].is_array()) {
     for (const auto& d : j["dropped"]) {
       if (d.is_string()) s.dropped.push_back(d.get<std::string>());
+    }
+  }
+  if (j.contains("params")) {
+    if (!j["params"].is_object()) fail("\"params\" must be an object");
+    for (const auto& [key, value] : j["params"].items()) {
+      if (!value.is_number_integer()) fail("\"params\"[\"" + key + "\"] must be an integer");
+      s.params.emplace(key, value.get<int64_t>());
     }
   }
   return s;
@@ -194,10 +202,15 @@ void add_config(Conversion& c, const fs::path& source_dir, const SpecDict& sourc
 // ---- converting ---------------------------------------------------------------------------------
 
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
-                              std::string spec_origin) {
+                              std::string spec_origin,
+                              const std::map<std::string, int64_t>& params) {
   Conversion c;
+  mapper::SpecParams given;
+  given.values = params;
+  given.config_json = read_config_json(src.dir());
+  given.config_origin = (src.dir() / kConfigFileName).string();
   try {
-    c.mapping = mapper::from_spec(spec_text, src.keys());
+    c.mapping = mapper::from_spec(spec_text, src.keys(), given);
   } catch (const mapper::SpecError& e) {
     d9d::detail::throw_error<ValueError>(spec_origin, ": ", e.what());
   } catch (const ValueError& e) {
@@ -215,6 +228,7 @@ Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
   if (c.mapping.unmatched == mapper::UnmatchedPolicy::kDrop) {
     c.sidecar.dropped = c.mapping.unmatched_keys;
   }
+  for (const auto& [name, p] : c.mapping.params) c.sidecar.params.emplace(name, p.value);
   c.sidecar.spec = std::move(spec_text);
   c.sidecar.spec_origin = std::move(spec_origin);
   c.quantization = quantization_config(src.dir());

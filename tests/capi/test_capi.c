@@ -291,6 +291,30 @@ static void test_stream(void) {
   d9d_stream_close(s);
   d9d_stream_close(NULL);
 
+  /* Spec params: the "params" option wins over the spec's default (4 heads would not fit q [4, 2];
+   * 2 heads of one KV group interleave as q, k, v). */
+  static const char* kParamsSpec =
+      "{\"d9d_mapper_spec\": 1, \"params\": {\"heads\": 4, \"kv\": 1}, \"rules\": [{\"op\":"
+      " \"interleave_qkv\", \"n_heads\": \"{heads}\", \"n_kv_heads\": \"{kv}\", \"target\":"
+      " \"layers.{L}.qkv\", \"sources\": [\"model.layers.{L}.self_attn.q_proj.weight\","
+      " \"model.layers.{L}.self_attn.k_proj.weight\", \"model.layers.{L}.self_attn.v_proj.weight\"]}]}";
+  CHECK(d9d_stream_open(ckpt, kParamsSpec, "{\"params\": {\"heads\": 2}}", &s) == D9D_OK,
+        "stream_open with params: %s", d9d_last_error());
+  seen_qkv = 0;
+  while ((status = d9d_stream_next(s, &name, &out)) == 1) {
+    if (strncmp(name, "layers.", 7) == 0) {
+      const float* data = (const float*)((const char*)out->dl_tensor.data + out->dl_tensor.byte_offset);
+      CHECK(equals_qkv(data, name[7] - '0'), "%s is q, k, v (one KV group)", name);
+      ++seen_qkv;
+    }
+    out->deleter(out);
+  }
+  CHECK(status == 0 && seen_qkv == 2, "params stream: %d qkv", seen_qkv);
+  d9d_stream_close(s);
+  s = NULL;
+  CHECK(d9d_stream_open(ckpt, kParamsSpec, NULL, &s) != D9D_OK && s == NULL,
+        "the spec's default of 4 heads does not fit");
+
   /* A stream closed before its end, with tensors still held. */
   CHECK(d9d_stream_open(ckpt, kFusedSpec, NULL, &s) == D9D_OK, "stream_open");
   CHECK(d9d_stream_next(s, &name, &out) == 1, "first output");
@@ -347,7 +371,11 @@ static void test_options(void) {
   BAD_OPTIONS("{\"threads\": 2", "not valid JSON");
   BAD_OPTIONS("[1, 2]", "expected a JSON object");
   BAD_OPTIONS("{\"memory_budgte\": 5}", "unknown field \"memory_budgte\"", "known: device, memory_budget");
-  BAD_OPTIONS("{\"params\": {\"tp\": 4}}", "\"params\" is not supported by this build");
+  BAD_OPTIONS("{\"params\": [4]}", "\"params\" must be an object");
+  BAD_OPTIONS("{\"params\": {\"tp\": \"4\"}}", "\"params\".\"tp\" must be an integer");
+  /* A param the spec does not declare is the spec's error. */
+  EXPECT_ERROR(d9d_stream_open(ckpt, NULL, "{\"params\": {\"tp\": 4}}", &s), D9D_E_SPEC, "\"tp\"",
+               "does not declare");
   BAD_OPTIONS("{\"io\": \"uring\"}", "\"io\" is not supported by this build");
   BAD_OPTIONS("{\"shard_size\": 100}", "\"shard_size\" is an option of d9d_convert only");
   BAD_OPTIONS("{\"device\": \"tpu:0\"}", "\"device\"", "tpu:0");

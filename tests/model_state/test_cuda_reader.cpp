@@ -148,3 +148,62 @@ TEST_CASE("save_model_state from device tensors writes the same files as from ho
   }
   CHECK(files >= 3);  // shards and the index
 }
+
+TEST_CASE("the model-layout ops run on cuda:0, byte-identical to the CPU, and invert there") {
+  // RoPE permutation, Megatron's QKV, gpt-oss's interleaved gate/up, stacked experts and tied
+  // embeddings: views and copies of core, so on the device through its kernels.
+  const TempDir tmp;
+  const fs::path dir = tmp / "layouts";
+  StateDict src;
+  src["q"] = random_tensor({8 * 6, 40}, DType::BF16, 1);
+  src["k"] = random_tensor({2 * 6, 40}, DType::BF16, 2);
+  src["v"] = random_tensor({2 * 6, 40}, DType::BF16, 3);
+  src["q_bias"] = random_tensor({8 * 6}, DType::F32, 4);
+  src["gate_up"] = random_tensor({4, 40, 2 * 24}, DType::BF16, 5);
+  for (int e = 0; e < 5; ++e) {
+    src["e." + std::to_string(e) + ".gate"] = random_tensor({24, 40}, DType::BF16, 10 + e);
+    src["e." + std::to_string(e) + ".up"] = random_tensor({24, 40}, DType::BF16, 20 + e);
+  }
+  src["embed"] = random_tensor({64, 40}, DType::BF16, 6);
+  WriteOptions wo;
+  wo.show_progress = false;
+  save_model_state(dir, identity_mapper_from_state(src), src, wo);
+
+  std::vector<std::vector<std::string>> experts;
+  for (int e = 0; e < 5; ++e) {
+    experts.push_back({"e." + std::to_string(e) + ".gate", "e." + std::to_string(e) + ".up"});
+  }
+  const MapperPtr m =
+      parallel({sequential({parallel({permute_for_rope("q", 8, RopeDirection::kFromHf),
+                                      permute_for_rope("k", 2, RopeDirection::kFromHf)}),
+                            interleave_qkv({"q", "k", "v"}, "qkv", 8, 2)}),
+                permute_for_rope("q_bias", 8, RopeDirection::kToHf),
+                deinterleave("gate_up", {"gate", "up"}, -1),
+                stack_experts(experts, "experts", 0, 0), untie_embeddings("embed", "lm_head")});
+  ReadOptions cpu;
+  cpu.show_progress = false;
+  StateDict expect;
+  for (auto&& [name, t] : read_model_state(dir, m, cpu)) expect[name] = t.contiguous();
+  ReadOptions gpu = cpu;
+  gpu.device = Device::cuda(0);
+  StateDict on_device;
+  for (auto&& [name, t] : read_model_state(dir, m, gpu)) {
+    INFO(name);
+    CHECK(t.device() == Device::cuda(0));
+    REQUIRE(expect.contains(name));
+    CHECK(equal(t.to(Device::cpu()).contiguous(), expect[name]));
+    on_device[name] = t;
+  }
+  CHECK(on_device.size() == expect.size());
+  // The inverse on the device gives the checkpoint back (stack_experts unstacks with views and
+  // device copies; tie_embeddings compares a separate copy of lm_head with the embedding).
+  on_device["lm_head"] = on_device["lm_head"].clone();
+  const MapperPtr back = m->inverse(specs_of(src));
+  const StateDict again = apply_all(*back, on_device);
+  REQUIRE(again.size() == src.size());
+  for (const auto& [name, t] : src) {
+    INFO(name);
+    CHECK(again.at(name).device() == Device::cuda(0));
+    CHECK(equal(again.at(name).to(Device::cpu()).contiguous(), t));
+  }
+}

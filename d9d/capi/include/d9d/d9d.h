@@ -35,15 +35,20 @@
  *   "reader_threads": groups read and applied at once, each by a thread of its own (0, the
  *                    default: as many as d9d's worker threads)
  *   "show_progress": a progress bar on standard error (default false)
+ *   "params":        values for the spec's params, {"tp": 4, "tied": true} (integers; true and
+ *                    false are 1 and 0), as `--set tp=4` on the command line: they win over the
+ *                    checkpoint's config.json and the spec's defaults; a name the spec does not
+ *                    declare is D9D_E_SPEC
  * and for d9d_convert only:
  *   "shard_size":    most bytes of tensor data per output shard (default 4 GiB, as `d9d convert`)
  *   "overwrite":     replace a checkpoint already in out_dir (default false)
  *   "fsync":         make every file durable before it gets its final name (default true)
- * "params" (spec parameters) and "io" (a read backend) are reserved: this build rejects them.
+ * "io" (a read backend) is reserved: this build rejects it.
  *
  * SPECS (spec_json): the JSON text of a d9d mapper spec (the format is in the d9d repository's
  * d9d/mapper/include/d9d/mapper/spec.hpp; examples/specs/ has examples), expanded against the
- * checkpoint's tensor names; NULL: every tensor as it is. A malformed spec, or one that does not
+ * checkpoint's tensor names; NULL: every tensor as it is. A spec's params take their values from
+ * the "params" option, the config.json beside the checkpoint, or the spec's defaults. A malformed spec, or one that does not
  * fit the checkpoint, is D9D_E_SPEC naming the JSON path ("$.rules[2].dim").
  *
  * CHECKPOINTS (path, ckpt_path): a directory with model.safetensors.index.json and its shards, a

@@ -13,6 +13,7 @@
 // recorded sizes, reshape -> reshape back to the input shape, squeeze(dim) -> unsqueeze (or
 // identity when that dim was not 1), cast -> cast back when the cast widens losslessly. Not
 // invertible: select_child_modules, squeeze() of every size-1 dim without specs, a lossy cast.
+// The model-layout ops (permute_for_rope, ..., at the end) invert without specs.
 #pragma once
 
 #include <cstdint>
@@ -290,11 +291,9 @@ class ManyToOneMapper : public ModelStateMapper {
  public:
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
-  // Along dim 0, the output's bytes are the inputs' bytes in order (legacy empty parts of a cat
-  // are 0 bytes).
-  std::vector<std::string> concatenated_inputs(const StateGroup&) const final {
-    return dim_ == 0 ? sources_ : std::vector<std::string>{};
-  }
+  // None by default: an op says where its output is its inputs' bytes in order (stack and
+  // concatenate along dim 0), a promise the reader builds on (Note [views or copies]).
+  std::vector<std::string> concatenated_inputs(const StateGroup&) const override { return {}; }
   const std::vector<std::string>& sources() const { return sources_; }
   const std::string& target() const { return target_; }
   int64_t dim() const { return dim_; }
@@ -318,8 +317,9 @@ class OneToManyMapper : public ModelStateMapper {
  public:
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
-  // Pieces along dim 0 of a contiguous tensor are contiguous views; along another dim, copies.
-  bool moves_data(const StateGroup&) const final { return dim_ != 0; }
+  // Copies by default: an op whose pieces are contiguous views says so (unstack, chunk and split
+  // along dim 0), a promise the reader builds on (Note [views or copies]).
+  bool moves_data(const StateGroup&) const override { return true; }
   const std::string& source() const { return source_; }
   const std::vector<std::string>& targets() const { return targets_; }
   int64_t dim() const { return dim_; }
@@ -342,6 +342,11 @@ class StackTensorsMapper final : public ManyToOneMapper {
  public:
   StackTensorsMapper(std::vector<std::string> sources, std::string target, int64_t dim);
   std::string describe() const override;
+  // Along dim 0, the output's bytes are the inputs' bytes in order (legacy empty parts of a cat
+  // are 0 bytes).
+  std::vector<std::string> concatenated_inputs(const StateGroup&) const override {
+    return dim() == 0 ? sources() : std::vector<std::string>{};
+  }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -359,6 +364,11 @@ class ConcatenateTensorsMapper final : public ManyToOneMapper {
   ConcatenateTensorsMapper(std::vector<std::string> sources, std::string target, int64_t dim,
                            Parts parts = Parts::kAny, std::vector<int64_t> sizes = {});
   std::string describe() const override;
+  // Along dim 0, the output's bytes are the inputs' bytes in order (legacy empty parts of a cat
+  // are 0 bytes).
+  std::vector<std::string> concatenated_inputs(const StateGroup&) const override {
+    return dim() == 0 ? sources() : std::vector<std::string>{};
+  }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -374,6 +384,8 @@ class UnstackTensorsMapper final : public OneToManyMapper {
  public:
   UnstackTensorsMapper(std::string source, std::vector<std::string> targets, int64_t dim);
   std::string describe() const override;
+  // Pieces along dim 0 of a contiguous tensor are contiguous views; along another dim, copies.
+  bool moves_data(const StateGroup&) const override { return dim() != 0; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -385,6 +397,8 @@ class ChunkTensorsMapper final : public OneToManyMapper {
  public:
   ChunkTensorsMapper(std::string source, std::vector<std::string> targets, int64_t dim);
   std::string describe() const override;
+  // Pieces along dim 0 of a contiguous tensor are contiguous views; along another dim, copies.
+  bool moves_data(const StateGroup&) const override { return dim() != 0; }
 
  protected:
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
@@ -398,6 +412,8 @@ class SplitTensorsMapper final : public OneToManyMapper {
   SplitTensorsMapper(std::string source, std::vector<std::string> targets,
                      std::vector<int64_t> sizes, int64_t dim);
   std::string describe() const override;
+  // Pieces along dim 0 of a contiguous tensor are contiguous views; along another dim, copies.
+  bool moves_data(const StateGroup&) const override { return dim() != 0; }
   const std::vector<int64_t>& sizes() const { return sizes_; }
 
  protected:
@@ -407,6 +423,191 @@ class SplitTensorsMapper final : public OneToManyMapper {
 
  private:
   std::vector<int64_t> sizes_;
+};
+
+// ---- model layouts ------------------------------------------------------------------------------
+//
+// Ops that move a model's weights between the layouts its implementations use: the RoPE row
+// order of q / k, Megatron's grouped QKV, interleaved halves, stacked experts, tied embeddings.
+// Where each layout comes from is in Note [model layouts] (layout_ops.cpp). Only bytes move, so
+// every op is exact, and each has an exact inverse that needs no specs: permute_for_rope <-> the
+// other direction, interleave_qkv <-> deinterleave_qkv, interleave <-> deinterleave,
+// stack_experts <-> unstack_experts, untie_embeddings <-> tie_embeddings. They are views and
+// copies of core, so they run on CUDA tensors as on host ones.
+
+// Which way permute_for_rope goes. kToHf: from the interleaved RoPE layout (Meta's original
+// checkpoints, GGUF: the two elements of each rotated pair adjacent) to transformers' rotate-half
+// layout (the pair's elements half a head apart), as transformers' convert_llama_weights_to_hf.py
+// permute() does. kFromHf: back, as llama.cpp's convert_hf_to_gguf.py LlamaModel.permute does.
+enum class RopeDirection : uint8_t { kToHf, kFromHf };
+
+// Permutes the rows of `name` (a q or k projection weight [n_heads * head_dim, ...], or its 1-D
+// bias) within each of `n_heads` heads; for a GQA k, n_heads is the number of KV heads.
+MapperPtr permute_for_rope(std::string name, int64_t n_heads, RopeDirection direction);
+// Megatron's fused QKV from q [n_heads * d, ...], k and v [n_kv_heads * d, ...] (or 1-D biases):
+// for each of the n_kv_heads groups, its n_heads / n_kv_heads q heads, then its k head, then its v
+// head (Megatron-Bridge's merge_qkv_weights). `qkv` names q, k, v in that order.
+MapperPtr interleave_qkv(std::vector<std::string> qkv, std::string target, int64_t n_heads,
+                         int64_t n_kv_heads);
+// The inverse: q, k, v out of a grouped QKV.
+MapperPtr deinterleave_qkv(std::string source, std::vector<std::string> qkv, int64_t n_heads,
+                           int64_t n_kv_heads);
+// Tensors of one shape interleaved element by element along `dim`: element j of source i lands at
+// j * n + i (n sources). deinterleave is the inverse: target i takes elements i, i + n, ... (for
+// gpt-oss's gate_up_proj, gate = the even elements of the last dim, up = the odd).
+MapperPtr interleave(std::vector<std::string> sources, std::string target, int64_t dim);
+MapperPtr deinterleave(std::string source, std::vector<std::string> targets, int64_t dim);
+// Experts stacked into one tensor: experts[e] names expert e's parts (one shape for all), which
+// are concatenated along `part_dim` (of the part's dims) and the experts stacked along `dim` (of
+// the result's): per-expert gate_proj [I, H] and up_proj [I, H] become [E, 2I, H] with gate
+// first, as transformers v5's MergeModulelist(dim=0) + Concatenate(dim=1); down_proj alone
+// becomes [E, H, I]. unstack_experts is the inverse.
+MapperPtr stack_experts(std::vector<std::vector<std::string>> experts, std::string target,
+                        int64_t dim = 0, int64_t part_dim = 0);
+MapperPtr unstack_experts(std::string source, std::vector<std::vector<std::string>> experts,
+                          int64_t dim = 0, int64_t part_dim = 0);
+// Tied embeddings. untie_embeddings passes `embedding` through and gives the very same tensor as
+// `lm_head` too (no copy); tie_embeddings drops `lm_head` after checking that it holds the
+// embedding's bytes (a ValueError otherwise: they are not tied).
+MapperPtr untie_embeddings(std::string embedding, std::string lm_head);
+MapperPtr tie_embeddings(std::string embedding, std::string lm_head);
+
+class PermuteForRopeMapper final : public SingleTensorMapper {
+ public:
+  // head_dim: when given, the rows must be exactly n_heads * head_dim (else any multiple of
+  // 2 * n_heads). n_heads and head_dim must be positive.
+  PermuteForRopeMapper(std::string source, std::string target, int64_t n_heads,
+                       RopeDirection direction, std::optional<int64_t> head_dim = std::nullopt);
+  std::string describe() const override;
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  int64_t n_heads_;
+  RopeDirection direction_;
+  std::optional<int64_t> head_dim_;
+};
+
+class InterleaveQkvMapper final : public ManyToOneMapper {
+ public:
+  InterleaveQkvMapper(std::vector<std::string> qkv, std::string target, int64_t n_heads,
+                      int64_t n_kv_heads);
+  std::string describe() const override;
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
+  Tensor apply_many(const std::vector<Tensor>& inputs) const override;
+
+ private:
+  int64_t n_heads_, n_kv_heads_;
+};
+
+class DeinterleaveQkvMapper final : public OneToManyMapper {
+ public:
+  DeinterleaveQkvMapper(std::string source, std::vector<std::string> qkv, int64_t n_heads,
+                        int64_t n_kv_heads);
+  std::string describe() const override;
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
+  std::vector<Tensor> apply_pieces(const Tensor& input) const override;
+
+ private:
+  int64_t n_heads_, n_kv_heads_;
+};
+
+class InterleaveMapper final : public ManyToOneMapper {
+ public:
+  InterleaveMapper(std::vector<std::string> sources, std::string target, int64_t dim);
+  std::string describe() const override;
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
+  Tensor apply_many(const std::vector<Tensor>& inputs) const override;
+};
+
+class DeinterleaveMapper final : public OneToManyMapper {
+ public:
+  DeinterleaveMapper(std::string source, std::vector<std::string> targets, int64_t dim);
+  std::string describe() const override;
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
+  std::vector<Tensor> apply_pieces(const Tensor& input) const override;
+};
+
+class StackExpertsMapper final : public ManyToOneMapper {
+ public:
+  // experts: [E][P] names (E, P >= 1); sources() lists them expert by expert.
+  StackExpertsMapper(std::vector<std::vector<std::string>> experts, std::string target, int64_t dim,
+                     int64_t part_dim);
+  std::string describe() const override;
+  // Experts stacked along dim 0, each whole or its parts joined along its own first dim: the
+  // inputs' bytes in order (sources() lists them expert by expert).
+  std::vector<std::string> concatenated_inputs(const StateGroup&) const override {
+    return dim() == 0 && (parts_ == 1 || part_dim_ == 0) ? sources() : std::vector<std::string>{};
+  }
+  int64_t experts() const;
+  int64_t parts() const { return parts_; }
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
+  Tensor apply_many(const std::vector<Tensor>& inputs) const override;
+
+ private:
+  int64_t parts_, part_dim_;
+};
+
+class UnstackExpertsMapper final : public OneToManyMapper {
+ public:
+  // experts: [E][P] names (E, P >= 1); targets() lists them expert by expert.
+  UnstackExpertsMapper(std::string source, std::vector<std::vector<std::string>> experts,
+                       int64_t dim, int64_t part_dim);
+  std::string describe() const override;
+  // Experts along dim 0, each whole or cut along its own first dim: contiguous views.
+  bool moves_data(const StateGroup&) const override {
+    return !(dim() == 0 && (parts_ == 1 || part_dim_ == 0));
+  }
+  int64_t experts() const;
+  int64_t parts() const { return parts_; }
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
+  std::vector<Tensor> apply_pieces(const Tensor& input) const override;
+
+ private:
+  int64_t parts_, part_dim_;
+};
+
+class UntieEmbeddingsMapper final : public OneToManyMapper {
+ public:
+  UntieEmbeddingsMapper(std::string embedding, std::string lm_head);
+  std::string describe() const override;
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
+  std::vector<Tensor> apply_pieces(const Tensor& input) const override;
+};
+
+class TieEmbeddingsMapper final : public ManyToOneMapper {
+ public:
+  TieEmbeddingsMapper(std::string embedding, std::string lm_head);
+  std::string describe() const override;
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
+  Tensor apply_many(const std::vector<Tensor>& inputs) const override;
 };
 
 }  // namespace d9d::mapper

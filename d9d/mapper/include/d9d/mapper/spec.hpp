@@ -11,6 +11,7 @@
 //                                    passed through unchanged), "drop" (left out, listed in the
 //                                    report) or "error"
 //     "quantization": {...},         optional: the checkpoint's quantized weights (below)
+//     "params": {PARAM, ...},        optional: named integers for the rules (below)
 //     "stages": [                    run in sequence; stage k's rules match the keys that stage
 //       {"rules": [RULE, ...]},      k-1 left (its outputs and the keys it passed through).
 //       ...                          A spec with one stage may say "rules": [...] instead.
@@ -24,6 +25,20 @@
 // captures of their rule's sources. Example:
 //   {"op": "rename_tensor", "source": "model.layers.{L}.self_attn.o_proj.weight",
 //    "target": "layers.{L}.attn.out.weight"}
+//
+// Params: "params" maps a name (letters, digits, _) to where its value comes from:
+//   "tp": 1                                   a default (an integer; true / false are 1 / 0)
+//   "n_heads": "config.num_attention_heads"   the checkpoint's config.json at a dotted path
+//   "tied": {"from": "config.tie_word_embeddings", "default": true}   config.json, else a default
+// The caller's value (SpecParams::values; `--set name=value` on the command line) wins over
+// config.json, which wins over the default. A config.json path missing at the top level (or null
+// there) is looked up under "text_config" (the language model of a multimodal config), so one
+// spec reads both; booleans are 1 / 0, any other non-integer is an error. A param with no value,
+// and a caller's value for a name the spec does not declare, are errors naming the JSON path.
+// Any integer field of a rule (dim, dims, shape, sizes, count, n_heads, ...) may be a string
+// "{expression}" over the params: integers, names, + - * / % (integer division and remainder,
+// truncating as C does), unary minus, parentheses ("{n_heads / n_kv_heads}", "{-1}"); division
+// by zero, overflow past 64 bits and an unknown name are errors naming the field's path.
 //
 // RULE = {"op": OP, ...} (OP is the name of the factory in leaf.hpp, or quantized.hpp's
 // dequantize); "target" is optional where shown with "?" (default: the source name);
@@ -49,6 +64,25 @@
 //                         tensors), required), block?: [br, bc] (fp8_block, default [128, 128]),
 //                         dtype: "BF16" | "F16" | "F32", target?. One instance per key the source
 //                         matches whose scale exists (rules: <d9d/quantization.hpp>)
+// Model layouts (leaf.hpp's last section; Note [model layouts] in layout_ops.cpp):
+//   permute_for_rope      source, target?, n_heads, direction: "to_hf" | "from_hf", head_dim?
+//                         (a k projection takes n_heads = the KV head count)
+//   interleave_qkv        sources: [q, k, v], target, n_heads, n_kv_heads
+//   deinterleave_qkv      source, targets: [q, k, v], n_heads, n_kv_heads
+//   interleave            as stack_tensors (sources, or source + over), target, dim?
+//   deinterleave          as unstack_tensors (targets, or target + over + count), dim?
+//   stack_experts         source or sources: [pattern, ...] (an expert's parts, gate before up),
+//                         over: "E", count?: n, target, dim?, part_dim?. The experts are the
+//                         values of E in numeric order; with count they must be exactly 0..n-1,
+//                         and every part of every expert must exist (an error names the missing
+//                         keys)
+//   unstack_experts       source, target or targets: [pattern, ...], over: "E", count: n, dim?,
+//                         part_dim? (targets listed expert by expert)
+//   untie_embeddings      embedding, lm_head (patterns), tied? (default true): where tied and the
+//   tie_embeddings        lm_head key is missing, it is made from the embedding (untie) / where
+//                         tied and it is present, it is dropped (tie). An lm_head present though
+//                         tied is kept, with a note (SpecMapping::notes); one missing though not
+//                         tied is an error.
 // A multi-source rule applies where every source exists; where some exist and others do not, the
 // missing keys are an error. Two rules of one stage that consume or produce the same key are an
 // error, as is a rule output that would replace a key passing through the stage.
@@ -66,6 +100,9 @@
 // dequantize rules read the scales themselves.
 #pragma once
 
+#include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -88,6 +125,24 @@ class SpecError : public ValueError {
 
 enum class UnmatchedPolicy : uint8_t { kKeep, kDrop, kError };
 
+// A param's value and where it came from ("the caller", "config.json: text_config.num_heads",
+// "the spec's default"), for reports.
+struct ParamValue {
+  int64_t value = 0;
+  std::string origin;
+};
+
+// What a spec's params may take their values from. The mapper layer reads no file: the caller
+// hands over config.json's text.
+struct SpecParams {
+  // The caller's values (`--set name=value`), which win over config.json and the defaults.
+  std::map<std::string, int64_t> values;
+  // The text of the checkpoint's config.json; nullopt when there is none. Parsed (strictly, as
+  // parse_json in <d9d/mapper/json.hpp>) only if a param needs it.
+  std::optional<std::string> config_json;
+  std::string config_origin = "config.json";  // names it in messages
+};
+
 struct SpecMapping {
   MapperPtr mapper;
   // Rules that matched no key, as "$.stages[0].rules[3] (rename_tensor model.{x}.bias)".
@@ -96,11 +151,20 @@ struct SpecMapping {
   std::vector<std::string> unmatched_keys;
   UnmatchedPolicy unmatched = UnmatchedPolicy::kKeep;
   std::string description;
+  // The spec's params, resolved (empty when it declares none).
+  std::map<std::string, ParamValue> params;
+  // What the expansion noticed and let pass, one line each ("$.rules[4]: lm_head.weight is
+  // present although the embeddings are tied: kept as it is").
+  std::vector<std::string> notes;
 };
 
 // Parses and checks the spec `json`, expands its rules against `checkpoint_keys` and builds the
 // mapper. Throws SpecError for a malformed spec (naming the JSON path) and for rules that do not
 // fit the keys, and ValueError for unmatched keys under "unmatched": "error".
 SpecMapping from_spec(std::string_view json, const std::vector<std::string>& checkpoint_keys);
+// The same, with values for the spec's params (the overload above gives none: a spec whose params
+// all have defaults still expands).
+SpecMapping from_spec(std::string_view json, const std::vector<std::string>& checkpoint_keys,
+                      const SpecParams& params);
 
 }  // namespace d9d::mapper

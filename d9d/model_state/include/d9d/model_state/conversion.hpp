@@ -14,18 +14,20 @@
 //    "spec": "<the spec file's text, verbatim>",
 //    "spec_origin": "examples/specs/llama_hf_to_fused.json",
 //    "source": {"model.embed_tokens.weight": ["BF16", [32000, 1024]], ...},
-//    "dropped": ["..."]}                   (source keys the spec dropped, which cannot come back)
+//    "dropped": ["..."],                   (source keys the spec dropped, which cannot come back)
+//    "params": {"n_heads": 32, ...}}       (the spec's params as resolved; only when it has any)
 //
-// `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys)
-// and writes mapper->inverse(source specs). The sidecar is not a .safetensors file and not in the
-// index, so checkpoint readers (io::Checkpoint, transformers, the reference) ignore it. It is a
-// companion file of the checkpoint (WriteOptions::companion_files), published by the same commit
-// (Note [checkpoint commit] in <d9d/model_state/writer.hpp>): an interrupted conversion leaves
-// none, and an old one goes with the checkpoint it described.
+// `d9d convert OUT BACK --reverse` rebuilds the forward mapper with from_spec(spec, source keys,
+// the recorded params) and writes mapper->inverse(source specs). The sidecar is not a .safetensors
+// file and not in the index, so checkpoint readers (io::Checkpoint, transformers, the reference)
+// ignore it. It is a companion file of the checkpoint (WriteOptions::companion_files), published
+// by the same commit (Note [checkpoint commit] in <d9d/model_state/writer.hpp>): an interrupted
+// conversion leaves none, and an old one goes with the checkpoint it described.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -46,6 +48,7 @@ struct Sidecar {
   std::string spec_origin;
   SpecDict source;
   std::vector<std::string> dropped;
+  std::map<std::string, int64_t> params;
 };
 
 std::string sidecar_json(const Sidecar& sidecar);
@@ -68,7 +71,8 @@ std::filesystem::path checkpoint_dir(const std::filesystem::path& path);
 std::string unlisted_note(const io::Checkpoint& checkpoint);
 
 // Note [config.json]: a checkpoint directory may hold config.json (transformers' model config).
-// d9d reads its "quantization_config" to recognize quantized weights (inspect, plan, convert), and
+// A spec's params may take their values from it (<d9d/mapper/spec.hpp>), and d9d reads its
+// "quantization_config" to recognize quantized weights (inspect, plan, convert), and
 // a conversion writes it into the output directory, a companion file of the new checkpoint (Note
 // [checkpoint commit]), with that entry brought up to date: removed when no quantized weight is
 // left, the dequantized modules added to the method's list of unquantized modules when some are
@@ -104,12 +108,15 @@ struct Conversion {
 };
 
 // The forward conversion of the checkpoint `src` through the spec `spec_text`; `spec_origin`
-// names the spec in errors and in the sidecar. Throws ValueError for a malformed spec (the
-// SpecError's message after the origin), for a spec that does not fit the checkpoint's keys, for
-// unlisted tensors under "unmatched": "error" (Note [unlisted tensors]), and for a spec that would
-// separate a quantized weight from its scales (mapper::check_quantized_pairs).
+// names the spec in errors and in the sidecar. The spec's params take `params` (the caller's
+// values: --set), then the checkpoint directory's config.json, then the spec's defaults. Throws
+// ValueError for a malformed spec (the SpecError's message after the origin), for a spec that
+// does not fit the checkpoint's keys, for unlisted tensors under "unmatched": "error" (Note
+// [unlisted tensors]), and for a spec that would separate a quantized weight from its scales
+// (mapper::check_quantized_pairs).
 Conversion forward_conversion(const io::Checkpoint& src, std::string spec_text,
-                              std::string spec_origin);
+                              std::string spec_origin,
+                              const std::map<std::string, int64_t>& params = {});
 
 // Sets c.config and c.config_note from `source_dir`'s config.json, for the outputs of c.mapper on
 // `source_specs` (Note [config.json]). forward_conversion calls it; a reverse conversion built by
