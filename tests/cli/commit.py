@@ -133,8 +133,10 @@ with tempfile.TemporaryDirectory() as tmp:
         first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=120)
         check(first.returncode == 0, f"the first writer finishes ({err.strip()})")
-        check(d9d("verify", big, out, "--spec", LLAMA, "--no-progress").returncode == 0,
-              "the directory holds the first writer's checkpoint")
+        v = d9d("verify", big, out, "--spec", LLAMA, "--no-progress")
+        check(v.returncode == 0,
+              f"the directory holds the first writer's checkpoint ({v.stdout.strip()[-2000:]} "
+              f"{v.stderr.strip()[:3000]})")
         check(hidden(out) == [], f"no lock file or temporary left ({hidden(out)})")
         print(f"ok: a second writer was refused while pid {first.pid} held {out}")
         # Killed while holding the lock: the kernel drops it, and the next writer goes ahead.
