@@ -119,6 +119,12 @@ Conversion make_conversion(const fs::path& src, const std::optional<fs::path>& s
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
+// The last lines of --help: every command's, and (kSizesHelp) those of commands that take sizes.
+inline constexpr const char* kExitStatusHelp = "exit status: 0 ok, 1 failure, 2 usage error";
+inline constexpr const char* kSizesHelp =
+    "sizes: a number with an optional unit; B KB MB GB TB are powers of 1000 (as "
+    "huggingface_hub's \"5GB\"), KiB MiB GiB TiB powers of 1024 (the reference's "
+    "shard_size_gb=1 is 1GiB)";
 
 // A command as main() sees it: its subcommand, with the command's options registered on it, and
 // what runs it once the command line is parsed (returning the exit status).
@@ -136,7 +142,7 @@ Command add_demo(CLI::App& app);
 
 // Option kinds that several commands take, registered alike.
 //   --NAME SIZE (Note [size units]), into `bytes`; --help shows its current value (Note [one
-//   default]).
+//   default]) and, below, how sizes are written (kSizesHelp).
 CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t& bytes,
                              const std::string& help);
 //   --threads N: d9d's worker threads (d9d::set_num_threads), 0..kMaxThreads; 0 leaves d9d's own

@@ -23,9 +23,9 @@ namespace d9d::cli {
 // ---- sizes and formatting -----------------------------------------------------------------------
 
 std::string format_bytes(int64_t bytes) {
-  static const char* const kUnits[] = {"kB", "MB", "GB", "TB", "PB"};
+  static const char* const kUnits[] = {"KB", "MB", "GB", "TB", "PB"};  // as --shard-size reads them
   if (bytes < 1000) return std::to_string(bytes) + " B";
-  double value = static_cast<double>(bytes) / 1000;  // at least 1 kB
+  double value = static_cast<double>(bytes) / 1000;  // at least 1 KB
   int unit = 0;
   while (value >= 1000 && unit < 4) {
     value /= 1000;
@@ -93,6 +93,7 @@ CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t
         }
       },
       "SIZE");
+  command.footer(std::string(kSizesHelp) + "\n" + kExitStatusHelp);
   return command
       .add_option_function<std::string>(
           name, [&bytes](const std::string& text) { bytes = parse_size(text); }, help)

@@ -51,6 +51,29 @@ void note_config(const ConvertOptions& options, const Conversion& c) {
   if (!c.config_note.empty() && !options.quiet) std::cerr << "d9d: note: " << c.config_note << "\n";
 }
 
+// A group that needs more than --memory-budget (its inputs and outputs) is read alone, beyond the
+// budget (Note [read-ahead budget]): said once, naming the largest, so the figure is no surprise.
+void note_budget(const ConvertOptions& options, const model_state::ReadPlan& plan) {
+  const model_state::GroupPlan* largest = nullptr;
+  int64_t over = 0;
+  for (const model_state::GroupPlan& g : plan.groups) {
+    const int64_t cost = g.input_bytes + g.output_bytes;
+    if (cost <= options.memory_budget) continue;
+    ++over;
+    if (largest == nullptr || cost > largest->input_bytes + largest->output_bytes) largest = &g;
+  }
+  if (largest == nullptr || options.quiet) return;
+  std::cerr << "d9d: note: " << count_of(over, "group") << " needed more than --memory-budget "
+            << format_size(options.memory_budget) << " and " << (over == 1 ? "was" : "were")
+            << " read alone, beyond it; the largest, making "
+            << (largest->group.outputs.empty() ? std::string("nothing")
+                                               : *largest->group.outputs.begin())
+            << (largest->group.outputs.size() > 1
+                    ? " and " + std::to_string(largest->group.outputs.size() - 1) + " more"
+                    : std::string())
+            << ", needed " << format_bytes(largest->input_bytes + largest->output_bytes) << "\n";
+}
+
 model_state::ReadOptions read_options(const ConvertOptions& options, const Conversion& c) {
   model_state::ReadOptions ro;
   ro.device = options.device;
@@ -120,6 +143,7 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
       model_state::conversion_write_options(c, write_options(options)));
   if (guard) guard->done();
   if (rank0) note_config(options, c);
+  if (rank0) note_budget(options, plan);
   ConvertOptions quiet_unless_rank0 = options;
   quiet_unless_rank0.quiet = options.quiet || !rank0;
   return summarize(quiet_unless_rank0, c, plan, clock, world.size());
@@ -140,6 +164,7 @@ ConvertResult run_convert(const ConvertOptions& options) {
   const model_state::ReadPlan plan = model_state::convert_model_state_local(
       options.source, options.dest, c, read_options(options, c), write_options(options));
   note_config(options, c);
+  note_budget(options, plan);
   return summarize(options, c, plan, clock, 1);
 }
 

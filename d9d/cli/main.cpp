@@ -24,15 +24,12 @@ int main(int argc, char** argv) {
   CLI::App app{
       "d9d: streamed, declarative transformation of safetensors checkpoints.\n"
       "Start with `d9d demo`; see examples/specs/ for spec files."};
-  app.footer(
-      "sizes: a number with an optional unit; B KB MB GB TB are powers of 1000 (as "
-      "huggingface_hub's \"5GB\"), KiB MiB GiB TiB powers of 1024 (the reference's "
-      "shard_size_gb=1 is 1GiB)\n"
-      "exit status: 0 ok, 1 failure, 2 usage error");
+  app.footer(kExitStatusHelp);  // each command's; those that take sizes add kSizesHelp
   app.set_version_flag("--version", std::string("d9d ") + d9d::version());
   app.require_subcommand(1);
   const std::vector<Command> commands{add_inspect(app), add_plan(app), add_convert(app),
                                       add_verify(app), add_demo(app)};
+  app.footer(std::string(kSizesHelp) + "\n" + kExitStatusHelp);
 
   d9d::dist::ProcessGroupPtr world;
   try {

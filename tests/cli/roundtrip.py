@@ -56,6 +56,11 @@ with tempfile.TemporaryDirectory() as tmp:
     table = d9d_ok("inspect", fused).stdout
     check("layers.1.attn.qkv.weight" in table and f"{info['total_tensors']} tensors" in table,
           "inspect prints a table and the totals")
+    check(" KB" in table and " kB" not in table,
+          "inspect writes sizes as --shard-size reads them (KB, not kB)")
+    check("sizes:" not in d9d_ok("inspect", "--help").stdout,
+          "inspect --help: no sizes footer (it takes no size)")
+    check("sizes:" in d9d_ok("convert", "--help").stdout, "convert --help: how sizes are written")
     single = path("single.safetensors")
     shutil.copy(os.path.join(original, sorted(set(json.load(open(os.path.join(original, INDEX)))
                                                   ["weight_map"].values()))[0]), single)
@@ -108,8 +113,10 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # ---- threads, budget, overwrite -------------------------------------------------------------
     slow = path("slow")
-    d9d_ok("convert", original, slow, "--spec", LLAMA, "--threads", 1, "--memory-budget", "64KiB",
-           "--shard-size", "300KB", "--no-progress")
+    r = d9d_ok("convert", original, slow, "--spec", LLAMA, "--threads", 1, "--memory-budget",
+               "64KiB", "--shard-size", "300KB", "--no-progress")
+    check("needed more than --memory-budget 64KiB and" in r.stderr and "read alone" in r.stderr,
+          f"groups larger than the budget are said ({r.stderr.strip()})")
     check(d9d("verify", slow, fused).returncode == 0, "one thread and a tiny budget: same tensors")
     d9d_ok("convert", original, slow, "--spec", LLAMA, "--overwrite", "--shard-size", "5GB",
            "--no-progress")
