@@ -45,7 +45,7 @@ namespace fs = std::filesystem;
 
 // Sizes on the command line: Note [size units] in <d9d/model_state/sizes.hpp>.
 using model_state::parse_size;
-// "302.1 MB" (decimal units, as parse_size reads them back); "512 B" below 1 kB.
+// "302.1 MB" (decimal units, as parse_size reads them back); "512 B" below 1 KB.
 std::string format_bytes(int64_t bytes);
 // Exactly `bytes`, in the largest unit that divides it, as parse_size reads it back: "4GiB",
 // "5GB", "512MiB", "1000001B".

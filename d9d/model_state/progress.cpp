@@ -32,7 +32,7 @@ std::string format_bytes(double bytes) {
   } else if (bytes >= 1e6) {
     std::snprintf(buf, sizeof buf, "%.1f MB", bytes / 1e6);
   } else {
-    std::snprintf(buf, sizeof buf, "%.0f kB", bytes / 1e3);
+    std::snprintf(buf, sizeof buf, "%.0f KB", bytes / 1e3);
   }
   return buf;
 }
