@@ -47,6 +47,9 @@ struct PlannedOutput {
   mapper::TensorSpec spec;
   size_t shard = 0;         // in PlanResult::shards
   mapper::StateGroup from;  // the group that makes it
+  // from.inputs in the order this output's bytes take them (a stack's sources as it stacks
+  // them: query, key, value), then any others by name.
+  std::vector<std::string> inputs;
 };
 
 // ---- the ops of a group
@@ -206,11 +209,46 @@ void lay_out_shards(PlanResult& r) {
     if (spec.nbytes() > r.shard_size) r.too_large.push_back(name);
     ++r.shards[shard_of[i]].tensors;
     r.shards[shard_of[i]].bytes += spec.nbytes();
-    r.outputs.push_back({name, spec, shard_of[i], *group_of.at(name)});
+    r.outputs.push_back({name, spec, shard_of[i], *group_of.at(name), {}});
   }
   for (size_t i = 0; i < r.shards.size(); ++i) {
     r.shards[i].file = io::shard_file_name(static_cast<int>(i), static_cast<int>(r.shards.size()));
   }
+}
+
+// The inputs of `g` in the order the bytes of its output `name` take them: traced back through
+// the ops that make it, each op's inputs in the op's order, every step to an earlier stage (a
+// name a later stage makes again is the earlier one's there); inputs it does not read come last.
+std::vector<std::string> inputs_in_op_order(const PlannedGroup& g, const std::string& name) {
+  std::multimap<std::string, const PlannedOp*> makers;
+  for (const PlannedOp& op : g.ops) {
+    for (const std::string& o : op.outputs) makers.emplace(o, &op);
+  }
+  std::vector<std::string> order;
+  std::set<std::string> seen;
+  // (name, the stages it may come from are below this), the next to trace last.
+  std::vector<std::pair<std::string, size_t>> todo{{name, SIZE_MAX}};
+  while (!todo.empty()) {
+    const auto [k, below] = std::move(todo.back());
+    todo.pop_back();
+    const PlannedOp* maker = nullptr;
+    for (auto [it, end] = makers.equal_range(k); it != end; ++it) {
+      if (it->second->stage < below && (maker == nullptr || it->second->stage > maker->stage)) {
+        maker = it->second;
+      }
+    }
+    if (maker == nullptr) {
+      if (g.group.inputs.contains(k) && seen.insert(k).second) order.push_back(k);
+      continue;
+    }
+    for (auto in = maker->inputs.rbegin(); in != maker->inputs.rend(); ++in) {
+      todo.emplace_back(*in, maker->stage);
+    }
+  }
+  for (const std::string& k : g.group.inputs) {
+    if (seen.insert(k).second) order.push_back(k);
+  }
+  return order;
 }
 
 // Every group with its ops, in stream order.
@@ -253,7 +291,19 @@ PlanResult plan(const PlanOptions& options) {
     for (const PlannedOutput& o : r.outputs) out.emplace(o.name, o.spec);
     r.quantized_outputs = mapper::find_quantized_pairs(out, r.conversion.quantization);
   }
-  if (options.json || options.dot) find_ops(r);
+  find_ops(r);
+  if (r.read) {
+    std::map<std::string, const PlannedGroup*> detail_of;  // by output
+    for (const PlannedGroup& g : r.details) {
+      for (const std::string& o : g.group.outputs) detail_of.emplace(o, &g);
+    }
+    for (PlannedOutput& o : r.outputs) {
+      auto it = detail_of.find(o.name);
+      o.inputs = it == detail_of.end() ? std::vector<std::string>(o.from.inputs.begin(),
+                                                                  o.from.inputs.end())
+                                       : inputs_in_op_order(*it->second, o.name);
+    }
+  }
   return r;
 }
 
@@ -269,7 +319,7 @@ nlohmann::ordered_json pair_json(const mapper::QuantizedPair& p) {
   return q;
 }
 
-std::string join(const std::set<std::string>& names) {
+std::string join(const std::vector<std::string>& names) {
   std::string out;
   for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
   return out;
@@ -425,7 +475,7 @@ void print_json(const PlanResult& r) {
            {"shape", o.spec.shape.vec()},
            {"bytes", o.spec.nbytes()},
            {"file", r.shards[o.shard].file},
-           {"inputs", std::vector<std::string>(o.from.inputs.begin(), o.from.inputs.end())}});
+           {"inputs", o.inputs}});
     }
     j["outputs"] = std::move(outs);
     nlohmann::ordered_json sh = nlohmann::ordered_json::array();
@@ -503,7 +553,7 @@ void print_outputs(const PlanResult& r) {
     const bool same = g.inputs.size() == 1 && g.outputs.size() == 1 && *g.inputs.begin() == o.name;
     std::cout << "  " << pad(o.name, w_name) << "  " << pad(columns->first, w_dtype) << "  "
               << pad(columns->second, w_shape) << "  " << pad(std::to_string(o.shard + 1), 5)
-              << "  " << (same ? "=" : join(g.inputs)) << "\n";
+              << "  " << (same ? "=" : join(o.inputs)) << "\n";
   }
   if (!r.quantized_outputs.empty()) {
     std::cout << "  ("

@@ -86,6 +86,9 @@ with tempfile.TemporaryDirectory() as tmp:
               f"plan's layout at --shard-size {size} is convert's")
         check(sum(o["bytes"] for o in plan["outputs"]) == got["metadata"]["total_size"],
               f"plan's bytes at {size}")
+        qkv_in = next(o["inputs"] for o in plan["outputs"] if o["name"].endswith("attn.qkv.weight"))
+        check([n.split(".")[-2] for n in qkv_in] == ["q_proj", "k_proj", "v_proj"],
+              f"plan --json lists a fusion's inputs in the op's order ({qkv_in})")
         r = d9d("verify", out, fused, "--no-progress")
         check(r.returncode == 0, f"convert at {size} equals the demo's fused checkpoint")
     plan = d9d_ok("plan", fused, "--reverse").stdout
