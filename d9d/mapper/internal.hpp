@@ -107,6 +107,11 @@ void check_group_outputs(const ModelStateMapper& who, const StateGroup& group,
                                         " declares the outputs ", keys_str(group.outputs)));
 }
 
+// Common checks of the ops that join tensors (stack, cat, interleave, stack_experts, ...): one
+// dtype, with addressable elements (TypeError naming the two that differ). In leaf.cpp.
+void check_joinable(const std::vector<std::string>& names,
+                    const std::vector<const TensorSpec*>& inputs, const char* op);
+
 // Rethrows the active exception with `context` before its message, keeping its type, so that a
 // shape error from a rule says which mapper and tensor it was about.
 [[noreturn]] inline void rethrow_with(const std::string& context) {

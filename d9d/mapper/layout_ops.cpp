@@ -45,16 +45,6 @@ Shape with_leading(std::initializer_list<int64_t> lead, const Shape& shape, size
   return out;
 }
 
-void check_same_dtype(const std::vector<std::string>& names,
-                      const std::vector<const TensorSpec*>& inputs, const char* op) {
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    detail::check_elements(inputs[i]->dtype, op);
-    D9D_CHECK_TYPE(inputs[i]->dtype == inputs[0]->dtype, op, ": '", names[i], "' is ",
-                   inputs[i]->dtype, " but '", names[0], "' is ", inputs[0]->dtype,
-                   " (cast one of them first)");
-  }
-}
-
 void check_same_shape(const std::vector<std::string>& names,
                       const std::vector<const TensorSpec*>& inputs, const char* op) {
   for (size_t i = 1; i < inputs.size(); ++i) {
@@ -174,7 +164,7 @@ InterleaveQkvMapper::InterleaveQkvMapper(std::vector<std::string> qkv, std::stri
 }
 
 TensorSpec InterleaveQkvMapper::infer_many(const std::vector<const TensorSpec*>& inputs) const {
-  check_same_dtype(sources(), inputs, "interleave_qkv");
+  detail::check_joinable(sources(), inputs, "interleave_qkv");
   const Shape& q = inputs[0]->shape;
   D9D_CHECK_INDEX(!q.empty(), "interleave_qkv: '", sources()[0], "' is 0-dim");
   D9D_CHECK(q[0] % n_heads_ == 0, "interleave_qkv: '", sources()[0], "' has ", q[0],
@@ -262,7 +252,7 @@ InterleaveMapper::InterleaveMapper(std::vector<std::string> sources, std::string
     : ManyToOneMapper("interleave", std::move(sources), std::move(target), dim) {}
 
 TensorSpec InterleaveMapper::infer_many(const std::vector<const TensorSpec*>& inputs) const {
-  check_same_dtype(sources(), inputs, "interleave");
+  detail::check_joinable(sources(), inputs, "interleave");
   check_same_shape(sources(), inputs, "interleave");
   Shape out = inputs[0]->shape;
   D9D_CHECK_INDEX(!out.empty(), "interleave: '", sources()[0], "' is 0-dim");
@@ -342,7 +332,7 @@ int64_t StackExpertsMapper::experts() const {
 }
 
 TensorSpec StackExpertsMapper::infer_many(const std::vector<const TensorSpec*>& inputs) const {
-  check_same_dtype(sources(), inputs, "stack_experts");
+  detail::check_joinable(sources(), inputs, "stack_experts");
   check_same_shape(sources(), inputs, "stack_experts");
   Shape out = inputs[0]->shape;
   if (parts_ > 1) {

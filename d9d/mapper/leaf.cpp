@@ -470,9 +470,8 @@ std::string ManyToOneMapper::describe_op(const char* op) const {
   return str_cat(op, "(", detail::keys_str(sources_), " -> ", target_, ", dim ", dim_, ")");
 }
 
-// Common checks of stack and cat: one dtype with addressable elements.
-static void check_joinable(const std::vector<std::string>& names,
-                           const std::vector<const TensorSpec*>& inputs, const char* op) {
+void detail::check_joinable(const std::vector<std::string>& names,
+                            const std::vector<const TensorSpec*>& inputs, const char* op) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     detail::check_elements(inputs[i]->dtype, op);
     D9D_CHECK_TYPE(inputs[i]->dtype == inputs[0]->dtype, op, ": '", names[i], "' is ",
@@ -486,7 +485,7 @@ StackTensorsMapper::StackTensorsMapper(std::vector<std::string> sources, std::st
     : ManyToOneMapper("stack_tensors", std::move(sources), std::move(target), dim) {}
 
 TensorSpec StackTensorsMapper::infer_many(const std::vector<const TensorSpec*>& inputs) const {
-  check_joinable(sources(), inputs, "stack");
+  detail::check_joinable(sources(), inputs, "stack");
   const Shape& shape = inputs[0]->shape;
   for (size_t i = 1; i < inputs.size(); ++i) {
     D9D_CHECK(inputs[i]->shape == shape, "stack: expected every tensor to have the shape ", shape,
@@ -520,7 +519,7 @@ ConcatenateTensorsMapper::ConcatenateTensorsMapper(std::vector<std::string> sour
 
 TensorSpec ConcatenateTensorsMapper::infer_many(
     const std::vector<const TensorSpec*>& inputs) const {
-  check_joinable(sources(), inputs, "cat");
+  detail::check_joinable(sources(), inputs, "cat");
   // As torch.cat, 1-D tensors of shape [0] take no part (a legacy rule core keeps for parity).
   const TensorSpec* ref = nullptr;
   size_t ref_index = 0;
