@@ -225,7 +225,9 @@ Tensor upload_from_file(StagingRing& staging, const io::Checkpoint& checkpoint,
 // end to end, so they are read from the files straight into its output and the op is skipped:
 // the read is the op's copy. A view handed on is written by pwrite, which fails cleanly too, and
 // load_model_state reads the views it is handed into its targets with pread, so no byte d9d
-// itself reads comes through a mapping.
+// itself reads comes through a mapping. Both answers are promises a mapper makes about apply()
+// (tests/mapper/test_properties.cpp holds every op to them); a leaf op that makes none gets the
+// safe ones: it moves data, and its inputs are not its output's bytes end to end.
 //
 // Note [reading what a rank owns]: load_model_state into a DTensor target needs only this rank's
 // slice. A group that only makes views then gets views with no read-ahead asked for; the mapper
