@@ -478,6 +478,69 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
   return from_spec(json, checkpoint_keys, SpecParams{});
 }
 
+// Note [rules that match nothing]: a spec is written for a model, so a rule whose source matches
+// no key of its stage is most likely a spec that does not fit the checkpoint (a "bert." prefix the
+// keys lack): a SpecError, with the likely cause when a prefix explains it. A rule that may
+// rightly find nothing (a tied lm_head, an optional bias) says "optional": true and is then only
+// listed in SpecMapping::unused_rules. A rule whose source matched but that made no instance (an
+// untie_embeddings whose lm_head is present, a dequantize over keys without scales) is listed
+// there too, not an error: it was applied, and decided there was nothing to do.
+namespace {
+
+bool matches_any(const Pattern& pattern, const KeySet& keys) {
+  for (const auto& parts : keys.parts) {
+    Bindings b;
+    if (pattern.match(parts, b)) return true;
+  }
+  return false;
+}
+
+// Why `r` may have matched nothing: a prefix its source has and the keys lack, or one the keys
+// have and its source lacks ("" when no prefix explains it).
+std::string prefix_hint(const Rule& r, const KeySet& keys) {
+  const std::string& text = r.sources[0].text();
+  auto first_match = [&keys](const std::string& pattern_text) -> std::string {
+    try {
+      const Pattern p(pattern_text);
+      for (size_t i = 0; i < keys.keys.size(); ++i) {
+        Bindings b;
+        if (p.match(keys.parts[i], b)) return keys.keys[i];
+      }
+    } catch (const Error&) {
+    }
+    return "";
+  };
+  // The source without its leading literal segments, one at a time.
+  for (size_t dot = text.find('.'); dot != std::string::npos; dot = text.find('.', dot + 1)) {
+    const std::string prefix = text.substr(0, dot + 1);
+    if (prefix.find('{') != std::string::npos) break;
+    const std::string rest = text.substr(dot + 1);
+    const std::vector<std::string_view> segments = detail::split_key(rest);
+    const bool has_literal = std::any_of(  // a bare "{x}" matches anything: no evidence
+        segments.begin(), segments.end(),
+        [](std::string_view segment) { return segment.find('{') == std::string_view::npos; });
+    if (!has_literal) break;
+    if (const std::string key = first_match(rest); !key.empty()) {
+      return str_cat("the checkpoint's keys lack the prefix '", prefix,
+                     "' that the rule's source has (e.g. '", key, "')");
+    }
+  }
+  // The keys' first segments before the source.
+  std::set<std::string_view> firsts;
+  for (const auto& parts : keys.parts) {
+    if (parts.size() > 1 && firsts.insert(parts[0]).second && firsts.size() > 16) break;
+  }
+  for (std::string_view first : firsts) {
+    if (const std::string key = first_match(str_cat(first, ".", text)); !key.empty()) {
+      return str_cat("the checkpoint's keys start with '", first,
+                     ".', which the rule's source lacks (e.g. '", key, "')");
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
 SpecMapping from_spec(std::string_view json, const std::vector<std::string>& checkpoint_keys,
                       const SpecParams& params) {
   const Spec spec = parse_spec(json, params);
@@ -496,6 +559,7 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
   std::vector<std::vector<MapperPtr>> stage_mappers;
 
   for (const auto& rules : spec.stages) {
+    const bool first_stage = &rules == &spec.stages.front();
     const KeySet keys(std::move(current));
     const QuantizedKeys quantized_keys(spec.quantization, keys);
     std::unordered_map<std::string, size_t> consumed_by, produced_by;  // key -> rule index
@@ -504,7 +568,19 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
       const Rule& r = rules[ri];
       std::vector<MapperPtr> instances =
           with_scales(r, expand(r, keys, result.notes), quantized_keys);
-      if (instances.empty()) result.unused_rules.push_back(r.summary());
+      if (instances.empty()) {
+        // Note [rules that match nothing]
+        if (!r.optional && !matches_any(r.sources[0], keys)) {
+          const std::string hint = prefix_hint(r, keys);
+          throw SpecError(r.path, str_cat("its source '", r.sources[0].text(),
+                                          "' matches no key ",
+                                          first_stage ? "of the checkpoint" : "this stage reads",
+                                          hint.empty() ? "" : "; " + hint,
+                                          ". A rule that may find nothing says \"optional\": "
+                                          "true"));
+        }
+        result.unused_rules.push_back(r.summary());
+      }
       for (auto& m : instances) {
         for (const auto& g : m->state_dependency_groups()) {
           for (const auto& k : g.inputs) {

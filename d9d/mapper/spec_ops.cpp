@@ -514,7 +514,7 @@ Rule parse_rule(const Node& node) {
     op.fail(str_cat("unknown op ", json_string_excerpt(name), " (ops: ", list, ")"));
   }
   const std::string what = str_cat("op \"", r.op->name, "\"");
-  std::vector<std::string_view> allowed{"op", "comment"};
+  std::vector<std::string_view> allowed{"op", "comment", "optional"};
   allowed.insert(allowed.end(), r.op->fields.begin(), r.op->fields.end());
   node.only(allowed, what);
   switch (r.op->family) {
@@ -538,6 +538,7 @@ Rule parse_rule(const Node& node) {
       read_tied(node, r);
       break;
   }
+  if (auto optional = node.find("optional")) r.optional = optional->boolean();
   r.build = r.op->parse(node, r);
   // Targets may use only what the sources bind.
   const std::set<std::string>& bound = r.sources[0].captures();

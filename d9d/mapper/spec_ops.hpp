@@ -67,6 +67,8 @@ struct Rule {
   // capture must take, 0..count-1.
   int64_t count = 0;
   bool tied = true;              // kUntie / kTie
+  // "optional": true: the rule may match no key (Note [rules that match nothing] in spec.cpp).
+  bool optional = false;
   std::optional<std::set<std::string>> base_names;  // kSelect
   Builder build;
   // "$.rules[3] (rename_tensor model.{x}.bias)", for reports and messages.

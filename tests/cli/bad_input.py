@@ -139,7 +139,15 @@ with tempfile.TemporaryDirectory() as tmp:
     ck = fresh("extra_key", state)
     expect_failure("key no rule matches", ["convert", ck, path("out5"), "--spec", LLAMA],
                    ["model.layers.0.self_attn.rotary_emb.inv_freq"], out=path("out5"))
-    # A rule whose source is not in the checkpoint at all is only "unused" (a tied lm_head).
+    # A spec that does not fit: its rules match nothing, and the message says which prefix.
+    state = {k.removeprefix("model."): v for k, v in llama_state(rng).items()}
+    ck = fresh("no_model_prefix", state)
+    for command in (["convert", ck, path("out_np"), "--spec", LLAMA], ["plan", ck, "--spec", LLAMA]):
+        expect_failure(f"{command[0]}: rules that match nothing", command,
+                       ["matches no key of the checkpoint", "lack the prefix 'model.'",
+                        '"optional": true'], out=path("out_np"))
+    # A rule whose source is not in the checkpoint at all is only "unused" when it says it is
+    # optional (the example spec's tied lm_head).
     state = llama_state(rng)
     del state["lm_head.weight"]
     ck = fresh("tied", state)

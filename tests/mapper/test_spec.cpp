@@ -201,9 +201,10 @@ TEST_CASE("stages run in sequence and see what the stage before left") {
   CHECK(equal(out.at("1.qk"), ints({1, 2, 3, 4}, {2, 2})));
 }
 
-TEST_CASE("unmatched keys are kept, dropped or an error; rules that match nothing are reported") {
+TEST_CASE("unmatched keys are kept, dropped or an error; optional rules that match nothing are reported") {
   const std::string rules = R"("rules": [{"op": "rename_tensor", "source": "a", "target": "b"},
-                                          {"op": "transpose", "source": "nothing.{x}", "dims": [0, 1]}]})";
+                                          {"op": "transpose", "source": "nothing.{x}", "dims": [0, 1],
+                                           "optional": true}]})";
   const std::vector<std::string> keys{"a", "c", "d"};
   SpecMapping keep = from_spec(R"({"d9d_mapper_spec": 1, )" + rules, keys);
   CHECK(all_outputs(*keep.mapper) == std::set<std::string>{"b", "c", "d"});
@@ -474,4 +475,47 @@ TEST_CASE("example: BERT query/key/value -> stacked qkv, on bert-base's keys") {
   StateDict back = apply_all(*m.mapper->inverse(bert), res);
   REQUIRE(keys(back) == keys(data));
   for (const auto& [k, t] : data) CHECK(equal(back.at(k), t));
+}
+
+TEST_CASE("a rule that matches no key is an error naming it, with the prefix that explains it") {
+  auto error_of = [](const std::string& rule, const std::vector<std::string>& keys) {
+    try {
+      from_spec(R"({"d9d_mapper_spec": 1, "rules": [)" + rule + "]}", keys);
+    } catch (const SpecError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  const std::vector<std::string> bare{"encoder.layer.0.attention.self.query.weight",
+                                      "encoder.layer.0.attention.self.key.weight"};
+  const std::string bert =
+      R"({"op": "rename_tensor", "source": "bert.encoder.layer.{L}.attention.self.query.weight",
+          "target": "layers.{L}.q.weight"})";
+  const std::string e = error_of(bert, bare);
+  CHECK(e.find("$.rules[0]") != std::string::npos);
+  CHECK(e.find("matches no key of the checkpoint") != std::string::npos);
+  CHECK(e.find("lack the prefix 'bert.'") != std::string::npos);
+  CHECK(e.find("e.g. 'encoder.layer.0.attention.self.query.weight'") != std::string::npos);
+  CHECK(e.find("\"optional\": true") != std::string::npos);
+  // The other way round: the keys have a prefix the rule lacks.
+  const std::string prefixed = error_of(
+      R"({"op": "rename_tensor", "source": "layer.{L}.attention.self.query.weight", "target": "q{L}"})",
+      {"model.layer.0.attention.self.query.weight"});
+  CHECK(prefixed.find("start with 'model.', which the rule's source lacks") != std::string::npos);
+  // No prefix explains it: the error without a guess. A bare capture is no evidence.
+  const std::string plain =
+      error_of(R"({"op": "transpose", "source": "nothing.{x}", "dims": [0, 1]})", {"a"});
+  CHECK(plain.find("matches no key") != std::string::npos);
+  CHECK(plain.find("prefix") == std::string::npos);
+  // "optional": true: listed, not an error; a later stage's rule is judged on that stage's keys.
+  CHECK(error_of(R"({"op": "transpose", "source": "nothing.{x}", "dims": [0, 1], "optional": true})",
+                 {"a"}) ==
+        "(no error)");
+  CHECK_THROWS_WITH_AS(
+      from_spec(R"({"d9d_mapper_spec": 1, "stages": [
+                    {"rules": [{"op": "rename_tensor", "source": "a", "target": "b"}]},
+                    {"rules": [{"op": "rename_tensor", "source": "a", "target": "c"}]}]})",
+                {"a"}),
+      doctest::Contains("$.stages[1].rules[0]: its source 'a' matches no key this stage reads"),
+      SpecError);
 }

@@ -83,6 +83,10 @@
 //                         tied and it is present, it is dropped (tie). An lm_head present though
 //                         tied is kept, with a note (SpecMapping::notes); one missing though not
 //                         tied is an error.
+// Any rule may say "optional": true: it may match no key. A rule whose source matches no key of
+// its stage and that does not say so is an error (the spec most likely does not fit the
+// checkpoint; the message names a prefix that explains it, e.g. a "bert." the keys lack). Rules
+// that made nothing are listed in SpecMapping::unused_rules.
 // A multi-source rule applies where every source exists; where some exist and others do not, the
 // missing keys are an error. Two rules of one stage that consume or produce the same key are an
 // error, as is a rule output that would replace a key passing through the stage.
