@@ -294,22 +294,36 @@ bool is_lossless_cast(DType from, DType to) {
 }
 
 CastMapper::CastMapper(std::string source, std::string target, DType dtype,
-                       std::optional<DType> input_dtype)
+                       std::optional<DType> input_dtype, CastSelection selection)
     : SingleTensorMapper(std::move(source), std::move(target)),
       dtype_(dtype),
-      input_dtype_(input_dtype) {}
+      input_dtype_(input_dtype),
+      selection_(std::move(selection)) {}
+
+DType CastMapper::output_dtype(DType dtype) const {
+  return selection_.from && !selection_.from->count(dtype) ? dtype : dtype_;
+}
 
 TensorSpec CastMapper::infer_one(const TensorSpec& input) const {
   D9D_CHECK_TYPE(!input_dtype_ || input.dtype == *input_dtype_, "cast: expected ", *input_dtype_,
                  " (this cast undoes another), got ", input.dtype);
-  if (input.dtype != dtype_) {
-    D9D_CHECK_TYPE(!is_sub_byte(input.dtype) && !is_sub_byte(dtype_), "to: cannot convert ",
-                   input.dtype, " to ", dtype_, ": packed sub-byte dtypes have no element access");
+  const DType out = output_dtype(input.dtype);
+  if (input.dtype != out) {
+    D9D_CHECK_TYPE(!is_sub_byte(input.dtype) && !is_sub_byte(out), "to: cannot convert ",
+                   input.dtype, " to ", out, ": packed sub-byte dtypes have no element access");
+    D9D_CHECK_TYPE(
+        !selection_.refuse_integers_to_floats || selection_.from || !is_integral(input.dtype) ||
+            !is_floating_point(out),
+        "cast: '", source(), "' holds integers (", input.dtype, "); cast to ", out,
+        " they would change (positions, ids and counts above the float's exact range collapse). "
+        "Name the dtypes the rule casts (\"from\": [\"F32\", ...]: others pass through), or "
+        "say \"lossy\": true");
   }
-  return {dtype_, input.shape};
+  return {out, input.shape};
 }
 Tensor CastMapper::apply_one(Tensor input) const {
-  return input.to(dtype_);
+  (void)infer_one({input.dtype(), input.shape()});  // the same checks as planning
+  return input.to(output_dtype(input.dtype()));
 }
 MapperPtr CastMapper::do_inverse(const SpecDict& input_specs) const {
   if (!input_dtype_ && input_specs.find(source()) == input_specs.end()) {
@@ -320,11 +334,12 @@ MapperPtr CastMapper::do_inverse(const SpecDict& input_specs) const {
                 source(), "' (call inverse(input_specs))"));
   }
   const DType from = input_dtype_ ? *input_dtype_ : input_spec(input_specs).dtype;
-  if (!is_lossless_cast(from, dtype_)) {
-    throw NotInvertibleError(str_cat(describe(), ": converting ", from, " to ", dtype_,
+  const DType to = output_dtype(from);
+  if (!is_lossless_cast(from, to)) {
+    throw NotInvertibleError(str_cat(describe(), ": converting ", from, " to ", to,
                                      " loses values, so it has no inverse"));
   }
-  return std::make_shared<CastMapper>(target(), source(), from, dtype_);
+  return std::make_shared<CastMapper>(target(), source(), from, to);
 }
 std::string CastMapper::describe() const {
   return describe_op("cast", std::string(dtype_name(dtype_)));

@@ -127,23 +127,41 @@ const std::vector<OpDef>& ops() {
                                                   shape);
          };
        }},
+      // Note [casts a rule did not ask for]: a catch-all cast ("{x...}" to BF16) would turn an
+      // I64 position_ids into BF16, where positions 257, 259, ... collapse. So a cast rule whose
+      // source has captures refuses integer inputs cast to a floating-point dtype (a TypeError
+      // when the specs are inferred, before any byte is read), unless it names the dtypes it casts
+      // ("from": [...]; inputs of other dtypes pass through unchanged) or says "lossy": true. A
+      // rule naming one key casts what it names.
       {"cast",
        Family::kSingle,
-       {"source", "target", "dtype"},
-       [](const Node& node, const Rule&) -> Builder {
-         const Node name = node.at("dtype");
-         const std::optional<DType> dtype = dtype_from_name(name.str());
-         if (!dtype) {
-           std::string list;
-           for (int i = 0; i < kNumDTypes; ++i) {
-             list += (i ? ", " : "") + std::string(all_dtypes()[i].name);
+       {"source", "target", "dtype", "from", "lossy"},
+       [](const Node& node, const Rule& rule) -> Builder {
+         auto dtype_of = [](const Node& name) {
+           const std::optional<DType> dtype = dtype_from_name(name.str());
+           if (!dtype) {
+             std::string list;
+             for (int i = 0; i < kNumDTypes; ++i) {
+               list += (i ? ", " : "") + std::string(all_dtypes()[i].name);
+             }
+             name.fail(str_cat("unknown dtype ", json_string_excerpt(name.str()), " (dtypes: ",
+                               list, ")"));
            }
-           name.fail(
-               str_cat("unknown dtype ", json_string_excerpt(name.str()), " (dtypes: ", list, ")"));
+           return *dtype;
+         };
+         const DType dtype = dtype_of(node.at("dtype"));
+         CastSelection selection;
+         if (auto from = node.find("from")) {
+           const std::vector<Node> names = from->array();
+           if (names.empty()) from->fail("expected a non-empty array of dtypes");
+           selection.from.emplace();
+           for (const Node& name : names) selection.from->insert(dtype_of(name));
          }
-         return [dtype = *dtype](Instance i) -> MapperPtr {
+         const bool lossy = node.find("lossy") ? node.at("lossy").boolean() : false;
+         selection.refuse_integers_to_floats = !lossy && !rule.sources[0].captures().empty();
+         return [dtype, selection](Instance i) -> MapperPtr {
            return std::make_shared<CastMapper>(std::move(i.sources[0]), std::move(i.targets[0]),
-                                               dtype);
+                                               dtype, std::nullopt, selection);
          };
        }},
       {"stack_tensors",

@@ -519,3 +519,46 @@ TEST_CASE("a rule that matches no key is an error naming it, with the prefix tha
       doctest::Contains("$.stages[1].rules[0]: its source 'a' matches no key this stage reads"),
       SpecError);
 }
+
+TEST_CASE("a catch-all cast refuses integers unless asked; \"from\" selects the dtypes it casts") {
+  const SpecDict specs{{"embed.weight", TensorSpec{DType::F32, {4, 2}}},
+                       {"position_ids", TensorSpec{DType::I64, {1, 300}}}};
+  const std::vector<std::string> keys{"embed.weight", "position_ids"};
+  auto spec = [](const std::string& extra) {
+    return R"({"d9d_mapper_spec": 1, "rules": [{"op": "cast", "source": "{x...}", "dtype": "BF16")" +
+           extra + "}]}";
+  };
+  // A catch-all: the integer tensor is an error naming it, when the specs are inferred.
+  const SpecMapping all = from_spec(spec(""), keys);
+  CHECK_THROWS_WITH_AS(infer_all(*all.mapper, specs),
+                       doctest::Contains("'position_ids' holds integers (I64)"), TypeError);
+  CHECK_THROWS_WITH_AS(infer_all(*all.mapper, specs), doctest::Contains("\"from\""), TypeError);
+  // "from": only F32 is cast; the positions pass through, and apply() agrees with infer().
+  const SpecMapping floats = from_spec(spec(R"(, "from": ["F32", "F16"])"), keys);
+  const SpecDict out = infer_all(*floats.mapper, specs);
+  CHECK(out.at("embed.weight") == TensorSpec{DType::BF16, {4, 2}});
+  CHECK(out.at("position_ids") == TensorSpec{DType::I64, {1, 300}});
+  StateDict in{{"embed.weight", Tensor::full({4, 2}, 1.5f, DType::F32)},
+               {"position_ids", Tensor::full({1, 300}, 259.0f, DType::F32).to(DType::I64)}};
+  const StateDict applied = apply_all(*floats.mapper, in);
+  CHECK(applied.at("embed.weight").dtype() == DType::BF16);
+  CHECK(equal(applied.at("position_ids"), in.at("position_ids")));
+  // "lossy": true casts everything; so does a rule that names the tensor.
+  CHECK(infer_all(*from_spec(spec(R"(, "lossy": true)"), keys).mapper, specs).at("position_ids") ==
+        TensorSpec{DType::BF16, {1, 300}});
+  const SpecMapping named = from_spec(
+      R"({"d9d_mapper_spec": 1, "rules": [{"op": "cast", "source": "position_ids", "dtype": "F32"}]})",
+      keys);
+  CHECK(infer_all(*named.mapper, specs).at("position_ids").dtype == DType::F32);
+  CHECK_THROWS_WITH_AS(from_spec(spec(R"(, "from": [])"), keys),
+                       doctest::Contains("non-empty array of dtypes"), SpecError);
+  // The inverse of a selective lossless cast: what was cast goes back, the rest stays.
+  const SpecDict bf16{{"embed.weight", TensorSpec{DType::BF16, {4, 2}}},
+                      {"position_ids", TensorSpec{DType::I64, {1, 300}}}};
+  const SpecMapping up =
+      from_spec(R"({"d9d_mapper_spec": 1, "rules": [{"op": "cast", "source": "{x...}",
+                    "dtype": "F32", "from": ["BF16"]}]})",
+                keys);
+  const MapperPtr back = up.mapper->inverse(bf16);
+  CHECK(infer_all(*back, infer_all(*up.mapper, bf16)) == bf16);
+}

@@ -214,11 +214,19 @@ class ReshapeMapper final : public SingleTensorMapper {
   std::optional<Shape> input_shape_;
 };
 
+// What a spec's cast rule may add (Note [casts a rule did not ask for] in spec_ops.cpp).
+struct CastSelection {
+  // Only inputs of these dtypes are cast; any other passes through as it is (an identity).
+  std::optional<std::set<DType>> from;
+  // A TypeError for an integer input cast to a floating-point dtype (unless `from` names it).
+  bool refuse_integers_to_floats = false;
+};
+
 class CastMapper final : public SingleTensorMapper {
  public:
   // input_dtype: when given, the input must have that dtype, and inverse() needs no specs.
   CastMapper(std::string source, std::string target, DType dtype,
-             std::optional<DType> input_dtype = std::nullopt);
+             std::optional<DType> input_dtype = std::nullopt, CastSelection selection = {});
   std::string describe() const override;
   // To its own dtype, to() returns the tensor itself.
   bool moves_data(const StateGroup&) const override { return input_dtype_ != dtype_; }
@@ -229,8 +237,12 @@ class CastMapper final : public SingleTensorMapper {
   Tensor apply_one(Tensor input) const override;
 
  private:
+  // The dtype an input of `dtype` becomes (itself when the selection passes it through).
+  DType output_dtype(DType dtype) const;
+
   DType dtype_;
   std::optional<DType> input_dtype_;
+  CastSelection selection_;
 };
 
 // Whether every value of `from` converts to `to` and back to the same bits (NaN payloads aside):

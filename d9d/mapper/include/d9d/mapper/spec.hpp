@@ -51,7 +51,11 @@
 //   squeeze               source, target?, dim?  (without dim: every size-1 dim)
 //   unsqueeze             source, target?, dim
 //   reshape               source, target?, shape: [...]  (one entry may be -1)
-//   cast                  source, target?, dtype: "BF16" (a safetensors dtype name)
+//   cast                  source, target?, dtype: "BF16" (a safetensors dtype name), from?:
+//                         ["F32", ...] (only these are cast; other dtypes pass through), lossy?:
+//                         true. A source with captures refuses to cast integers to floats
+//                         unless "from" names them or "lossy" is true (Note [casts a rule did
+//                         not ask for] in spec_ops.cpp)
 //   stack_tensors,        sources: [pattern, ...], target, dim?
 //   concatenate_tensors   or source + over: "E" (one tensor per value of capture E, in order:
 //                         numeric when every value is a number, and then they must be 0..n-1)
