@@ -6,16 +6,15 @@
 //
 //   bench_core [--reps N] [--threads N]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <d9d/core.hpp>
+
+#include "../common/timing.hpp"
 
 using namespace d9d;
 
@@ -31,50 +30,18 @@ Tensor random_tensor(const Shape& shape, DType dtype) {
   return t;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double seconds_of(const std::function<void()>& fn) {
-  const auto t0 = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 // Times the op and memcpy of the same bytes (into memory already faulted in; one thread, and all
 // threads over disjoint slices) in turn, rep after rep, so that both see the same machine, and
 // prints one JSON line: the op's GB/s (bytes read + written) and the better memcpy's.
 void run(const std::string& op, const std::string& detail, double bytes_read, double bytes_written,
          const std::function<void()>& fn) {
   const double bytes = bytes_read + bytes_written;
-  const auto nbytes = static_cast<size_t>(bytes / 2);
-  std::vector<char> src(nbytes, 1), dst(nbytes, 0);
   const int threads = num_threads();
-  auto memcpy_one = [&] { std::memcpy(dst.data(), src.data(), nbytes); };
-  auto memcpy_all = [&] {
-    std::vector<std::thread> pool;
-    const size_t share = nbytes / static_cast<size_t>(threads);
-    for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        const size_t lo = share * static_cast<size_t>(t);
-        const size_t hi = t == threads - 1 ? nbytes : lo + share;
-        std::memcpy(dst.data() + lo, src.data() + lo, hi - lo);
-      });
-    }
-    for (auto& th : pool) th.join();
-  };
-  fn();  // warm-up: faults in inputs, fills the block cache
-  memcpy_one();
-  memcpy_all();
-  std::vector<double> t_op, t_one, t_all;
-  for (int i = 0; i < g_reps; ++i) {
-    t_op.push_back(seconds_of(fn));
-    t_one.push_back(seconds_of(memcpy_one));
-    t_all.push_back(seconds_of(memcpy_all));
-  }
-  const double limit = bytes / std::min(median(t_one), median(t_all)) / 1e9;
-  const double seconds = median(t_op);
+  bench::MemcpyLimit memcpy_limit(static_cast<size_t>(bytes / 2));
+  const bench::BesideMemcpy t =
+      bench::time_beside_memcpy(fn, bytes, g_reps, threads, memcpy_limit);
+  const double limit = t.limit_gbps;
+  const double seconds = t.op_seconds;
   std::printf("{\"op\": \"%s\", \"detail\": \"%s\", \"bytes\": %.0f, \"seconds\": %.6f, "
               "\"gbps\": %.3f, \"memcpy_gbps\": %.3f, \"threads\": %d}\n",
               op.c_str(), detail.c_str(), bytes, seconds, bytes / seconds / 1e9, limit, threads);

@@ -8,20 +8,17 @@
 // driver's numpy oracle, which times the same work on the same data).
 //
 //   bench_quant [--reps N] [--threads N] [--dump DIR]
-#include <time.h>
-
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <functional>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <d9d/core.hpp>
+
+#include "../common/timing.hpp"
 
 using namespace d9d;
 
@@ -45,30 +42,6 @@ void dump(const std::string& name, const Tensor& t) {
       .write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.nbytes()));
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double seconds_of(const std::function<void()>& fn) {
-  const auto t0 = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// The CPU time of the calling thread that fn takes: what one core does, whatever else the machine
-// runs meanwhile (the wall clock of a shared machine counts the other processes' turns too).
-double cpu_seconds_of(const std::function<void()>& fn) {
-  auto now = [] {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-  };
-  const double t0 = now();
-  fn();
-  return now() - t0;
-}
-
 // As bench_core's run(): the op and memcpy of the same bytes (one thread, and all threads over
 // disjoint slices) in turn, rep after rep; one JSON line with the op's GB/s (bytes read + written)
 // and the better memcpy's.
@@ -82,48 +55,27 @@ void run(const std::string& name, const Tensor& source, const Tensor& scale,
                        : std::nullopt);
   const double bytes_written = static_cast<double>(numel_of(out_shape) * element_size(how.dtype));
   const double bytes = bytes_read + bytes_written;
-  const auto nbytes = static_cast<size_t>(bytes / 2);
-  std::vector<char> src(nbytes, 1), dst(nbytes, 0);
   const int threads = num_threads();
-  auto memcpy_one = [&] { std::memcpy(dst.data(), src.data(), nbytes); };
-  auto memcpy_all = [&] {
-    std::vector<std::thread> pool;
-    const size_t share = nbytes / static_cast<size_t>(threads);
-    for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        const size_t lo = share * static_cast<size_t>(t);
-        const size_t hi = t == threads - 1 ? nbytes : lo + share;
-        std::memcpy(dst.data() + lo, src.data() + lo, hi - lo);
-      });
-    }
-    for (auto& th : pool) th.join();
-  };
+  bench::MemcpyLimit memcpy_limit(static_cast<size_t>(bytes / 2));
   auto op = [&] { dequantize(source, scale, how, global); };
-  op();  // warm-up: faults in inputs, fills the block cache
-  memcpy_one();
-  memcpy_all();
-  std::vector<double> t_op, t_one, t_all;
-  for (int i = 0; i < g_reps; ++i) {
-    t_op.push_back(seconds_of(op));
-    t_one.push_back(seconds_of(memcpy_one));
-    t_all.push_back(seconds_of(memcpy_all));
-  }
-  const double limit = bytes / std::min(median(t_one), median(t_all)) / 1e9;
-  const double seconds = median(t_op);
+  const bench::BesideMemcpy t =
+      bench::time_beside_memcpy(op, bytes, g_reps, threads, memcpy_limit);
+  const double limit = t.limit_gbps;
+  const double seconds = t.op_seconds;
   // One core: the op on one thread and memcpy, each timed by its thread's CPU time.
   set_num_threads(1);
   std::vector<double> c_op, c_one;
   for (int i = 0; i < g_reps; ++i) {
-    c_op.push_back(cpu_seconds_of(op));
-    c_one.push_back(cpu_seconds_of(memcpy_one));
+    c_op.push_back(bench::cpu_seconds_of(op));
+    c_one.push_back(bench::cpu_seconds_of([&] { memcpy_limit.one(); }));
   }
   set_num_threads(threads);
   std::printf(
       "{\"case\": \"%s\", \"bytes\": %.0f, \"seconds\": %.6f, \"gbps\": %.3f, "
       "\"memcpy_gbps\": %.3f, \"core_gbps\": %.3f, \"core_memcpy_gbps\": %.3f, "
       "\"threads\": %d}\n",
-      name.c_str(), bytes, seconds, bytes / seconds / 1e9, limit, bytes / median(c_op) / 1e9,
-      bytes / median(c_one) / 1e9, threads);
+      name.c_str(), bytes, seconds, bytes / seconds / 1e9, limit, bytes / bench::median(c_op) / 1e9,
+      bytes / bench::median(c_one) / 1e9, threads);
   std::fflush(stdout);
 }
 
