@@ -269,7 +269,12 @@ QuantizedMapper::QuantizedMapper(MapperPtr weights, QuantScheme scheme, Undo und
     move = std::make_shared<Move>(K::kStack, m->sources(), Names{m->target()}, m->dim());
   } else if (const auto* m = dynamic_cast<const ConcatenateTensorsMapper*>(w)) {
     move = std::make_shared<Move>(K::kCat, m->sources(), Names{m->target()}, m->dim());
+  } else if (const auto* m = dynamic_cast<const StackExpertsMapper*>(w); m && m->parts() == 1) {
+    // Whole experts stacked (a fused gate_up made by an earlier rule, say): a stack.
+    move = std::make_shared<Move>(K::kStack, m->sources(), Names{m->target()}, m->dim());
   } else if (const auto* m = dynamic_cast<const UnstackTensorsMapper*>(w)) {
+    move = std::make_shared<Move>(K::kUnbind, Names{m->source()}, m->targets(), m->dim());
+  } else if (const auto* m = dynamic_cast<const UnstackExpertsMapper*>(w); m && m->parts() == 1) {
     move = std::make_shared<Move>(K::kUnbind, Names{m->source()}, m->targets(), m->dim());
   } else if (const auto* m = dynamic_cast<const ChunkTensorsMapper*>(w)) {
     move = std::make_shared<Move>(K::kSplit, Names{m->source()}, m->targets(), m->dim());
@@ -281,8 +286,9 @@ QuantizedMapper::QuantizedMapper(MapperPtr weights, QuantScheme scheme, Undo und
     throw ValueError(str_cat(weights_->describe(), ": the scale '", scheme_.names.scale_of(first),
                              "' of the quantized weight '", first,
                              "' cannot follow this op (scales follow identity, rename_tensor, "
-                             "transpose, stack, concatenate, unstack, chunk and split); "
-                             "dequantize the weight first"));
+                             "transpose, stack, concatenate, unstack, chunk and split, and "
+                             "stack_experts / unstack_experts of whole experts: fuse an "
+                             "expert's parts in an earlier stage); dequantize the weight first"));
   }
   const bool global = !scheme_.names.global_scale_suffix.empty();
   StateGroup group;

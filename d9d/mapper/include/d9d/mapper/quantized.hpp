@@ -79,7 +79,8 @@ struct QuantScheme {
 MapperPtr dequantize(std::string source, std::string scale, std::string target, Dequantization how,
                      std::string global_scale = {});
 // `weights` (identity, rename_tensor, transpose, stack_tensors, concatenate_tensors,
-// unstack_tensors, chunk_tensors or split_tensors, of weights named as scheme.names says) with
+// unstack_tensors, chunk_tensors, split_tensors, or stack_experts / unstack_experts of whole
+// experts (one part each), of weights named as scheme.names says) with
 // their scales following them in the same group (Note [scales follow their weights]).
 MapperPtr quantized(MapperPtr weights, QuantScheme scheme);
 
