@@ -431,6 +431,37 @@ int d9d_load_into(const char* ckpt_path, const char* spec_json, const char* opti
   });
 }
 
+int d9d_builtin_spec(const char* name, const char* ckpt_path, const char** spec_json) noexcept {
+  return guarded("d9d_builtin_spec", [&] {
+    require(spec_json, "spec_json");
+    *spec_json = nullptr;
+    require(name, "name");
+    const d9d::mapper::BuiltinSpec* s = nullptr;
+    if (std::string_view(name) == "auto") {
+      require(ckpt_path, "ckpt_path");
+      const std::filesystem::path dir = d9d::model_state::checkpoint_dir(ckpt_path);
+      if (!d9d::model_state::read_config_json(dir)) {
+        throw CodedError(D9D_E_VALUE, d9d::detail::str_cat(dir.string(), " has no config.json, ",
+                                                           "which names the architecture"));
+      }
+      try {
+        s = &d9d::model_state::builtin_spec_for(ckpt_path);
+      } catch (const d9d::ValueError& e) {
+        throw CodedError(D9D_E_SPEC, e.what());
+      }
+    } else {
+      s = d9d::mapper::find_builtin_spec(name);
+      if (s == nullptr) {
+        throw CodedError(D9D_E_SPEC, d9d::detail::str_cat("no built-in spec \"", name,
+                                                          "\"; there are ",
+                                                          d9d::mapper::builtin_specs_list()));
+      }
+    }
+    *spec_json = s->text.data();  // a literal with its terminating NUL (embed_specs.py)
+    return D9D_OK;
+  });
+}
+
 int d9d_convert(const char* ckpt_path, const char* out_dir, const char* spec_json,
                 const char* options_json) noexcept {
   using namespace d9d;
@@ -441,7 +472,13 @@ int d9d_convert(const char* ckpt_path, const char* out_dir, const char* spec_jso
     o.read.label = "Converting";
     const model_state::Conversion c =
         capi::conversion_of(io::Checkpoint::open(ckpt_path), spec_json, o);
-    model_state::convert_model_state_local(ckpt_path, out_dir, c, o.read, o.write);
+    try {
+      model_state::convert_model_state_local(ckpt_path, out_dir, c, o.read, o.write);
+    } catch (const model_state::CheckpointExistsError& e) {  // said in this ABI's words
+      throw io::IoError(detail::str_cat(e.dir().string(), " already holds a checkpoint (",
+                                        e.file(), "); write elsewhere, or replace it with the "
+                                        "option \"overwrite\": true"));
+    }
     return D9D_OK;
   });
 }

@@ -71,6 +71,7 @@ Options parse_options(const char* json, OptionsFor use) {
   // A library draws no progress bar unless asked; the read stream's bar covers a conversion.
   o.read.show_progress = false;
   o.write.show_progress = false;
+  o.write.oversized_tensor_alone = true;  // as `d9d convert` (transformers' splitter's rule)
   if (json == nullptr) return o;
   Json root;
   try {

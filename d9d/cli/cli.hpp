@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <d9d/io/checkpoint.hpp>
+#include <d9d/mapper/builtin_specs.hpp>
 #include <d9d/mapper/mapper.hpp>
 #include <d9d/mapper/quantized.hpp>
 #include <d9d/mapper/spec.hpp>
@@ -110,8 +111,21 @@ using Params = std::map<std::string, int64_t>;
 // params are those the sidecar recorded, `params` set over them.
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
                               const std::string& spec_origin, const Params& params = {});
-// forward_conversion or reverse_conversion, from command-line options.
-Conversion make_conversion(const fs::path& src, const std::optional<fs::path>& spec_path,
+// A spec as --spec names it: "auto" (the built-in spec that the checkpoint's config.json picks:
+// Note [built-in specs] in d9d/mapper/builtin_specs.cpp), a spec file, or a built-in spec's name
+// ("qwen3_moe"; a file of that name wins). `note` says which built-in spec "auto" picked.
+struct SpecChoice {
+  std::string text;
+  std::string origin;  // "my_spec.json", "specs/qwen3_moe.json (built-in)"
+  std::string note;    // empty unless "auto"
+};
+SpecChoice load_spec(const std::string& arg, const fs::path& checkpoint);
+inline constexpr const char* kSpecHelp =
+    "A spec file, a built-in spec's name (`d9d specs` lists them), or auto: the built-in spec "
+    "that the checkpoint's config.json names";
+// forward_conversion or reverse_conversion, from command-line options (`spec`: as load_spec
+// takes it).
+Conversion make_conversion(const fs::path& src, const std::optional<std::string>& spec,
                            bool reverse, const Params& params = {});
 
 // ---- the command line ---------------------------------------------------------------------------
@@ -139,6 +153,7 @@ Command add_plan(CLI::App& app);
 Command add_convert(CLI::App& app);
 Command add_verify(CLI::App& app);
 Command add_demo(CLI::App& app);
+Command add_specs(CLI::App& app);
 
 // Option kinds that several commands take, registered alike.
 //   --NAME SIZE (Note [size units]), into `bytes`; --help shows its current value (Note [one
@@ -168,7 +183,7 @@ int run_inspect(const InspectOptions& options);
 
 struct PlanOptions {
   fs::path checkpoint;
-  std::optional<fs::path> spec;
+  std::optional<std::string> spec;  // as load_spec takes it
   bool reverse = false;
   Params params;  // --set
   int64_t shard_size = model_state::WriteOptions{}.shard_size;
@@ -180,7 +195,7 @@ int run_plan(const PlanOptions& options);
 struct ConvertOptions {
   fs::path source;
   fs::path dest;
-  std::optional<fs::path> spec;
+  std::optional<std::string> spec;  // as load_spec takes it
   // The spec's text, when it does not come from a file (the demo's embedded spec).
   std::optional<std::string> spec_text;
   std::string spec_origin;
@@ -209,7 +224,7 @@ ConvertResult run_convert(const ConvertOptions& options);
 struct VerifyOptions {
   fs::path a;
   fs::path b;
-  std::optional<fs::path> spec;
+  std::optional<std::string> spec;  // as load_spec takes it
   std::optional<std::string> spec_text;
   std::string spec_origin;
   Params params;    // --set
@@ -218,12 +233,18 @@ struct VerifyOptions {
   bool show_progress = true;
   int max_shown = 10;  // differing tensors shown in detail
   bool quiet = false;  // no report when equal
+  // Floating-point elements that pass though their bits differ (Note [verify tolerance]); zero
+  // and nullopt: bit for bit.
+  double atol = 0;
+  double rtol = 0;
+  std::optional<int64_t> max_ulp;
 };
 
 struct VerifyResult {
   int64_t compared = 0;   // tensors compared byte by byte
   int64_t bytes = 0;      // bytes compared
-  int64_t differing = 0;  // tensors with different bytes, dtypes or shapes
+  int64_t differing = 0;  // tensors with different bytes (beyond the tolerance), dtypes or shapes
+  int64_t within_tolerance = 0;  // elements whose bits differ but that the tolerance passes
   std::vector<std::string> only_in_a;
   std::vector<std::string> only_in_b;
   double seconds = 0;

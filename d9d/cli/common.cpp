@@ -240,17 +240,47 @@ Conversion reverse_conversion(const fs::path& src, const std::optional<std::stri
   return c;
 }
 
-Conversion make_conversion(const fs::path& src, const std::optional<fs::path>& spec_path,
-                           bool reverse, const Params& params) {
-  std::optional<std::string> text;
-  std::string origin;
-  if (spec_path) {
-    text = read_text_file(*spec_path, "spec");
-    origin = spec_path->string();
+SpecChoice load_spec(const std::string& arg, const fs::path& checkpoint) {
+  std::error_code ec;
+  if (arg == "auto") {
+    const mapper::BuiltinSpec* picked = nullptr;
+    try {
+      picked = &model_state::builtin_spec_for(checkpoint);
+    } catch (const ValueError& e) {
+      d9d::detail::throw_error<ValueError>("--spec auto: ", e.what(),
+                                           "; pass --spec NAME or --spec FILE.json");
+    }
+    const mapper::BuiltinSpec& s = *picked;
+    return {std::string(s.text), "specs/" + s.name + ".json (built-in)",
+            "--spec auto: the built-in spec " + s.name + " (from " +
+                (checkpoint_dir(checkpoint) / kConfigFileName).string() + ")"};
   }
-  if (reverse) return reverse_conversion(src, text, origin, params);
-  D9D_CHECK(text.has_value(), "a spec is needed (--spec S), except with --reverse");
-  return forward_conversion(io::Checkpoint::open(src), std::move(*text), std::move(origin), params);
+  if (fs::exists(arg, ec) || arg.find('/') != std::string::npos ||
+      arg.find('.') != std::string::npos) {
+    return {read_text_file(arg, "spec"), arg, {}};  // a path: read (or fail naming it)
+  }
+  if (const mapper::BuiltinSpec* s = mapper::find_builtin_spec(arg)) {
+    return {std::string(s->text), "specs/" + s->name + ".json (built-in)", {}};
+  }
+  d9d::detail::throw_error<ValueError>("--spec ", arg,
+                                       ": no such file, and no built-in spec of that name (",
+                                       mapper::builtin_specs_list(), ")");
+}
+
+Conversion make_conversion(const fs::path& src, const std::optional<std::string>& spec,
+                           bool reverse, const Params& params) {
+  std::optional<SpecChoice> choice;
+  if (spec) {
+    choice = load_spec(*spec, src);
+    if (!choice->note.empty()) std::cerr << "d9d: note: " << choice->note << "\n";
+  }
+  if (reverse) {
+    return choice ? reverse_conversion(src, choice->text, choice->origin, params)
+                  : reverse_conversion(src, std::nullopt, {}, params);
+  }
+  D9D_CHECK(choice.has_value(), "a spec is needed (--spec S), except with --reverse");
+  return forward_conversion(io::Checkpoint::open(src), std::move(choice->text),
+                            std::move(choice->origin), params);
 }
 
 }  // namespace d9d::cli

@@ -1,6 +1,7 @@
 // d9d convert CKPT OUT --spec S: a checkpoint through a spec into a new sharded checkpoint.
 // Under `mpirun -np N` the groups are split across the ranks and one checkpoint comes out, byte for
 // byte the single-process one (Note [distributed conversion] in <d9d/model_state/distributed.hpp>).
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -74,6 +75,26 @@ void note_budget(const ConvertOptions& options, const model_state::ReadPlan& pla
             << ", needed " << format_bytes(largest->input_bytes + largest->output_bytes) << "\n";
 }
 
+// Tensors larger than --shard-size get a shard of their own (WriteOptions::oversized_tensor_alone,
+// transformers' splitter's rule): said, naming them, as transformers warns.
+void note_oversized(const ConvertOptions& options, const model_state::ReadPlan& plan) {
+  if (options.quiet) return;
+  std::vector<std::string> names;
+  for (const model_state::GroupPlan& g : plan.groups) {
+    for (const auto& [name, spec] : g.outputs) {
+      if (spec.nbytes() > options.shard_size) names.push_back(name);
+    }
+  }
+  if (names.empty()) return;
+  std::sort(names.begin(), names.end());
+  std::cerr << "d9d: note: " << count_of(static_cast<int64_t>(names.size()), "tensor")
+            << " larger than --shard-size " << format_size(options.shard_size)
+            << (names.size() == 1 ? " has" : " each have") << " a shard of its own: " << names[0];
+  for (size_t i = 1; i < std::min<size_t>(names.size(), 4); ++i) std::cerr << ", " << names[i];
+  if (names.size() > 4) std::cerr << " and " << names.size() - 4 << " more";
+  std::cerr << "\n";
+}
+
 model_state::ReadOptions read_options(const ConvertOptions& options, const Conversion& c) {
   model_state::ReadOptions ro;
   ro.device = options.device;
@@ -88,6 +109,7 @@ model_state::ReadOptions read_options(const ConvertOptions& options, const Conve
 model_state::WriteOptions write_options(const ConvertOptions& options) {
   model_state::WriteOptions wo;
   wo.shard_size = options.shard_size;
+  wo.oversized_tensor_alone = true;  // as transformers' save_pretrained; note_oversized says so
   wo.show_progress = false;  // the read stream's bar shows the same work
   wo.overwrite = options.overwrite;
   wo.fsync = options.fsync;
@@ -144,6 +166,7 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
   if (guard) guard->done();
   if (rank0) note_config(options, c);
   if (rank0) note_budget(options, plan);
+  if (rank0) note_oversized(options, plan);
   ConvertOptions quiet_unless_rank0 = options;
   quiet_unless_rank0.quiet = options.quiet || !rank0;
   return summarize(quiet_unless_rank0, c, plan, clock, world.size());
@@ -161,10 +184,18 @@ ConvertResult run_convert(const ConvertOptions& options) {
   print_notes(options, c);
 
   if (options.threads > 0) set_num_threads(options.threads);
-  const model_state::ReadPlan plan = model_state::convert_model_state_local(
-      options.source, options.dest, c, read_options(options, c), write_options(options));
+  model_state::ReadPlan plan;
+  try {
+    plan = model_state::convert_model_state_local(options.source, options.dest, c,
+                                                  read_options(options, c), write_options(options));
+  } catch (const model_state::CheckpointExistsError& e) {  // said in the command line's words
+    d9d::detail::throw_error<io::IoError>(e.dir().string(), " already holds a checkpoint (",
+                                          e.file(), "); write elsewhere, or pass --overwrite to "
+                                          "replace it");
+  }
   note_config(options, c);
   note_budget(options, plan);
+  note_oversized(options, plan);
   return summarize(options, c, plan, clock, 1);
 }
 
@@ -175,7 +206,8 @@ Command add_convert(CLI::App& app) {
   command->add_option("checkpoint", options->source, "Source checkpoint")->required();
   command->add_option("out", options->dest, "Destination directory")->required();
   command->add_option("--spec", options->spec,
-                      "Spec file (original -> converted); with --reverse, optional");
+                      std::string("The spec (original -> converted; with --reverse, optional): ") +
+                          kSpecHelp);
   command->add_flag(
       "--reverse", options->reverse,
       "Undo the conversion that wrote CHECKPOINT (uses its " + std::string(kSidecarFileName) + ")");

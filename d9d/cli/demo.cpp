@@ -1,7 +1,7 @@
 // d9d demo: the README's main job, end to end, in well under a minute.
 //
 //   1. write a Llama-shaped checkpoint (HF transformers names, random weights, several shards),
-//   2. convert it to fused QKV + gate_up with examples/specs/llama_hf_to_fused.json (embedded),
+//   2. convert it to fused QKV + gate_up with the built-in spec llama (specs/llama.json),
 //   3. verify the fused checkpoint against the original read through the same spec,
 //   4. convert the fused checkpoint back with --reverse (the inverse from the conversion record),
 //   5. verify the round trip bit-exact against the original.
@@ -19,10 +19,10 @@
 #include <CLI/CLI.hpp>
 
 #include <d9d/mapper/adapters.hpp>
+#include <d9d/mapper/builtin_specs.hpp>
 #include <d9d/model_state/writer.hpp>
 
 #include "cli.hpp"
-#include "llama_spec.hpp"  // kLlamaHfToFusedSpec, generated from examples/specs at build time
 
 namespace d9d::cli {
 
@@ -289,11 +289,11 @@ Step write_original(const DemoOptions& o, const DemoModel& model, const fs::path
           clock.seconds(), model.total};
 }
 
-// 2. Forward conversion with the embedded spec (`co` says how).
+// 2. Forward conversion with the built-in llama spec (`co` says how).
 Step convert_forward(const ConvertOptions& co) {
   const ConvertResult r = run_convert(co);
   return {"convert llama-hf/ -> fused/",
-          "spec " + co.spec_origin + " (embedded): " + std::to_string(r.input_count) +
+          co.spec_origin + ": " + std::to_string(r.input_count) +
               " tensors -> " + std::to_string(r.output_count) +
               " (qkv = cat(q, k, v), "
               "gate_up = cat(gate, up), renames) in " +
@@ -369,8 +369,8 @@ int run_demo(const DemoOptions& o) {
   ConvertOptions co;
   co.source = original;
   co.dest = fused;
-  co.spec_text = std::string(kLlamaHfToFusedSpec);
-  co.spec_origin = "examples/specs/llama_hf_to_fused.json";
+  co.spec_text = std::string(mapper::find_builtin_spec("llama")->text);
+  co.spec_origin = "specs/llama.json (built-in)";
   co.shard_size = model.shard_size;
   co.threads = o.threads;
   co.overwrite = true;

@@ -23,12 +23,12 @@ int main(int argc, char** argv) {
   using namespace d9d::cli;
   CLI::App app{
       "d9d: streamed, declarative transformation of safetensors checkpoints.\n"
-      "Start with `d9d demo`; see examples/specs/ for spec files."};
+      "Start with `d9d demo`; `d9d specs` lists the built-in specs (--spec auto picks one)."};
   app.footer(kExitStatusHelp);  // each command's; those that take sizes add kSizesHelp
   app.set_version_flag("--version", std::string("d9d ") + d9d::version());
   app.require_subcommand(1);
   const std::vector<Command> commands{add_inspect(app), add_plan(app), add_convert(app),
-                                      add_verify(app), add_demo(app)};
+                                      add_verify(app), add_demo(app), add_specs(app)};
   app.footer(std::string(kSizesHelp) + "\n" + kExitStatusHelp);
 
   d9d::dist::ProcessGroupPtr world;

@@ -184,12 +184,12 @@ struct PlanResult {
   std::optional<model_state::ReadPlan> read;  // when nothing is missing
   std::vector<PlannedOutput> outputs;         // in write order
   std::vector<PlannedShard> shards;
-  std::vector<std::string> too_large;  // outputs larger than a shard (the writer would refuse)
+  std::vector<std::string> too_large;  // outputs larger than a shard (each gets a shard alone)
   int64_t shard_size = 0;
   std::vector<mapper::QuantizedPair> quantized_outputs;  // kept packed, with their scales
   std::vector<PlannedGroup> details;  // in stream order (mapper order when inputs are missing)
 
-  bool ok() const { return missing.empty() && too_large.empty(); }
+  bool ok() const { return missing.empty(); }
 };
 
 // The writer's layout (model_state::assign_shards) of the plan's outputs, summed per shard.
@@ -596,8 +596,8 @@ void print_coverage(const PlanResult& r) {
   for (const std::string& rule : c.mapping.unused_rules) std::cout << "    " << rule << "\n";
   for (const std::string& note : c.mapping.notes) std::cout << "  note: " << note << "\n";
   if (!r.too_large.empty()) {
-    std::cout << "  tensors larger than a shard: " << r.too_large.size() << ": "
-              << list(r.too_large) << "\n";
+    std::cout << "  tensors larger than a shard (each gets a shard of its own): "
+              << r.too_large.size() << ": " << list(r.too_large) << "\n";
   }
 }
 
@@ -666,7 +666,8 @@ Command add_plan(CLI::App& app) {
   CLI::App* command = app.add_subcommand(
       "plan", "Dry run of a conversion from metadata alone: outputs, shards, coverage");
   command->add_option("checkpoint", options->checkpoint, "Source checkpoint")->required();
-  command->add_option("--spec", options->spec, "Spec file (original -> converted)");
+  command->add_option("--spec", options->spec,
+                      std::string("The spec (original -> converted): ") + kSpecHelp);
   command->add_flag("--reverse", options->reverse,
                     "Plan undoing the conversion that wrote CHECKPOINT (uses its " +
                         std::string(kSidecarFileName) + ")");

@@ -1,22 +1,29 @@
 #!/usr/bin/env python3
-"""Writes a C++ header holding a text file as a raw string literal.
+"""Writes a C++ header holding spec files as raw string literals, named by their file stems:
 
-  embed_text.py INPUT OUTPUT NAME
+  embed_specs.py OUTPUT SPEC.json...
 
-so that the d9d binary carries examples/specs/llama_hf_to_fused.json and `d9d demo` runs from any
-directory.
+so that libd9d carries the built-in spec library (specs/*.json; Note [built-in specs] in
+d9d/mapper/builtin_specs.cpp) and works from any directory, installed or not.
 """
 import os
 import sys
 
-src, out, name = sys.argv[1:4]
-with open(src, encoding="utf-8") as f:
-    text = f.read()
+out, sources = sys.argv[1], sys.argv[2:]
 delim = "d9d_embedded"
-if ")" + delim + '"' in text:
-    sys.exit(f"embed_text.py: {src} contains the raw-string delimiter")
+entries = []
+for src in sorted(sources, key=os.path.basename):
+    name = os.path.splitext(os.path.basename(src))[0]
+    with open(src, encoding="utf-8") as f:
+        text = f.read()
+    if ")" + delim + '"' in text:
+        sys.exit(f"embed_specs.py: {src} contains the raw-string delimiter")
+    entries.append(f'    {{"{name}", R"{delim}({text}){delim}"}},\n')
 with open(out, "w", encoding="utf-8") as f:
-    f.write(f"// Generated from {os.path.basename(src)} by d9d/cli/embed_text.py; do not edit.\n")
-    f.write("#pragma once\n\n#include <string_view>\n\nnamespace d9d::cli {\n\n")
-    f.write(f'inline constexpr std::string_view {name} = R"{delim}({text}){delim}";\n\n')
-    f.write("}  // namespace d9d::cli\n")
+    f.write("// Generated from specs/*.json by d9d/mapper/embed_specs.py; do not edit.\n")
+    f.write("#pragma once\n\n#include <string_view>\n#include <utility>\n\n")
+    f.write("namespace d9d::mapper::detail {\n\n")
+    f.write("// {name, spec text}, sorted by name.\n")
+    f.write("inline constexpr std::pair<std::string_view, std::string_view> kBuiltinSpecTexts[] = {\n")
+    f.write("".join(entries))
+    f.write("};\n\n}  // namespace d9d::mapper::detail\n")

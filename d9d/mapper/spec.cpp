@@ -80,12 +80,33 @@ QuantScheme parse_quantization(const Node& node) {
   return q;
 }
 
+// "applies_to": {"model_type": [...], "architectures": [...]}, each a list of distinct names.
+void parse_applies_to(const Node& node, SpecSummary& summary) {
+  node.only({"model_type", "architectures", "comment"}, "\"applies_to\"");
+  auto names = [&node](const char* field, std::vector<std::string>& out) {
+    const std::optional<Node> list = node.find(field);
+    if (!list) return;
+    for (const Node& n : list->array()) {
+      std::string name = n.str();
+      if (name.empty()) n.fail("expected a non-empty name");
+      if (std::find(out.begin(), out.end(), name) != out.end()) n.fail("name listed twice");
+      out.push_back(std::move(name));
+    }
+  };
+  names("model_type", summary.model_types);
+  names("architectures", summary.architectures);
+}
+
 Spec parse_spec(std::string_view text, const SpecParams& given) {
   const nlohmann::json json = detail::parse_spec_json(text);
   const Node top{json, "$"};
-  top.only({"d9d_mapper_spec", "description", "unmatched", "quantization", "params", "stages",
-            "rules"},
+  top.only({"d9d_mapper_spec", "description", "applies_to", "unmatched", "quantization", "params",
+            "stages", "rules"},
            "a spec");
+  if (auto a = top.find("applies_to")) {
+    SpecSummary unused;
+    parse_applies_to(*a, unused);
+  }
   Spec spec;
   const Node version = top.at("d9d_mapper_spec");
   if (version.integer() != 1)
@@ -541,6 +562,16 @@ std::string prefix_hint(const Rule& r, const KeySet& keys) {
 
 }  // namespace
 
+SpecSummary summarize_spec(std::string_view text) {
+  const nlohmann::json json = detail::parse_spec_json(text);
+  const Node top{json, "$"};
+  top.expect(json.is_object(), "a spec (a JSON object)");
+  SpecSummary summary;
+  if (auto d = top.find("description")) summary.description = d->str();
+  if (auto a = top.find("applies_to")) parse_applies_to(*a, summary);
+  return summary;
+}
+
 SpecMapping from_spec(std::string_view json, const std::vector<std::string>& checkpoint_keys,
                       const SpecParams& params) {
   const Spec spec = parse_spec(json, params);
@@ -624,7 +655,7 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
   result.unmatched_keys.assign(untouched.begin(), untouched.end());
   std::sort(result.unmatched_keys.begin(), result.unmatched_keys.end());
   if (spec.unmatched == UnmatchedPolicy::kError && !result.unmatched_keys.empty()) {
-    throw ValueError(str_cat("from_spec: ", result.unmatched_keys.size(),
+    throw ValueError(str_cat(result.unmatched_keys.size(),
                              " checkpoint key(s) match no rule and the spec says \"unmatched\": "
                              "\"error\": ",
                              detail::keys_str(result.unmatched_keys)));

@@ -313,10 +313,7 @@ void refuse_checkpoint(const fs::path& dir) {
     if (starts_with(name, ".")) continue;
     const bool is_checkpoint =
         name == io::kIndexFileName || (name.size() > 12 && name.ends_with(".safetensors"));
-    D9D_CHECK_AS(io::IoError, !is_checkpoint, "write_model_state: ", dir.string(),
-                 " already holds a checkpoint (", name,
-                 "); write elsewhere, or allow replacing it (WriteOptions::overwrite, "
-                 "--overwrite on the command line)");
+    if (is_checkpoint) throw CheckpointExistsError(dir, name);
   }
 }
 

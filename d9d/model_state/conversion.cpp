@@ -131,6 +131,15 @@ std::optional<std::string> read_config_json(const fs::path& dir) {
   }
 }
 
+const mapper::BuiltinSpec& builtin_spec_for(const fs::path& path) {
+  const fs::path dir = checkpoint_dir(path);
+  const std::optional<std::string> text = read_config_json(dir);
+  D9D_CHECK(text.has_value(), dir.string(), " has no ", kConfigFileName,
+            ", which names the model's architecture; name a built-in spec (",
+            mapper::builtin_specs_list(), ") or give a spec file");
+  return mapper::detect_builtin_spec(*text, (dir / kConfigFileName).string());
+}
+
 std::optional<mapper::QuantizationConfig> quantization_config(const fs::path& dir) {
   const std::optional<std::string> text = read_config_json(dir);
   if (!text) return std::nullopt;

@@ -429,10 +429,7 @@ ConversionLayout plan_conversion(const fs::path& src, const mapper::ModelStateMa
             "convert: a distributed conversion lays out every shard before reading, and a group "
             "of this mapper cannot infer its outputs' specs");
   layout.outputs = std::move(*outputs);
-  for (const auto& [name, spec] : layout.outputs) {
-    D9D_CHECK(spec.nbytes() <= options.shard_size, "write_model_state: ", name, " has ",
-              spec.nbytes(), " bytes, more than the shard size of ", options.shard_size, " bytes");
-  }
+  for (const auto& [name, spec] : layout.outputs) check_fits_shard(name, spec.nbytes(), options);
   layout.shard_of = assign_shards(layout.outputs, options.shard_size);
   check_shard_count(layout.shard_of.empty() ? 0 : layout.shard_of.back() + 1, options.shard_size);
   std::string& fp = layout.fingerprint;

@@ -45,7 +45,7 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
     std::ostringstream list;
     for (size_t i = 0; i < missing.size() && i < 50; ++i) list << (i ? ", " : "") << missing[i];
     if (missing.size() > 50) list << ", ... (" << missing.size() - 50 << " more)";
-    d9d::detail::throw_error<ValueError>("read_model_state: ", missing.size(), " input",
+    d9d::detail::throw_error<ValueError>(missing.size(), " input",
                                     missing.size() == 1 ? " is" : "s are", " missing from ",
                                     checkpoint.dir().string(), ": ", list.str());
   }
@@ -80,7 +80,7 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
       o.plan.inferred = false;
       o.plan.output_bytes = o.plan.input_bytes;
     } catch (const Error& e) {
-      d9d::detail::throw_error<ValueError>("read_model_state: group ", mapper::to_string(g),
+      d9d::detail::throw_error<ValueError>("group ", mapper::to_string(g),
                                       " cannot apply to the checkpoint's tensors: ", e.what());
     }
     for (const auto& [name, spec] : o.plan.outputs) o.plan.output_bytes += spec.nbytes();

@@ -41,11 +41,25 @@ std::string group_list(const std::vector<const StateGroup*>& groups, size_t limi
 
 }  // namespace
 
+CheckpointExistsError::CheckpointExistsError(fs::path dir, std::string file)
+    : io::IoError(d9d::detail::str_cat("write_model_state: ", dir.string(),
+                                  " already holds a checkpoint (", file,
+                                  "); write elsewhere, or allow replacing it "
+                                  "(WriteOptions::overwrite)")),
+      dir_(std::move(dir)),
+      file_(std::move(file)) {}
+
 void check_shard_count(size_t count, int64_t shard_size) {
   D9D_CHECK(
       count <= static_cast<size_t>(io::kMaxShardCount), "write_model_state: the outputs need ",
       count, " shards of at most ", shard_size, " bytes, more than the ", io::kMaxShardCount,
       " that shard names (model-XXXXX-of-YYYYY.safetensors) can number; raise the shard size");
+}
+
+void check_fits_shard(const std::string& name, int64_t bytes, const WriteOptions& options) {
+  D9D_CHECK(bytes <= options.shard_size || options.oversized_tensor_alone, "write_model_state: ",
+            name, " has ", bytes, " bytes, more than the shard size of ", options.shard_size,
+            " bytes (WriteOptions::oversized_tensor_alone gives such a tensor a shard of its own)");
 }
 
 void check_shard_header(size_t index, size_t count, std::span<const io::TensorDecl> decls,
@@ -104,11 +118,6 @@ struct ShardWriter::Impl {
     return o;
   }
 
-  void check_fits(const std::string& name, int64_t bytes) const {
-    D9D_CHECK(bytes <= options.shard_size, "write_model_state: ", name, " has ", bytes,
-              " bytes, more than the shard size of ", options.shard_size, " bytes");
-  }
-
   // Applies the group of `input` if `input` was its last missing one; returns its outputs.
   std::optional<StateDict> arrive(const std::string& name, const Tensor& tensor) {
     D9D_CHECK(seen.insert(name).second, "write_model_state: the source yields ", name, " twice");
@@ -163,7 +172,7 @@ struct ShardWriter::Impl {
 
   void write_unplanned(const std::string& name, const Tensor& tensor) {
     const int64_t bytes = tensor.nbytes();
-    check_fits(name, bytes);
+    check_fits_shard(name, bytes, options);
     if (closes_shard(pending.size(), pending_bytes, bytes, options.shard_size)) flush_pending();
     pending.emplace_back(name, tensor);
     pending_bytes += bytes;
@@ -251,7 +260,7 @@ void ShardWriter::plan(std::span<const std::pair<std::string, TensorSpec>> sourc
                                            " cannot take the source's tensors: ", e.what());
     }
     for (auto& [out, out_spec] : group_outputs) {
-      w.check_fits(out, out_spec.nbytes());
+      check_fits_shard(out, out_spec.nbytes(), w.options);
       outputs.emplace_back(out, std::move(out_spec));
     }
   }

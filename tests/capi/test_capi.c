@@ -590,6 +590,37 @@ static void test_convert(void) {
   CHECK(access(created, F_OK) != 0, "still no directory");
 }
 
+/* ---- d9d_builtin_spec --------------------------------------------------------------------------- */
+
+static void test_builtin_spec(void) {
+  const char* llama = NULL;
+  CHECK(d9d_builtin_spec("llama", NULL, &llama) == D9D_OK && llama != NULL, "the llama spec by name");
+  CHECK(llama != NULL && strstr(llama, "\"d9d_mapper_spec\": 1") != NULL &&
+            strstr(llama, "\"LlamaForCausalLM\"") != NULL,
+        "its text, NUL-terminated");
+  const char* text = llama;
+  EXPECT_ERROR(d9d_builtin_spec("llama9", NULL, &text), D9D_E_SPEC, "d9d_builtin_spec: ",
+               "no built-in spec \"llama9\"", "qwen3_moe");
+  CHECK(text == NULL, "*spec_json is NULL after an error");
+  EXPECT_ERROR(d9d_builtin_spec("auto", ckpt, &text), D9D_E_VALUE, "has no config.json");
+  EXPECT_ERROR(d9d_builtin_spec("auto", NULL, &text), D9D_E_VALUE, "ckpt_path is NULL");
+  EXPECT_ERROR(d9d_builtin_spec(NULL, ckpt, &text), D9D_E_VALUE, "name is NULL");
+  EXPECT_ERROR(d9d_builtin_spec("llama", NULL, NULL), D9D_E_VALUE, "spec_json is NULL");
+  FILE* f = fopen(path_in("config.json"), "w");
+  CHECK(f != NULL, "write config.json");
+  if (f == NULL) return;
+  fputs("{\"model_type\": \"mamba\"}", f);
+  fclose(f);
+  EXPECT_ERROR(d9d_builtin_spec("auto", ckpt, &text), D9D_E_SPEC, "no built-in spec for",
+               "\"model_type\": \"mamba\"", "llama (llama");
+  f = fopen(path_in("config.json"), "w");
+  fputs("{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\"}", f);
+  fclose(f);
+  CHECK(d9d_builtin_spec("auto", ckpt, &text) == D9D_OK && text == llama,
+        "auto: the spec config.json's model_type names");
+  remove(path_in("config.json"));
+}
+
 /* ---- CUDA (a GPU, or tests/emulated_cuda's device: the test capi_emulated) ----------------------- */
 
 #ifdef D9D_TEST_CUDA
@@ -685,6 +716,7 @@ int main(int argc, char** argv) {
   test_options();
   test_load_into();
   test_convert();
+  test_builtin_spec();
   test_cuda();
 
   nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);

@@ -200,11 +200,26 @@ with tempfile.TemporaryDirectory() as tmp:
     expect_failure("--reverse with a foreign record", ["convert", fused, path("out9"), "--reverse"],
                    [SIDECAR], out=path("out9"))
 
-    # ---- a tensor larger than a shard ----------------------------------------------------------
-    expect_failure("tensor larger than a shard",
-                   ["convert", good, path("out10"), "--spec", LLAMA, "--shard-size", "10KB"],
-                   ["embed.weight", "10000"], out=path("out10"))
-    check(not os.path.exists(path("out10")), "a failed run removes the directory it created")
+    # ---- a tensor larger than a shard: a shard of its own, said (as transformers' splitter) ------
+    r = d9d("convert", good, path("out10"), "--spec", LLAMA, "--shard-size", "10KB",
+            "--no-progress")
+    check(r.returncode == 0 and "larger than --shard-size 10KB" in r.stderr
+          and "a shard of its own: embed.weight" in r.stderr,
+          f"tensors larger than a shard: converted, with a note naming them ({r.stderr.strip()})")
+    index = json.load(open(os.path.join(path("out10"), INDEX)))
+    sizes = {}
+    for name, file in index["weight_map"].items():
+        sizes.setdefault(file, []).append(name)
+    check(len(sizes[index["weight_map"]["embed.weight"]]) == 1, "embed.weight is alone in its shard")
+    # An existing checkpoint: refused in the command line's words, not the library's.
+    r = expect_failure("an existing checkpoint without --overwrite",
+                       ["convert", good, path("out10"), "--spec", LLAMA],
+                       ["already holds a checkpoint", "pass --overwrite"])
+    check("WriteOptions" not in r.stderr and "write_model_state" not in r.stderr,
+          f"no library names in the message ({r.stderr.strip()})")
+    r = d9d("plan", good, "--spec", LLAMA, "--shard-size", "10KB")
+    check(r.returncode == 0 and "each gets a shard of its own" in r.stdout,
+          f"plan says so too ({r.stdout.strip()[-200:]})")
 
     # ---- more shards than shard names: refused before a byte is written -----------------------
     bytes_ck = path("bytes")

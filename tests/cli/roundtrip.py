@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 
-from clitest import (INDEX, SIDECAR, check, d9d, d9d_ok, finish, load_checkpoint, spec)
+from clitest import (INDEX, SIDECAR, SPECS, check, d9d, d9d_ok, finish, load_checkpoint, spec)
 
 LLAMA = spec("llama_hf_to_fused.json")
 HIDDEN, LAYERS, HEADS, KV, INTER, VOCAB = 128, 3, 8, 2, 352, 1000
@@ -68,8 +68,10 @@ with tempfile.TemporaryDirectory() as tmp:
 
     # ---- the conversion record ----------------------------------------------------------------
     record = json.load(open(os.path.join(fused, SIDECAR)))
-    check(record["d9d_conversion"] == 1 and record["spec"] == open(LLAMA).read(),
-          "the record holds the spec's text")
+    builtin_llama = os.path.join(SPECS, "..", "..", "specs", "llama.json")  # what demo uses
+    check(record["d9d_conversion"] == 1 and record["spec"] == open(builtin_llama).read()
+          and record["spec_origin"] == "specs/llama.json (built-in)",
+          "the record holds the spec's text and names it")
     orig_info = json.loads(d9d_ok("inspect", original, "--json").stdout)
     check({t["name"]: [t["dtype"], t["shape"]] for t in orig_info["tensors"]} == record["source"],
           "the record holds every source tensor's dtype and shape")

@@ -40,8 +40,18 @@ flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,addre
 for inc in "$root"/d9d/*/include "$root"/subprojects/{dlpack,nlohmann_json,CLI11}/include; do
   flags+=(-I"$inc")
 done
+# The header Meson generates for the mapper layer (the built-in specs), made here the same way;
+# rewritten only when the specs change, so an unchanged build stays fresh.
+mkdir -p "$out/gen"
+python3 "$root/d9d/mapper/embed_specs.py" "$out/gen/builtin_spec_texts.hpp.new" "$root"/specs/*.json
+if cmp -s "$out/gen/builtin_spec_texts.hpp.new" "$out/gen/builtin_spec_texts.hpp"; then
+  rm "$out/gen/builtin_spec_texts.hpp.new"
+else
+  mv "$out/gen/builtin_spec_texts.hpp.new" "$out/gen/builtin_spec_texts.hpp"
+fi
+flags+=(-I"$out/gen")
 sources=()
-watched=("$root/d9d" "$root/io" "$here")
+watched=("$root/d9d" "$root/io" "$here" "$out/gen")
 for s in "$@"; do
   if [ -d "$root/$s" ]; then
     flags+=(-I"$root/$s")

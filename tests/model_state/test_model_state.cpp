@@ -387,6 +387,23 @@ TEST_CASE("a tensor larger than a shard is an error before anything is written")
   CHECK(files_in(tmp / "out").empty());
 }
 
+TEST_CASE("oversized_tensor_alone: a tensor larger than a shard gets a shard of its own") {
+  TempDir tmp;
+  std::vector<std::pair<std::string, Tensor>> items{{"a", Tensor::full({10}, 1.0f, DType::U8)},
+                                                    {"huge", Tensor::full({100}, 2.0f, DType::U8)},
+                                                    {"b", Tensor::full({10}, 3.0f, DType::U8)}};
+  WriteOptions o = quiet_write();
+  o.shard_size = 64;
+  o.oversized_tensor_alone = true;  // transformers' splitter's rule
+  write_model_state_local(tmp / "out", identity_mapper_from_names({"a", "huge", "b"}), items, o);
+  const auto index = nlohmann::json::parse(read_file(tmp / "out" / "model.safetensors.index.json"));
+  CHECK(index["weight_map"]["a"] == "model-00001-of-00003.safetensors");
+  CHECK(index["weight_map"]["huge"] == "model-00002-of-00003.safetensors");
+  CHECK(index["weight_map"]["b"] == "model-00003-of-00003.safetensors");
+  io::Checkpoint out = io::Checkpoint::open(tmp / "out");
+  for (const auto& [name, t] : items) CHECK(equal(out.tensor(name), t));
+}
+
 TEST_CASE("unsatisfied groups are an error naming their inputs; unconsumed tensors only warn") {
   TempDir tmp;
   std::vector<std::pair<std::string, Tensor>> items{{"a", Tensor::zeros({2}, DType::F32)},

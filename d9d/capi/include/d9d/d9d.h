@@ -46,7 +46,8 @@
  * "io" (a read backend) is reserved: this build rejects it.
  *
  * SPECS (spec_json): the JSON text of a d9d mapper spec (the format is in the d9d repository's
- * d9d/mapper/include/d9d/mapper/spec.hpp; examples/specs/ has examples), expanded against the
+ * d9d/mapper/include/d9d/mapper/spec.hpp; d9d_builtin_spec gives the built-in library's, one per
+ * architecture, specs/README.md their engine layout; examples/specs/ has more), expanded against the
  * checkpoint's tensor names; NULL: every tensor as it is. A spec's params take their values from
  * the "params" option, the config.json beside the checkpoint, or the spec's defaults. A malformed spec, or one that does not
  * fit the checkpoint, is D9D_E_SPEC naming the JSON path ("$.rules[2].dim").
@@ -159,9 +160,18 @@ typedef int (*d9d_target_fn)(void* user, const char* name, const DLTensor* spec,
 int d9d_load_into(const char* ckpt_path, const char* spec_json, const char* options_json,
                   d9d_target_fn target, void* user) D9D_NOEXCEPT;
 
+/* A built-in spec's JSON text (specs/NAME.json, compiled into libd9d; `d9d specs` lists them):
+ * `name` is a spec's name ("qwen3_moe"), or "auto" for the one that the config.json of
+ * `ckpt_path` names by its "model_type" (then "architectures"); ckpt_path may be NULL unless name
+ * is "auto". *spec_json is libd9d's (valid while it is loaded; do not free it). D9D_E_SPEC when
+ * there is no such spec, or config.json names none (d9d_last_error lists the library);
+ * D9D_E_VALUE when "auto" finds no config.json. */
+int d9d_builtin_spec(const char* name, const char* ckpt_path, const char** spec_json) D9D_NOEXCEPT;
+
 /* Writes the outputs of `spec_json` on `ckpt_path` as a new sharded checkpoint in `out_dir`,
  * exactly as `d9d convert CKPT OUT --spec S` does: the shards, model.safetensors.index.json and
- * d9d-conversion.json (the record `d9d convert OUT BACK --reverse` undoes it with). Nothing is
+ * d9d-conversion.json (the record `d9d convert OUT BACK --reverse` undoes it with); a tensor
+ * larger than "shard_size" gets a shard of its own, as transformers' splitter does. Nothing is
  * left under a final name unless every file is complete; an out_dir this call created is removed
  * again on failure. */
 int d9d_convert(const char* ckpt_path, const char* out_dir, const char* spec_json,

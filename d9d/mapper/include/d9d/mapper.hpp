@@ -3,6 +3,7 @@
 #pragma once
 
 #include <d9d/mapper/adapters.hpp>
+#include <d9d/mapper/builtin_specs.hpp>
 #include <d9d/mapper/compose.hpp>
 #include <d9d/mapper/leaf.hpp>
 #include <d9d/mapper/mapper.hpp>

@@ -7,6 +7,9 @@
 //   {
 //     "d9d_mapper_spec": 1,          required, the format version
 //     "description": "...",          optional free text
+//     "applies_to": {                optional: the checkpoints it is meant for, by config.json's
+//       "model_type": ["llama"],     "model_type" and "architectures" (each an optional list of
+//       "architectures": [...]},     names); `--spec auto` picks by them (<d9d/mapper/builtin_specs.hpp>)
 //     "unmatched": "keep",           checkpoint keys that no rule consumes: "keep" (default:
 //                                    passed through unchanged), "drop" (left out, listed in the
 //                                    report) or "error"
@@ -165,6 +168,15 @@ struct SpecMapping {
   // present although the embeddings are tied: kept as it is").
   std::vector<std::string> notes;
 };
+
+// What a spec says of itself, read without expanding it (its rules are not checked): the
+// description and "applies_to". Throws SpecError for malformed JSON or a malformed "applies_to".
+struct SpecSummary {
+  std::string description;
+  std::vector<std::string> model_types;
+  std::vector<std::string> architectures;
+};
+SpecSummary summarize_spec(std::string_view json);
 
 // Parses and checks the spec `json`, expands its rules against `checkpoint_keys` and builds the
 // mapper. Throws SpecError for a malformed spec (naming the JSON path) and for rules that do not

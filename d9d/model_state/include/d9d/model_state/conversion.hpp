@@ -34,6 +34,7 @@
 #include <vector>
 
 #include <d9d/io/checkpoint.hpp>
+#include <d9d/mapper/builtin_specs.hpp>
 #include <d9d/mapper/quantized.hpp>
 #include <d9d/mapper/spec.hpp>
 #include <d9d/model_state/reader.hpp>
@@ -86,6 +87,10 @@ inline constexpr std::string_view kConfigFileName = "config.json";
 std::optional<std::string> read_config_json(const std::filesystem::path& dir);
 // The quantization_config of dir/config.json; nullopt when there is no such file or entry.
 std::optional<mapper::QuantizationConfig> quantization_config(const std::filesystem::path& dir);
+// The built-in spec (<d9d/mapper/builtin_specs.hpp>) that the config.json of the checkpoint
+// `path` (a directory, a shard or an index) names (the CLI's --spec auto). Throws ValueError when there is
+// no config.json or it names no built-in spec, listing the library.
+const mapper::BuiltinSpec& builtin_spec_for(const std::filesystem::path& path);
 // The dtype and shape of every tensor of `checkpoint`.
 SpecDict checkpoint_specs(const io::Checkpoint& checkpoint);
 

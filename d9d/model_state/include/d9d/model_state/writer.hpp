@@ -101,6 +101,10 @@ struct WriteOptions {
   // Most bytes of tensor data in one shard (the reference's shard_size_gb * 2^30). The d9d CLI's
   // --shard-size defaults to this.
   int64_t shard_size = int64_t{4} << 30;
+  // A tensor larger than shard_size: an error before anything is written (false, the reference's
+  // rule), or a shard of its own (true, the rule of transformers' and huggingface_hub's splitter;
+  // the d9d CLI sets it and says which tensors got one).
+  bool oversized_tensor_alone = false;
   // A progress bar on standard error (a ProgressBar: drawn only on a terminal).
   bool show_progress = true;
   std::string label = "Saving Model States";
@@ -155,15 +159,30 @@ class ShardWriter {
   std::unique_ptr<Impl> impl_;
 };
 
+// A destination that already holds a checkpoint (its index or a *.safetensors, `file`) while
+// WriteOptions::overwrite is off; thrown before anything is written there.
+class CheckpointExistsError : public io::IoError {
+ public:
+  CheckpointExistsError(std::filesystem::path dir, std::string file);
+  const std::filesystem::path& dir() const { return dir_; }
+  const std::string& file() const { return file_; }
+
+ private:
+  std::filesystem::path dir_;
+  std::string file_;
+};
+
 // The reference's shard rule: given outputs in write order, the (0-based) shard of each; a shard
 // closes when the next tensor would take it past shard_size bytes. (A tensor larger than a shard
-// gets a shard of its own here; the writer rejects it.)
+// gets a shard of its own here; the writer rejects it unless oversized_tensor_alone.)
 std::vector<size_t> assign_shards(std::span<const std::pair<std::string, TensorSpec>> outputs,
                                   int64_t shard_size);
 
 // The limits a layout must keep, checked before the first byte is written (ValueError): at most
 // io::kMaxShardCount shards; each shard's header as plan_safetensors accepts it (its size, names).
 void check_shard_count(size_t count, int64_t shard_size);
+// A tensor of `bytes` fits the shards options.shard_size makes (or oversized_tensor_alone).
+void check_fits_shard(const std::string& name, int64_t bytes, const WriteOptions& options);
 void check_shard_header(size_t index, size_t count, std::span<const io::TensorDecl> decls,
                         const WriteOptions& options);
 
