@@ -1,11 +1,15 @@
-// d9d verify A B [--spec S]: tensor-by-tensor bitwise comparison of two checkpoints.
+// d9d verify A B [--spec S] [--atol X --rtol Y | --max-ulp N]: tensor-by-tensor comparison of two
+// checkpoints, bit for bit (or within a tolerance: Note [verify tolerance]).
 //
 // A is read as a stream (read_model_state: through the spec when one is given, else through an
 // identity), so its side stays within the memory budget; each tensor of B is read in pieces of
 // kChunk bytes into one buffer with pread. Memory is therefore bounded by the budget plus one
 // chunk, whatever the checkpoints' sizes.
+#include <algorithm>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <memory>
@@ -74,9 +78,65 @@ struct Difference {
   std::vector<std::string> elements;
 };
 
-// Compares `a` (a CPU tensor) with tensor `name` of `b` chunk by chunk; nullopt when equal.
+// Note [verify tolerance]
+// ~~~~~~~~~~~~~~~~~~~~~~~
+// Bit for bit is the rule; --atol / --rtol / --max-ulp relax it for floating-point tensors only
+// (a lossy round trip: BF16 -> F8 -> BF16), never for integers, bools or packed sub-byte codes,
+// and never for dtypes or shapes. An element that differs in its bits passes when A and B are
+// both NaN, or both the same infinity, or |A - B| <= atol + rtol * |B| (numpy.isclose, B the
+// reference), or their distance in ULPs (how many representable values of the dtype lie between
+// them, counting across zero) is at most max_ulp. Values are compared in double, which holds
+// every value of every floating dtype d9d reads exactly. The report says how many elements
+// differed but passed and the largest |A - B| and ULP distance seen, so "equal within
+// tolerance" is never silent about how close.
+struct Tolerance {
+  double atol = 0;
+  double rtol = 0;
+  std::optional<int64_t> max_ulp;
+  bool any() const { return atol > 0 || rtol > 0 || max_ulp.has_value(); }
+};
+
+// Bits of one element (at most 64) as a number ordered like the values it stands for: negative
+// values below positive ones, so the difference of two is their distance in ULPs.
+int64_t ordered_bits(const std::byte* p, int64_t size) {
+  uint64_t bits = 0;
+  std::memcpy(&bits, p, static_cast<size_t>(size));  // little-endian
+  const int width = static_cast<int>(size * 8);
+  const uint64_t sign = uint64_t{1} << (width - 1);
+  const auto magnitude = static_cast<int64_t>(bits & (sign - 1));
+  return (bits & sign) != 0 ? -magnitude : magnitude;
+}
+
+// What the tolerance saw in one tensor.
+struct Within {
+  int64_t count = 0;  // elements whose bits differ but that pass
+  double max_abs = 0;
+  int64_t max_ulp = 0;
+};
+
+bool passes(const Tolerance& tol, double a, double b, int64_t ulps) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  if (std::isinf(a) || std::isinf(b)) return a == b;
+  if (std::fabs(a - b) <= tol.atol + tol.rtol * std::fabs(b)) return true;
+  return tol.max_ulp && ulps <= *tol.max_ulp;
+}
+
+// The elements of `dtype` at `p` (count of them) as doubles, exactly.
+std::vector<double> as_doubles(DType dtype, const std::byte* p, int64_t count) {
+  const int64_t nbytes = count * element_size(dtype);
+  Tensor raw = Tensor::empty({count}, dtype);
+  std::memcpy(raw.mutable_data_ptr(), p, static_cast<size_t>(nbytes));
+  const Tensor wide = raw.to(DType::F64);
+  const auto* d = static_cast<const double*>(wide.data_ptr());
+  return std::vector<double>(d, d + count);
+}
+
+// Compares `a` (a CPU tensor) with tensor `name` of `b` chunk by chunk; nullopt when equal (bit
+// for bit, or within `tol` for a floating-point tensor: Note [verify tolerance], what passed
+// added to `within`).
 std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
-                                  const io::Checkpoint& b, std::byte* buffer) {
+                                  const io::Checkpoint& b, std::byte* buffer,
+                                  const Tolerance& tol, Within& within) {
   const io::CheckpointEntry entry = b.entry(name);
   const io::TensorInfo& info = *entry.info;
   const mapper::TensorSpec a_spec = mapper::TensorSpec::of(a_in);
@@ -89,6 +149,8 @@ std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
   const io::SafetensorsFile& file = b.file(*entry.file);
   const int64_t nbytes = info.nbytes();
   const int64_t esize = is_sub_byte(info.dtype) ? 1 : element_size(info.dtype);
+  const bool tolerant =
+      tol.any() && is_floating_point(info.dtype) && !is_sub_byte(info.dtype);
   int64_t differing = 0;
   Difference diff{name, "", {}};
   for (int64_t off = 0; off < nbytes; off += kChunk) {
@@ -99,8 +161,25 @@ std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
     io::read_ranges({&range, 1});  // on d9d::num_threads() threads
     const std::byte* pa = a_bytes + off;
     if (std::memcmp(pa, buffer, static_cast<size_t>(len)) == 0) continue;
+    std::vector<double> va, vb;
+    if (tolerant) {
+      va = as_doubles(info.dtype, pa, len / esize);
+      vb = as_doubles(info.dtype, buffer, len / esize);
+    }
     for (int64_t i = 0; i < len; i += esize) {
       if (std::memcmp(pa + i, buffer + i, static_cast<size_t>(esize)) == 0) continue;
+      if (tolerant) {
+        const int64_t ulps =
+            std::llabs(ordered_bits(pa + i, esize) - ordered_bits(buffer + i, esize));
+        const double x = va[static_cast<size_t>(i / esize)];
+        const double y = vb[static_cast<size_t>(i / esize)];
+        if (passes(tol, x, y, ulps)) {
+          ++within.count;
+          if (!std::isnan(x)) within.max_abs = std::max(within.max_abs, std::fabs(x - y));
+          within.max_ulp = std::max(within.max_ulp, ulps);
+          continue;
+        }
+      }
       if (++differing <= static_cast<int64_t>(kShownElements)) {
         const int64_t flat = (off + i) / esize;
         std::string where = is_sub_byte(info.dtype) ? "byte " + std::to_string(flat)
@@ -114,7 +193,8 @@ std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
   if (differing == 0) return std::nullopt;
   diff.summary = a_spec.str() + ": " + std::to_string(differing) + " of " +
                  std::to_string(nbytes / esize) +
-                 (is_sub_byte(info.dtype) ? " bytes differ" : " elements differ");
+                 (is_sub_byte(info.dtype) ? " bytes differ" : " elements differ") +
+                 (tolerant ? " beyond the tolerance" : "");
   return diff;
 }
 
@@ -136,11 +216,13 @@ VerifyResult run_verify(const VerifyOptions& options) {
     io::Checkpoint a = io::Checkpoint::open(options.a);
     warn_unlisted(a);  // Note [unlisted tensors]
     if (options.spec || options.spec_text) {
-      std::string text =
-          options.spec_text ? *options.spec_text : read_text_file(*options.spec, "spec");
-      std::string origin = options.spec_text ? options.spec_origin : options.spec->string();
-      through = " through " + origin;
-      m = forward_conversion(a, std::move(text), std::move(origin), options.params).mapper;
+      SpecChoice spec = options.spec_text
+                            ? SpecChoice{*options.spec_text, options.spec_origin, {}}
+                            : load_spec(*options.spec, options.a);
+      if (!spec.note.empty()) std::cerr << "d9d: note: " << spec.note << "\n";
+      through = " through " + spec.origin;
+      m = forward_conversion(a, std::move(spec.text), std::move(spec.origin), options.params)
+              .mapper;
     } else {
       m = mapper::identity_mapper_from_names(a.keys());
     }
@@ -168,9 +250,11 @@ VerifyResult run_verify(const VerifyOptions& options) {
 
   const std::unique_ptr<std::byte[]> buffer(new std::byte[static_cast<size_t>(kChunk)]);
   std::vector<Difference> diffs;
+  const Tolerance tol{options.atol, options.rtol, options.max_ulp};
+  Within within;
   for (auto&& [name, tensor] : stream) {
     if (!b.contains(name)) continue;
-    std::optional<Difference> d = compare(name, tensor, b, buffer.get());
+    std::optional<Difference> d = compare(name, tensor, b, buffer.get(), tol, within);
     ++result.compared;
     result.bytes += tensor.nbytes();
     if (d) {
@@ -180,16 +264,28 @@ VerifyResult run_verify(const VerifyOptions& options) {
   }
   result.seconds = clock.seconds();
 
+  result.within_tolerance = within.count;
   const std::string a_desc = options.a.string() + through;
+  std::string tolerance_note;
+  if (within.count > 0) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%" PRId64 " elements differ within the tolerance (largest "
+                  "|A - B| %.6g, %" PRId64 " ULP)", within.count, within.max_abs, within.max_ulp);
+    tolerance_note = buf;
+  }
   if (result.equal()) {
     if (!options.quiet) {
       std::cout << "d9d verify: " << a_desc << " and " << options.b.string()
-                << " are bit-identical: " << result.compared << " tensors, "
-                << format_bytes(result.bytes) << ", " << format_seconds(result.seconds) << ", "
+                << (within.count > 0 ? " are equal within the tolerance: "
+                                     : " are bit-identical: ")
+                << result.compared << " tensors, " << format_bytes(result.bytes) << ", "
+                << format_seconds(result.seconds) << ", "
                 << format_rate(result.bytes, result.seconds) << "\n";
+      if (within.count > 0) std::cout << "  " << tolerance_note << "\n";
     }
     return result;
   }
+  if (within.count > 0) std::cout << "d9d verify: " << tolerance_note << "\n";
   std::cout << "d9d verify: A = " << a_desc << ", B = " << options.b.string() << "\n";
   if (!result.only_in_a.empty()) {
     std::cout << "  only in A (" << result.only_in_a.size() << "): " << list(result.only_in_a)
@@ -220,10 +316,20 @@ Command add_verify(CLI::App& app) {
   command->add_option("a", options->a, "Checkpoint A")->required();
   command->add_option("b", options->b, "Checkpoint B")->required();
   command->add_option("--spec", options->spec,
-                      "Convert A through this spec (streamed) before comparing with B");
+                      std::string("Convert A through this spec (streamed) before comparing with B. ") +
+                          kSpecHelp);
   add_set_option(*command, options->params);
   add_threads_option(*command, options->threads);
   add_size_option(*command, "--memory-budget", options->memory_budget, "Bytes of A read ahead");
+  command
+      ->add_option("--atol", options->atol,
+                   "Floating-point tensors: elements with |A - B| <= atol + rtol * |B| pass")
+      ->check(CLI::NonNegativeNumber);
+  command->add_option("--rtol", options->rtol, "See --atol")->check(CLI::NonNegativeNumber);
+  command
+      ->add_option("--max-ulp", options->max_ulp,
+                   "Floating-point tensors: elements at most N representable values apart pass")
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--max-shown", options->max_shown, "Differing tensors shown in detail")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

@@ -10,6 +10,9 @@
    by `d9d verify`).
 3. The same for a single-file model.safetensors with no index, and for a checkpoint whose
    tensors hold arbitrary bit patterns (NaNs, infinities, subnormals).
+4. `d9d verify --max-ulp / --atol / --rtol` on checkpoints whose floats differ by known amounts
+   (numpy's isclose and bit distances as the oracle): what passes, what does not, and integers
+   never within a tolerance.
 
   python3 interop.py D9D SPECS_DIR
 """
@@ -111,5 +114,52 @@ with tempfile.TemporaryDirectory() as tmp:
     ckpt = os.path.join(tmp, "bits")
     save_hub_sharded(state, ckpt, max_shard_size=60_000)
     round_trip(state, ckpt, 2, "random bits", shard_size="100KB")
+
+    # 4: verify within a tolerance.
+    a = {"w": rng.standard_normal((64, 32), dtype=np.float32).astype(BF16),
+         "f": rng.standard_normal((100,), dtype=np.float32),
+         "i": np.arange(10, dtype=np.int64)}
+    b = {k: v.copy() for k, v in a.items()}
+    wb = b["w"].view(np.uint16)
+    wb[0, :5] += 1                      # 1 ULP (BF16)
+    wb[1, :3] += 3                      # 3 ULP
+    wb[2, 0] = 0x7FC1                   # NaN ... (5 + 3 + 1 + 4 elements differ)
+    a["w"].view(np.uint16)[2, 0] = 0x7FC0  # ... against another NaN: both NaN passes
+    b["f"][:4] += np.float32(1e-3)      # F32, absolute 1e-3
+    ta, tb = os.path.join(tmp, "tol-a"), os.path.join(tmp, "tol-b")
+    save_hub_sharded(a, ta, max_shard_size=10**9)
+    save_hub_sharded(b, tb, max_shard_size=10**9)
+    r = d9d("verify", ta, tb, "--no-progress")
+    check(r.returncode == 1, f"verify without a tolerance: the floats differ ({r.stdout.strip()})")
+    r = d9d("verify", ta, tb, "--max-ulp", "1", "--no-progress")
+    check(r.returncode == 1 and "w: BF16[64, 32]: 3 of 2048 elements differ beyond the tolerance"
+          in r.stdout and "f: F32[100]: 4 of 100" in r.stdout,
+          f"--max-ulp 1: the 3-ULP elements and the F32 ones are beyond it ({r.stdout.strip()})")
+    ulp_f = int(np.abs(b["f"][:4].view(np.int32).astype(np.int64)
+                       - a["f"][:4].view(np.int32).astype(np.int64)).max())
+    r = d9d("verify", ta, tb, "--max-ulp", str(ulp_f), "--no-progress")
+    check(r.returncode == 0 and "equal within the tolerance" in r.stdout
+          and "13 elements differ within the tolerance" in r.stdout and f"{ulp_f} ULP" in r.stdout,
+          f"--max-ulp {ulp_f} (numpy's largest F32 distance): equal, with the count ({r.stdout.strip()})")
+    wa32 = a["w"].astype(np.float32)
+    wb32 = b["w"].astype(np.float32)
+    both = ~(np.isnan(wa32) | np.isnan(wb32))
+    atol = float(np.abs(wa32 - wb32)[both].max())
+    check(not np.allclose(wa32[both], wb32[both], rtol=0, atol=atol / 2),
+          "the oracle: half the largest difference is too tight")
+    r = d9d("verify", ta, tb, "--atol", repr(atol / 2), "--no-progress")
+    check(r.returncode == 1, f"--atol below the largest difference fails ({r.stdout.strip()})")
+    r = d9d("verify", ta, tb, "--atol", repr(max(atol, 1e-3) * 1.01), "--no-progress")
+    check(r.returncode == 0, f"--atol above every difference passes ({r.stdout.strip()})")
+    r = d9d("verify", ta, tb, "--rtol", "0.05", "--no-progress")
+    want = np.isclose(wa32[both], wb32[both], rtol=0.05, atol=0).all() and \
+        np.isclose(a["f"], b["f"], rtol=0.05, atol=0).all()
+    check((r.returncode == 0) == bool(want), f"--rtol 0.05 agrees with numpy.isclose ({want}; "
+          f"{r.stdout.strip()})")
+    b["i"][3] += 1
+    save_hub_sharded(b, tb, max_shard_size=10**9)
+    r = d9d("verify", ta, tb, "--atol", "10", "--max-ulp", "100", "--no-progress")
+    check(r.returncode == 1 and "i: I64[10]: 1 of 10 elements differ" in r.stdout,
+          f"integers are never within a tolerance ({r.stdout.strip()})")
 
 finish("cli_interop")
