@@ -253,13 +253,14 @@ struct SafetensorsWriter::Impl {
               info.nbytes(), " bytes)");
     if (size == 0) return;
     claim(i, offset, offset + size);
+    const auto at = static_cast<uint64_t>(layout.header.data_offset() + info.begin + offset);
     try {
-      write_at(static_cast<uint64_t>(layout.header.data_offset() + info.begin + offset),
-               bytes.data(), bytes.size());
+      write_at(at, bytes.data(), bytes.size());
     } catch (...) {
       unclaim(i, offset);
       throw;
     }
+    if (options.fsync) start_writeback(fd(), at, bytes.size());  // Note [early writeback]
   }
 
   // Writes `view`, a block of tensor i in row-major order starting at byte `offset`; returns the

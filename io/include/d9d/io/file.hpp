@@ -67,6 +67,9 @@ void pwrite_all(int fd, uint64_t offset, const std::byte* src, size_t size,
                 const std::filesystem::path& path);
 // fsyncs the directory that holds `path`, so that a rename into it is durable.
 void fsync_parent_dir(const std::filesystem::path& path);
+// Starts writing [offset, offset + size) of `fd` back to the disk without waiting for it (Note
+// [early writeback] in file.cpp); a hint: errors are left to the fsync that follows.
+void start_writeback(int fd, uint64_t offset, size_t size) noexcept;
 
 // Note [atomic publish]: output goes to a temporary file in the destination's directory (so the
 // rename cannot cross file systems), named ".<final name>.d9d-tmp-<pid>-<random>". commit()
