@@ -610,7 +610,7 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
                                           ". A rule that may find nothing says \"optional\": "
                                           "true"));
         }
-        result.unused_rules.push_back(r.summary());
+        result.unused_rules.push_back(r.summary() + (r.optional ? " (optional)" : ""));
       }
       for (auto& m : instances) {
         for (const auto& g : m->state_dependency_groups()) {

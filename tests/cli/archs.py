@@ -214,6 +214,8 @@ def test_arch(arch, tmp):
 
     r = d9d_ok("convert", src, out, "--spec", "auto", "--no-progress")
     check(f"the built-in spec {arch}" in r.stderr, f"{arch}: --spec auto says which spec ({r.stderr!r})")
+    check("matched no tensor" not in r.stderr,
+          f"{arch}: no notes about rules that may find nothing ({r.stderr!r})")
     ok = compare(f"{arch}: convert --spec auto", arch_models.load(out), want)
     d9d_ok("convert", out, back, "--reverse", "--no-progress")
     ok &= compare(f"{arch}: --reverse", arch_models.load(back), hf)

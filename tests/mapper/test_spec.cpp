@@ -209,7 +209,8 @@ TEST_CASE("unmatched keys are kept, dropped or an error; optional rules that mat
   SpecMapping keep = from_spec(R"({"d9d_mapper_spec": 1, )" + rules, keys);
   CHECK(all_outputs(*keep.mapper) == std::set<std::string>{"b", "c", "d"});
   CHECK(keep.unmatched_keys == std::vector<std::string>{"c", "d"});
-  CHECK(keep.unused_rules == std::vector<std::string>{"$.rules[1] (transpose nothing.{x})"});
+  CHECK(keep.unused_rules ==
+        std::vector<std::string>{"$.rules[1] (transpose nothing.{x}) (optional)"});
   SpecMapping drop = from_spec(R"({"d9d_mapper_spec": 1, "unmatched": "drop", )" + rules, keys);
   CHECK(all_inputs(*drop.mapper) == std::set<std::string>{"a"});
   CHECK(drop.unmatched_keys == std::vector<std::string>{"c", "d"});
@@ -396,7 +397,8 @@ TEST_CASE("example: Llama HF -> fused QKV and gate_up, on Llama-3.2-1B's keys an
   const SpecDict hf = llama_specs(16, 2048, 2048, 512, 8192, /*tied=*/true);
   SpecMapping fwd = from_spec(read_example("llama_hf_to_fused.json"), names_of(hf));
   CHECK(fwd.unmatched_keys.empty());
-  CHECK(fwd.unused_rules == std::vector<std::string>{"$.rules[8] (identity lm_head.weight)"});
+  CHECK(fwd.unused_rules ==
+        std::vector<std::string>{"$.rules[8] (identity lm_head.weight) (optional)"});
   // 16 layers x (qkv, gate_up, out, down, 2 norms) + embed + norm.
   CHECK(fwd.mapper->state_dependency_groups().size() == 16 * 6 + 2);
   const SpecDict fused = infer_all(*fwd.mapper, hf);

@@ -156,7 +156,8 @@ struct SpecParams {
 
 struct SpecMapping {
   MapperPtr mapper;
-  // Rules that matched no key, as "$.stages[0].rules[3] (rename_tensor model.{x}.bias)".
+  // Rules that made nothing, as "$.stages[0].rules[3] (rename_tensor model.{x}.bias)", with
+  // " (optional)" after those that say they may.
   std::vector<std::string> unused_rules;
   // Checkpoint keys that no rule consumed, sorted; kept or dropped as `unmatched` says.
   std::vector<std::string> unmatched_keys;
