@@ -2,20 +2,30 @@
 """The conversion benchmark: `d9d convert` beside the reference Python d9d 0.24 and `cp -r`.
 
   .venv/bin/python3 bench/convert/run.py [BUILD_DIR] [--dir DIR] [--runs 5] [--layers 16]
+  .venv/bin/python3 bench/convert/run.py [BUILD_DIR] --model moe [--layers 9] [--experts 128]
 
-Makes (once, cached in DIR) a synthetic Llama-shaped checkpoint of about 2 GB: Llama-3.2-1B's
-shapes (hidden 2048, 32 heads, 8 KV heads, intermediate 8192, 16 layers, tied embeddings) with a
-32000-token vocabulary, BF16 random bits, written by Python safetensors and sharded by
-huggingface_hub at 1 GB. It reads the files once so they are page-cached, then for --runs rounds,
-each tool in a fresh process on the same bytes:
+--model llama (the default) makes (once, cached in DIR) a synthetic Llama-shaped checkpoint of
+about 2 GB: Llama-3.2-1B's shapes (hidden 2048, 32 heads, 8 KV heads, intermediate 8192, 16
+layers, tied embeddings) with a 32000-token vocabulary. --model moe makes a Qwen3-MoE-shaped one of
+about 2 GB (1.99 GB at the defaults): hidden 1024, 16 heads, 4 KV heads, head_dim 64, q/k norms,
+a router and 128 experts a layer (moe_intermediate 256), 9 layers, a 32000-token vocabulary,
+untied lm_head, 3,540 tensors, with a transformers-like config.json (model_type qwen3_moe,
+Qwen3MoeForCausalLM, num_experts). Either is BF16 random bits, written by Python safetensors and
+sharded by huggingface_hub at 1 GB. It reads the files once so they are page-cached, then for
+--runs rounds, each tool in a fresh process on the same bytes:
 
-  d9d convert      examples/specs/llama_hf_to_fused.json (qkv = cat(q, k, v), gate_up =
-                   cat(gate, up), renames), --shard-size 1GiB, --memory-budget 256MiB (the
+  d9d convert      llama: examples/specs/llama_hf_to_fused.json (qkv = cat(q, k, v), gate_up =
+                   cat(gate, up), renames); moe: --spec auto, which picks the built-in
+                   qwen3_moe spec from config.json (qkv = cat(q, k, v); experts stacked:
+                   gate_up [E, 2I, H] = stack over e of cat(gate_e, up_e), down [E, H, I] = stack
+                   over e of down_e; renames); --shard-size 1GiB, --memory-budget 256MiB (the
                    README's figures were measured at it), defaults otherwise (fsync on)
   d9d --no-fsync   the same without fsync, as the two below write
   reference        Python d9d 0.24: read_model_state piped into write_model_state_local, CPU
-                   torch, shard_size_gb=1 (bench/convert/reference_convert.py, in $D9D_REF_VENV,
-                   default .venv-ref; skipped with a note when it cannot run)
+                   torch, shard_size_gb=1, the same conversion built from the reference's mapper
+                   classes (bench/convert/reference_convert.py, reference_convert_moe.py for
+                   moe; in $D9D_REF_VENV, default .venv-ref; skipped with a note when it cannot
+                   run)
   cp -r            the same bytes copied (the limit: read once, write once), and the same
                    followed by `sync` of the copied files (durable, as d9d's default output is)
 
@@ -40,14 +50,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SPEC = os.path.join(ROOT, "examples", "specs", "llama_hf_to_fused.json")
+DEFAULT_LAYERS = {"llama": 16, "moe": 9}
 
 
 def make_checkpoint(src, layers):
-    import ml_dtypes
-    import numpy as np
-    import safetensors.numpy as stnp
-    from huggingface_hub import split_state_dict_into_shards_factory
-
+    """The Llama-shaped checkpoint (--model llama)."""
     hidden, heads, kv_heads, inter, vocab = 2048, 32, 8, 8192, 32000
     hd = hidden // heads
     shapes = {"model.embed_tokens.weight": (vocab, hidden)}
@@ -65,6 +72,89 @@ def make_checkpoint(src, layers):
             p + "mlp.down_proj.weight": (hidden, inter),
         })
     shapes["model.norm.weight"] = (hidden,)
+    write_checkpoint(src, shapes)
+
+
+# The Qwen3-MoE-shaped checkpoint's dimensions (--model moe); 1.99 GB at 9 layers, 128 experts.
+MOE = dict(hidden=1024, heads=16, kv_heads=4, head_dim=64, moe_inter=256, vocab=32000)
+
+
+def make_moe_checkpoint(src, layers, experts):
+    """The Qwen3-MoE-shaped checkpoint (--model moe), with transformers' names and a config.json."""
+    m = MOE
+    hidden, hd = m["hidden"], m["head_dim"]
+    shapes = {"model.embed_tokens.weight": (m["vocab"], hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "self_attn.q_proj.weight": (m["heads"] * hd, hidden),
+            p + "self_attn.k_proj.weight": (m["kv_heads"] * hd, hidden),
+            p + "self_attn.v_proj.weight": (m["kv_heads"] * hd, hidden),
+            p + "self_attn.o_proj.weight": (hidden, m["heads"] * hd),
+            p + "self_attn.q_norm.weight": (hd,),
+            p + "self_attn.k_norm.weight": (hd,),
+            p + "mlp.gate.weight": (experts, hidden),
+        })
+        for e in range(experts):
+            x = p + f"mlp.experts.{e}."
+            shapes.update({
+                x + "gate_proj.weight": (m["moe_inter"], hidden),
+                x + "up_proj.weight": (m["moe_inter"], hidden),
+                x + "down_proj.weight": (hidden, m["moe_inter"]),
+            })
+        shapes.update({
+            p + "input_layernorm.weight": (hidden,),
+            p + "post_attention_layernorm.weight": (hidden,),
+        })
+    shapes["model.norm.weight"] = (hidden,)
+    shapes["lm_head.weight"] = (m["vocab"], hidden)
+    config = {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "decoder_sparse_step": 1,
+        "eos_token_id": 2,
+        "head_dim": hd,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 32768,
+        "max_window_layers": layers,
+        "mlp_only_layers": [],
+        "model_type": "qwen3_moe",
+        "moe_intermediate_size": m["moe_inter"],
+        "norm_topk_prob": True,
+        "num_attention_heads": m["heads"],
+        "num_experts": experts,
+        "num_experts_per_tok": min(8, experts),
+        "num_hidden_layers": layers,
+        "num_key_value_heads": m["kv_heads"],
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.001,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": m["vocab"],
+    }
+    write_checkpoint(src, shapes, config)
+
+
+def write_checkpoint(src, shapes, config=None):
+    """BF16 random bits of these shapes, sharded at 1 GB by huggingface_hub, written to src (by way
+    of src.partial), with config.json where given."""
+    import ml_dtypes
+    import numpy as np
+    import safetensors.numpy as stnp
+    from huggingface_hub import split_state_dict_into_shards_factory
+
     rng = np.random.default_rng(2026)
     bf16 = np.dtype(ml_dtypes.bfloat16)
     sizes = {k: int(np.prod(s)) * 2 for k, s in shapes.items()}
@@ -81,6 +171,9 @@ def make_checkpoint(src, layers):
         del tensors
     with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as fh:
         json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, fh, indent=2)
+    if config is not None:
+        with open(os.path.join(tmp, "config.json"), "w") as fh:
+            json.dump(config, fh, indent=2)
     os.rename(tmp, src)
 
 
@@ -151,13 +244,22 @@ def main():
     ap.add_argument("build", nargs="?", default="build")
     ap.add_argument("--dir", default=os.path.join(ROOT, "build-bench-convert"))
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--model", choices=["llama", "moe"], default="llama",
+                    help="the checkpoint and conversion (default: llama)")
+    ap.add_argument("--layers", type=int,
+                    help=f"default: {DEFAULT_LAYERS['llama']} (llama), {DEFAULT_LAYERS['moe']} (moe)")
+    ap.add_argument("--experts", type=int, default=128, help="experts a layer (moe; default 128)")
     ap.add_argument("--no-warmup", action="store_true",
                     help="measure every run (default: a discarded run of the tool first)")
     ap.add_argument("--make", metavar="SRC", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.layers is None:
+        args.layers = DEFAULT_LAYERS[args.model]
     if args.make:
-        make_checkpoint(args.make, args.layers)
+        if args.model == "moe":
+            make_moe_checkpoint(args.make, args.layers, args.experts)
+        else:
+            make_checkpoint(args.make, args.layers)
         return
 
     d9d = os.path.join(ROOT, args.build, "d9d", "cli", "d9d")
@@ -167,23 +269,29 @@ def main():
     ref_python = os.path.join(venv, "bin", "python")
 
     os.makedirs(args.dir, exist_ok=True)
-    src = os.path.join(args.dir, f"llama-{args.layers}l")
+    if args.model == "moe":
+        src = os.path.join(args.dir, f"qwen3moe-{args.layers}l-{args.experts}e")
+        spec, ref_script = "auto", "reference_convert_moe.py"
+    else:
+        src = os.path.join(args.dir, f"llama-{args.layers}l")
+        spec, ref_script = SPEC, "reference_convert.py"
     if not os.path.exists(src):
         print(f"making the source checkpoint in {src} ...", file=sys.stderr)
         # In a child, so that this driver stays small (Note [measuring peak RSS]).
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--make", src,
-                        "--layers", str(args.layers)], check=True)
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--make", src, "--model",
+                        args.model, "--layers", str(args.layers), "--experts",
+                        str(args.experts)], check=True)
     nbytes = source_bytes(src)
     out = os.path.join(args.dir, "out")
     warm(src)
 
     tools = [
-        ("d9d convert", [d9d, "convert", src, out, "--spec", SPEC, "--shard-size", "1GiB",
+        ("d9d convert", [d9d, "convert", src, out, "--spec", spec, "--shard-size", "1GiB",
                          "--memory-budget", "256MiB", "--no-progress"]),
-        ("d9d convert --no-fsync", [d9d, "convert", src, out, "--spec", SPEC, "--shard-size",
+        ("d9d convert --no-fsync", [d9d, "convert", src, out, "--spec", spec, "--shard-size",
                                     "1GiB", "--memory-budget", "256MiB", "--no-progress",
                                     "--no-fsync"]),
-        ("reference (Python d9d 0.24)", [ref_python, os.path.join(HERE, "reference_convert.py"),
+        ("reference (Python d9d 0.24)", [ref_python, os.path.join(HERE, ref_script),
                                          src, out, "1.0"]),
         ("cp -r", ["cp", "-r", src, out]),
         # The same copy made durable as d9d's default is: GNU sync with file names fsyncs them.
@@ -236,8 +344,14 @@ def main():
     med = {n: (statistics.median(s for s, _ in v), max(m for _, m in v)) for n, v in results.items()}
     best = {n: min(s for s, _ in v) for n, v in results.items()}
     base_t, base_rss = med["d9d convert"]
-    print(f"\nConversion of a {nbytes / 1e9:.2f} GB Llama-shaped checkpoint "
-          f"({args.layers} layers, BF16, page-cached) to fused QKV + gate_up, 1 GiB shards; "
+    if args.model == "moe":
+        what = (f"Qwen3-MoE-shaped checkpoint ({args.layers} layers, {args.experts} experts a "
+                f"layer, BF16, page-cached) to d9d's qwen3_moe layout (--spec auto: fused QKV, "
+                f"experts stacked to gate_up [E, 2I, H] and down [E, H, I])")
+    else:
+        what = (f"Llama-shaped checkpoint ({args.layers} layers, BF16, page-cached) to fused "
+                f"QKV + gate_up")
+    print(f"\nConversion of a {nbytes / 1e9:.2f} GB {what}, 1 GiB shards; "
           f"median of {args.runs} runs; {os.cpu_count()} cores; load average "
           f"{load_before} before, {load_after} after.\n")
     print("| tool | seconds (median) | GB/s | best run, s | peak RSS | speed vs d9d convert | "
@@ -248,10 +362,12 @@ def main():
               f"{rss / 2**20:.0f} MiB | {base_t / t:.2f} | {rss / base_rss:.2f} |")
     print()
     ref = next((v for n, v in med.items() if n.startswith("reference")), None)
+    llama = args.model == "llama"  # the expected figures are the Llama conversion's
     if ref:
-        print(f"- d9d convert (fsync on) is {ref[0] / base_t:.1f}x faster than the reference "
-              f"(expected >= 3x); "
-              f"its peak RSS is {base_rss / ref[1]:.2f}x the reference's (expected <= 0.25x)")
+        print(f"- d9d convert (fsync on) is {ref[0] / base_t:.1f}x faster than the reference"
+              f"{' (expected >= 3x)' if llama else ''}; "
+              f"its peak RSS is {base_rss / ref[1]:.2f}x the reference's"
+              f"{' (expected <= 0.25x)' if llama else ''}")
     cp = med.get("cp -r")
     cp_sync = med.get("cp -r, then sync of its files")
     nofsync = med["d9d convert --no-fsync"][0]
@@ -259,8 +375,9 @@ def main():
         print(f"- like for like (neither fsyncs): d9d convert --no-fsync is "
               f"{ref[0] / nofsync:.1f}x faster than the reference")
     if cp and cp_sync:
-        print(f"- d9d convert runs at {cp_sync[0] / base_t:.2f} of the speed of cp -r + sync "
-              f"(expected >= 0.7); d9d convert --no-fsync at {cp[0] / nofsync:.2f} of cp -r's")
+        print(f"- d9d convert runs at {cp_sync[0] / base_t:.2f} of the speed of cp -r + sync"
+              f"{' (expected >= 0.7)' if llama else ''}; d9d convert --no-fsync at "
+              f"{cp[0] / nofsync:.2f} of cp -r's")
     for n in notes:
         print(f"\n{n}")
 

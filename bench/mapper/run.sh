@@ -5,7 +5,8 @@
 #   bench/mapper/run.sh [BUILD_DIR]        default BUILD_DIR: build
 #
 # The reference runs from the virtual environment $D9D_REF_VENV (default .venv-ref, made here with
-# `pip install d9d==0.24.0` when missing; it pulls in torch). Where it cannot be installed, the
+# `pip install d9d==0.24.0 numpy` when missing; d9d pulls in torch, and the conversion benchmark
+# needs numpy in it too). Where it cannot be installed, the
 # reference columns say so and the C++ figures stand alone. Each reference size gets
 # $D9D_REF_TIMEOUT seconds (default 900): its sequential group merge is quadratic.
 set -uo pipefail
@@ -24,8 +25,8 @@ trap 'rm -rf "$out"' EXIT
 
 ref_note=""
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import d9d.model_state.mapper" 2>/dev/null; then
-  echo "run.sh: installing the reference (pip install d9d==0.24.0) into $venv ..." >&2
-  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q d9d==0.24.0; } >"$out/pip.log" 2>&1; then
+  echo "run.sh: installing the reference (pip install d9d==0.24.0 numpy) into $venv ..." >&2
+  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q d9d==0.24.0 numpy; } >"$out/pip.log" 2>&1; then
     ref_note="reference skipped: pip install d9d==0.24.0 failed (see below)"
     tail -3 "$out/pip.log" >&2
   fi
