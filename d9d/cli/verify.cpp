@@ -111,14 +111,21 @@ int64_t ordered_bits(const std::byte* p, int64_t size) {
 struct Within {
   int64_t count = 0;  // elements whose bits differ but that pass
   double max_abs = 0;
-  int64_t max_ulp = 0;
+  uint64_t max_ulp = 0;
 };
 
-bool passes(const Tolerance& tol, double a, double b, int64_t ulps) {
+// |x - y| for two ordered_bits, exact even where the difference overflows int64 (F64 values of
+// opposite signs): in unsigned arithmetic the true distance, below 2^64, is what comes out.
+uint64_t ulp_distance(int64_t x, int64_t y) {
+  return x >= y ? static_cast<uint64_t>(x) - static_cast<uint64_t>(y)
+                : static_cast<uint64_t>(y) - static_cast<uint64_t>(x);
+}
+
+bool passes(const Tolerance& tol, double a, double b, uint64_t ulps) {
   if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
   if (std::isinf(a) || std::isinf(b)) return a == b;
   if (std::fabs(a - b) <= tol.atol + tol.rtol * std::fabs(b)) return true;
-  return tol.max_ulp && ulps <= *tol.max_ulp;
+  return tol.max_ulp && ulps <= static_cast<uint64_t>(*tol.max_ulp);
 }
 
 // The elements of `dtype` at `p` (count of them) as doubles, exactly.
@@ -169,8 +176,8 @@ std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
     for (int64_t i = 0; i < len; i += esize) {
       if (std::memcmp(pa + i, buffer + i, static_cast<size_t>(esize)) == 0) continue;
       if (tolerant) {
-        const int64_t ulps =
-            std::llabs(ordered_bits(pa + i, esize) - ordered_bits(buffer + i, esize));
+        const uint64_t ulps =
+            ulp_distance(ordered_bits(pa + i, esize), ordered_bits(buffer + i, esize));
         const double x = va[static_cast<size_t>(i / esize)];
         const double y = vb[static_cast<size_t>(i / esize)];
         if (passes(tol, x, y, ulps)) {
@@ -270,7 +277,7 @@ VerifyResult run_verify(const VerifyOptions& options) {
   if (within.count > 0) {
     char buf[160];
     std::snprintf(buf, sizeof buf, "%" PRId64 " elements differ within the tolerance (largest "
-                  "|A - B| %.6g, %" PRId64 " ULP)", within.count, within.max_abs, within.max_ulp);
+                  "|A - B| %.6g, %" PRIu64 " ULP)", within.count, within.max_abs, within.max_ulp);
     tolerance_note = buf;
   }
   if (result.equal()) {

@@ -161,5 +161,14 @@ with tempfile.TemporaryDirectory() as tmp:
     r = d9d("verify", ta, tb, "--atol", "10", "--max-ulp", "100", "--no-progress")
     check(r.returncode == 1 and "i: I64[10]: 1 of 10 elements differ" in r.stdout,
           f"integers are never within a tolerance ({r.stdout.strip()})")
+    # F64 values of opposite signs at the ends of the range: almost 2^64 ULPs apart.
+    da, db = os.path.join(tmp, "f64-a"), os.path.join(tmp, "f64-b")
+    save_hub_sharded({"d": np.array([-1.7e308, 1.0, -0.0])}, da, max_shard_size=10**9)
+    save_hub_sharded({"d": np.array([1.7e308, 1.0, 0.0])}, db, max_shard_size=10**9)
+    r = d9d("verify", da, db, "--max-ulp", str(2**62), "--no-progress")
+    check(r.returncode == 1 and "d: F64[3]: 1 of 3 elements differ beyond" in r.stdout
+          and "1 elements differ within the tolerance" in r.stdout,
+          f"F64: -0.0 and 0.0 (equal values, other bits) pass; -1.7e308 and 1.7e308 are beyond any "
+          f"--max-ulp ({r.stdout.strip()})")
 
 finish("cli_interop")
