@@ -23,9 +23,9 @@ sharded by huggingface_hub at 1 GB. It reads the files once so they are page-cac
   d9d --no-fsync   the same without fsync, as the two below write
   reference        Python d9d 0.24: read_model_state piped into write_model_state_local, CPU
                    torch, shard_size_gb=1, the same conversion built from the reference's mapper
-                   classes (bench/convert/reference_convert.py, reference_convert_moe.py for
-                   moe; in $D9D_REF_VENV, default .venv-ref; skipped with a note when it cannot
-                   run)
+                   classes (bench/convert/reference_convert.py; the moe one from
+                   config.json's num_experts), in $D9D_REF_VENV, default .venv-ref; skipped with
+                   a note when it cannot run
   cp -r            the same bytes copied (the limit: read once, write once), and the same
                    followed by `sync` of the copied files (durable, as d9d's default output is)
 
@@ -271,10 +271,10 @@ def main():
     os.makedirs(args.dir, exist_ok=True)
     if args.model == "moe":
         src = os.path.join(args.dir, f"qwen3moe-{args.layers}l-{args.experts}e")
-        spec, ref_script = "auto", "reference_convert_moe.py"
+        spec = "auto"
     else:
         src = os.path.join(args.dir, f"llama-{args.layers}l")
-        spec, ref_script = SPEC, "reference_convert.py"
+        spec = SPEC
     if not os.path.exists(src):
         print(f"making the source checkpoint in {src} ...", file=sys.stderr)
         # In a child, so that this driver stays small (Note [measuring peak RSS]).
@@ -291,7 +291,7 @@ def main():
         ("d9d convert --no-fsync", [d9d, "convert", src, out, "--spec", spec, "--shard-size",
                                     "1GiB", "--memory-budget", "256MiB", "--no-progress",
                                     "--no-fsync"]),
-        ("reference (Python d9d 0.24)", [ref_python, os.path.join(HERE, ref_script),
+        ("reference (Python d9d 0.24)", [ref_python, os.path.join(HERE, "reference_convert.py"),
                                          src, out, "1.0"]),
         ("cp -r", ["cp", "-r", src, out]),
         # The same copy made durable as d9d's default is: GNU sync with file names fsyncs them.
