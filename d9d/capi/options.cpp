@@ -72,6 +72,8 @@ Options parse_options(const char* json, OptionsFor use) {
   o.read.show_progress = false;
   o.write.show_progress = false;
   o.write.oversized_tensor_alone = true;  // as `d9d convert` (transformers' splitter's rule)
+  o.write.single_file_if_one_shard =
+      true;  // as `d9d convert` (save_pretrained's model.safetensors)
   if (json == nullptr) return o;
   Json root;
   try {

@@ -108,9 +108,12 @@ using Params = std::map<std::string, int64_t>;
 
 // The inverse of the conversion that wrote `src` (Note [conversion sidecar]). `spec_text`, when
 // given, replaces the sidecar's spec (it must still describe original -> converted). The spec's
-// params are those the sidecar recorded, `params` set over them.
+// params are those the sidecar recorded, `params` set over them. `allow_lossy` (--allow-lossy):
+// casts that lost values are undone too (mapper::SpecParams::lossy_inverse), and
+// Conversion::lossy_note says which tensors come back holding rounded values.
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
-                              const std::string& spec_origin, const Params& params = {});
+                              const std::string& spec_origin, const Params& params = {},
+                              bool allow_lossy = false);
 // A spec as --spec names it: "auto" (the built-in spec that the checkpoint's config.json picks:
 // Note [built-in specs] in d9d/mapper/builtin_specs.cpp), a spec file, or a built-in spec's name
 // ("qwen3_moe"; a file of that name wins). `note` says which built-in spec "auto" picked.
@@ -126,7 +129,7 @@ inline constexpr const char* kSpecHelp =
 // forward_conversion or reverse_conversion, from command-line options (`spec`: as load_spec
 // takes it).
 Conversion make_conversion(const fs::path& src, const std::optional<std::string>& spec,
-                           bool reverse, const Params& params = {});
+                           bool reverse, const Params& params = {}, bool allow_lossy = false);
 
 // ---- the command line ---------------------------------------------------------------------------
 
@@ -185,7 +188,8 @@ struct PlanOptions {
   fs::path checkpoint;
   std::optional<std::string> spec;  // as load_spec takes it
   bool reverse = false;
-  Params params;  // --set
+  bool allow_lossy = false;  // --allow-lossy (with reverse)
+  Params params;             // --set
   int64_t shard_size = model_state::WriteOptions{}.shard_size;
   bool json = false;
   bool dot = false;  // the mapping graph for Graphviz instead of the report
@@ -200,7 +204,8 @@ struct ConvertOptions {
   std::optional<std::string> spec_text;
   std::string spec_origin;
   bool reverse = false;
-  Params params;  // --set
+  bool allow_lossy = false;  // --allow-lossy: with reverse, undo lossy casts too
+  Params params;             // --set
   int64_t shard_size = model_state::WriteOptions{}.shard_size;
   int threads = 0;  // d9d::set_num_threads when > 0
   int64_t memory_budget = model_state::ReadOptions{}.memory_budget;

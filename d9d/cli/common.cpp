@@ -17,6 +17,7 @@
 
 #include <d9d/error.hpp>
 #include <d9d/io/file.hpp>
+#include <d9d/mapper/leaf.hpp>
 
 namespace d9d::cli {
 
@@ -195,8 +196,45 @@ std::map<std::string, size_t> quantized_keys(const std::vector<mapper::Quantized
 
 // ---- building the mapper ------------------------------------------------------------------------
 
+namespace {
+
+// The tensors that a lossy inverse gives back in their recorded dtype from a converted one that
+// cannot hold every value of it (F32 from BF16): the values the conversion rounded stay rounded.
+// "" when there are none.
+std::string lossy_note(const mapper::ModelStateMapper& inverse, const mapper::SpecDict& converted,
+                       const mapper::SpecDict& original) {
+  std::map<std::pair<DType, DType>, std::vector<std::string>> lost;  // (original, via) -> names
+  for (const mapper::StateGroup& g : inverse.state_dependency_groups()) {
+    for (const std::string& out : g.outputs) {
+      const auto o = original.find(out);
+      if (o == original.end()) continue;
+      for (const std::string& in : g.inputs) {
+        const auto i = converted.find(in);
+        if (i != converted.end() && !mapper::is_lossless_cast(o->second.dtype, i->second.dtype)) {
+          lost[{o->second.dtype, i->second.dtype}].push_back(out);
+          break;
+        }
+      }
+    }
+  }
+  std::string note;
+  for (const auto& [dtypes, names] : lost) {
+    note += d9d::detail::str_cat(
+        note.empty() ? "--allow-lossy: " : "; ",
+        count_of(static_cast<int64_t>(names.size()), "tensor"),
+        names.size() == 1 ? " comes back as " : " come back as ", dtype_name(dtypes.first),
+        " holding the values the conversion rounded to ", dtype_name(dtypes.second), " (");
+    for (size_t i = 0; i < names.size() && i < 5; ++i) note += (i ? ", " : "") + names[i];
+    note += names.size() > 5 ? d9d::detail::str_cat(", and ", names.size() - 5, " more)") : ")";
+  }
+  return note;
+}
+
+}  // namespace
+
 Conversion reverse_conversion(const fs::path& src, const std::optional<std::string>& spec_text,
-                              const std::string& spec_origin, const Params& params) {
+                              const std::string& spec_origin, const Params& params,
+                              bool allow_lossy) {
   const fs::path dir = checkpoint_dir(src);
   const fs::path path = dir / kSidecarFileName;
   std::error_code ec;
@@ -219,6 +257,7 @@ Conversion reverse_conversion(const fs::path& src, const std::optional<std::stri
   const std::string origin = c.sidecar.spec_origin.empty() ? path.string() : c.sidecar.spec_origin;
   mapper::SpecParams given;
   given.values = c.sidecar.params;
+  given.lossy_inverse = allow_lossy;
   for (const auto& [name, value] : params) given.values[name] = value;
   try {
     c.mapping = mapper::from_spec(c.sidecar.spec, keys, given);
@@ -232,11 +271,26 @@ Conversion reverse_conversion(const fs::path& src, const std::optional<std::stri
   try {
     c.mapper = c.mapping.mapper->inverse(c.sidecar.source);
   } catch (const mapper::NotInvertibleError& e) {
-    d9d::detail::throw_error<ValueError>("--reverse: the conversion by spec ", origin,
-                                         " cannot be undone: ", e.what(),
-                                         "; convert with an explicit inverse spec instead");
+    // Lossy casts alone stand in the way when the inverse exists with them undone anyway.
+    bool only_lossy_casts = false;
+    if (!allow_lossy) {
+      given.lossy_inverse = true;
+      try {
+        (void)mapper::from_spec(c.sidecar.spec, keys, given).mapper->inverse(c.sidecar.source);
+        only_lossy_casts = true;
+      } catch (const Error&) {
+      }
+    }
+    d9d::detail::throw_error<ValueError>(
+        "--reverse: the conversion by spec ", origin, " cannot be undone: ", e.what(),
+        only_lossy_casts ? "; pass --allow-lossy to cast back to the recorded dtypes (the values "
+                           "the conversion rounded stay rounded), or convert with an explicit "
+                           "inverse spec"
+                         : "; convert with an explicit inverse spec instead");
   }
-  model_state::add_config(c, dir, checkpoint_specs(io::Checkpoint::open(src)));
+  const mapper::SpecDict converted = checkpoint_specs(io::Checkpoint::open(src));
+  if (allow_lossy) c.lossy_note = lossy_note(*c.mapper, converted, c.sidecar.source);
+  model_state::add_config(c, dir, converted);
   return c;
 }
 
@@ -268,15 +322,15 @@ SpecChoice load_spec(const std::string& arg, const fs::path& checkpoint) {
 }
 
 Conversion make_conversion(const fs::path& src, const std::optional<std::string>& spec,
-                           bool reverse, const Params& params) {
+                           bool reverse, const Params& params, bool allow_lossy) {
   std::optional<SpecChoice> choice;
   if (spec) {
     choice = load_spec(*spec, src);
     if (!choice->note.empty()) std::cerr << "d9d: note: " << choice->note << "\n";
   }
   if (reverse) {
-    return choice ? reverse_conversion(src, choice->text, choice->origin, params)
-                  : reverse_conversion(src, std::nullopt, {}, params);
+    return choice ? reverse_conversion(src, choice->text, choice->origin, params, allow_lossy)
+                  : reverse_conversion(src, std::nullopt, {}, params, allow_lossy);
   }
   D9D_CHECK(choice.has_value(), "a spec is needed (--spec S), except with --reverse");
   return forward_conversion(io::Checkpoint::open(src), std::move(choice->text),

@@ -27,19 +27,22 @@ Conversion plan_conversion(const ConvertOptions& options) {
   if (options.spec_text) {
     return options.reverse
                ? reverse_conversion(options.source, options.spec_text, options.spec_origin,
-                                    options.params)
+                                    options.params, options.allow_lossy)
                : forward_conversion(io::Checkpoint::open(options.source), *options.spec_text,
                                     options.spec_origin, options.params);
   }
-  return make_conversion(options.source, options.spec, options.reverse, options.params);
+  return make_conversion(options.source, options.spec, options.reverse, options.params,
+                         options.allow_lossy);
 }
 
 void print_notes(const ConvertOptions& options, const Conversion& c) {
   if (!c.unlisted.empty()) std::cerr << "d9d: warning: " << c.unlisted << "\n";
+  if (!c.lossy_note.empty()) std::cerr << "d9d: note: " << c.lossy_note << "\n";
   if (options.quiet || c.reverse) return;
   for (const std::string& note : c.mapping.notes) std::cerr << "d9d: note: " << note << "\n";
   for (const std::string& rule : c.mapping.unused_rules) {
-    if (rule.ends_with(" (optional)")) continue;  // expected to find nothing at times; plan lists it
+    // An optional rule is expected to find nothing at times; plan lists it.
+    if (rule.ends_with(" (optional)")) continue;
     std::cerr << "d9d: note: rule " << rule << " matched no tensor\n";
   }
   if (c.mapping.unmatched == mapper::UnmatchedPolicy::kDrop && !c.mapping.unmatched_keys.empty()) {
@@ -110,8 +113,9 @@ model_state::ReadOptions read_options(const ConvertOptions& options, const Conve
 model_state::WriteOptions write_options(const ConvertOptions& options) {
   model_state::WriteOptions wo;
   wo.shard_size = options.shard_size;
-  wo.oversized_tensor_alone = true;  // as transformers' save_pretrained; note_oversized says so
-  wo.show_progress = false;  // the read stream's bar shows the same work
+  wo.oversized_tensor_alone = true;    // as transformers' save_pretrained; note_oversized says so
+  wo.single_file_if_one_shard = true;  // model.safetensors, as save_pretrained
+  wo.show_progress = false;            // the read stream's bar shows the same work
   wo.overwrite = options.overwrite;
   wo.fsync = options.fsync;
   return wo;
@@ -126,8 +130,11 @@ ConvertResult summarize(const ConvertOptions& options, const Conversion& c,
   result.input_bytes = plan.input_bytes;
   result.output_count = plan.output_count;
   result.output_bytes = plan.output_bytes;
-  const io::SafetensorsIndex index = io::SafetensorsIndex::read(options.dest / io::kIndexFileName);
-  result.shard_count = static_cast<int64_t>(index.files().size());
+  // The checkpoint just written: an index and its shards, or one model.safetensors.
+  const fs::path index = options.dest / io::kIndexFileName;
+  result.shard_count = fs::exists(index)
+                           ? static_cast<int64_t>(io::SafetensorsIndex::read(index).files().size())
+                           : 1;
   result.seconds = clock.seconds();
   if (!options.quiet) {
     std::cout << "d9d convert: " << result.input_count << " tensors ("
@@ -191,7 +198,8 @@ ConvertResult run_convert(const ConvertOptions& options) {
                                                   read_options(options, c), write_options(options));
   } catch (const model_state::CheckpointExistsError& e) {  // said in the command line's words
     d9d::detail::throw_error<io::IoError>(e.dir().string(), " already holds a checkpoint (",
-                                          e.file(), "); write elsewhere, or pass --overwrite to "
+                                          e.file(),
+                                          "); write elsewhere, or pass --overwrite to "
                                           "replace it");
   }
   note_config(options, c);
@@ -206,12 +214,15 @@ Command add_convert(CLI::App& app) {
       app.add_subcommand("convert", "Convert a checkpoint through a spec into a new checkpoint");
   command->add_option("checkpoint", options->source, "Source checkpoint")->required();
   command->add_option("out", options->dest, "Destination directory")->required();
-  command->add_option("--spec", options->spec,
-                      std::string("The spec (original -> converted; with --reverse, optional): ") +
-                          kSpecHelp);
+  command->add_option(
+      "--spec", options->spec,
+      std::string("The spec (original -> converted; with --reverse, optional): ") + kSpecHelp);
   command->add_flag(
       "--reverse", options->reverse,
       "Undo the conversion that wrote CHECKPOINT (uses its " + std::string(kSidecarFileName) + ")");
+  command->add_flag("--allow-lossy", options->allow_lossy,
+                    "With --reverse: undo casts that lost values too, back to the recorded dtypes "
+                    "(the rounded values stay rounded; a note names the tensors)");
   add_set_option(*command, options->params);
   add_size_option(*command, "--shard-size", options->shard_size,
                   "Most tensor bytes per output shard");
@@ -244,6 +255,9 @@ Command add_convert(CLI::App& app) {
           [options] {
             if (!options->spec && !options->reverse) {
               return usage_error("convert", "--spec is required (except with --reverse)");
+            }
+            if (options->allow_lossy && !options->reverse) {
+              return usage_error("convert", "--allow-lossy goes with --reverse");
             }
             run_convert(*options);
             return kExitOk;

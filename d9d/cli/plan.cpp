@@ -212,7 +212,8 @@ void lay_out_shards(PlanResult& r) {
     r.outputs.push_back({name, spec, shard_of[i], *group_of.at(name), {}});
   }
   for (size_t i = 0; i < r.shards.size(); ++i) {
-    r.shards[i].file = io::shard_file_name(static_cast<int>(i), static_cast<int>(r.shards.size()));
+    r.shards[i].file =
+        model_state::shard_name(i, r.shards.size(), /*single_file_if_one_shard=*/true);
   }
 }
 
@@ -269,7 +270,8 @@ void find_ops(PlanResult& r) {
 PlanResult plan(const PlanOptions& options) {
   // (Braces: the checkpoint is opened first, as its errors come first.)
   PlanResult r{io::Checkpoint::open(options.checkpoint),
-               make_conversion(options.checkpoint, options.spec, options.reverse, options.params)};
+               make_conversion(options.checkpoint, options.spec, options.reverse, options.params,
+                               options.allow_lossy)};
   r.shard_size = options.shard_size;
   const mapper::ModelStateMapper& m = *r.conversion.mapper;
   r.groups = m.state_dependency_groups().size();
@@ -299,9 +301,9 @@ PlanResult plan(const PlanOptions& options) {
     }
     for (PlannedOutput& o : r.outputs) {
       auto it = detail_of.find(o.name);
-      o.inputs = it == detail_of.end() ? std::vector<std::string>(o.from.inputs.begin(),
-                                                                  o.from.inputs.end())
-                                       : inputs_in_op_order(*it->second, o.name);
+      o.inputs = it == detail_of.end()
+                     ? std::vector<std::string>(o.from.inputs.begin(), o.from.inputs.end())
+                     : inputs_in_op_order(*it->second, o.name);
     }
   }
   return r;
@@ -462,6 +464,7 @@ void print_json(const PlanResult& r) {
   j["checkpoint"] = r.checkpoint.dir().string();
   j["spec"] = c.sidecar.spec_origin;
   j["reverse"] = c.reverse;
+  if (!c.lossy_note.empty()) j["lossy_note"] = c.lossy_note;
   j["ok"] = r.ok();
   j["groups"] = r.groups;
   if (r.read) {
@@ -469,13 +472,12 @@ void print_json(const PlanResult& r) {
     j["output_bytes"] = r.read->output_bytes;
     nlohmann::ordered_json outs = nlohmann::ordered_json::array();
     for (const PlannedOutput& o : r.outputs) {
-      outs.push_back(
-          {{"name", o.name},
-           {"dtype", dtype_name(o.spec.dtype)},
-           {"shape", o.spec.shape.vec()},
-           {"bytes", o.spec.nbytes()},
-           {"file", r.shards[o.shard].file},
-           {"inputs", o.inputs}});
+      outs.push_back({{"name", o.name},
+                      {"dtype", dtype_name(o.spec.dtype)},
+                      {"shape", o.spec.shape.vec()},
+                      {"bytes", o.spec.nbytes()},
+                      {"file", r.shards[o.shard].file},
+                      {"inputs", o.inputs}});
     }
     j["outputs"] = std::move(outs);
     nlohmann::ordered_json sh = nlohmann::ordered_json::array();
@@ -610,6 +612,7 @@ void print_text(const PlanResult& r) {
                                               : c.sidecar.spec_origin)
             << "\n";
   if (!c.mapping.description.empty()) std::cout << "  " << c.mapping.description << "\n";
+  if (!c.lossy_note.empty()) std::cout << "  note: " << c.lossy_note << "\n";
   std::cout << "  checkpoint: " << ck.keys().size() << " tensors, "
             << format_bytes(ck.total_bytes()) << " in " << ck.files().size() << " file"
             << (ck.files().size() == 1 ? "" : "s") << "\n";
@@ -671,6 +674,8 @@ Command add_plan(CLI::App& app) {
   command->add_flag("--reverse", options->reverse,
                     "Plan undoing the conversion that wrote CHECKPOINT (uses its " +
                         std::string(kSidecarFileName) + ")");
+  command->add_flag("--allow-lossy", options->allow_lossy,
+                    "With --reverse: undo casts that lost values too (as convert --allow-lossy)");
   add_set_option(*command, options->params);
   add_size_option(*command, "--shard-size", options->shard_size,
                   "Most tensor bytes per output shard");
@@ -684,6 +689,9 @@ Command add_plan(CLI::App& app) {
   return {command, [options] {
             if (!options->spec && !options->reverse) {
               return usage_error("plan", "--spec is required (except with --reverse)");
+            }
+            if (options->allow_lossy && !options->reverse) {
+              return usage_error("plan", "--allow-lossy goes with --reverse");
             }
             return run_plan(*options);
           }};

@@ -335,7 +335,7 @@ MapperPtr CastMapper::do_inverse(const SpecDict& input_specs) const {
   }
   const DType from = input_dtype_ ? *input_dtype_ : input_spec(input_specs).dtype;
   const DType to = output_dtype(from);
-  if (!is_lossless_cast(from, to)) {
+  if (!is_lossless_cast(from, to) && !selection_.inverse_even_if_lossy) {
     throw NotInvertibleError(str_cat(describe(), ": converting ", from, " to ", to,
                                      " loses values, so it has no inverse"));
   }

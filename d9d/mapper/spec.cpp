@@ -134,9 +134,9 @@ Spec parse_spec(std::string_view text, const SpecParams& given) {
   if (root.has("stages") == root.has("rules")) {
     root.fail("expected either \"stages\" (a list of {\"rules\": [...]}) or \"rules\"");
   }
-  auto parse_rules = [](const Node& rules) {
+  auto parse_rules = [&given](const Node& rules) {
     std::vector<Rule> out;
-    for (const auto& r : rules.array()) out.push_back(detail::parse_rule(r));
+    for (const auto& r : rules.array()) out.push_back(detail::parse_rule(r, given.lossy_inverse));
     return out;
   };
   if (auto rules = root.find("rules")) {
@@ -603,8 +603,7 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
         // Note [rules that match nothing]
         if (!r.optional && !matches_any(r.sources[0], keys)) {
           const std::string hint = prefix_hint(r, keys);
-          throw SpecError(r.path, str_cat("its source '", r.sources[0].text(),
-                                          "' matches no key ",
+          throw SpecError(r.path, str_cat("its source '", r.sources[0].text(), "' matches no key ",
                                           first_stage ? "of the checkpoint" : "this stage reads",
                                           hint.empty() ? "" : "; " + hint,
                                           ". A rule that may find nothing says \"optional\": "

@@ -144,8 +144,8 @@ const std::vector<OpDef>& ops() {
              for (int i = 0; i < kNumDTypes; ++i) {
                list += (i ? ", " : "") + std::string(all_dtypes()[i].name);
              }
-             name.fail(str_cat("unknown dtype ", json_string_excerpt(name.str()), " (dtypes: ",
-                               list, ")"));
+             name.fail(str_cat("unknown dtype ", json_string_excerpt(name.str()),
+                               " (dtypes: ", list, ")"));
            }
            return *dtype;
          };
@@ -159,6 +159,7 @@ const std::vector<OpDef>& ops() {
          }
          const bool lossy = node.find("lossy") ? node.at("lossy").boolean() : false;
          selection.refuse_integers_to_floats = !lossy && !rule.sources[0].captures().empty();
+         selection.inverse_even_if_lossy = rule.lossy_inverse;
          return [dtype, selection](Instance i) -> MapperPtr {
            return std::make_shared<CastMapper>(std::move(i.sources[0]), std::move(i.targets[0]),
                                                dtype, std::nullopt, selection);
@@ -267,8 +268,8 @@ const std::vector<OpDef>& ops() {
            return dequantize(std::move(i.sources[0]), std::move(i.sources[1]),
                              std::move(i.targets[0]), how,
                              i.sources.size() > 2 ? std::move(i.sources[2]) : std::string());
-          };
-        }},
+         };
+       }},
       // ---- model layouts (Note [model layouts] in layout_ops.cpp) ----
       {"permute_for_rope",
        Family::kSingle,
@@ -517,10 +518,11 @@ std::string Rule::summary() const {
   return str_cat(path, " (", op->name, " ", sources.empty() ? "" : sources[0].text(), ")");
 }
 
-Rule parse_rule(const Node& node) {
+Rule parse_rule(const Node& node, bool lossy_inverse) {
   node.expect(node.j.is_object(), "a rule object");
   Rule r;
   r.path = node.path;
+  r.lossy_inverse = lossy_inverse;
   const Node op = node.at("op");
   const std::string name = op.str();
   for (const auto& o : ops()) {

@@ -69,6 +69,7 @@ struct Rule {
   bool tied = true;              // kUntie / kTie
   // "optional": true: the rule may match no key (Note [rules that match nothing] in spec.cpp).
   bool optional = false;
+  bool lossy_inverse = false;  // SpecParams::lossy_inverse (cast rules read it)
   std::optional<std::set<std::string>> base_names;  // kSelect
   Builder build;
   // "$.rules[3] (rename_tensor model.{x}.bias)", for reports and messages.
@@ -90,6 +91,7 @@ struct OpDef {
 };
 
 // Parses and checks one rule object (its integer fields may use the params `node` carries).
-Rule parse_rule(const Node& node);
+// `lossy_inverse`: SpecParams::lossy_inverse, for the casts it builds.
+Rule parse_rule(const Node& node, bool lossy_inverse = false);
 
 }  // namespace d9d::mapper::detail

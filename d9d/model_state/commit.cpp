@@ -146,7 +146,9 @@ struct Ops {
 
 // What a commit will do, written before it touches a name the old checkpoint uses (step 2).
 struct Journal {
-  std::string index;                                            // the staged index
+  // The rename that is the commit point: the staged index over the index, or (a checkpoint of one
+  // file) the shard's temporary file over model.safetensors.
+  std::pair<std::string, std::string> point;
   std::vector<std::pair<std::string, std::string>> shards;      // temporary -> final name
   std::vector<std::pair<std::string, std::string>> companions;  // staged -> final name
   // Set aside by a link, named by an interim index until the commit point: old files whose
@@ -154,10 +156,10 @@ struct Journal {
   std::vector<std::string> linked;
   bool index_linked = false;         // the old index set aside too (else the interim index is new)
   std::vector<std::string> moved;    // set aside by a rename: old companions
-  std::vector<std::string> removed;  // old files the new checkpoint does not have
+  std::vector<std::string> removed;  // old files the new checkpoint does not have (an index first)
 
   std::string to_json() const {
-    return nlohmann::json{{"d9d_commit", 1},  {"index", index},
+    return nlohmann::json{{"d9d_commit", 2},  {"point", point},
                           {"shards", shards}, {"companions", companions},
                           {"linked", linked}, {"index_linked", index_linked},
                           {"moved", moved},   {"removed", removed}}
@@ -177,8 +179,14 @@ struct Journal {
         return true;
       };
       const nlohmann::json json = nlohmann::json::parse(text, shallow);
-      if (json.at("d9d_commit") != 1) throw std::runtime_error("unknown version");
-      j.index = json.at("index").get<std::string>();
+      const int version = json.at("d9d_commit").get<int>();
+      if (version == 1) {  // d9d before model.safetensors commits: the staged index was the point
+        j.point = {json.at("index").get<std::string>(), std::string(io::kIndexFileName)};
+      } else if (version == 2) {
+        j.point = json.at("point").get<decltype(j.point)>();
+      } else {
+        throw std::runtime_error("unknown version");
+      }
       j.shards = json.at("shards").get<decltype(j.shards)>();
       j.companions = json.at("companions").get<decltype(j.companions)>();
       j.linked = json.at("linked").get<decltype(j.linked)>();
@@ -191,7 +199,7 @@ struct Journal {
                                             e.what(), "); if no d9d process wrote it, remove it");
     }
     // Every name stays in the directory, whoever wrote the file.
-    std::vector<std::string_view> names{j.index};
+    std::vector<std::string_view> names{j.point.first, j.point.second};
     for (const auto& [a, b] : j.shards) names.insert(names.end(), {a, b});
     for (const auto& [a, b] : j.companions) names.insert(names.end(), {a, b});
     for (const auto* list : {&j.linked, &j.moved, &j.removed}) {
@@ -248,18 +256,18 @@ void undo(const Ops& ops, const Journal& j) {
     if (ops.exists(aside(name))) ops.rename(aside(name), name);
   }
   ops.sync_dir();
-  ops.remove(kJournalName);  // before the staged index: see recover()
+  ops.remove(kJournalName);  // before the commit point's file: see recover()
   ops.sync_dir();
-  ops.remove(j.index);
+  ops.remove(j.point.first);
   for (const auto& [from, to] : j.companions) ops.remove(from);
 }
 
-// A commit that a killed process left: finished when its staged index is gone (renamed over the
-// index: the commit point passed), undone otherwise.
+// A commit that a killed process left: finished when the file its commit point renames is gone
+// (the commit point passed), undone otherwise.
 void recover(const Ops& ops) {
   if (!ops.exists(kJournalName)) return;
   const Journal j = Journal::read(ops.at(kJournalName));
-  if (ops.exists(j.index)) {
+  if (ops.exists(j.point.first)) {
     undo(ops, j);
   } else {
     finish(ops, j);
@@ -377,6 +385,11 @@ std::string holder_of(const fs::path& lock) {
 
 }  // namespace
 
+std::string shard_name(size_t index, size_t count, bool single_file_if_one_shard) {
+  if (count == 1 && single_file_if_one_shard) return std::string(io::kSingleFileName);
+  return io::shard_file_name(static_cast<int>(index), static_cast<int>(count));
+}
+
 // ---- Destination --------------------------------------------------------------------------------
 
 struct Destination::Impl {
@@ -388,8 +401,8 @@ struct Destination::Impl {
   // What a commit of `parts` writes and does (Note [checkpoint commit]), before it does it.
   struct Plan {
     Journal journal;
-    std::string index;    // the new index's JSON
-    std::string interim;  // the interim index's, when the journal sets files aside
+    std::optional<std::string> index;  // the new index's JSON; none for a model.safetensors
+    std::string interim;               // the interim index's, when the journal sets files aside
   };
   Plan plan(std::span<const LocalShards> parts) const;
   void commit(std::span<const LocalShards> parts);
@@ -437,10 +450,10 @@ const fs::path& Destination::dir() const {
 Destination::Impl::Plan Destination::Impl::plan(std::span<const LocalShards> parts) const {
   Plan plan;
   Journal& j = plan.journal;
-  j.index = staged(io::kIndexFileName);
   size_t count = 0;
   for (const LocalShards& p : parts) count += p.files.size();
   check_shard_count(count, options.shard_size);
+  const bool single = count == 1 && options.single_file_if_one_shard;
   std::map<std::string, std::string> final_name;  // temporary -> final
   io::SafetensorsIndex index;
   index.total_size = 0;
@@ -449,9 +462,8 @@ Destination::Impl::Plan Destination::Impl::plan(std::span<const LocalShards> par
     for (const auto& [tensor, file] : p.weight_map) {
       auto [it, fresh] = final_name.emplace(file, "");
       if (fresh) {
-        it->second =
-            io::shard_file_name(static_cast<int>(final_name.size()) - 1, static_cast<int>(count));
-        j.shards.emplace_back(file, it->second);
+        it->second = shard_name(final_name.size() - 1, count, single);
+        if (!single) j.shards.emplace_back(file, it->second);
       }
       D9D_CHECK(index.weight_map.emplace(tensor, it->second).second, "write_model_state: ", tensor,
                 " was written by two processes");
@@ -459,11 +471,22 @@ Destination::Impl::Plan Destination::Impl::plan(std::span<const LocalShards> par
   }
   D9D_CHECK(final_name.size() == count, "write_model_state: ", count - final_name.size(),
             " shard file(s) hold no tensor");
-  plan.index = index.to_json();
+  if (single) {
+    j.point = {final_name.begin()->first, std::string(io::kSingleFileName)};  // its one file
+  } else {
+    plan.index = index.to_json();
+    j.point = {staged(io::kIndexFileName), std::string(io::kIndexFileName)};
+  }
   // The old checkpoint: which of its files are set aside, which go after the commit point.
   if (!options.overwrite) refuse_checkpoint(ops.dir);
   OldCheckpoint old = options.overwrite ? old_checkpoint(ops) : OldCheckpoint{};
   std::set<std::string> fresh;
+  if (single) {
+    // The commit point replaces a model.safetensors in one rename; an old index goes first after
+    // it (until then d9d's reader refuses the directory, transformers reads the new file).
+    fresh.emplace(io::kSingleFileName);
+    if (ops.exists(io::kIndexFileName)) j.removed.emplace_back(io::kIndexFileName);
+  }
   for (const auto& [temp, name] : j.shards) {
     fresh.insert(name);
     if (!ops.exists(name)) continue;
@@ -474,7 +497,7 @@ Destination::Impl::Plan Destination::Impl::plan(std::span<const LocalShards> par
                  "it away");
     j.linked.push_back(name);
   }
-  if (old.files.contains(std::string(io::kSingleFileName))) {
+  if (!single && old.files.contains(std::string(io::kSingleFileName))) {
     j.linked.emplace_back(io::kSingleFileName);  // read first by transformers: gone before step 5
   }
   for (const std::string& name : old.files) {
@@ -503,7 +526,7 @@ void Destination::Impl::commit(std::span<const LocalShards> parts) {
   // 1-2: staged files and the journal; an error here only has them to remove (the journal
   // first: without it, a staged index that is gone would read as a commit point passed).
   try {
-    ops.stage(j.index, plan.index);
+    if (plan.index) ops.stage(j.point.first, *plan.index);
     for (const auto& [name, text] : options.companion_files) {
       if (text) ops.stage(staged(name), *text);
     }
@@ -511,7 +534,7 @@ void Destination::Impl::commit(std::span<const LocalShards> parts) {
   } catch (...) {
     std::error_code ec;
     if (!fs::remove(ops.at(kJournalName), ec) && ec) throw;  // the next writer undoes it all
-    fs::remove(ops.at(j.index), ec);
+    if (plan.index) fs::remove(ops.at(j.point.first), ec);
     for (const auto& [from, to] : j.companions) fs::remove(ops.at(from), ec);
     throw;
   }
@@ -532,9 +555,9 @@ void Destination::Impl::commit(std::span<const LocalShards> parts) {
     // (The links are durable: the interim index's write synced the directory.)
     for (const auto& [temp, name] : j.shards) ops.rename(temp, name);
     ops.sync_dir();
-    ops.rename(j.index, io::kIndexFileName);  // the commit point
+    ops.rename(j.point.first, j.point.second);  // the commit point
   } catch (const std::exception& e) {
-    if (ops.exists(j.index)) {  // else the rename happened after all: the commit point passed
+    if (ops.exists(j.point.first)) {  // else the rename happened after all: the commit point passed
       try {
         undo(ops, j);
       } catch (const std::exception& undo_error) {
@@ -565,7 +588,9 @@ void Destination::commit(std::span<const LocalShards> parts) {
   try {
     d.commit(parts);
   } catch (...) {
-    // The shards' temporary files are ours: none outlives a failed commit.
+    // The shards' temporary files are ours: none outlives a failed commit, unless a journal
+    // still names them (the next writer's recovery decides by them).
+    if (d.ops.exists(kJournalName)) throw;
     std::error_code ec;
     for (const LocalShards& p : parts) {
       for (const std::string& file : p.files) fs::remove(d.ops.at(file), ec);

@@ -98,6 +98,22 @@ def load_checkpoint(ckpt):
     return out
 
 
+def checkpoint_index(ckpt):
+    """The index of a checkpoint directory as JSON; for a lone model.safetensors (what transformers
+    and `d9d convert` write for one shard), the index it would have: every tensor in that file,
+    total_size the bytes of its tensors."""
+    index = os.path.join(ckpt, INDEX)
+    if os.path.exists(index):
+        with open(index) as fh:
+            return json.load(fh)
+    with open(os.path.join(ckpt, "model.safetensors"), "rb") as fh:
+        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+    header.pop("__metadata__", None)
+    return {"metadata": {"total_size": sum(t["data_offsets"][1] - t["data_offsets"][0]
+                                           for t in header.values())},
+            "weight_map": {name: "model.safetensors" for name in header}}
+
+
 def is_temporary(name):
     """A temporary file of d9d's writers (.d9d-shard-*, .<name>.d9d-tmp-*)."""
     return name.startswith(".") and "d9d" in name

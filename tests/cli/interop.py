@@ -23,8 +23,8 @@ import tempfile
 import numpy as np
 import safetensors
 
-from clitest import (BF16, INDEX, check, d9d, d9d_ok, finish, llama_state, load_checkpoint,
-                     save_hub_sharded, spec)
+from clitest import (BF16, INDEX, check, checkpoint_index, d9d, d9d_ok, finish, llama_state,
+                     load_checkpoint, save_hub_sharded, spec)
 
 LLAMA = spec("llama_hf_to_fused.json")
 rng = np.random.default_rng(20261128)
@@ -57,7 +57,7 @@ def check_fused(state, out, layers, what):
     bad = [k for k in want if k in got and not same(got[k], want[k])]
     check(not bad, f"{what}: fused shapes and values equal numpy's concatenation (bad: {bad[:5]})")
     # The index: every tensor in the shard that holds it, total_size the sum of tensor bytes.
-    index = json.load(open(os.path.join(out, INDEX)))
+    index = checkpoint_index(out)
     check(sum(a.nbytes for a in got.values()) == index["metadata"]["total_size"],
           f"{what}: index total_size")
     for name, file in index["weight_map"].items():

@@ -17,7 +17,8 @@ import os
 import shutil
 import tempfile
 
-from clitest import (INDEX, SIDECAR, SPECS, check, d9d, d9d_ok, finish, load_checkpoint, spec)
+from clitest import (INDEX, SIDECAR, SPECS, check, checkpoint_index, d9d, d9d_ok, finish,
+                     load_checkpoint, spec)
 
 LLAMA = spec("llama_hf_to_fused.json")
 HIDDEN, LAYERS, HEADS, KV, INTER, VOCAB = 128, 3, 8, 2, 352, 1000
@@ -83,7 +84,7 @@ with tempfile.TemporaryDirectory() as tmp:
                           .stdout)
         out = path(f"out_{size}")
         d9d_ok("convert", original, out, "--spec", LLAMA, "--shard-size", size, "--no-progress")
-        got = json.load(open(os.path.join(out, INDEX)))
+        got = checkpoint_index(out)
         check(plan["ok"] and {o["name"]: o["file"] for o in plan["outputs"]} == got["weight_map"],
               f"plan's layout at --shard-size {size} is convert's")
         check(sum(o["bytes"] for o in plan["outputs"]) == got["metadata"]["total_size"],
@@ -125,8 +126,10 @@ with tempfile.TemporaryDirectory() as tmp:
     check(d9d("verify", slow, fused).returncode == 0, "one thread and a tiny budget: same tensors")
     d9d_ok("convert", original, slow, "--spec", LLAMA, "--overwrite", "--shard-size", "5GB",
            "--no-progress")
-    names = sorted(n for n in os.listdir(slow) if n.endswith(".safetensors"))
-    check(names == ["model-00001-of-00001.safetensors"], f"--overwrite leaves only the new shards {names}")
+    names = sorted(n for n in os.listdir(slow) if n.endswith(".safetensors") or n.endswith(".json"))
+    check(names == ["d9d-conversion.json", "model.safetensors"],
+          f"--overwrite leaves only the new checkpoint: one model.safetensors, the old shards and "
+          f"index gone {names}")
     check(d9d("verify", slow, fused).returncode == 0, "--overwrite wrote the same tensors")
     check(d9d("verify", original, fused, "--spec", LLAMA).returncode == 0, "verify --spec")
     r = d9d("verify", original, fused)
@@ -159,5 +162,54 @@ with tempfile.TemporaryDirectory() as tmp:
         else:
             check(r.returncode == 1 and f"0 of {LAYERS + 1} compared tensors differ" in r.stdout
                   and "only in B" in r.stdout, f"drop: verify lists what cannot come back\n{r.stdout}")
+
+    # ---- --reverse of a lossy conversion: refused, or with --allow-lossy the recorded dtypes ----
+    import ml_dtypes
+    import numpy as np
+    import safetensors.numpy as stnp
+    rng = np.random.default_rng(7)
+    f32 = {f"w.{i}": rng.standard_normal((16, 8)).astype(np.float32) for i in range(7)}
+    ids = np.arange(300, dtype=np.int64)[None, :] * 7 + 3  # above BF16's exact integers
+    lossy_src = path("lossy_src")
+    os.makedirs(lossy_src)
+    stnp.save_file({**f32, "position_ids": ids, "b.half": f32["w.0"].astype(np.float16)},
+                   os.path.join(lossy_src, "model.safetensors"), metadata={"format": "pt"})
+    cast = {"d9d_mapper_spec": 1, "rules": [
+        {"op": "cast", "source": "{x...}", "dtype": "BF16", "from": ["F32"]}]}
+    cast_path = path("to_bf16.json")
+    json.dump(cast, open(cast_path, "w"))
+    lossy_out = path("lossy_out")
+    d9d_ok("convert", lossy_src, lossy_out, "--spec", cast_path, "--no-progress")
+    check(sorted(os.listdir(lossy_out)) == ["d9d-conversion.json", "model.safetensors"],
+          f"one shard: model.safetensors and no index, as save_pretrained ({os.listdir(lossy_out)})")
+    r = d9d("convert", lossy_out, path("lossy_refused"), "--reverse", "--no-progress")
+    check(r.returncode == 1 and "loses values" in r.stderr and "--allow-lossy" in r.stderr,
+          f"--reverse of F32 -> BF16 is refused, naming --allow-lossy ({r.stderr.strip()})")
+    check(not os.path.exists(path("lossy_refused")), "and writes nothing")
+    r = d9d("convert", lossy_src, path("lossy_x"), "--spec", cast_path, "--allow-lossy")
+    check(r.returncode == 2 and "--allow-lossy goes with --reverse" in r.stderr,
+          f"--allow-lossy without --reverse is a usage error ({r.returncode}: {r.stderr.strip()})")
+    plan = d9d_ok("plan", lossy_out, "--reverse", "--allow-lossy").stdout
+    check("7 tensors come back as F32 holding the values the conversion rounded to BF16" in plan,
+          f"plan --reverse --allow-lossy says what is lost\n{plan}")
+    lossy_back = path("lossy_back")
+    r = d9d_ok("convert", lossy_out, lossy_back, "--reverse", "--allow-lossy", "--no-progress")
+    check("d9d: note: --allow-lossy: 7 tensors come back as F32 holding the values the "
+          "conversion rounded to BF16 (w.0, w.1, w.2, w.3, w.4, and 2 more)" in r.stderr,
+          f"the note names what was lost ({r.stderr.strip()})")
+    back_state = load_checkpoint(lossy_back)
+    check(sorted(back_state) == sorted([*f32, "position_ids", "b.half"]), "every tensor comes back")
+    for k, v in f32.items():
+        rounded = v.astype(ml_dtypes.bfloat16).astype(np.float32)  # the oracle: numpy + ml_dtypes
+        check(back_state[k].dtype == np.float32 and back_state[k].tobytes() == rounded.tobytes(),
+              f"{k}: F32 again, holding the BF16-rounded values")
+    check(any(not np.array_equal(back_state[k], f32[k]) for k in f32), "(the values were rounded)")
+    check(back_state["position_ids"].dtype == np.int64 and
+          np.array_equal(back_state["position_ids"], ids), "the I64 ids were never cast")
+    check(back_state["b.half"].dtype == np.float16 and
+          back_state["b.half"].tobytes() == f32["w.0"].astype(np.float16).tobytes(),
+          "the F16 tensor was never cast")
+    r = d9d("verify", lossy_back, lossy_src, "--atol", "0", "--rtol", "0.01")
+    check(r.returncode == 0, f"verify with a tolerance accepts the round trip ({r.stdout[-500:]})")
 
 finish("cli_roundtrip")

@@ -11,8 +11,9 @@
 // stack <-> unstack, chunk <-> concatenate, split <-> concatenate with the split's sizes,
 // distribute <-> gather_full_tensor. With the input specs also: concatenate -> split with the
 // recorded sizes, reshape -> reshape back to the input shape, squeeze(dim) -> unsqueeze (or
-// identity when that dim was not 1), cast -> cast back when the cast widens losslessly. Not
-// invertible: select_child_modules, squeeze() of every size-1 dim without specs, a lossy cast.
+// identity when that dim was not 1), cast -> cast back when the cast widens losslessly (or, with
+// CastSelection::inverse_even_if_lossy, always). Not invertible: select_child_modules, squeeze()
+// of every size-1 dim without specs, a lossy cast.
 // The model-layout ops (permute_for_rope, ..., at the end) invert without specs.
 #pragma once
 
@@ -220,6 +221,9 @@ struct CastSelection {
   std::optional<std::set<DType>> from;
   // A TypeError for an integer input cast to a floating-point dtype (unless `from` names it).
   bool refuse_integers_to_floats = false;
+  // inverse() casts back to the input dtype even when this cast loses values: the inverse gives
+  // the original dtype, not the original values (d9d convert --reverse --allow-lossy).
+  bool inverse_even_if_lossy = false;
 };
 
 class CastMapper final : public SingleTensorMapper {

@@ -152,6 +152,10 @@ struct SpecParams {
   // parse_json in <d9d/mapper/json.hpp>) only if a param needs it.
   std::optional<std::string> config_json;
   std::string config_origin = "config.json";  // names it in messages
+  // Casts that lose values still have an inverse, which casts back to the input dtype
+  // (CastSelection::inverse_even_if_lossy): undoing such a conversion gives the original dtypes
+  // holding the rounded values (d9d convert --reverse --allow-lossy).
+  bool lossy_inverse = false;
 };
 
 struct SpecMapping {

@@ -110,6 +110,9 @@ struct Conversion {
   // what was done to it, for the caller to report ("config.json copied with ...").
   std::optional<std::string> config;
   std::string config_note;
+  // A reverse whose lossy casts were undone too (mapper::SpecParams::lossy_inverse): which tensors
+  // come back holding rounded values, for the caller to report.
+  std::string lossy_note;
 };
 
 // The forward conversion of the checkpoint `src` through the spec `spec_text`; `spec_origin`

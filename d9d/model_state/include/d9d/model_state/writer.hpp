@@ -20,7 +20,9 @@
 // Shards follow the reference: outputs in the order their groups complete (each group's outputs
 // by name); a shard is closed when the next tensor would take it past shard_size bytes of tensor
 // data; they are named model-0000i-of-0000N.safetensors; the index lists every tensor in that
-// order with metadata.total_size = the bytes of all tensors.
+// order with metadata.total_size = the bytes of all tensors. With single_file_if_one_shard, a
+// checkpoint of one shard is what transformers' save_pretrained writes: model.safetensors and no
+// index.
 //
 // Note [checkpoint commit]: one writer at a time per destination, and a process killed at any
 // instant leaves the old checkpoint or the new one: never a mix, never neither.
@@ -58,7 +60,14 @@
 // in place, the next writer finishes step 6). Recovery: the next Destination, under the lock,
 // finds the journal and finishes step 6 when the staged index is gone (the commit point passed),
 // or else undoes steps 4 to 1, removing the journal before the staged index (so an undo that is
-// itself killed is undone again); then it removes the temporary files of dead processes. So every
+// itself killed is undone again); then it removes the temporary files of dead processes.
+//
+// A new checkpoint of one file (single_file_if_one_shard) has no index to stage: its commit point
+// is the rename of the shard's temporary file to model.safetensors, which replaces an old
+// model.safetensors in one step, so step 3 sets nothing aside but old companions and step 4 is
+// empty; the journal names the temporary file as the one whose presence means "not yet committed".
+// An old index goes first in step 6 (transformers reads model.safetensors before any index; d9d's
+// reader refuses the directory until the old index is gone), then the old shards. So every
 // reader sees the old checkpoint until the commit point and the new one after it; the companions
 // alone may be missing until the next write into the directory. (d9d's reader, which refuses an
 // index beside a model.safetensors the index does not name, refuses the directory in the moment
@@ -105,6 +114,10 @@ struct WriteOptions {
   // rule), or a shard of its own (true, the rule of transformers' and huggingface_hub's splitter;
   // the d9d CLI sets it and says which tensors got one).
   bool oversized_tensor_alone = false;
+  // A checkpoint that fits one shard: model-00001-of-00001.safetensors and an index (false, the
+  // reference's naming), or model.safetensors and no index (true, transformers' save_pretrained;
+  // the d9d CLI sets it).
+  bool single_file_if_one_shard = false;
   // A progress bar on standard error (a ProgressBar: drawn only on a terminal).
   bool show_progress = true;
   std::string label = "Saving Model States";
@@ -178,6 +191,10 @@ class CheckpointExistsError : public io::IoError {
 std::vector<size_t> assign_shards(std::span<const std::pair<std::string, TensorSpec>> outputs,
                                   int64_t shard_size);
 
+// The file name of shard `index` (0-based) of `count`: model-0000i-of-0000N.safetensors, or
+// model.safetensors for the one shard of a checkpoint written with single_file_if_one_shard.
+std::string shard_name(size_t index, size_t count, bool single_file_if_one_shard);
+
 // The limits a layout must keep, checked before the first byte is written (ValueError): at most
 // io::kMaxShardCount shards; each shard's header as plan_safetensors accepts it (its size, names).
 void check_shard_count(size_t count, int64_t shard_size);
@@ -201,7 +218,8 @@ class Destination {
 
   const std::filesystem::path& dir() const;
   // Publishes the shards of every process (renamed to model-0000i-of-0000N.safetensors in the
-  // order given), the index and options.companion_files as the checkpoint, replacing the old one.
+  // order given, or one to model.safetensors: WriteOptions::single_file_if_one_shard), the index
+  // and options.companion_files as the checkpoint, replacing the old one.
   // Takes the shards' temporary files: if it throws, they are gone and the old checkpoint is as it
   // was. At most once.
   void commit(std::span<const LocalShards> parts);
