@@ -35,7 +35,7 @@ mkdir -p "$out/obj" "$out/corpus"
 out="$(cd "$out" && pwd)"  # the run below starts in it
 # Every layer's public headers and the header-only dependencies from subprojects/; a source's own
 # folder for its private headers.
-flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined
+flags=(-std=c++20 -O1 -gline-tables-only -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined
        -fno-sanitize-recover=undefined -I"$root/d9d/include" -I"$root/io/include")
 for inc in "$root"/d9d/*/include "$root"/subprojects/{dlpack,nlohmann_json,CLI11}/include; do
   flags+=(-I"$inc")
