@@ -157,6 +157,7 @@ Command add_convert(CLI::App& app);
 Command add_verify(CLI::App& app);
 Command add_demo(CLI::App& app);
 Command add_specs(CLI::App& app);
+Command add_load(CLI::App& app);
 
 // Option kinds that several commands take, registered alike.
 //   --NAME SIZE (Note [size units]), into `bytes`; --help shows its current value (Note [one
@@ -166,6 +167,8 @@ CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t
 //   --threads N: d9d's worker threads (d9d::set_num_threads), 0..kMaxThreads; 0 leaves d9d's own
 //   count.
 CLI::Option* add_threads_option(CLI::App& command, int& threads);
+//   --device cpu|cuda:N, into `device` (checked by Device::parse); --help shows its current value.
+CLI::Option* add_device_option(CLI::App& command, Device& device);
 //   --progress / --no-progress, into `show_progress`; --help shows its current value.
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress);
 //   --set NAME=VALUE (repeatable): a value for the spec's param NAME (an integer, or true / false
@@ -225,6 +228,18 @@ struct ConvertResult {
   double seconds = 0;
 };
 ConvertResult run_convert(const ConvertOptions& options);
+
+struct LoadOptions {
+  fs::path checkpoint;
+  std::optional<std::string> spec;  // as load_spec takes it; none: every tensor as it is
+  Params params;                    // --set
+  Device device = Device::cpu();
+  int threads = 0;  // d9d::set_num_threads when > 0
+  int64_t memory_budget = model_state::ReadOptions{}.memory_budget;
+  bool cold = false;  // drop the files from the page cache first (Note [cold start] in load.cpp)
+  bool show_progress = true;
+};
+int run_load(const LoadOptions& options);
 
 struct VerifyOptions {
   fs::path a;

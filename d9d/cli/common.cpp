@@ -102,6 +102,25 @@ CLI::Option* add_size_option(CLI::App& command, const std::string& name, int64_t
       ->default_str(format_size(bytes));
 }
 
+CLI::Option* add_device_option(CLI::App& command, Device& device) {
+  const CLI::Validator valid(
+      [](std::string& text) -> std::string {
+        try {
+          Device::parse(text);
+          return {};
+        } catch (const Error& e) {
+          return e.what();
+        }
+      },
+      "DEVICE");
+  return command
+      .add_option_function<std::string>(
+          "--device", [&device](const std::string& text) { device = Device::parse(text); },
+          "cpu or cuda:N")
+      ->check(valid)
+      ->default_str(device.str());
+}
+
 CLI::Option* add_threads_option(CLI::App& command, int& threads) {
   return command
       .add_option("--threads", threads,
@@ -111,9 +130,19 @@ CLI::Option* add_threads_option(CLI::App& command, int& threads) {
 }
 
 CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress) {
-  return command.add_flag("--progress,!--no-progress", show_progress,
-                          std::string("Progress bars on standard error, or none (default: ") +
-                              (show_progress ? "--progress)" : "--no-progress)"));
+  // Two flags, each applied where it stands on the command line (the last one wins); one flag
+  // with a negated name would show in --help as "--progress,--no-progress{false}".
+  const bool initially = show_progress;
+  command
+      .add_flag_callback(
+          "--progress", [&show_progress] { show_progress = true; },
+          std::string("Progress bars on standard error") + (initially ? " (the default)" : ""))
+      ->trigger_on_parse();
+  return command
+      .add_flag_callback(
+          "--no-progress", [&show_progress] { show_progress = false; },
+          std::string("No progress bars") + (initially ? "" : " (the default)"))
+      ->trigger_on_parse();
 }
 
 CLI::Option* add_set_option(CLI::App& command, Params& params) {

@@ -229,22 +229,7 @@ Command add_convert(CLI::App& app) {
   add_threads_option(*command, options->threads);
   add_size_option(*command, "--memory-budget", options->memory_budget,
                   "Bytes of tensors read ahead and not yet written");
-  const CLI::Validator device(
-      [](std::string& text) -> std::string {
-        try {
-          Device::parse(text);
-          return {};
-        } catch (const Error& e) {
-          return e.what();
-        }
-      },
-      "DEVICE");
-  command
-      ->add_option_function<std::string>(
-          "--device", [options](const std::string& text) { options->device = Device::parse(text); },
-          "cpu or cuda:N")
-      ->check(device)
-      ->default_str(options->device.str());
+  add_device_option(*command, options->device);
   command->add_flag("--overwrite", options->overwrite, "Replace a checkpoint already in OUT");
   add_progress_flag(*command, options->show_progress);
   command->add_flag_callback(

@@ -1,4 +1,4 @@
-// d9d: inspect, plan, convert and verify safetensors checkpoints; `d9d demo` shows it all.
+// d9d: inspect, plan, convert, verify and load safetensors checkpoints; `d9d demo` shows it all.
 //
 // Exit status: 0 ok, 1 failure (an error, or verify/plan/demo answering "no"), 2 usage error.
 // Errors print as "d9d: error: <message>" on standard error.
@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("d9d ") + d9d::version());
   app.require_subcommand(1);
   const std::vector<Command> commands{add_inspect(app), add_plan(app), add_convert(app),
-                                      add_verify(app), add_demo(app), add_specs(app)};
+                                      add_verify(app),  add_load(app), add_demo(app),
+                                      add_specs(app)};
   app.footer(std::string(kSizesHelp) + "\n" + kExitStatusHelp);
 
   d9d::dist::ProcessGroupPtr world;

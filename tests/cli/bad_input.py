@@ -97,6 +97,12 @@ with tempfile.TemporaryDirectory() as tmp:
         r = d9d(*args)
         check(r.returncode == 0 and r.stdout, f"{' '.join(args)}: exit 0 with output")
     check("--shard-size" in d9d("convert", "--help").stdout, "convert --help lists --shard-size")
+    help_text = d9d("convert", "--help").stdout
+    check("--no-progress" in help_text and "{false}" not in help_text,
+          "--progress and --no-progress are listed as two flags, with no CLI11 notation")
+    for flags in (["--progress", "--no-progress"], ["--no-progress", "--progress"]):
+        r = d9d("verify", good, good, *flags)
+        check(r.returncode == 0, f"verify {' '.join(flags)}: both flags, the last wins ({r.stderr})")
 
     # ---- a missing shard ------------------------------------------------------------------
     ck = path("missing_shard")

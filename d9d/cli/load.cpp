@@ -1,0 +1,138 @@
+// d9d load: an engine's load, from the shell. Every output of the spec (without one, every tensor
+// of the checkpoint) is read into a tensor of its own on --device, the way an engine fills the
+// buffers it allocated (model_state::load_model_state), and the figures are printed: bytes,
+// seconds, GB/s, and how each file was read. --cold drops the files from the page cache first, so
+// a cold start can be measured without root.
+#include <fcntl.h>
+
+#include <iostream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "cli.hpp"
+
+#include <d9d/error.hpp>
+#include <d9d/io/file.hpp>
+#include <d9d/mapper/adapters.hpp>
+#include <d9d/model_state/reader.hpp>
+#include <d9d/tensor.hpp>
+
+namespace d9d::cli {
+
+namespace {
+
+// Note [cold start]: posix_fadvise(POSIX_FADV_DONTNEED) asks the kernel to drop a file's clean
+// pages from the page cache; the next read of them comes from the disk. It needs no privilege
+// (unlike writing /proc/sys/vm/drop_caches) and touches only the checkpoint's files. Pages that
+// are dirty (a checkpoint just written and not yet flushed) or mapped by a process stay: `sync`
+// first to measure a checkpoint that was just written.
+void drop_from_page_cache(const fs::path& dir, const std::vector<std::string>& files) {
+  for (const std::string& name : files) {
+    const fs::path path = dir / name;
+    const io::FileDescriptor fd = io::FileDescriptor::open(path, O_RDONLY);
+    if (const int err = ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED); err != 0) {
+      io::throw_errno("posix_fadvise(DONTNEED)", path, err);
+    }
+  }
+}
+
+// How load_model_state reads each file's bytes: "pread" into the targets (groups that only
+// rename or reshape), "mmap" (a group that moves data reads its inputs through the mapping, faulted
+// in with MADV_POPULATE_READ, then applies its ops), or both.
+std::map<std::string, std::string> read_paths(const io::Checkpoint& ck,
+                                              const mapper::ModelStateMapper& mapper,
+                                              const model_state::ReadPlan& plan) {
+  std::map<std::string, std::set<std::string>> ways;
+  for (const model_state::GroupPlan& g : plan.groups) {
+    const char* way = mapper.moves_data(g.group) ? "mmap" : "pread";
+    for (const std::string& input : g.group.inputs) ways[*ck.entry(input).file].insert(way);
+  }
+  std::map<std::string, std::string> out;
+  for (const auto& [file, set] : ways) {
+    out[file] = set.size() == 2 ? "mmap+pread" : *set.begin();
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_load(const LoadOptions& options) {
+  const io::Checkpoint ck = io::Checkpoint::open(options.checkpoint);
+  warn_unlisted(ck);
+  Conversion c;
+  if (options.spec) {
+    c = make_conversion(options.checkpoint, options.spec, /*reverse=*/false, options.params);
+    if (!c.unlisted.empty()) std::cerr << "d9d: warning: " << c.unlisted << "\n";
+  } else {
+    c.mapper = mapper::identity_mapper_from_names(ck.keys());
+  }
+  const model_state::ReadPlan plan = model_state::plan_read(ck, *c.mapper);
+  const auto outputs = plan.outputs();
+  D9D_CHECK(outputs.has_value(), "load: the spec's outputs cannot be inferred");
+  const std::map<std::string, std::string> ways = read_paths(ck, *c.mapper, plan);
+  if (options.threads > 0) set_num_threads(options.threads);
+
+  // The engine's buffers first (as an engine allocates its weights before it loads them).
+  const Stopwatch alloc_clock;
+  model_state::StateDict targets;
+  for (const auto& [name, spec] : *outputs) {
+    targets.emplace(name, Tensor::empty(spec.shape, spec.dtype, options.device));
+  }
+  const double alloc_seconds = alloc_clock.seconds();
+
+  if (options.cold) drop_from_page_cache(ck.dir(), plan.files);
+  model_state::ReadOptions ro;
+  ro.memory_budget = options.memory_budget;
+  ro.show_progress = options.show_progress;
+  ro.label = "Loading";
+  const Stopwatch clock;
+  model_state::load_model_state(options.checkpoint, c.mapper, options.device, targets, ro);
+  const double seconds = clock.seconds();
+
+  std::cout << "d9d load: " << ck.dir().string() << " ("
+            << count_of(static_cast<int64_t>(plan.files.size()), "file") << ", "
+            << format_bytes(plan.input_bytes) << " read)"
+            << (options.spec ? " through " + c.sidecar.spec_origin : std::string()) << " -> "
+            << options.device.str() << (options.cold ? ", from a cold page cache" : "") << "\n";
+  for (const std::string& file : plan.files) {
+    int64_t bytes = 0;
+    for (const model_state::GroupPlan& g : plan.groups) {
+      for (const auto& [name, spec] : g.inputs) {
+        if (*ck.entry(name).file == file) bytes += spec.nbytes();
+      }
+    }
+    std::cout << "  " << file << "  " << format_bytes(bytes) << "  " << ways.at(file) << "\n";
+  }
+  std::cout << "  targets: " << count_of(plan.output_count, "tensor") << ", "
+            << format_bytes(plan.output_bytes) << ", allocated in " << format_seconds(alloc_seconds)
+            << "\n";
+  std::cout << "loaded " << format_bytes(plan.output_bytes) << " in " << format_seconds(seconds)
+            << ": " << format_rate(plan.output_bytes, seconds) << "\n";
+  return kExitOk;
+}
+
+Command add_load(CLI::App& app) {
+  auto options = std::make_shared<LoadOptions>();
+  CLI::App* command = app.add_subcommand(
+      "load", "Load a checkpoint (through a spec) into memory as an engine does, and time it");
+  command->add_option("checkpoint", options->checkpoint, "Checkpoint")->required();
+  command->add_option(
+      "--spec", options->spec,
+      std::string("Load the outputs of this spec (default: every tensor). ") + kSpecHelp);
+  add_set_option(*command, options->params);
+  add_device_option(*command, options->device);
+  add_threads_option(*command, options->threads);
+  add_size_option(*command, "--memory-budget", options->memory_budget,
+                  "Bytes of groups read ahead and not yet in their targets");
+  command->add_flag("--cold", options->cold,
+                    "Drop the checkpoint's files from the page cache first (posix_fadvise "
+                    "DONTNEED; no root needed), to time a cold start");
+  add_progress_flag(*command, options->show_progress);
+  return {command, [options] { return run_load(*options); }};
+}
+
+}  // namespace d9d::cli
