@@ -24,6 +24,10 @@ case "$mode" in
     libdir=$(pkg-config --variable=libdir d9d)
     export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     echo "d9d.pc: $pc (version $(pkg-config --modversion d9d), cflags $(pkg-config --cflags d9d))"
+    # A consumer gets d9d's include directory and libd9d, not d9d's own dependencies' flags.
+    case "$(pkg-config --cflags --libs d9d)" in
+      *mpi*|*nccl*|*cudart*) echo "d9d.pc hands on d9d's private dependencies: $(pkg-config --cflags --libs d9d)"; exit 1 ;;
+    esac
     if [ "$mode" = c ]; then
       test -n "$(find "$tmp/stage" -path '*/include/d9d/d9d.h')" || { echo "d9d.h not installed"; exit 1; }
       # shellcheck disable=SC2046  # pkg-config's flags are words
