@@ -573,6 +573,10 @@ static void test_convert(void) {
   CHECK(d9d_convert(ckpt, out, NULL, "{\"overwrite\": true, \"fsync\": false}") == D9D_OK, "convert --overwrite");
   CHECK(d9d_open(out, &c) == D9D_OK && d9d_num_tensors(c) == kTensors, "identity conversion");
   d9d_close(c);
+  CHECK(access(path_in("fused/model.safetensors"), F_OK) == 0 &&
+            access(path_in("fused/model.safetensors.index.json"), F_OK) != 0 &&
+            access(path_in("fused/model-00001-of-00003.safetensors"), F_OK) != 0,
+        "one shard: model.safetensors, the old index and shards gone (as save_pretrained)");
   EXPECT_ERROR(d9d_convert(ckpt, dir, NULL, NULL), D9D_E_VALUE, "is the source checkpoint's directory");
   char created[400];
   snprintf(created, sizeof created, "%s/not-created", dir);

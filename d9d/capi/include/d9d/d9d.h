@@ -169,9 +169,11 @@ int d9d_load_into(const char* ckpt_path, const char* spec_json, const char* opti
 int d9d_builtin_spec(const char* name, const char* ckpt_path, const char** spec_json) D9D_NOEXCEPT;
 
 /* Writes the outputs of `spec_json` on `ckpt_path` as a new sharded checkpoint in `out_dir`,
- * exactly as `d9d convert CKPT OUT --spec S` does: the shards, model.safetensors.index.json and
- * d9d-conversion.json (the record `d9d convert OUT BACK --reverse` undoes it with); a tensor
- * larger than "shard_size" gets a shard of its own, as transformers' splitter does. Nothing is
+ * exactly as `d9d convert CKPT OUT --spec S` does: the shards and model.safetensors.index.json
+ * (or, when everything fits one shard, model.safetensors and no index, as transformers'
+ * save_pretrained writes it) and d9d-conversion.json (the record `d9d convert OUT BACK --reverse`
+ * undoes it with); a tensor larger than "shard_size" gets a shard of its own, as transformers'
+ * splitter does. Nothing is
  * left under a final name unless every file is complete; an out_dir this call created is removed
  * again on failure. */
 int d9d_convert(const char* ckpt_path, const char* out_dir, const char* spec_json,
