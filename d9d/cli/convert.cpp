@@ -35,6 +35,12 @@ Conversion plan_conversion(const ConvertOptions& options) {
                          options.allow_lossy);
 }
 
+// An existing checkpoint without --overwrite, said in the command line's words.
+[[noreturn]] void refuse_existing(const model_state::CheckpointExistsError& e) {
+  d9d::detail::throw_error<io::IoError>(e.dir().string(), " already holds a checkpoint (", e.file(),
+                                        "); write elsewhere, or pass --overwrite to replace it");
+}
+
 void print_notes(const ConvertOptions& options, const Conversion& c) {
   if (!c.unlisted.empty()) std::cerr << "d9d: warning: " << c.unlisted << "\n";
   if (!c.lossy_note.empty()) std::cerr << "d9d: note: " << c.lossy_note << "\n";
@@ -158,6 +164,14 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
   std::string error;
   try {
     c = plan_conversion(options);
+    // Rank 0's Destination refuses it too, but in the library's words, agreed as text.
+    if (rank0 && !options.overwrite) {
+      try {
+        model_state::refuse_existing_checkpoint(options.dest);
+      } catch (const model_state::CheckpointExistsError& e) {
+        refuse_existing(e);
+      }
+    }
   } catch (const std::exception& e) {
     error = e.what();
   }
@@ -196,11 +210,8 @@ ConvertResult run_convert(const ConvertOptions& options) {
   try {
     plan = model_state::convert_model_state_local(options.source, options.dest, c,
                                                   read_options(options, c), write_options(options));
-  } catch (const model_state::CheckpointExistsError& e) {  // said in the command line's words
-    d9d::detail::throw_error<io::IoError>(e.dir().string(), " already holds a checkpoint (",
-                                          e.file(),
-                                          "); write elsewhere, or pass --overwrite to "
-                                          "replace it");
+  } catch (const model_state::CheckpointExistsError& e) {
+    refuse_existing(e);
   }
   note_config(options, c);
   note_budget(options, plan);

@@ -315,16 +315,6 @@ void remove_leftovers(const Ops& ops) {
   for (const std::string& name : names) fs::remove(ops.at(name), ec);
 }
 
-void refuse_checkpoint(const fs::path& dir) {
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    if (starts_with(name, ".")) continue;
-    const bool is_checkpoint =
-        name == io::kIndexFileName || (name.size() > 12 && name.ends_with(".safetensors"));
-    if (is_checkpoint) throw CheckpointExistsError(dir, name);
-  }
-}
-
 // The checkpoint in the directory (Note [checkpoint commit]).
 struct OldCheckpoint {
   // Its index; for a lone model.safetensors, one that names it for every tensor.
@@ -385,6 +375,18 @@ std::string holder_of(const fs::path& lock) {
 
 }  // namespace
 
+void refuse_existing_checkpoint(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (starts_with(name, ".")) continue;
+    const bool is_checkpoint =
+        name == io::kIndexFileName || (name.size() > 12 && name.ends_with(".safetensors"));
+    if (is_checkpoint) throw CheckpointExistsError(dir, name);
+  }
+}
+
 std::string shard_name(size_t index, size_t count, bool single_file_if_one_shard) {
   if (count == 1 && single_file_if_one_shard) return std::string(io::kSingleFileName);
   return io::shard_file_name(static_cast<int>(index), static_cast<int>(count));
@@ -435,7 +437,7 @@ Destination::Destination(fs::path dir, const WriteOptions& options)
   if (options.overwrite) {
     old_checkpoint(d.ops);  // a checkpoint that cannot be read is an error now, not at the end
   } else {
-    refuse_checkpoint(path);
+    refuse_existing_checkpoint(path);
   }
 }
 
@@ -478,7 +480,7 @@ Destination::Impl::Plan Destination::Impl::plan(std::span<const LocalShards> par
     j.point = {staged(io::kIndexFileName), std::string(io::kIndexFileName)};
   }
   // The old checkpoint: which of its files are set aside, which go after the commit point.
-  if (!options.overwrite) refuse_checkpoint(ops.dir);
+  if (!options.overwrite) refuse_existing_checkpoint(ops.dir);
   OldCheckpoint old = options.overwrite ? old_checkpoint(ops) : OldCheckpoint{};
   std::set<std::string> fresh;
   if (single) {

@@ -107,6 +107,8 @@ with tempfile.TemporaryDirectory() as tmp:
     check(r.returncode == 1, f"an existing checkpoint: exit 1 (got {r.returncode})")
     check(r.stderr.count("d9d: error:") == 1 and "already holds a checkpoint" in r.stderr,
           f"one error message naming the problem ({r.stderr.strip()})")
+    check("pass --overwrite" in r.stderr and "WriteOptions" not in r.stderr,
+          f"in the command line's words, as one process says it ({r.stderr.strip()})")
     check({n: os.path.getmtime(os.path.join(many, n)) for n in os.listdir(many)} == before,
           "the existing checkpoint is untouched")
     # Tensors larger than a shard each get one of their own (as transformers' splitter does),

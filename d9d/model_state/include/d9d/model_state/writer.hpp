@@ -185,6 +185,11 @@ class CheckpointExistsError : public io::IoError {
   std::string file_;
 };
 
+// Throws CheckpointExistsError when `dir` holds a checkpoint (an index or a *.safetensors file
+// whose name does not start with a dot): what a Destination refuses without
+// WriteOptions::overwrite. Nothing when `dir` does not exist.
+void refuse_existing_checkpoint(const std::filesystem::path& dir);
+
 // The reference's shard rule: given outputs in write order, the (0-based) shard of each; a shard
 // closes when the next tensor would take it past shard_size bytes. (A tensor larger than a shard
 // gets a shard of its own here; the writer rejects it unless oversized_tensor_alone.)
