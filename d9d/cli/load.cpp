@@ -40,40 +40,44 @@ void drop_from_page_cache(const fs::path& dir, const std::vector<std::string>& f
   }
 }
 
-// How load_model_state reads each file's bytes: "pread" into the targets (groups that only
-// rename or reshape), "mmap" (a group that moves data reads its inputs through the mapping, faulted
-// in with MADV_POPULATE_READ, then applies its ops), or both.
-std::map<std::string, std::string> read_paths(const io::Checkpoint& ck,
-                                              const mapper::ModelStateMapper& mapper,
-                                              const model_state::ReadPlan& plan) {
-  std::map<std::string, std::set<std::string>> ways;
+// What load_model_state reads of one file: its bytes, and how: "pread" into the targets (groups
+// that only rename or reshape), "mmap" (a group that moves data reads its inputs through the
+// mapping, faulted in with MADV_POPULATE_READ, then applies its ops), or both.
+struct FileRead {
+  int64_t bytes = 0;
+  std::set<std::string> ways;
+};
+
+std::map<std::string, FileRead> file_reads(const io::Checkpoint& ck,
+                                           const mapper::ModelStateMapper& mapper,
+                                           const model_state::ReadPlan& plan) {
+  std::map<std::string, FileRead> reads;
   for (const model_state::GroupPlan& g : plan.groups) {
     const char* way = mapper.moves_data(g.group) ? "mmap" : "pread";
-    for (const std::string& input : g.group.inputs) ways[*ck.entry(input).file].insert(way);
+    for (const auto& [name, spec] : g.inputs) {
+      FileRead& r = reads[*ck.entry(name).file];
+      r.bytes += spec.nbytes();
+      r.ways.insert(way);
+    }
   }
-  std::map<std::string, std::string> out;
-  for (const auto& [file, set] : ways) {
-    out[file] = set.size() == 2 ? "mmap+pread" : *set.begin();
-  }
-  return out;
+  return reads;
 }
 
 }  // namespace
 
 int run_load(const LoadOptions& options) {
   const io::Checkpoint ck = io::Checkpoint::open(options.checkpoint);
-  warn_unlisted(ck);
+  warn_unlisted(ck);  // (a spec's conversion finds the same tensors: said once, here)
   Conversion c;
   if (options.spec) {
     c = make_conversion(options.checkpoint, options.spec, /*reverse=*/false, options.params);
-    if (!c.unlisted.empty()) std::cerr << "d9d: warning: " << c.unlisted << "\n";
   } else {
     c.mapper = mapper::identity_mapper_from_names(ck.keys());
   }
   const model_state::ReadPlan plan = model_state::plan_read(ck, *c.mapper);
   const auto outputs = plan.outputs();
   D9D_CHECK(outputs.has_value(), "load: the spec's outputs cannot be inferred");
-  const std::map<std::string, std::string> ways = read_paths(ck, *c.mapper, plan);
+  const std::map<std::string, FileRead> reads = file_reads(ck, *c.mapper, plan);
   if (options.threads > 0) set_num_threads(options.threads);
 
   // The engine's buffers first (as an engine allocates its weights before it loads them).
@@ -98,14 +102,9 @@ int run_load(const LoadOptions& options) {
             << format_bytes(plan.input_bytes) << " read)"
             << (options.spec ? " through " + c.sidecar.spec_origin : std::string()) << " -> "
             << options.device.str() << (options.cold ? ", from a cold page cache" : "") << "\n";
-  for (const std::string& file : plan.files) {
-    int64_t bytes = 0;
-    for (const model_state::GroupPlan& g : plan.groups) {
-      for (const auto& [name, spec] : g.inputs) {
-        if (*ck.entry(name).file == file) bytes += spec.nbytes();
-      }
-    }
-    std::cout << "  " << file << "  " << format_bytes(bytes) << "  " << ways.at(file) << "\n";
+  for (const auto& [file, r] : reads) {
+    std::cout << "  " << file << "  " << format_bytes(r.bytes) << "  "
+              << (r.ways.size() == 2 ? "mmap+pread" : *r.ways.begin()) << "\n";
   }
   std::cout << "  targets: " << count_of(plan.output_count, "tensor") << ", "
             << format_bytes(plan.output_bytes) << ", allocated in " << format_seconds(alloc_seconds)
