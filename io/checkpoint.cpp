@@ -391,7 +391,8 @@ void sort_by_file_offset(std::vector<ReadRange>& ranges) {
 
 }  // namespace
 
-void Checkpoint::read_into(const std::map<std::string, Tensor>& targets) const {
+void Checkpoint::read_into(const std::map<std::string, Tensor>& targets,
+                           const ReadRangesOptions& options) const {
   std::vector<ReadRange> ranges;
   ranges.reserve(targets.size());
   for (const auto& [name, dst] : targets) {
@@ -407,10 +408,11 @@ void Checkpoint::read_into(const std::map<std::string, Tensor>& targets) const {
                       static_cast<uint64_t>(info->nbytes())});
   }
   sort_by_file_offset(ranges);
-  read_ranges(ranges);
+  read_ranges(ranges, options);
 }
 
-std::map<std::string, Tensor> Checkpoint::load(const std::vector<std::string>& names) const {
+std::map<std::string, Tensor> Checkpoint::load(const std::vector<std::string>& names,
+                                               const ReadRangesOptions& options) const {
   std::map<std::string, Tensor> out;
   std::vector<ReadRange> ranges;
   ranges.reserve(names.size());
@@ -426,7 +428,7 @@ std::map<std::string, Tensor> Checkpoint::load(const std::vector<std::string>& n
                       static_cast<uint64_t>(info->nbytes()), /*populate=*/true});
   }
   sort_by_file_offset(ranges);
-  read_ranges(ranges);
+  read_ranges(ranges, options);
   return out;
 }
 

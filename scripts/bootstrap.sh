@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(meson ninja-build g++ pkg-config python3 libopenmpi-dev openmpi-bin
-          doctest-dev nlohmann-json3-dev libcli11-dev)
+          doctest-dev nlohmann-json3-dev libcli11-dev liburing-dev)
 if [ "${1:-}" = --tests ]; then
   packages+=(python3-venv python3-pip
              clang libclang-rt-14-dev)  # clang: the libFuzzer builds of the parsers

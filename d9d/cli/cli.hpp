@@ -237,6 +237,7 @@ struct LoadOptions {
   int threads = 0;  // d9d::set_num_threads when > 0
   int64_t memory_budget = model_state::ReadOptions{}.memory_budget;
   bool cold = false;  // drop the files from the page cache first (Note [cold start] in load.cpp)
+  io::IoBackend io = io::IoBackend::kAuto;  // --io
   bool show_progress = true;
 };
 int run_load(const LoadOptions& options);

@@ -7,7 +7,6 @@
 
 #include <iostream>
 #include <map>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -40,27 +39,16 @@ void drop_from_page_cache(const fs::path& dir, const std::vector<std::string>& f
   }
 }
 
-// What load_model_state reads of one file: its bytes, and how: "pread" into the targets (groups
-// that only rename or reshape), "mmap" (a group that moves data reads its inputs through the
-// mapping, faulted in with MADV_POPULATE_READ, then applies its ops), or both.
-struct FileRead {
-  int64_t bytes = 0;
-  std::set<std::string> ways;
-};
-
-std::map<std::string, FileRead> file_reads(const io::Checkpoint& ck,
-                                           const mapper::ModelStateMapper& mapper,
-                                           const model_state::ReadPlan& plan) {
-  std::map<std::string, FileRead> reads;
-  for (const model_state::GroupPlan& g : plan.groups) {
-    const char* way = mapper.moves_data(g.group) ? "mmap" : "pread";
-    for (const auto& [name, spec] : g.inputs) {
-      FileRead& r = reads[*ck.entry(name).file];
-      r.bytes += spec.nbytes();
-      r.ways.insert(way);
-    }
+// How a file was read, from the read engine's log: "uring 1.00 GB", or each backend's share when
+// more than one read it ("pread 10.0 MB + uring 990 MB"), then the notes of fallbacks.
+std::string how_read(const io::ReadLog::File& file) {
+  std::string text;
+  for (const auto& [backend, bytes] : file.bytes) {
+    if (!text.empty()) text += " + ";
+    text += std::string(io::to_string(backend)) + " " + format_bytes(static_cast<int64_t>(bytes));
   }
-  return reads;
+  for (const std::string& note : file.notes) text += " (" + note + ")";
+  return text;
 }
 
 }  // namespace
@@ -77,7 +65,6 @@ int run_load(const LoadOptions& options) {
   const model_state::ReadPlan plan = model_state::plan_read(ck, *c.mapper);
   const auto outputs = plan.outputs();
   D9D_CHECK(outputs.has_value(), "load: the spec's outputs cannot be inferred");
-  const std::map<std::string, FileRead> reads = file_reads(ck, *c.mapper, plan);
   if (options.threads > 0) set_num_threads(options.threads);
 
   // The engine's buffers first (as an engine allocates its weights before it loads them).
@@ -93,6 +80,9 @@ int run_load(const LoadOptions& options) {
   ro.memory_budget = options.memory_budget;
   ro.show_progress = options.show_progress;
   ro.label = "Loading";
+  ro.io = options.io;
+  io::ReadLog log;
+  ro.read_log = &log;
   const Stopwatch clock;
   model_state::load_model_state(options.checkpoint, c.mapper, options.device, targets, ro);
   const double seconds = clock.seconds();
@@ -102,9 +92,13 @@ int run_load(const LoadOptions& options) {
             << format_bytes(plan.input_bytes) << " read)"
             << (options.spec ? " through " + c.sidecar.spec_origin : std::string()) << " -> "
             << options.device.str() << (options.cold ? ", from a cold page cache" : "") << "\n";
-  for (const auto& [file, r] : reads) {
-    std::cout << "  " << file << "  " << format_bytes(r.bytes) << "  "
-              << (r.ways.size() == 2 ? "mmap+pread" : *r.ways.begin()) << "\n";
+  // Every file the plan reads, with how the engine read it (a file read only through the CUDA
+  // staging ring is not in the engine's log).
+  const std::map<std::string, io::ReadLog::File> reads = log.files();
+  for (const std::string& file : plan.files) {
+    const auto it = reads.find((ck.dir() / file).string());
+    std::cout << "  " << file << "  "
+              << (it != reads.end() ? how_read(it->second) : std::string("staged pread")) << "\n";
   }
   std::cout << "  targets: " << count_of(plan.output_count, "tensor") << ", "
             << format_bytes(plan.output_bytes) << ", allocated in " << format_seconds(alloc_seconds)
@@ -130,6 +124,13 @@ Command add_load(CLI::App& app) {
   command->add_flag("--cold", options->cold,
                     "Drop the checkpoint's files from the page cache first (posix_fadvise "
                     "DONTNEED; no root needed), to time a cold start");
+  command
+      ->add_option_function<std::string>(
+          "--io", [options](const std::string& text) { options->io = io::parse_io_backend(text); },
+          "How the files are read: auto (per file: pread from the page cache, O_DIRECT through "
+          "io_uring from a cold disk), mmap, pread, direct (O_DIRECT) or uring")
+      ->check(CLI::IsMember({"auto", "mmap", "pread", "direct", "uring"}))
+      ->default_str("auto");
   add_progress_flag(*command, options->show_progress);
   return {command, [options] { return run_load(*options); }};
 }

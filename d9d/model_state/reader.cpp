@@ -46,8 +46,8 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
     for (size_t i = 0; i < missing.size() && i < 50; ++i) list << (i ? ", " : "") << missing[i];
     if (missing.size() > 50) list << ", ... (" << missing.size() - 50 << " more)";
     d9d::detail::throw_error<ValueError>(missing.size(), " input",
-                                    missing.size() == 1 ? " is" : "s are", " missing from ",
-                                    checkpoint.dir().string(), ": ", list.str());
+                                         missing.size() == 1 ? " is" : "s are", " missing from ",
+                                         checkpoint.dir().string(), ": ", list.str());
   }
 
   // The position of a tensor: its file's index in the sorted file list, then its offset.
@@ -81,7 +81,7 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
       o.plan.output_bytes = o.plan.input_bytes;
     } catch (const Error& e) {
       d9d::detail::throw_error<ValueError>("group ", mapper::to_string(g),
-                                      " cannot apply to the checkpoint's tensors: ", e.what());
+                                           " cannot apply to the checkpoint's tensors: ", e.what());
     }
     for (const auto& [name, spec] : o.plan.outputs) o.plan.output_bytes += spec.nbytes();
     ordered.push_back(std::move(o));
@@ -168,10 +168,10 @@ std::optional<FileBytes> file_bytes_of(const io::Checkpoint& checkpoint, const T
 }
 
 // An owned copy of `view`, a view of a checkpoint file at `at`: the bytes its elements span read
-// with pread (Note [truncated files]), a chunk at a time with exactly that chunk's pages asked of
-// the kernel first (so a cold file is read no further than the view: Note [reading what a rank
-// owns]), and the same view made of them.
-Tensor read_view(const Tensor& view, const FileBytes& at) {
+// by the read engine (never through the mapping: Note [truncated files]; no read-ahead past them,
+// so a cold file is read no further than the view: Note [reading what a rank owns]), and the same
+// view made of them.
+Tensor read_view(const Tensor& view, const FileBytes& at, const io::ReadRangesOptions& io) {
   int64_t span = view.nbytes();
   if (view.numel() > 0 && !view.is_contiguous()) {  // packed sub-byte tensors are contiguous
     int64_t last = 0;
@@ -179,13 +179,9 @@ Tensor read_view(const Tensor& view, const FileBytes& at) {
     span = (last + 1) * view.element_size();
   }
   Storage storage = Storage::allocate(static_cast<size_t>(span));
-  constexpr int64_t kChunk = int64_t{8} << 20;
-  for (int64_t done = 0; done < span; done += kChunk) {
-    const int64_t len = std::min(kChunk, span - done);
-    const uint64_t offset = at.offset + static_cast<uint64_t>(done);
-    at.file->advise(io::Advice::kWillNeed, offset, static_cast<size_t>(len));
-    at.file->read(offset, {storage.data() + done, static_cast<size_t>(len)});
-  }
+  const io::ReadRange range{at.file, at.offset, storage.data(), static_cast<uint64_t>(span),
+                            /*populate=*/true};
+  io::read_ranges({&range, 1}, io);
   return Tensor(std::move(storage), view.dtype(), view.shape(), view.strides());
 }
 
@@ -249,8 +245,11 @@ struct ModelStateStream::Impl {
   std::map<std::string, std::shared_ptr<const dist::DTensorSpec>> distribute_outputs;
   std::vector<bool> slices_group;
   // Whether views handed on are populated (Prefetch::kPopulate); load_model_state, which reads
-  // them into its targets with pread, only has them read ahead.
+  // them into its targets with the read engine, has them read ahead only for the pread backend
+  // (a cold file read with O_DIRECT would be read twice otherwise).
   bool populate_views = true;
+  // Groups that only make views hand on views of the files (Note [views or copies]).
+  bool views = true;
 
   std::mutex mu;
   std::condition_variable workers_cv;   // budget freed or a group to start
@@ -275,7 +274,77 @@ struct ModelStateStream::Impl {
   std::optional<ProgressBar> progress;
 
   Impl(io::Checkpoint c, MapperPtr m, ReadOptions o)
-      : checkpoint(std::move(c)), mapper(std::move(m)), options(std::move(o)) {}
+      : checkpoint(std::move(c)), mapper(std::move(m)), options(std::move(o)) {
+    views = options.zero_copy &&
+            (options.io == io::IoBackend::kAuto || options.io == io::IoBackend::kMmap);
+    // Never a mapping on a network file system (Note [read backends]).
+    for (const std::string& name : checkpoint.files()) {
+      if (io::remote_file_system(checkpoint.file(name).mapped_file())) views = false;
+    }
+  }
+
+  io::ReadRangesOptions io_options() const { return {0, options.io, options.read_log}; }
+
+  // Note [one read plan]: load_model_state's groups that only make views (the renames, reshapes
+  // and identities that are most of a checkpoint) need no reader thread: the mapper runs on views
+  // of the files, and each output's bytes are where its view points. All of them are read with
+  // one call of the read engine, straight into their targets, before the other groups stream: the
+  // engine then sees every range at once (file order, chunks balanced over threads, io_uring
+  // queue kept full) instead of one tensor at a time. A group qualifies when its outputs are
+  // inferred, contiguous views of the files, and their targets contiguous host tensors; the
+  // others stay in the stream.
+  void read_views_into(StateDict& target) {
+    if (!views) return;
+    std::vector<io::ReadRange> ranges;
+    std::vector<bool> read(plan.groups.size(), false);
+    for (size_t i = 0; i < plan.groups.size(); ++i) {
+      const GroupPlan& g = plan.groups[i];
+      read[i] = g.inferred && !mapper->moves_data(g.group) && add_ranges(g, target, ranges);
+    }
+    if (ranges.empty()) return;
+    std::sort(ranges.begin(), ranges.end(), [](const io::ReadRange& a, const io::ReadRange& b) {
+      return a.file != b.file ? a.file < b.file : a.offset < b.offset;
+    });
+    io::read_ranges(ranges, io_options());
+    std::vector<GroupPlan> rest;
+    for (size_t i = 0; i < plan.groups.size(); ++i) {
+      GroupPlan& g = plan.groups[i];
+      if (read[i]) {
+        plan.output_bytes -= g.output_bytes;
+        plan.output_count -= static_cast<int64_t>(g.outputs.size());
+      } else {
+        rest.push_back(std::move(g));
+      }
+    }
+    plan.groups = std::move(rest);
+  }
+
+  // The ranges that fill `g`'s outputs' targets, appended; false (and nothing appended) when an
+  // output is not a contiguous view of a file or its target not a contiguous host tensor.
+  bool add_ranges(const GroupPlan& g, StateDict& target, std::vector<io::ReadRange>& ranges) {
+    StateDict inputs;
+    for (const auto& [name, spec] : g.inputs) {
+      inputs.emplace(name, releasing_view(checkpoint, name, Prefetch::kNone));
+    }
+    const StateDict outputs = mapper->apply(std::move(inputs));
+    std::vector<io::ReadRange> mine;
+    for (const auto& [name, spec] : g.outputs) {
+      const auto out = outputs.find(name);
+      const auto dst = target.find(name);
+      if (out == outputs.end() || dst == target.end() || !out->second.is_contiguous() ||
+          !dst->second.device().is_cpu() || !dst->second.is_contiguous() ||
+          TensorSpec::of(out->second) != TensorSpec::of(dst->second)) {
+        return false;
+      }
+      const auto at = file_bytes_of(checkpoint, out->second);
+      if (!at) return false;
+      mine.push_back({at->file, at->offset, static_cast<std::byte*>(dst->second.mutable_data_ptr()),
+                      static_cast<uint64_t>(out->second.nbytes()), /*populate=*/true});
+    }
+    if (outputs.size() != g.outputs.size()) return false;
+    ranges.insert(ranges.end(), mine.begin(), mine.end());
+    return true;
+  }
 
   ~Impl() {
     {
@@ -291,10 +360,10 @@ struct ModelStateStream::Impl {
     errors.resize(plan.groups.size());
     progress.emplace(options.label, plan.output_count, plan.output_bytes, options.show_progress);
     if (options.device.is_cuda()) staging = &StagingRing::shared(options.device);
-    const size_t threads = std::min<size_t>(
-        options.reader_threads > 0 ? static_cast<size_t>(options.reader_threads)
-                            : static_cast<size_t>(d9d::num_threads()),
-        std::max<size_t>(plan.groups.size(), 1));
+    const size_t threads =
+        std::min<size_t>(options.reader_threads > 0 ? static_cast<size_t>(options.reader_threads)
+                                                    : static_cast<size_t>(d9d::num_threads()),
+                         std::max<size_t>(plan.groups.size(), 1));
     for (size_t i = 0; i < threads; ++i) workers.emplace_back([this] { work(); });
   }
 
@@ -357,7 +426,7 @@ struct ModelStateStream::Impl {
       at += nbytes;
     }
     D9D_ASSERT(at == static_cast<uint64_t>(out.nbytes()));
-    io::read_ranges(ranges);
+    io::read_ranges(ranges, io_options());
     StateDict outputs;
     outputs.emplace(name, std::move(out));
     return outputs;
@@ -372,12 +441,18 @@ struct ModelStateStream::Impl {
       }
       return mapper->apply(std::move(inputs));
     }
-    if (options.zero_copy && !mapper->moves_data(g.group)) {
-      const Prefetch prefetch = slices           ? Prefetch::kNone
-                                : populate_views ? Prefetch::kPopulate
-                                                 : Prefetch::kReadAhead;
+    if (views && !mapper->moves_data(g.group)) {
+      const Prefetch prefetch = slices                                ? Prefetch::kNone
+                                : populate_views                      ? Prefetch::kPopulate
+                                : options.io == io::IoBackend::kPread ? Prefetch::kReadAhead
+                                                                      : Prefetch::kNone;
       for (const auto& [name, spec] : g.inputs) {
         inputs.emplace(name, releasing_view(checkpoint, name, prefetch));
+        if (prefetch == Prefetch::kPopulate && options.read_log != nullptr) {
+          const io::CheckpointEntry entry = checkpoint.entry(name);
+          options.read_log->add(checkpoint.file(*entry.file).path(), io::IoBackend::kMmap,
+                                static_cast<uint64_t>(entry.info->nbytes()));
+        }
       }
       return mapper->apply(std::move(inputs));
     }
@@ -388,7 +463,7 @@ struct ModelStateStream::Impl {
     std::vector<std::string> names;
     names.reserve(g.inputs.size());
     for (const auto& [name, spec] : g.inputs) names.push_back(name);
-    return mapper->apply(checkpoint.load(names));
+    return mapper->apply(checkpoint.load(names, io_options()));
   }
 
   StateDict run_group(const GroupPlan& g, bool slices) {
@@ -413,10 +488,10 @@ struct ModelStateStream::Impl {
           const dist::DTensor local =
               dist::distribute_tensor(tensor, it->second->mesh, it->second->placements);
           const auto at = file_bytes_of(checkpoint, local.local());
-          tensor =
-              at ? read_view(local.local(), *at).with_attachment(local.spec()) : local.as_tensor();
+          tensor = at ? read_view(local.local(), *at, io_options()).with_attachment(local.spec())
+                      : local.as_tensor();
         } else if (const auto at = file_bytes_of(checkpoint, tensor)) {
-          tensor = read_view(tensor, *at);  // not populated: read it now
+          tensor = read_view(tensor, *at, io_options());  // not populated: read it now
         }
         continue;
       }
@@ -467,7 +542,9 @@ ModelStateStream::ModelStateStream(ModelStateStream&&) noexcept = default;
 ModelStateStream& ModelStateStream::operator=(ModelStateStream&&) noexcept = default;
 ModelStateStream::~ModelStateStream() = default;
 
-const ReadPlan& ModelStateStream::plan() const { return impl_->plan; }
+const ReadPlan& ModelStateStream::plan() const {
+  return impl_->plan;
+}
 
 const std::optional<std::vector<std::pair<std::string, TensorSpec>>>&
 ModelStateStream::planned_specs() const {
@@ -475,13 +552,16 @@ ModelStateStream::planned_specs() const {
 }
 
 ModelStateStream::iterator ModelStateStream::begin() {
-  D9D_CHECK(!impl_->started, "read_model_state: the stream is single-pass; begin() was called twice");
+  D9D_CHECK(!impl_->started,
+            "read_model_state: the stream is single-pass; begin() was called twice");
   impl_->started = true;
   impl_->start();
   return iterator(this);
 }
 
-ModelStateStream::value_type* ModelStateStream::next() { return impl_->next(); }
+ModelStateStream::value_type* ModelStateStream::next() {
+  return impl_->next();
+}
 
 ModelStateStream::iterator::iterator(ModelStateStream* stream)
     : stream_(stream), current_(stream->next()) {}
@@ -542,6 +622,8 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
         if (impl.distribute_outputs.contains(out)) impl.slices_group[i] = true;
       }
     }
+  } else if (!options.device.is_cuda()) {
+    impl.read_views_into(target);
   }
   for (auto&& [name, tensor] : stream) {
     auto it = target.find(name);
@@ -566,10 +648,12 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
       // target.
       const Tensor& dst = it->second;
       if (dst.device().is_cpu() && dst.is_contiguous() && tensor.is_contiguous()) {
-        at->file->read(at->offset, {static_cast<std::byte*>(dst.mutable_data_ptr()),
-                                    static_cast<size_t>(dst.nbytes())});
+        const io::ReadRange range{at->file, at->offset,
+                                  static_cast<std::byte*>(dst.mutable_data_ptr()),
+                                  static_cast<uint64_t>(dst.nbytes())};
+        io::read_ranges({&range, 1}, impl.io_options());
       } else {
-        dst.copy_(read_view(tensor, *at));
+        dst.copy_(read_view(tensor, *at, impl.io_options()));
       }
     } else {
       it->second.copy_(tensor);

@@ -2,10 +2,13 @@
 """`d9d load` (README: From the shell): an engine's load from the shell.
 
   - every tensor (or every output of a spec) is loaded: the counts and bytes are the checkpoint's
-    (or `plan --json`'s), each file is listed with how it was read (pread into the targets, or
-    through the mapping for groups that move data), and the last line ends with the rate;
+    (or `plan --json`'s), each file is listed with how the read engine read it (backend and
+    bytes), and the last line ends with the rate;
   - --cold drops the files from the page cache first: the process then reads the checkpoint's
     bytes from the disk (its block input, getrusage), and a warm load reads none;
+  - --io: each backend is the one listed for every file (or a note says why another was used);
+    `auto` reads page-cached files with pread and cold ones past the page cache (uring or
+    direct), and every backend reads the checkpoint's bytes once from a cold cache;
   - a shard cut short is exit 1 naming the file, never SIGBUS; a CUDA device that is not there is
     exit 1 with a message.
 
@@ -51,8 +54,8 @@ with tempfile.TemporaryDirectory(dir=os.getcwd()) as tmp:
     check(lines[0].startswith(f"d9d load: {ck} ({len(shards)} files,") and lines[0].endswith("-> cpu"),
           f"the first line names the checkpoint and the device ({lines[0]})")
     for shard in shards:
-        check(any(re.fullmatch(rf"  {re.escape(shard)}  .* pread", line) for line in lines),
-              f"{shard} is listed, read with pread into the targets ({r.stdout})")
+        check(any(re.fullmatch(rf"  {re.escape(shard)}  pread \S+ [kMG]?B", line) for line in lines),
+              f"{shard} is listed, read (page-cached) with pread ({r.stdout})")
     check(f"targets: {len(state)} tensors" in r.stdout, f"every tensor is a target ({r.stdout})")
     check(RATE.match(lines[-1]) is not None, f"the last line ends with the rate ({lines[-1]})")
 
@@ -61,8 +64,8 @@ with tempfile.TemporaryDirectory(dir=os.getcwd()) as tmp:
     r = d9d_ok("load", ck, "--spec", LLAMA, "--no-progress")
     check(f"targets: {len(plan['outputs'])} tensors" in r.stdout,
           f"the spec's outputs are the targets ({r.stdout})")
-    check("mmap" in r.stdout and "through " + LLAMA in r.stdout,
-          f"fused groups read through the mapping, the spec named ({r.stdout})")
+    check("through " + LLAMA in r.stdout and all(f"  {s}  pread " in r.stdout for s in shards),
+          f"the spec named, every file listed ({r.stdout})")
 
     # ---- --cold ---------------------------------------------------------------------------------
     r, warm = disk_read_bytes("load", ck, "--no-progress")
@@ -73,6 +76,30 @@ with tempfile.TemporaryDirectory(dir=os.getcwd()) as tmp:
           f"--cold says so ({r.stdout.strip()} {r.stderr.strip()})")
     check(cold >= total * 0.9, f"--cold reads the checkpoint from the disk ({cold} of {total} bytes)")
     print(f"ok: warm load read {warm} bytes from the disk, --cold {cold} (the tensors: {total})")
+
+    # ---- --io -----------------------------------------------------------------------------------
+    def listed(stdout, shard):
+        return next(line for line in stdout.splitlines() if line.startswith(f"  {shard}  "))
+
+    for io in ["mmap", "pread", "direct", "uring"]:
+        r, cold = disk_read_bytes("load", ck, "--cold", "--io", io, "--no-progress")
+        check(r.returncode == 0, f"--io {io} loads ({r.stderr.strip()})")
+        for shard in shards:
+            line = listed(r.stdout, shard)
+            check(re.fullmatch(rf"  {re.escape(shard)}  {io} \S+ [kMG]?B", line) is not None or
+                  "(" in line, f"--io {io}: {shard} read with {io}, or a note says why not ({line})")
+        check(cold >= total * 0.9 and cold <= total * 1.5 + (4 << 20),
+              f"--io {io} --cold reads the checkpoint from the disk once ({cold} of {total} bytes)")
+    r = d9d_ok("load", ck, "--cold", "--io", "auto", "--no-progress")
+    check(all(re.search(r"(uring|direct) \S+ [kMG]?B", listed(r.stdout, s)) for s in shards),
+          f"auto reads cold files past the page cache ({r.stdout})")
+    # O_DIRECT reads leave the page cache as it was (cold): pread brings the files in.
+    d9d_ok("load", ck, "--io", "pread", "--no-progress")
+    r = d9d_ok("load", ck, "--io", "auto", "--no-progress")
+    check(all(re.fullmatch(rf"  {re.escape(s)}  pread \S+ [kMG]?B", listed(r.stdout, s))
+              for s in shards), f"auto reads page-cached files with pread ({r.stdout})")
+    r = d9d("load", ck, "--io", "aio", "--no-progress")
+    check(r.returncode == 2 and "--io" in r.stderr, f"an unknown backend is a usage error ({r.stderr})")
 
     # ---- failures -------------------------------------------------------------------------------
     r = d9d("load", ck, "--device", "cuda:0", "--no-progress")

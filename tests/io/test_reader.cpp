@@ -237,7 +237,7 @@ TEST_CASE("read_ranges copies ranges of several files, joined or split, on sever
       {&fb, 2993, out_b3.data(), 7, false},
       {&fb, 0, nullptr, 0, false},  // empty: ignored
   };
-  read_ranges(ranges, 2);
+  read_ranges(ranges, {.threads = 2});
   CHECK(std::memcmp(out_a.data(), a.data() + 5, out_a.size()) == 0);
   CHECK(std::memcmp(out_b1.data(), b.data(), 1000) == 0);
   CHECK(std::memcmp(out_b2.data(), b.data() + 1000, 1000) == 0);
@@ -252,6 +252,81 @@ TEST_CASE("read_ranges reports a file truncated after it was opened") {
   const SafetensorsFile f = SafetensorsFile::open(dir / "t.safetensors");
   std::filesystem::resize_file(dir / "t.safetensors", 100);
   CHECK_THROWS_WITH_AS(f.load("a"), doctest::Contains("unexpected end of file"), IoError);
+}
+
+TEST_CASE("every read backend returns the bytes pread does, and names a file cut short") {
+  TempDir dir;
+  // Sizes that are not multiples of the 4 KiB block; one file larger than a chunk.
+  std::string a((9 << 20) + 12345, '\0'), b(4096 * 3 + 1, '\0');
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<char>(i * 131 % 253);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<char>(i * 7 % 251);
+  write_file(dir / "a", a);
+  write_file(dir / "b", b);
+  const MappedFile fa = MappedFile::open(dir / "a");
+  const MappedFile fb = MappedFile::open(dir / "b");
+  // Random ranges in file order, unaligned heads and tails, adjacent and empty ones, the last
+  // byte of each file.
+  uint64_t seed = 12345;
+  auto next = [&](uint64_t n) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    return (seed >> 33) % n;
+  };
+  struct Want {
+    const MappedFile* file;
+    const std::string* bytes;
+    uint64_t offset, size;
+  };
+  std::vector<Want> wants;
+  for (uint64_t at = 0; at < a.size();) {
+    const uint64_t size =
+        std::min<uint64_t>(a.size() - at, next(3) == 0 ? next(3 << 20) : next(9000));
+    wants.push_back({&fa, &a, at, size});
+    at += size + (next(2) ? 0 : next(5000));
+  }
+  wants.push_back({&fa, &a, a.size() - 1, 1});
+  wants.push_back({&fb, &b, 0, 0});
+  wants.push_back({&fb, &b, 1, 4095});
+  wants.push_back({&fb, &b, 4096, b.size() - 4096});
+  for (const IoBackend io : {IoBackend::kAuto, IoBackend::kMmap, IoBackend::kPread,
+                             IoBackend::kDirect, IoBackend::kUring}) {
+    CAPTURE(to_string(io));
+    std::vector<std::vector<std::byte>> out(wants.size());
+    std::vector<ReadRange> ranges;
+    for (size_t i = 0; i < wants.size(); ++i) {
+      out[i].assign(wants[i].size, std::byte{0xEE});
+      ranges.push_back({wants[i].file, wants[i].offset, out[i].data(), wants[i].size, i % 2 == 0});
+    }
+    ReadLog log;
+    read_ranges(ranges, {.threads = 2, .io = io, .log = &log});
+    for (size_t i = 0; i < wants.size(); ++i) {
+      REQUIRE(std::memcmp(out[i].data(), wants[i].bytes->data() + wants[i].offset, wants[i].size) ==
+              0);
+    }
+    // Every byte is accounted to the file it came from, by the backend asked for (or the one a
+    // note says was used instead).
+    const auto files = log.files();
+    REQUIRE(files.count((dir / "a").string()) == 1);
+    const ReadLog::File& fa_log = files.at((dir / "a").string());
+    uint64_t logged = 0;
+    for (const auto& [backend, bytes] : fa_log.bytes) logged += bytes;
+    uint64_t wanted_a = 0;
+    for (const Want& w : wants) wanted_a += w.file == &fa ? w.size : 0;
+    CHECK(logged == wanted_a);
+    if (io != IoBackend::kAuto && fa_log.notes.empty()) CHECK(fa_log.bytes.count(io) == 1);
+    if (io == IoBackend::kUring && io_uring_available()) CHECK(fa_log.notes.empty());
+  }
+  // A file cut short after it was opened: an IoError naming it, on every backend.
+  std::filesystem::resize_file(dir / "a", 5 << 20);
+  std::vector<std::byte> tail(1 << 20);
+  const ReadRange past_cut{&fa, 6 << 20, tail.data(), tail.size(), false};
+  const std::string a_path = (dir / "a").string();
+  for (const IoBackend io :
+       {IoBackend::kMmap, IoBackend::kPread, IoBackend::kDirect, IoBackend::kUring}) {
+    CAPTURE(to_string(io));
+    CHECK_THROWS_WITH_AS(read_ranges({&past_cut, 1}, {.io = io}), doctest::Contains(a_path.c_str()),
+                         IoError);
+  }
+  CHECK_THROWS_WITH_AS(parse_io_backend("aio"), doctest::Contains("auto, mmap, pread"), ValueError);
 }
 
 // Checks that `text` contains `part`, showing `text` otherwise.

@@ -179,3 +179,35 @@ TEST_CASE("copies are read with pread, views are not copied, and load_model_stat
     CHECK(equal(target.at("out"), c.tensors.at("o")));
   }
 }
+
+// Note [read backends] and Note [one read plan]: every backend fills the targets with the same
+// bytes, a fused group (read by the engine into its output) and a renamed one (read by the one
+// plan straight into its target) alike, and every input byte is accounted to its file.
+TEST_CASE("load_model_state fills its targets alike with every I/O backend, and logs the reads") {
+  Llamaish c;
+  const Tensor qkv = cat({c.tensors.at("q"), c.tensors.at("k"), c.tensors.at("v")}, 0);
+  for (const io::IoBackend backend :
+       {io::IoBackend::kAuto, io::IoBackend::kMmap, io::IoBackend::kPread, io::IoBackend::kDirect,
+        io::IoBackend::kUring}) {
+    CAPTURE(io::to_string(backend));
+    StateDict target{{"qkv", Tensor::zeros({3 << 20}, DType::U8)},
+                     {"out", Tensor::zeros({1 << 20}, DType::U8)}};
+    io::ReadLog log;
+    ReadOptions o = quiet_read();
+    o.io = backend;
+    o.read_log = &log;
+    load_model_state(c.dir, fused(), Device::cpu(), target, o);
+    CHECK(equal(target.at("qkv"), qkv));
+    CHECK(equal(target.at("out"), c.tensors.at("o")));
+    const auto files = log.files();
+    REQUIRE(files.size() == 1);
+    uint64_t logged = 0;
+    for (const auto& [used, bytes] : files.at(c.shard.string()).bytes) {
+      logged += bytes;
+      if (backend != io::IoBackend::kAuto && files.at(c.shard.string()).notes.empty()) {
+        CHECK(used == backend);
+      }
+    }
+    CHECK(logged == uint64_t{4} << 20);
+  }
+}

@@ -120,9 +120,11 @@ class Checkpoint {
   // and shape; any strides), with one parallel read plan across all files for the contiguous ones.
   // Fills buffers a caller already owns (an inference engine's weights) at the pread limit, with
   // no page faults for new memory.
-  void read_into(const std::map<std::string, Tensor>& targets) const;
+  void read_into(const std::map<std::string, Tensor>& targets,
+                 const ReadRangesOptions& options = {}) const;
   // The named tensors, owned, read with one parallel plan across all their files.
-  std::map<std::string, Tensor> load(const std::vector<std::string>& names) const;
+  std::map<std::string, Tensor> load(const std::vector<std::string>& names,
+                                     const ReadRangesOptions& options = {}) const;
   std::map<std::string, Tensor> load_all() const { return load(keys()); }
 
  private:

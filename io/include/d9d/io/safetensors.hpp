@@ -82,6 +82,7 @@
 #include <d9d/dtype.hpp>
 #include <d9d/error.hpp>
 #include <d9d/io/mapped_file.hpp>
+#include <d9d/io/read.hpp>
 #include <d9d/tensor.hpp>
 
 namespace d9d::io {
@@ -173,21 +174,6 @@ class SafetensorsFile {
   explicit SafetensorsFile(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// One byte range of a file to copy into memory.
-struct ReadRange {
-  const MappedFile* file = nullptr;
-  uint64_t offset = 0;  // in the file
-  std::byte* dst = nullptr;
-  uint64_t size = 0;
-  // `dst` is memory never touched yet: fault it in with one madvise(MADV_POPULATE_WRITE) per
-  // piece before reading, which is cheaper than a page fault per 4 KiB inside the read.
-  bool populate = false;
-};
-
-// Performs every read with pread, split into chunks of about 4 MiB that are dealt out to
-// `threads` threads (0: d9d::num_threads()). Destinations must not overlap. Throws IoError.
-void read_ranges(std::span<const ReadRange> ranges, int threads = 0);
 
 // ---- writing ------------------------------------------------------------------------------------
 

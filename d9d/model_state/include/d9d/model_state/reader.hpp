@@ -32,6 +32,7 @@
 #include <vector>
 
 #include <d9d/io/checkpoint.hpp>
+#include <d9d/io/read.hpp>
 #include <d9d/mapper/mapper.hpp>
 #include <d9d/tensor.hpp>
 
@@ -61,6 +62,13 @@ struct ReadOptions {
   // first (a copy of those bytes more; a file cut short is then an IoError naming it), for a
   // consumer that reads every byte itself (d9d verify).
   bool zero_copy = true;
+  // How the files' bytes are read (Note [read backends] in io's read_engine.cpp): kAuto picks per
+  // file (pread from the page cache or a network file system, O_DIRECT through io_uring from a
+  // cold local disk). Anything but kAuto and kMmap also turns zero_copy off: every input is read
+  // by that backend.
+  io::IoBackend io = io::IoBackend::kAuto;
+  // Where the reads are accounted (bytes per file and backend, fallback notes); may be null.
+  io::ReadLog* read_log = nullptr;
   // A progress bar on standard error (a ProgressBar: drawn only on a terminal).
   bool show_progress = true;
   std::string label = "Loading Model States";
