@@ -73,7 +73,8 @@ Options parse_options(const char* json, OptionsFor use) {
   o.write.show_progress = false;
   o.write.oversized_tensor_alone = true;  // as `d9d convert` (transformers' splitter's rule)
   o.write.single_file_if_one_shard =
-      true;  // as `d9d convert` (save_pretrained's model.safetensors)
+      true;                     // as `d9d convert` (save_pretrained's model.safetensors)
+  o.write.write_hashes = true;  // as `d9d convert`: d9d-hashes.json beside the checkpoint
   if (json == nullptr) return o;
   Json root;
   try {
@@ -124,8 +125,16 @@ Options parse_options(const char* json, OptionsFor use) {
         o.params[name] = v.is_boolean() ? (v.get<bool>() ? 1 : 0) : v.get<int64_t>();
       }
     } else if (key == "io") {
-      throw_error<ValueError>("options_json: \"", key, "\" is not supported by this build of d9d");
-    } else if (key == "shard_size" || key == "overwrite" || key == "fsync") {
+      D9D_CHECK(value.is_string(), "options_json: \"io\" must be a string, got ", shown(value));
+      try {
+        o.read.io = io::parse_io_backend(value.get<std::string>());
+      } catch (const ValueError& e) {
+        throw_error<ValueError>("options_json: \"io\": ", e.what());
+      }
+    } else if (convert && key == "write_hashes") {
+      o.write.write_hashes = bool_value(value, key);
+    } else if (key == "shard_size" || key == "overwrite" || key == "fsync" ||
+               key == "write_hashes") {
       throw_error<ValueError>("options_json: \"", key, "\" is an option of d9d_convert only");
     } else {
       throw_error<ValueError>(

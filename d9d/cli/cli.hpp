@@ -216,6 +216,7 @@ struct ConvertOptions {
   bool overwrite = false;
   bool show_progress = true;
   bool fsync = true;
+  bool write_hashes = true;  // d9d-hashes.json beside the output (--no-hashes)
   bool quiet = false;  // no summary line (the demo prints its own)
 };
 
@@ -238,6 +239,7 @@ struct LoadOptions {
   int64_t memory_budget = model_state::ReadOptions{}.memory_budget;
   bool cold = false;  // drop the files from the page cache first (Note [cold start] in load.cpp)
   io::IoBackend io = io::IoBackend::kAuto;  // --io
+  bool sha256 = false;                      // --sha256: ReadOptions::verify
   bool show_progress = true;
 };
 int run_load(const LoadOptions& options);
@@ -254,6 +256,7 @@ struct VerifyOptions {
   bool show_progress = true;
   int max_shown = 10;  // differing tensors shown in detail
   bool quiet = false;  // no report when equal
+  bool sha256 = false;  // --sha256: check the files against their hash list first
   // Floating-point elements that pass though their bits differ (Note [verify tolerance]); zero
   // and nullopt: bit for bit.
   double atol = 0;

@@ -124,6 +124,7 @@ model_state::WriteOptions write_options(const ConvertOptions& options) {
   wo.show_progress = false;            // the read stream's bar shows the same work
   wo.overwrite = options.overwrite;
   wo.fsync = options.fsync;
+  wo.write_hashes = options.write_hashes;
   return wo;
 }
 
@@ -243,6 +244,10 @@ Command add_convert(CLI::App& app) {
   add_device_option(*command, options->device);
   command->add_flag("--overwrite", options->overwrite, "Replace a checkpoint already in OUT");
   add_progress_flag(*command, options->show_progress);
+  command->add_flag_callback(
+      "--no-hashes", [options] { options->write_hashes = false; },
+      "Do not write d9d-hashes.json (every shard's SHA-256, which `d9d verify OUT --sha256` "
+      "checks) beside the checkpoint");
   command->add_flag_callback(
       "--no-fsync", [options] { options->fsync = false; },
       "Do not fsync the output (scratch output only: the files are still renamed "

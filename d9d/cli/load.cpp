@@ -81,6 +81,7 @@ int run_load(const LoadOptions& options) {
   ro.show_progress = options.show_progress;
   ro.label = "Loading";
   ro.io = options.io;
+  ro.verify = options.sha256;
   io::ReadLog log;
   ro.read_log = &log;
   const Stopwatch clock;
@@ -91,7 +92,8 @@ int run_load(const LoadOptions& options) {
             << count_of(static_cast<int64_t>(plan.files.size()), "file") << ", "
             << format_bytes(plan.input_bytes) << " read)"
             << (options.spec ? " through " + c.sidecar.spec_origin : std::string()) << " -> "
-            << options.device.str() << (options.cold ? ", from a cold page cache" : "") << "\n";
+            << options.device.str() << (options.cold ? ", from a cold page cache" : "")
+            << (options.sha256 ? ", every file checked against its SHA-256" : "") << "\n";
   // Every file the plan reads, with how the engine read it (a file read only through the CUDA
   // staging ring is not in the engine's log).
   const std::map<std::string, io::ReadLog::File> reads = log.files();
@@ -131,6 +133,10 @@ Command add_load(CLI::App& app) {
           "io_uring from a cold disk), mmap, pread, direct (O_DIRECT) or uring")
       ->check(CLI::IsMember({"auto", "mmap", "pread", "direct", "uring"}))
       ->default_str("auto");
+  command->add_flag(
+      "--sha256", options->sha256,
+      "Check every file read against its SHA-256 first (d9d-hashes.json or a hub "
+      "snapshot's blob names; exit 1 naming a file that differs); counted in the time");
   add_progress_flag(*command, options->show_progress);
   return {command, [options] { return run_load(*options); }};
 }

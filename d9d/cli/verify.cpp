@@ -18,6 +18,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <d9d/io/file.hpp>
+#include <d9d/io/hashes.hpp>
 #include <d9d/mapper/adapters.hpp>
 #include <d9d/model_state/reader.hpp>
 
@@ -142,8 +144,8 @@ std::vector<double> as_doubles(DType dtype, const std::byte* p, int64_t count) {
 // for bit, or within `tol` for a floating-point tensor: Note [verify tolerance], what passed
 // added to `within`).
 std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
-                                  const io::Checkpoint& b, std::byte* buffer,
-                                  const Tolerance& tol, Within& within) {
+                                  const io::Checkpoint& b, std::byte* buffer, const Tolerance& tol,
+                                  Within& within) {
   const io::CheckpointEntry entry = b.entry(name);
   const io::TensorInfo& info = *entry.info;
   const mapper::TensorSpec a_spec = mapper::TensorSpec::of(a_in);
@@ -156,8 +158,7 @@ std::optional<Difference> compare(const std::string& name, const Tensor& a_in,
   const io::SafetensorsFile& file = b.file(*entry.file);
   const int64_t nbytes = info.nbytes();
   const int64_t esize = is_sub_byte(info.dtype) ? 1 : element_size(info.dtype);
-  const bool tolerant =
-      tol.any() && is_floating_point(info.dtype) && !is_sub_byte(info.dtype);
+  const bool tolerant = tol.any() && is_floating_point(info.dtype) && !is_sub_byte(info.dtype);
   int64_t differing = 0;
   Difference diff{name, "", {}};
   for (int64_t off = 0; off < nbytes; off += kChunk) {
@@ -212,9 +213,62 @@ std::string list(const std::vector<std::string>& names, size_t limit = 10) {
   return out;
 }
 
+// The directory and the shard files of the checkpoint at `path` (as Checkpoint::open finds them),
+// from its index alone: the shards' headers are not read before their bytes are checked.
+std::pair<fs::path, std::vector<std::string>> checkpoint_files(const fs::path& path) {
+  fs::path index;
+  if (fs::is_directory(path)) {
+    index = path / std::string(io::kIndexFileName);
+    if (!fs::exists(index)) return {path, {std::string(io::kSingleFileName)}};
+  } else if (path.extension() == ".json") {
+    index = path;
+  } else {
+    return {path.parent_path(), {path.filename().string()}};
+  }
+  return {index.parent_path(), io::SafetensorsIndex::read(index).files()};
+}
+
+// --sha256: every shard of the checkpoint at `path` (and every other file its d9d-hashes.json
+// lists: the index) hashed and checked against its hash list (Note [hash lists] in io's
+// hashes.cpp) before any of them is parsed. A mismatch, or a shard with no hash, is an
+// IntegrityError naming the file.
+void check_hashes(const fs::path& path, bool quiet) {
+  const Stopwatch clock;
+  auto [dir, files] = checkpoint_files(path);
+  const fs::path list = dir / std::string(io::kHashesFileName);
+  std::error_code ec;
+  if (fs::exists(list, ec)) {
+    for (const auto& [file, digest] :
+         io::parse_hashes_json(io::read_regular_file(list), list.string())) {
+      if (std::find(files.begin(), files.end(), file) == files.end()) files.push_back(file);
+    }
+  }
+  std::set<std::string> sources;
+  for (const auto& [file, expected] : io::expected_hashes(dir, files)) {
+    sources.insert(expected.source);
+  }
+  const uint64_t bytes = io::verify_hashes(dir, files);
+  if (quiet) return;
+  std::string from;
+  for (const std::string& s : sources) from += (from.empty() ? "" : " and ") + s;
+  const double seconds = clock.seconds();
+  std::cout << "d9d verify: " << dir.string() << ": "
+            << count_of(static_cast<int64_t>(files.size()), "file")
+            << (files.size() == 1 ? " matches its" : " match their") << " SHA-256 (from " << from
+            << "), " << format_bytes(static_cast<int64_t>(bytes)) << " hashed in "
+            << format_seconds(seconds) << ", " << format_rate(static_cast<int64_t>(bytes), seconds)
+            << "\n";
+}
+
 }  // namespace
 
 VerifyResult run_verify(const VerifyOptions& options) {
+  if (options.threads > 0) set_num_threads(options.threads);
+  if (options.sha256) {
+    check_hashes(options.a, options.quiet);
+    if (options.b.empty()) return {};
+    check_hashes(options.b, options.quiet);
+  }
   const Stopwatch clock;
   const io::Checkpoint b = io::Checkpoint::open(options.b);
   mapper::MapperPtr m;
@@ -223,9 +277,8 @@ VerifyResult run_verify(const VerifyOptions& options) {
     io::Checkpoint a = io::Checkpoint::open(options.a);
     warn_unlisted(a);  // Note [unlisted tensors]
     if (options.spec || options.spec_text) {
-      SpecChoice spec = options.spec_text
-                            ? SpecChoice{*options.spec_text, options.spec_origin, {}}
-                            : load_spec(*options.spec, options.a);
+      SpecChoice spec = options.spec_text ? SpecChoice{*options.spec_text, options.spec_origin, {}}
+                                          : load_spec(*options.spec, options.a);
       if (!spec.note.empty()) std::cerr << "d9d: note: " << spec.note << "\n";
       through = " through " + spec.origin;
       m = forward_conversion(a, std::move(spec.text), std::move(spec.origin), options.params)
@@ -235,7 +288,6 @@ VerifyResult run_verify(const VerifyOptions& options) {
     }
   }
   warn_unlisted(b);
-  if (options.threads > 0) set_num_threads(options.threads);
   model_state::ReadOptions ro;
   ro.memory_budget = options.memory_budget;
   ro.show_progress = options.show_progress;
@@ -276,15 +328,17 @@ VerifyResult run_verify(const VerifyOptions& options) {
   std::string tolerance_note;
   if (within.count > 0) {
     char buf[160];
-    std::snprintf(buf, sizeof buf, "%" PRId64 " elements differ within the tolerance (largest "
-                  "|A - B| %.6g, %" PRIu64 " ULP)", within.count, within.max_abs, within.max_ulp);
+    std::snprintf(buf, sizeof buf,
+                  "%" PRId64
+                  " elements differ within the tolerance (largest "
+                  "|A - B| %.6g, %" PRIu64 " ULP)",
+                  within.count, within.max_abs, within.max_ulp);
     tolerance_note = buf;
   }
   if (result.equal()) {
     if (!options.quiet) {
       std::cout << "d9d verify: " << a_desc << " and " << options.b.string()
-                << (within.count > 0 ? " are equal within the tolerance: "
-                                     : " are bit-identical: ")
+                << (within.count > 0 ? " are equal within the tolerance: " : " are bit-identical: ")
                 << result.compared << " tensors, " << format_bytes(result.bytes) << ", "
                 << format_seconds(result.seconds) << ", "
                 << format_rate(result.bytes, result.seconds) << "\n";
@@ -321,10 +375,14 @@ Command add_verify(CLI::App& app) {
   CLI::App* command = app.add_subcommand(
       "verify", "Compare two checkpoints tensor by tensor, bit for bit (exit 1 if they differ)");
   command->add_option("a", options->a, "Checkpoint A")->required();
-  command->add_option("b", options->b, "Checkpoint B")->required();
-  command->add_option("--spec", options->spec,
-                      std::string("Convert A through this spec (streamed) before comparing with B. ") +
-                          kSpecHelp);
+  command->add_option("b", options->b, "Checkpoint B (not needed with --sha256)");
+  command->add_flag("--sha256", options->sha256,
+                    "Check every shard of A (and B) against its SHA-256: from the d9d-hashes.json "
+                    "d9d convert writes, or the blob names of a Hugging Face hub snapshot (exit 1 "
+                    "naming a file that differs or has none); then compare A and B if B is given");
+  command->add_option(
+      "--spec", options->spec,
+      std::string("Convert A through this spec (streamed) before comparing with B. ") + kSpecHelp);
   add_set_option(*command, options->params);
   add_threads_option(*command, options->threads);
   add_size_option(*command, "--memory-budget", options->memory_budget, "Bytes of A read ahead");
@@ -341,7 +399,12 @@ Command add_verify(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   add_progress_flag(*command, options->show_progress);
-  return {command, [options] { return run_verify(*options).equal() ? kExitOk : kExitFailure; }};
+  return {command, [options] {
+            if (options->b.empty() && !options->sha256) {
+              return usage_error("verify", "checkpoint B is required (except with --sha256)");
+            }
+            return run_verify(*options).equal() ? kExitOk : kExitFailure;
+          }};
 }
 
 }  // namespace d9d::cli

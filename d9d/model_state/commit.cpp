@@ -20,6 +20,8 @@
 
 #include <d9d/error.hpp>
 #include <d9d/io/file.hpp>
+#include <d9d/io/hashes.hpp>
+#include <d9d/io/sha256.hpp>
 #include <d9d/model_state/writer.hpp>
 
 namespace d9d::model_state {
@@ -403,8 +405,9 @@ struct Destination::Impl {
   // What a commit of `parts` writes and does (Note [checkpoint commit]), before it does it.
   struct Plan {
     Journal journal;
-    std::optional<std::string> index;  // the new index's JSON; none for a model.safetensors
-    std::string interim;               // the interim index's, when the journal sets files aside
+    std::optional<std::string> index;   // the new index's JSON; none for a model.safetensors
+    std::string interim;                // the interim index's, when the journal sets files aside
+    std::optional<std::string> hashes;  // d9d-hashes.json's text (WriteOptions::write_hashes)
   };
   Plan plan(std::span<const LocalShards> parts) const;
   void commit(std::span<const LocalShards> parts);
@@ -514,10 +517,26 @@ Destination::Impl::Plan Destination::Impl::plan(std::span<const LocalShards> par
   }
   for (const auto& [name, text] : options.companion_files) {
     D9D_CHECK(io::is_plain_file_name(name) && !starts_with(name, ".d9d-") &&
-                  name != io::kIndexFileName && !name.ends_with(".safetensors"),
+                  name != io::kIndexFileName && name != io::kHashesFileName &&
+                  !name.ends_with(".safetensors"),
               "write_model_state: \"", bounded(name), "\" cannot name a companion file");
     if (text) j.companions.emplace_back(staged(name), name);
     if (ops.exists(name)) j.moved.push_back(name);
+  }
+  // A hash list describes the checkpoint beside it: an old one goes with the old checkpoint.
+  if (ops.exists(io::kHashesFileName)) j.moved.emplace_back(io::kHashesFileName);
+  if (options.write_hashes) {
+    std::vector<fs::path> temps;
+    for (const auto& [temp, name] : final_name) temps.push_back(ops.at(temp));
+    const std::vector<std::string> digests = io::sha256_of_files(temps);
+    std::map<std::string, std::string> sums;
+    size_t k = 0;
+    for (const auto& [temp, name] : final_name) sums[name] = digests[k++];
+    if (plan.index) {
+      sums[std::string(io::kIndexFileName)] = io::sha256_hex(std::as_bytes(std::span(*plan.index)));
+    }
+    plan.hashes = io::hashes_json(sums);
+    j.companions.emplace_back(staged(io::kHashesFileName), std::string(io::kHashesFileName));
   }
   return plan;
 }
@@ -532,6 +551,7 @@ void Destination::Impl::commit(std::span<const LocalShards> parts) {
     for (const auto& [name, text] : options.companion_files) {
       if (text) ops.stage(staged(name), *text);
     }
+    if (plan.hashes) ops.stage(staged(io::kHashesFileName), *plan.hashes);
     ops.write(kJournalName, j.to_json());
   } catch (...) {
     std::error_code ec;

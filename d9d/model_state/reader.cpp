@@ -15,6 +15,7 @@
 
 #include <d9d/dist/dtensor.hpp>
 #include <d9d/error.hpp>
+#include <d9d/io/hashes.hpp>
 #include <d9d/io/mapped_file.hpp>
 #include <d9d/model_state/progress.hpp>
 #include <d9d/staging.hpp>
@@ -580,6 +581,9 @@ ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr ma
                                                        options);
   impl->current_it = impl->current.end();
   impl->plan = plan_read(impl->checkpoint, *impl->mapper);
+  if (options.verify) {
+    io::verify_hashes(impl->checkpoint.dir(), impl->plan.files, 0, io::IoBackend::kPread);
+  }
   impl->planned_specs = impl->plan.outputs();
   return ModelStateStream(std::move(impl));
 }

@@ -376,7 +376,8 @@ static void test_options(void) {
   /* A param the spec does not declare is the spec's error. */
   EXPECT_ERROR(d9d_stream_open(ckpt, NULL, "{\"params\": {\"tp\": 4}}", &s), D9D_E_SPEC, "\"tp\"",
                "does not declare");
-  BAD_OPTIONS("{\"io\": \"uring\"}", "\"io\" is not supported by this build");
+  BAD_OPTIONS("{\"io\": \"aio\"}", "expected auto, mmap, pread, direct or uring");
+  BAD_OPTIONS("{\"io\": 1}", "\"io\" must be a string");
   BAD_OPTIONS("{\"shard_size\": 100}", "\"shard_size\" is an option of d9d_convert only");
   BAD_OPTIONS("{\"device\": \"tpu:0\"}", "\"device\"", "tpu:0");
   BAD_OPTIONS("{\"device\": 0}", "\"device\" must be");

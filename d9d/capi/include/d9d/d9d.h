@@ -43,7 +43,12 @@
  *   "shard_size":    most bytes of tensor data per output shard (default 4 GiB, as `d9d convert`)
  *   "overwrite":     replace a checkpoint already in out_dir (default false)
  *   "fsync":         make every file durable before it gets its final name (default true)
- * "io" (a read backend) is reserved: this build rejects it.
+ *   "write_hashes":  publish d9d-hashes.json (every shard's SHA-256) with the checkpoint (default
+ *                    true, as `d9d convert`; `d9d verify OUT --sha256` checks it)
+ * and for every function that reads:
+ *   "io":            how the files are read: "auto" (the default: per file, pread from the page
+ *                    cache or a network file system, O_DIRECT through io_uring from a cold disk),
+ *                    "mmap", "pread", "direct" (O_DIRECT) or "uring", as `d9d load --io`
  *
  * SPECS (spec_json): the JSON text of a d9d mapper spec (the format is in the d9d repository's
  * d9d/mapper/include/d9d/mapper/spec.hpp; d9d_builtin_spec gives the built-in library's, one per

@@ -69,6 +69,11 @@ struct ReadOptions {
   io::IoBackend io = io::IoBackend::kAuto;
   // Where the reads are accounted (bytes per file and backend, fallback notes); may be null.
   io::ReadLog* read_log = nullptr;
+  // Check every file the plan reads against its SHA-256 (d9d-hashes.json or a hub snapshot's
+  // blob names: Note [hash lists] in io's hashes.cpp) before any tensor is read; an
+  // io::IntegrityError names a file that differs or has no hash. The files are hashed through the
+  // page cache, so the load that follows reads them from memory: the disk is read once.
+  bool verify = false;
   // A progress bar on standard error (a ProgressBar: drawn only on a terminal).
   bool show_progress = true;
   std::string label = "Loading Model States";

@@ -130,6 +130,10 @@ struct WriteOptions {
   // it, a destination holding model.safetensors.index.json or *.safetensors is an error.
   bool overwrite = false;
   io::Metadata metadata = io::default_metadata();
+  // Publish d9d-hashes.json with the checkpoint (a companion file: Note [hash lists] in io's
+  // hashes.cpp): the SHA-256 of every shard, hashed on this process once all are written, and of
+  // the index. An old checkpoint's hash list goes with it either way.
+  bool write_hashes = false;
   // Small files that belong to the checkpoint beside its index (the CLI's d9d-conversion.json),
   // name -> text, published by the same commit. A file of such a name already in the destination
   // is part of the old checkpoint and goes with it; a name mapped to nullopt is only removed.
