@@ -17,7 +17,7 @@
 // the memory was recently freed in this process (5.7 vs 3.4 GB/s here), but on this VM a fresh
 // process faulting in huge pages the host has reclaimed ran 3-5x slower than with 4 KiB pages.
 //
-// Note [read plan]: read_ranges sorts nothing (callers list ranges in file order) but joins
+// Note [read chunks]: read_ranges sorts nothing (callers list ranges in file order) but joins
 // file-adjacent ranges into chunks of up to 4 MiB (one preadv each, up to 1024 pieces) and splits
 // larger ones, so every backend sees the same chunks: a few MiB, in file order per file, dealt out
 // to threads (or kept in flight in one io_uring).
@@ -500,7 +500,7 @@ void read_uring(const std::vector<const Chunk*>& chunks, iovec* pieces, ReadLog*
 }  // namespace
 
 void read_ranges(std::span<const ReadRange> ranges, const ReadRangesOptions& options) {
-  // The plan (Note [read plan]).
+  // The chunks (Note [read chunks]).
   std::vector<iovec> pieces;
   std::vector<Chunk> chunks;
   uint64_t total = 0;

@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""Cold-start loading: `d9d load --cold` beside Python safetensors and the disk's limit, in one run.
+"""Cold and warm loading: `d9d load` with each read backend beside Python safetensors and the
+machine's limits, in one run.
 
   .venv/bin/python3 bench/io/cold.py [BUILD_DIR] [--dir DIR] [--gb 2] [--rounds 3]
 
-The checkpoint is io.py's (about --gb GB, ~600 MB shards, cached in DIR). Before every cold run
-each shard is dropped from the page cache (posix_fadvise DONTNEED: no root needed). Per round:
-  dd      dd iflag=direct bs=8M of every shard to /dev/null, one after another (the disk's limit
-          for one reader without the page cache)
-  d9d     d9d load CKPT --cold: every tensor into host buffers of its own (its own figure: the
-          load, not the allocation of the buffers)
-  python  safetensors.numpy.load_file of every shard after the same drop, in a new process
-  warm    d9d load CKPT again, the files now in the page cache, and Python's load_file
+The checkpoint is io.py's (about --gb GB, 4 shards of ~600 MB, cached in DIR). Before every cold
+run each shard is dropped from the page cache (posix_fadvise DONTNEED: no root needed). Per round:
+  cold  dd iflag=direct bs=8M of every shard to /dev/null, one after another (the disk's limit for
+        one reader past the page cache); `d9d load CKPT --cold --io B` for B = auto, uring,
+        direct, pread, mmap (every tensor into host buffers of its own, its own figure: the load,
+        not the allocation); safetensors.numpy.load_file of every shard in a new process
+  warm  (the files in the page cache) the pread limit (bench_io pread: the data sections into
+        memory faulted in before timing), Checkpoint::read_into into such buffers (bench_io
+        into), and a fresh process's first load: `d9d load --io auto` (new buffers) and Python's
+        load_file
 Prints medians and ratios as a Markdown table.
 """
 import argparse
@@ -62,6 +65,21 @@ def d9d_load(d9d, ckpt, *extra):
     return float(m.group(1))
 
 
+def bench_io(build, *args):
+    out = subprocess.run([os.path.join(build, "bench", "io", "bench_io"), *map(str, args)],
+                         capture_output=True, text=True, check=True)
+    return statistics.median(json.loads(out.stdout)["times"])
+
+
+def python_load(ckpt):
+    out = subprocess.run([sys.executable, "-c", PY_COLD, ckpt], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)["seconds"]
+
+
+BACKENDS = ["auto", "uring", "direct", "pread", "mmap"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build", nargs="?", default=os.path.join(ROOT, "build"))
@@ -76,38 +94,51 @@ def main():
     os.sync()
     files = sorted(os.path.join(ckpt, f) for f in os.listdir(ckpt) if f.endswith(".safetensors"))
     nbytes = sum(os.path.getsize(f) for f in files)
-    t = {"dd": [], "d9d": [], "python": [], "warm": [], "python warm": []}
+    t = {}
+
+    def record(key, seconds):
+        t.setdefault(key, []).append(seconds)
+
     for r in range(args.rounds):
         drop(files)
         t0 = time.perf_counter()
         for f in files:
             subprocess.run(["dd", f"if={f}", "of=/dev/null", "iflag=direct", "bs=8M"],
                            check=True, capture_output=True)
-        t["dd"].append(time.perf_counter() - t0)
-        t["d9d"].append(d9d_load(d9d, ckpt, "--cold"))
+        record("dd", time.perf_counter() - t0)
+        for b in BACKENDS:
+            record(f"cold {b}", d9d_load(d9d, ckpt, "--cold", "--io", b))
         drop(files)
-        out = subprocess.run([sys.executable, "-c", PY_COLD, ckpt], capture_output=True, text=True,
-                             check=True)
-        t["python"].append(json.loads(out.stdout)["seconds"])
-        d9d_load(d9d, ckpt)  # into the page cache
-        t["warm"].append(d9d_load(d9d, ckpt))
-        out = subprocess.run([sys.executable, "-c", PY_COLD, ckpt], capture_output=True, text=True,
-                             check=True)
-        t["python warm"].append(json.loads(out.stdout)["seconds"])
+        record("python cold", python_load(ckpt))
+        d9d_load(d9d, ckpt, "--io", "pread")  # into the page cache
+        record("pread limit", bench_io(args.build, "pread", ckpt, 3, os.cpu_count()))
+        record("read_into", bench_io(args.build, "into", ckpt, 3))
+        record("warm auto", d9d_load(d9d, ckpt, "--io", "auto"))
+        record("python warm", python_load(ckpt))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in t.items()),
               file=sys.stderr)
     rate = {k: nbytes / statistics.median(v) / 1e9 for k, v in t.items()}
     print(f"\n{nbytes / 1e9:.2f} GB in {len(files)} shards, median of {args.rounds} rounds\n")
-    print("| | GB/s | ratio |")
-    print("|---|---:|---:|")
-    print(f"| `dd iflag=direct bs=8M` (cold limit) | {rate['dd']:.2f} | 1.00 |")
-    print(f"| `d9d load --cold` | {rate['d9d']:.2f} | {rate['d9d'] / rate['dd']:.2f} of dd |")
-    print(f"| Python safetensors `load_file`, cold | {rate['python']:.2f} | "
-          f"{rate['python'] / rate['dd']:.2f} of dd |")
-    print(f"| d9d cold / Python cold | | {rate['d9d'] / rate['python']:.2f}x |")
-    print(f"| `d9d load`, warm (page cache) | {rate['warm']:.2f} | "
-          f"{rate['warm'] / rate['python warm']:.2f}x Python |")
-    print(f"| Python safetensors `load_file`, warm | {rate['python warm']:.2f} | |")
+    print("| cold (page cache dropped before each) | GB/s | of dd | vs Python |")
+    print("|---|---:|---:|---:|")
+    print(f"| `dd iflag=direct bs=8M` (one reader's limit) | {rate['dd']:.2f} | 1.00 | |")
+    for b in BACKENDS:
+        k = f"cold {b}"
+        print(f"| `d9d load --cold --io {b}` | {rate[k]:.2f} | {rate[k] / rate['dd']:.2f} | "
+              f"{rate[k] / rate['python cold']:.2f}x |")
+    print(f"| Python safetensors `load_file` | {rate['python cold']:.2f} | "
+          f"{rate['python cold'] / rate['dd']:.2f} | 1.00x |")
+    print()
+    print("| warm (page cache) | GB/s | of the pread limit | vs Python |")
+    print("|---|---:|---:|---:|")
+    print(f"| pread into faulted memory (the limit) | {rate['pread limit']:.2f} | 1.00 | |")
+    print(f"| `Checkpoint::read_into` (an engine's buffers) | {rate['read_into']:.2f} | "
+          f"{rate['read_into'] / rate['pread limit']:.2f} | |")
+    print(f"| `d9d load` (a fresh process, new buffers) | {rate['warm auto']:.2f} | "
+          f"{rate['warm auto'] / rate['pread limit']:.2f} | "
+          f"{rate['warm auto'] / rate['python warm']:.2f}x |")
+    print(f"| Python safetensors `load_file` (a fresh process) | {rate['python warm']:.2f} | "
+          f"{rate['python warm'] / rate['pread limit']:.2f} | 1.00x |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 FINAL_NAME = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$")
 INDEX = "model.safetensors.index.json"
 SIDECAR = "d9d-conversion.json"
+HASHES = "d9d-hashes.json"
 
 def d9d(*args, timeout=300):
     """Runs d9d; returns the CompletedProcess (text)."""

@@ -157,7 +157,8 @@ with tempfile.TemporaryDirectory() as tmp:
     out = path("keep")
     with_user_files(out)
     check(convert(src2, out, "--overwrite", shard_size="1GB").returncode == 0, "one shard")
-    check(sorted(files(out)) == sorted([*USER_FILES, SIDECAR, "model.safetensors"]),
+    check(sorted(files(out)) == sorted([*USER_FILES, SIDECAR, "d9d-hashes.json",
+                                        "model.safetensors"]),
           f"a conversion of one shard beside the user's files: model.safetensors, no index, as "
           f"transformers' save_pretrained writes ({sorted(files(out))})")
     stray = f"model-00001-of-{shard_count:05d}.safetensors"
@@ -199,7 +200,7 @@ with tempfile.TemporaryDirectory() as tmp:
     one = path("ref-one")
     check(convert(src, one, shard_size="1GB").returncode == 0, "the reference conversion, one file")
     one_files = files(one)
-    check(sorted(one_files) == ["d9d-conversion.json", "model.safetensors"],
+    check(sorted(one_files) == ["d9d-conversion.json", "d9d-hashes.json", "model.safetensors"],
           f"one file ({sorted(one_files)})")
     check(read_as_transformers(one) == new, "the same tensors as the sharded one")
 

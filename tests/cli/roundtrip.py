@@ -127,7 +127,7 @@ with tempfile.TemporaryDirectory() as tmp:
     d9d_ok("convert", original, slow, "--spec", LLAMA, "--overwrite", "--shard-size", "5GB",
            "--no-progress")
     names = sorted(n for n in os.listdir(slow) if n.endswith(".safetensors") or n.endswith(".json"))
-    check(names == ["d9d-conversion.json", "model.safetensors"],
+    check(names == ["d9d-conversion.json", "d9d-hashes.json", "model.safetensors"],
           f"--overwrite leaves only the new checkpoint: one model.safetensors, the old shards and "
           f"index gone {names}")
     check(d9d("verify", slow, fused).returncode == 0, "--overwrite wrote the same tensors")
@@ -180,7 +180,8 @@ with tempfile.TemporaryDirectory() as tmp:
     json.dump(cast, open(cast_path, "w"))
     lossy_out = path("lossy_out")
     d9d_ok("convert", lossy_src, lossy_out, "--spec", cast_path, "--no-progress")
-    check(sorted(os.listdir(lossy_out)) == ["d9d-conversion.json", "model.safetensors"],
+    check(sorted(os.listdir(lossy_out)) ==
+          ["d9d-conversion.json", "d9d-hashes.json", "model.safetensors"],
           f"one shard: model.safetensors and no index, as save_pretrained ({os.listdir(lossy_out)})")
     r = d9d("convert", lossy_out, path("lossy_refused"), "--reverse", "--no-progress")
     check(r.returncode == 1 and "loses values" in r.stderr and "--allow-lossy" in r.stderr,

@@ -2,7 +2,7 @@
 //
 // The mapping is MAP_PRIVATE and PROT_READ: nothing d9d does can change the file, and a view of it
 // is zero-copy. The file descriptor stays open next to the mapping so that bulk copies can use
-// pread (see Note [pread for copies] in safetensors_file.cpp). A zero-byte file cannot be mapped;
+// pread (see Note [pread for copies] in read_engine.cpp). A zero-byte file cannot be mapped;
 // it opens as an empty MappedFile (data() == nullptr, size() == 0).
 //
 // Note [truncated files]: a file can shrink while it is mapped (another process truncates or
