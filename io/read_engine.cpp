@@ -346,15 +346,22 @@ FileDescriptor open_direct(const MappedFile& file, ReadLog* log) {
   return FileDescriptor(fd);
 }
 
-// The share of the pages under `chunks` (all of one file) that are in the page cache.
+// The share of the pages under `chunks` (all of one file) that are in the page cache, estimated
+// from a sample: the first 64 KiB of at most 256 chunks spread over the file (mincore of every
+// page of a page-cached 2 GB costs ~45 ms, a fifth of reading it).
 double resident_share(const MappedFile& file, const std::vector<const Chunk*>& chunks) {
   if (file.data() == nullptr) return 1.0;
   const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  constexpr uint64_t kSampleBytes = 64 << 10;
+  constexpr size_t kSampledChunks = 256;
   std::vector<unsigned char> in_core;
   uint64_t pages = 0, resident = 0;
-  for (const Chunk* c : chunks) {
+  const size_t step = (chunks.size() + kSampledChunks - 1) / kSampledChunks;
+  for (size_t i = 0; i < chunks.size(); i += step) {
+    const Chunk* c = chunks[i];
     const uint64_t begin = c->offset / page * page;
-    const uint64_t count = (c->offset + c->bytes - begin + page - 1) / page;
+    const uint64_t end = std::min(c->offset + c->bytes, c->offset + kSampleBytes);
+    const uint64_t count = (end - begin + page - 1) / page;
     in_core.resize(count);
     if (::mincore(const_cast<std::byte*>(file.data()) + begin, count * page, in_core.data()) != 0) {
       return 1.0;  // cannot tell: the page cache path is never wrong, only maybe slower

@@ -9,7 +9,8 @@ run each shard is dropped from the page cache (posix_fadvise DONTNEED: no root n
   cold  dd iflag=direct bs=8M of every shard to /dev/null, one after another (the disk's limit for
         one reader past the page cache); `d9d load CKPT --cold --io B` for B = auto, uring,
         direct, pread, mmap (every tensor into host buffers of its own, its own figure: the load,
-        not the allocation); safetensors.numpy.load_file of every shard in a new process
+        not the allocation); safetensors.numpy.load_file of every shard in a new process. The
+        order turns by one each round (a virtual disk's host may cache what was just read).
   warm  (the files in the page cache) the pread limit (bench_io pread: the data sections into
         memory faulted in before timing), Checkpoint::read_into into such buffers (bench_io
         into), and a fresh process's first load: `d9d load --io auto` (new buffers) and Python's
@@ -99,17 +100,24 @@ def main():
     def record(key, seconds):
         t.setdefault(key, []).append(seconds)
 
-    for r in range(args.rounds):
+    def dd():
         drop(files)
         t0 = time.perf_counter()
         for f in files:
             subprocess.run(["dd", f"if={f}", "of=/dev/null", "iflag=direct", "bs=8M"],
                            check=True, capture_output=True)
-        record("dd", time.perf_counter() - t0)
-        for b in BACKENDS:
-            record(f"cold {b}", d9d_load(d9d, ckpt, "--cold", "--io", b))
+        return time.perf_counter() - t0
+
+    def python_cold():
         drop(files)
-        record("python cold", python_load(ckpt))
+        return python_load(ckpt)
+
+    cold = [("dd", dd), ("python cold", python_cold)]
+    cold += [(f"cold {b}", lambda b=b: d9d_load(d9d, ckpt, "--cold", "--io", b)) for b in BACKENDS]
+    for r in range(args.rounds):
+        # A different order each round: a virtual disk's host may cache what the last run read.
+        for key, run in cold[r % len(cold):] + cold[:r % len(cold)]:
+            record(key, run())
         d9d_load(d9d, ckpt, "--io", "pread")  # into the page cache
         record("pread limit", bench_io(args.build, "pread", ckpt, 3, os.cpu_count()))
         record("read_into", bench_io(args.build, "into", ckpt, 3))

@@ -249,7 +249,8 @@ struct ModelStateStream::Impl {
   // them into its targets with the read engine, has them read ahead only for the pread backend
   // (a cold file read with O_DIRECT would be read twice otherwise).
   bool populate_views = true;
-  // Groups that only make views hand on views of the files (Note [views or copies]).
+  // Groups that only make views hand on views of the files (Note [views or copies]); not with a
+  // backend other than auto or mmap, nor on a network file system (Note [read backends]).
   bool views = true;
 
   std::mutex mu;
@@ -295,7 +296,6 @@ struct ModelStateStream::Impl {
   // inferred, contiguous views of the files, and their targets contiguous host tensors; the
   // others stay in the stream.
   void read_views_into(StateDict& target) {
-    if (!views) return;
     std::vector<io::ReadRange> ranges;
     std::vector<bool> read(plan.groups.size(), false);
     for (size_t i = 0; i < plan.groups.size(); ++i) {
@@ -615,6 +615,10 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
   }
   // DTensor targets take this rank's slice only (Note [reading what a rank owns]).
   ModelStateStream::Impl& impl = *stream.impl_;
+  // Views never leave load_model_state: they only say where an output's bytes are, and the read
+  // engine reads those with the backend asked for. So they are used whatever ReadOptions::io
+  // and zero_copy say, and whatever the file system.
+  impl.views = true;
   impl.populate_views = false;
   for (const auto& [name, tensor] : target) {
     if (auto d = dist::as_dtensor(tensor)) impl.distribute_outputs.emplace(name, d->spec());
