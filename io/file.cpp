@@ -153,7 +153,7 @@ AtomicFile::AtomicFile(std::filesystem::path final_path, int64_t size)
     name.append("-");
     name.append(std::to_string(rng() % 1000000000));
     temp_path_ = final_path_.parent_path() / name;
-    const int fd = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    const int fd = ::open(temp_path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd >= 0) {
       fd_ = FileDescriptor(fd);
       break;

@@ -6,11 +6,16 @@
 #include <array>
 #include <bit>
 #include <cerrno>
+#include <condition_variable>
+#include <memory>
 #include <mutex>
+#include <optional>
+#include <thread>
 #include <unordered_map>
 
 #include <d9d/io/file.hpp>
 #include <d9d/io/safetensors.hpp>
+#include <d9d/io/sha256.hpp>
 #include <d9d/staging.hpp>
 
 #include "json.hpp"
@@ -152,6 +157,115 @@ SafetensorsLayout plan_safetensors(std::span<const TensorDecl> tensors, const Me
   return layout;
 }
 
+// ---- hashing as written
+// ---------------------------------------------------------------------------
+
+// Note [hashing as written]: SaveOptions::sha256 gives the writer a thread of its own that follows
+// the writes: each range written is announced to it, and it reads back (pread: the bytes are in
+// the page cache, just written) and hashes the file front to back as far as the announced ranges
+// reach without a gap. The writer's thread pays nothing but the announcement, and a file written
+// in order (as d9d's streamed shards are: the header, then each tensor) is hashed by the time
+// its last tensor is written; at commit the follower hashes whatever is left (a gap of padding,
+// ranges written out of order) to the end of the file. The bytes are hashed as the file holds
+// them, never from the caller's buffers, which may be gone by then.
+class FollowingHasher {
+ public:
+  FollowingHasher(int fd, std::filesystem::path path, uint64_t size)
+      : fd_(fd), path_(std::move(path)), size_(size), thread_([this] { run(); }) {}
+  FollowingHasher(const FollowingHasher&) = delete;
+  FollowingHasher& operator=(const FollowingHasher&) = delete;
+  ~FollowingHasher() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Bytes [begin, end) of the file have been written.
+  void written(uint64_t begin, uint64_t end) {
+    if (begin >= end) return;
+    {
+      std::lock_guard lock(mu_);
+      auto next = ready_.find(end);  // a range that starts where this one ends: joined
+      if (next != ready_.end()) {
+        end = next->second;
+        ready_.erase(next);
+      }
+      if (const auto prev = ends_.find(begin); prev != ends_.end()) {  // one that ends at begin
+        begin = prev->second;
+        ends_.erase(prev);
+      }
+      ready_[begin] = end;
+      ends_[end] = begin;
+    }
+    cv_.notify_all();
+  }
+
+  // Hashes what is left to the end of the file; the digest, or nullopt if a read failed.
+  std::optional<std::string> finish() {
+    {
+      std::lock_guard lock(mu_);
+      finishing_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    return digest_;
+  }
+
+ private:
+  void run() {
+    std::vector<std::byte> buffer(static_cast<size_t>(std::min<uint64_t>(size_, kPiece)));
+    Sha256 sha;
+    uint64_t hashed = 0;
+    try {
+      for (;;) {
+        uint64_t end = 0;
+        {
+          std::unique_lock lock(mu_);
+          cv_.wait(lock, [&] { return stop_ || finishing_ || ready_.contains(hashed); });
+          if (stop_) return;
+          if (const auto it = ready_.find(hashed); it != ready_.end()) {
+            end = it->second;
+            ends_.erase(it->second);
+            ready_.erase(it);
+          } else {
+            end = size_;  // finishing: the rest, whatever was announced
+          }
+        }
+        for (; hashed < end;) {
+          const auto n = static_cast<size_t>(std::min<uint64_t>(end - hashed, kPiece));
+          pread_all(fd_, hashed, buffer.data(), n, path_);
+          sha.update({buffer.data(), n});
+          hashed += n;
+        }
+        if (hashed == size_) {
+          std::unique_lock lock(mu_);
+          cv_.wait(lock, [&] { return stop_ || finishing_; });  // every byte is final only now
+          if (finishing_ && !stop_) digest_ = Sha256::hex(sha.finish());
+          return;
+        }
+      }
+    } catch (const Error&) {
+      // digest_ stays empty: the caller hashes the file itself, and meets the error there
+    }
+  }
+
+  static constexpr uint64_t kPiece = uint64_t{8} << 20;
+  const int fd_;
+  const std::filesystem::path path_;
+  const uint64_t size_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, uint64_t> ready_;  // announced, not hashed: begin -> end, joined
+  std::map<uint64_t, uint64_t> ends_;   // the same ranges: end -> begin
+  bool finishing_ = false;
+  bool stop_ = false;
+  std::optional<std::string> digest_;
+  std::thread thread_;  // last: started once every member above exists
+};
+
 // ---- SafetensorsWriter --------------------------------------------------------------------------
 
 struct SafetensorsWriter::Impl {
@@ -167,6 +281,10 @@ struct SafetensorsWriter::Impl {
   std::mutex mu;
   std::vector<std::map<int64_t, int64_t>> written;  // per tensor: merged [begin, end) pieces
   bool committed = false;
+  // SaveOptions::sha256: declared after `file`, so destroyed (its thread stopped) before the file
+  // is closed.
+  std::unique_ptr<FollowingHasher> hasher;
+  std::optional<std::string> digest;
 
   Impl() = default;
   Impl(const Impl&) = delete;
@@ -260,6 +378,7 @@ struct SafetensorsWriter::Impl {
       unclaim(i, offset);
       throw;
     }
+    if (hasher) hasher->written(at, at + bytes.size());
     if (options.fsync) start_writeback(fd(), at, bytes.size());  // Note [early writeback]
   }
 
@@ -313,6 +432,11 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
   impl_->file = AtomicFile(path, impl_->layout.file_size);
   const std::string& prefix = impl_->layout.prefix;
   impl_->file.write_at(0, reinterpret_cast<const std::byte*>(prefix.data()), prefix.size());
+  if (options.sha256) {
+    impl_->hasher = std::make_unique<FollowingHasher>(
+        impl_->file.fd(), impl_->file.temp_path(), static_cast<uint64_t>(impl_->layout.file_size));
+    impl_->hasher->written(0, prefix.size());
+  }
 }
 
 SafetensorsWriter SafetensorsWriter::create_shared(const std::filesystem::path& path,
@@ -439,12 +563,22 @@ void SafetensorsWriter::commit() {
                                            " tensors are not fully written: ", names);
     }
   }
+  if (impl_->hasher) {
+    impl_->digest = impl_->hasher->finish();
+    impl_->hasher.reset();
+  }
   impl_->file.commit(impl_->options.fsync);
   impl_->committed = true;
 }
 
+std::optional<std::string> SafetensorsWriter::sha256() const {
+  D9D_CHECK(impl_ != nullptr, "SafetensorsWriter: use of a moved-from writer");
+  return impl_->committed ? impl_->digest : std::nullopt;
+}
+
 void SafetensorsWriter::abandon() noexcept {
   if (!impl_) return;
+  impl_->hasher.reset();
   impl_->abandon_shared();
   impl_->file.abandon();
 }

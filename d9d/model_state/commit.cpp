@@ -526,12 +526,25 @@ Destination::Impl::Plan Destination::Impl::plan(std::span<const LocalShards> par
   // A hash list describes the checkpoint beside it: an old one goes with the old checkpoint.
   if (ops.exists(io::kHashesFileName)) j.moved.emplace_back(io::kHashesFileName);
   if (options.write_hashes) {
-    std::vector<fs::path> temps;
-    for (const auto& [temp, name] : final_name) temps.push_back(ops.at(temp));
-    const std::vector<std::string> digests = io::sha256_of_files(temps);
+    // Digests computed as the shards were written (Note [hashing as written] in io's writer.cpp);
+    // a shard without one is hashed here.
     std::map<std::string, std::string> sums;
-    size_t k = 0;
-    for (const auto& [temp, name] : final_name) sums[name] = digests[k++];
+    std::vector<fs::path> unhashed;
+    std::vector<std::string> unhashed_names;
+    for (const auto& [temp, name] : final_name) {
+      const std::string* digest = nullptr;
+      for (const LocalShards& p : parts) {
+        if (const auto it = p.sha256.find(temp); it != p.sha256.end()) digest = &it->second;
+      }
+      if (digest != nullptr) {
+        sums[name] = *digest;
+      } else {
+        unhashed.push_back(ops.at(temp));
+        unhashed_names.push_back(name);
+      }
+    }
+    const std::vector<std::string> digests = io::sha256_of_files(unhashed);
+    for (size_t k = 0; k < digests.size(); ++k) sums[unhashed_names[k]] = digests[k];
     if (plan.index) {
       sums[std::string(io::kIndexFileName)] = io::sha256_hex(std::as_bytes(std::span(*plan.index)));
     }

@@ -65,6 +65,7 @@ std::string shards_json(const LocalShards& shards) {
   j["files"] = shards.files;
   j["weight_map"] = shards.weight_map;
   j["total_size"] = shards.total_size;
+  j["sha256"] = shards.sha256;
   return j.dump();
 }
 
@@ -74,6 +75,7 @@ LocalShards shards_from_json(const std::string& text) {
   shards.files = j.at("files").get<std::vector<std::string>>();
   shards.weight_map = j.at("weight_map").get<std::vector<std::pair<std::string, std::string>>>();
   shards.total_size = j.at("total_size").get<int64_t>();
+  shards.sha256 = j.at("sha256").get<std::map<std::string, std::string>>();
   return shards;
 }
 

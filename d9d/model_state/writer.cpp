@@ -43,9 +43,9 @@ std::string group_list(const std::vector<const StateGroup*>& groups, size_t limi
 
 CheckpointExistsError::CheckpointExistsError(fs::path dir, std::string file)
     : io::IoError(d9d::detail::str_cat("write_model_state: ", dir.string(),
-                                  " already holds a checkpoint (", file,
-                                  "); write elsewhere, or allow replacing it "
-                                  "(WriteOptions::overwrite)")),
+                                       " already holds a checkpoint (", file,
+                                       "); write elsewhere, or allow replacing it "
+                                       "(WriteOptions::overwrite)")),
       dir_(std::move(dir)),
       file_(std::move(file)) {}
 
@@ -57,8 +57,9 @@ void check_shard_count(size_t count, int64_t shard_size) {
 }
 
 void check_fits_shard(const std::string& name, int64_t bytes, const WriteOptions& options) {
-  D9D_CHECK(bytes <= options.shard_size || options.oversized_tensor_alone, "write_model_state: ",
-            name, " has ", bytes, " bytes, more than the shard size of ", options.shard_size,
+  D9D_CHECK(bytes <= options.shard_size || options.oversized_tensor_alone,
+            "write_model_state: ", name, " has ", bytes, " bytes, more than the shard size of ",
+            options.shard_size,
             " bytes (WriteOptions::oversized_tensor_alone gives such a tensor a shard of its own)");
 }
 
@@ -115,6 +116,7 @@ struct ShardWriter::Impl {
     io::SaveOptions o;
     o.alignment = options.alignment;
     o.fsync = options.fsync;
+    o.sha256 = options.write_hashes;
     return o;
   }
 
@@ -148,6 +150,7 @@ struct ShardWriter::Impl {
     shard.writer->write(name, tensor);  // checks the declared dtype and shape
     if (++shard.written == shard.decls.size()) {
       shard.writer->commit();
+      if (const auto digest = shard.writer->sha256()) result.sha256[shard.file] = *digest;
       shard.writer.reset();
     }
   }
@@ -164,6 +167,7 @@ struct ShardWriter::Impl {
     io::SafetensorsWriter writer(dest / shard.file, shard.decls, options.metadata, save_options());
     for (const auto& [name, tensor] : pending) writer.write(name, tensor);
     writer.commit();
+    if (const auto digest = writer.sha256()) result.sha256[shard.file] = *digest;
     shard.written = shard.decls.size();
     shards.push_back(std::move(shard));
     pending.clear();

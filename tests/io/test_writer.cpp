@@ -5,10 +5,61 @@
 #include <csignal>
 #include <thread>
 
+#include <d9d/io/hashes.hpp>
+
 #include "helpers.hpp"
 
 namespace d9d::io::test {
 namespace {
+
+// Note [hashing as written]: the digest the writer computes while it writes is the file's, for
+// tensors written in order, out of order, in pieces, and with padding between header and data.
+TEST_CASE("SaveOptions::sha256: the writer's digest is the SHA-256 of the file it wrote") {
+  TempDir dir;
+  const Tensor a = patterned({3 << 20}, DType::U8, 1);
+  const Tensor b = patterned({5, 7}, DType::F32, 2);
+  const Tensor c = patterned({9 << 20}, DType::U8, 3);  // more than one of the hasher's pieces
+  const std::vector<TensorDecl> decls = {
+      {"a", DType::U8, a.shape()}, {"b", DType::F32, b.shape()}, {"c", DType::U8, c.shape()}};
+  for (const int order : {0, 1, 2}) {
+    CAPTURE(order);
+    SaveOptions o;
+    o.alignment = 4096;
+    o.fsync = false;
+    o.sha256 = true;
+    const auto path = dir / ("t" + std::to_string(order) + ".safetensors");
+    SafetensorsWriter w(path, decls, {}, o);
+    if (order == 0) {  // in file order
+      w.write("a", a);
+      w.write("b", b);
+      w.write("c", c);
+    } else if (order == 1) {  // backwards
+      w.write("c", c);
+      w.write("b", b);
+      w.write("a", a);
+    } else {  // c in two pieces, the second first
+      const auto* p = static_cast<const std::byte*>(c.data_ptr());
+      const size_t half = static_cast<size_t>(c.nbytes()) / 2;
+      w.write("a", a);
+      w.write_bytes("c", static_cast<int64_t>(half),
+                    {p + half, static_cast<size_t>(c.nbytes()) - half});
+      w.write("b", b);
+      w.write_bytes("c", 0, {p, half});
+    }
+    CHECK_FALSE(w.sha256().has_value());  // not before the commit
+    w.commit();
+    REQUIRE(w.sha256().has_value());
+    CHECK(*w.sha256() == sha256_of_file(path));
+  }
+  SaveOptions plain;
+  plain.fsync = false;
+  SafetensorsWriter w(dir / "plain.safetensors", decls, {}, plain);
+  w.write("a", a);
+  w.write("b", b);
+  w.write("c", c);
+  w.commit();
+  CHECK_FALSE(w.sha256().has_value());
+}
 
 TEST_CASE("the header is compact JSON in the reference's order, padded with spaces to 8") {
   const std::vector<TensorDecl> decls = {

@@ -81,7 +81,8 @@ void start_writeback(int fd, uint64_t offset, size_t size) noexcept;
 class AtomicFile {
  public:
   AtomicFile() noexcept = default;
-  // Creates the temporary (mode 0666 less the umask). `size`, when known (> 0), is reserved up
+  // Creates the temporary (mode 0666 less the umask; open for reading too, so that a writer can
+  // hash what it wrote: Note [hashing as written] in writer.cpp). `size`, when known (> 0), is reserved up
   // front with fallocate, so a full disk fails here rather than half way through the data.
   AtomicFile(std::filesystem::path final_path, int64_t size);
   AtomicFile(const AtomicFile&) = delete;

@@ -183,6 +183,9 @@ struct SaveOptions {
   int64_t alignment = 8;
   // fsync the file before the rename and the directory after it. Turn off only for scratch files.
   bool fsync = true;
+  // Compute the file's SHA-256 while it is written (Note [hashing as written] in writer.cpp), for
+  // SafetensorsWriter::sha256(). Not for a shared writer's file.
+  bool sha256 = false;
 };
 
 // {"format": "pt"}: what transformers writes, and what some loaders look for.
@@ -266,6 +269,9 @@ class SafetensorsWriter {
   // Checks complete(), then fsyncs, renames the temporary to `path` and fsyncs the directory.
   // (A shared writer: see Note [shared file].)
   void commit();
+  // After commit(): the SHA-256 of the file's bytes (64 hex digits) when SaveOptions::sha256
+  // asked for it; nullopt otherwise or when it could not be computed.
+  std::optional<std::string> sha256() const;
   // Removes the temporary file now; the writer is then unusable. (A shared writer: closes it, and
   // the creator's removes the file.)
   void abandon() noexcept;

@@ -145,6 +145,9 @@ struct LocalShards {
   std::vector<std::string> files;                               // temporary file names, in order
   std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> file, in write order
   int64_t total_size = 0;                                       // bytes of tensor data
+  // Temporary file name -> the SHA-256 of its bytes, computed as it was written
+  // (WriteOptions::write_hashes); a file missing here is hashed at the commit.
+  std::map<std::string, std::string> sha256;
 };
 
 // The engine behind write_model_state_local (public so the template front end and the
