@@ -94,13 +94,12 @@ int run_load(const LoadOptions& options) {
             << (options.spec ? " through " + c.sidecar.spec_origin : std::string()) << " -> "
             << options.device.str() << (options.cold ? ", from a cold page cache" : "")
             << (options.sha256 ? ", every file checked against its SHA-256" : "") << "\n";
-  // Every file the plan reads, with how the engine read it (a file read only through the CUDA
-  // staging ring is not in the engine's log).
+  // Every file the plan reads, with how the engine read it (host and cuda:N targets alike).
   const std::map<std::string, io::ReadLog::File> reads = log.files();
   for (const std::string& file : plan.files) {
     const auto it = reads.find((ck.dir() / file).string());
     std::cout << "  " << file << "  "
-              << (it != reads.end() ? how_read(it->second) : std::string("staged pread")) << "\n";
+              << (it != reads.end() ? how_read(it->second) : std::string("(not read)")) << "\n";
   }
   std::cout << "  targets: " << count_of(plan.output_count, "tensor") << ", "
             << format_bytes(plan.output_bytes) << ", allocated in " << format_seconds(alloc_seconds)

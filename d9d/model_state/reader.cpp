@@ -187,8 +187,9 @@ Tensor read_view(const Tensor& view, const FileBytes& at, const io::ReadRangesOp
 }
 
 // Note [pread into the staging ring]: on cuda:N a group's inputs are not viewed through the
-// mapping at all: each chunk of a tensor's bytes is read with pread from the file straight into a
-// pinned staging buffer (Note [pinned staging ring]). Against memcpy from the mapping this skips
+// mapping at all: each chunk of a tensor's bytes is read from the file by the read engine (pread
+// from the page cache; O_DIRECT through io_uring from a cold disk) straight into a pinned staging
+// buffer (Note [pinned staging ring]). Against memcpy from the mapping this skips
 // faulting in page-table entries for every page and dropping them again, and the bytes never add
 // to this process's resident set. Measured on the development machine with a stand-alone program
 // (2 threads, a page-cached 2 GB file, 32 MiB chunks into warm buffers, whole process, median of
@@ -196,19 +197,28 @@ Tensor read_view(const Tensor& view, const FileBytes& at, const io::ReadRangesOp
 // 98 MiB against 1974 MiB. A file truncated under us is an IoError naming it, not SIGBUS (as in
 // Note [pread for copies] of the io layer).
 Tensor upload_from_file(StagingRing& staging, const io::Checkpoint& checkpoint,
-                        const std::string& name) {
+                        const std::string& name, const io::ReadRangesOptions& io) {
   const io::CheckpointEntry entry = checkpoint.entry(name);
   const io::SafetensorsFile& file = checkpoint.file(*entry.file);
   const std::shared_ptr<const io::MappedFile> mapping = file.shared_mapped_file();
   const auto begin = static_cast<uint64_t>(file.data_offset() + entry.info->begin);
   const int64_t nbytes = entry.info->end - entry.info->begin;
-  if (nbytes >= kReadAheadMin) {  // a file not in the page cache: the kernel reads ahead now
+  if (nbytes >= kReadAheadMin && io.io == io::IoBackend::kPread) {
+    // A file not in the page cache: the kernel reads ahead now (the other backends read past the
+    // page cache, or choose by it: no read-ahead into it).
     mapping->advise(io::Advice::kWillNeed, begin, static_cast<size_t>(nbytes));
   }
-  return staging.upload(entry.info->shape, entry.info->dtype,
-                        [&](std::span<std::byte> dst, int64_t offset) {
-                          mapping->read(begin + static_cast<uint64_t>(offset), dst);
-                        });
+  // Each staging buffer is filled by the read engine, with the backend asked for (Note [read
+  // backends] in io's read_engine.cpp): the same engine serves host and device targets. One
+  // thread: the reader threads already fill buffers side by side.
+  io::ReadRangesOptions one_thread = io;
+  one_thread.threads = 1;
+  return staging.upload(
+      entry.info->shape, entry.info->dtype, [&](std::span<std::byte> dst, int64_t offset) {
+        const io::ReadRange range{mapping.get(), begin + static_cast<uint64_t>(offset), dst.data(),
+                                  dst.size()};
+        io::read_ranges({&range, 1}, one_thread);
+      });
 }
 
 // Note [views or copies]: on the host, a group whose mapper only makes views (moves_data() is
@@ -438,7 +448,7 @@ struct ModelStateStream::Impl {
     StateDict inputs;
     if (staging != nullptr && !slices) {
       for (const auto& [name, spec] : g.inputs) {
-        inputs.emplace(name, upload_from_file(*staging, checkpoint, name));
+        inputs.emplace(name, upload_from_file(*staging, checkpoint, name, io_options()));
       }
       return mapper->apply(std::move(inputs));
     }
