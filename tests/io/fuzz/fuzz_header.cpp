@@ -1,4 +1,5 @@
-// libFuzzer target: the safetensors header parser + validator, and the index parser.
+// libFuzzer target: the safetensors header parser + validator, the index parser, and the
+// d9d-hashes.json parser.
 //
 // Beyond "no crash, no sanitizer report", every accepted file is checked against the rules'
 // consequences (the ranges tile the data section exactly; every size is consistent), and its
@@ -8,6 +9,7 @@
 #include <string_view>
 
 #include <d9d/io/checkpoint.hpp>
+#include <d9d/io/hashes.hpp>
 #include <d9d/io/safetensors.hpp>
 
 namespace {
@@ -59,6 +61,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const auto again = d9d::io::SafetensorsIndex::parse(index.to_json(), "again");
       require(again.weight_map == index.weight_map && again.total_size == index.total_size &&
               again.extra_metadata == index.extra_metadata);
+    } catch (const d9d::io::FormatError&) {
+    }
+    // And as a hash list: what it accepts names plain files with 64-hex digests, and its own
+    // text reads back the same.
+    try {
+      const auto list = d9d::io::parse_hashes_json(
+          {reinterpret_cast<const char*>(data) + skip, size - skip}, "fuzz");
+      for (const auto& [file, digest] : list) {
+        require(d9d::io::is_plain_file_name(file) && digest.size() == 64);
+      }
+      require(d9d::io::parse_hashes_json(d9d::io::hashes_json(list), "again") == list);
     } catch (const d9d::io::FormatError&) {
     }
   }
