@@ -9,6 +9,8 @@
   - --io: each backend is the one listed for every file (or a note says why another was used);
     `auto` reads page-cached files with pread and cold ones past the page cache (uring or
     direct), and every backend reads the checkpoint's bytes once from a cold cache;
+  - a file system that refuses O_DIRECT (ramfs, mounted when the test runs as root) is read with
+    pread under --io direct and uring, with a note saying so;
   - a shard cut short is exit 1 naming the file, never SIGBUS; a CUDA device that is not there is
     exit 1 with a message.
 
@@ -18,6 +20,8 @@ import json
 import os
 import re
 import resource
+import shutil
+import subprocess
 import tempfile
 
 import numpy as np
@@ -100,6 +104,26 @@ with tempfile.TemporaryDirectory(dir=os.getcwd()) as tmp:
               for s in shards), f"auto reads page-cached files with pread ({r.stdout})")
     r = d9d("load", ck, "--io", "aio", "--no-progress")
     check(r.returncode == 2 and "--io" in r.stderr, f"an unknown backend is a usage error ({r.stderr})")
+
+    # ---- a file system that refuses O_DIRECT (ramfs; tmpfs takes it since Linux 6.6) -----------
+    ram = os.path.join(tmp, "ramfs")
+    os.makedirs(ram)
+    mounted = subprocess.run(["mount", "-t", "ramfs", "none", ram], capture_output=True).returncode == 0
+    if not mounted:
+        print("note: ramfs cannot be mounted here (not root?): the O_DIRECT fallback is not run")
+    else:
+        try:
+            shutil.copytree(ck, os.path.join(ram, "ck"))
+            for io in ["direct", "uring"]:
+                r = d9d_ok("load", os.path.join(ram, "ck"), "--io", io, "--no-progress")
+                for shard in shards:
+                    line = listed(r.stdout, shard)
+                    check(re.match(rf"  {re.escape(shard)}  pread \S+ [kMG]?B \(O_DIRECT refused "
+                                   r"\(Invalid argument\): read with pread\)$", line) is not None,
+                          f"--io {io} on ramfs: read with pread, with a note ({line})")
+            print("ok: O_DIRECT refused by ramfs: pread, with a note")
+        finally:
+            subprocess.run(["umount", ram], check=True)
 
     # ---- failures -------------------------------------------------------------------------------
     r = d9d("load", ck, "--device", "cuda:0", "--no-progress")
