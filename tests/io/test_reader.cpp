@@ -299,6 +299,7 @@ TEST_CASE("every read backend returns the bytes pread does, and names a file cut
     ReadLog log;
     read_ranges(ranges, {.threads = 2, .io = io, .log = &log});
     for (size_t i = 0; i < wants.size(); ++i) {
+      if (wants[i].size == 0) continue;  // (an empty vector's data() may be null: no memcmp)
       REQUIRE(std::memcmp(out[i].data(), wants[i].bytes->data() + wants[i].offset, wants[i].size) ==
               0);
     }
