@@ -238,18 +238,17 @@ Checkpoint::Checkpoint(Checkpoint&&) noexcept = default;
 Checkpoint& Checkpoint::operator=(Checkpoint&&) noexcept = default;
 Checkpoint::~Checkpoint() = default;
 
-Checkpoint Checkpoint::open(const std::filesystem::path& path) {
+CheckpointFiles locate_checkpoint(const std::filesystem::path& path) {
   namespace fs = std::filesystem;
-  auto impl = std::make_unique<Impl>();
-  fs::path index_path;
+  CheckpointFiles located;
   fs::path single_path;
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
-    impl->dir = path;
+    located.dir = path;
     const fs::path idx = path / kIndexFileName;
     const fs::path single = path / kSingleFileName;
     if (fs::exists(idx, ec)) {
-      index_path = idx;
+      located.index_path = idx;
     } else if (fs::exists(single, ec)) {
       single_path = single;
     } else {
@@ -257,30 +256,39 @@ Checkpoint Checkpoint::open(const std::filesystem::path& path) {
                                         " nor ", kSingleFileName, " is in the directory");
     }
   } else {
-    impl->dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+    located.dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
     if (path.extension() == ".json") {
-      index_path = path;
+      located.index_path = path;
     } else {
       single_path = path;
     }
   }
 
-  if (!index_path.empty()) {
-    impl->index = SafetensorsIndex::read(index_path);
-    impl->files = impl->index->files();
-    const fs::path single = impl->dir / kSingleFileName;
-    const bool single_named =
-        std::find(impl->files.begin(), impl->files.end(), kSingleFileName) != impl->files.end();
+  if (!located.index_path.empty()) {
+    located.index = SafetensorsIndex::read(located.index_path);
+    located.files = located.index->files();
+    const fs::path single = located.dir / kSingleFileName;
+    const bool single_named = std::find(located.files.begin(), located.files.end(),
+                                        kSingleFileName) != located.files.end();
     if (!single_named && fs::exists(single, ec)) {
       d9d::detail::throw_error<FormatError>(
-          "checkpoint ", impl->dir.string(), ": both ", kIndexFileName, " and ", kSingleFileName,
+          "checkpoint ", located.dir.string(), ": both ", kIndexFileName, " and ", kSingleFileName,
           " are present and the index does not name ", kSingleFileName,
           "; which one is the checkpoint is ambiguous (remove one)");
     }
   } else {
-    impl->files = {single_path.filename().string()};
+    located.files = {single_path.filename().string()};
   }
+  return located;
+}
 
+Checkpoint Checkpoint::open(const std::filesystem::path& path) {
+  auto impl = std::make_unique<Impl>();
+  CheckpointFiles located = locate_checkpoint(path);
+  impl->dir = std::move(located.dir);
+  impl->index = std::move(located.index);
+  impl->files = std::move(located.files);
+  const std::filesystem::path& index_path = located.index_path;
   impl->opened.reserve(impl->files.size());
   for (const std::string& file : impl->files) {
     impl->opened.push_back(SafetensorsFile::open(impl->dir / file));

@@ -213,28 +213,16 @@ std::string list(const std::vector<std::string>& names, size_t limit = 10) {
   return out;
 }
 
-// The directory and the shard files of the checkpoint at `path` (as Checkpoint::open finds them),
-// from its index alone: the shards' headers are not read before their bytes are checked.
-std::pair<fs::path, std::vector<std::string>> checkpoint_files(const fs::path& path) {
-  fs::path index;
-  if (fs::is_directory(path)) {
-    index = path / std::string(io::kIndexFileName);
-    if (!fs::exists(index)) return {path, {std::string(io::kSingleFileName)}};
-  } else if (path.extension() == ".json") {
-    index = path;
-  } else {
-    return {path.parent_path(), {path.filename().string()}};
-  }
-  return {index.parent_path(), io::SafetensorsIndex::read(index).files()};
-}
-
 // --sha256: every shard of the checkpoint at `path` (and every other file its d9d-hashes.json
 // lists: the index) hashed and checked against its hash list (Note [hash lists] in io's
 // hashes.cpp) before any of them is parsed. A mismatch, or a shard with no hash, is an
 // IntegrityError naming the file.
 void check_hashes(const fs::path& path, bool quiet) {
   const Stopwatch clock;
-  auto [dir, files] = checkpoint_files(path);
+  // The shards from the index alone: no header is parsed before its bytes are checked.
+  io::CheckpointFiles located = io::locate_checkpoint(path);
+  const fs::path& dir = located.dir;
+  std::vector<std::string>& files = located.files;
   const fs::path list = dir / std::string(io::kHashesFileName);
   std::error_code ec;
   if (fs::exists(list, ec)) {

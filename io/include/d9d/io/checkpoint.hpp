@@ -82,6 +82,18 @@ struct CheckpointEntry {
   const TensorInfo* info = nullptr;   // its header entry in that shard
 };
 
+// Where the checkpoint at `path` (as Checkpoint::open takes it) is: its directory, its index when
+// it has one, and its shard file names, from the index alone (no shard is opened). Throws IoError
+// when a directory holds neither an index nor a model.safetensors, FormatError for a malformed
+// index or a directory whose model.safetensors its index does not name (ambiguous).
+struct CheckpointFiles {
+  std::filesystem::path dir;
+  std::filesystem::path index_path;  // empty without an index
+  std::optional<SafetensorsIndex> index;
+  std::vector<std::string> files;
+};
+CheckpointFiles locate_checkpoint(const std::filesystem::path& path);
+
 // An open checkpoint: every file mapped and validated, every tensor located; no tensor byte read.
 // Move-only; tensors taken from it keep their file's mapping alive on their own.
 class Checkpoint {
