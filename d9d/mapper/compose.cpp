@@ -125,6 +125,15 @@ SpecDict ParallelMapper::infer(const SpecDict& group) const {
   return run(group, [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
 }
 
+RegionDict ParallelMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                         std::vector<std::string>* whole) const {
+  const Route* route = find_route(detail::first_key(inputs));
+  if (route == nullptr || !detail::same_keys(inputs, route->group->inputs)) {
+    detail::throw_undefined_group(*this, inputs);
+  }
+  return route->mapper->input_regions(inputs, wanted, whole);
+}
+
 bool ParallelMapper::moves_data(const StateGroup& group) const {
   const Route* route = find_route(detail::first_key(group.inputs));
   if (route == nullptr || route->group->inputs != group.inputs) return true;  // not a group
@@ -203,6 +212,12 @@ SpecDict ShardMapper::infer(const SpecDict& group) const {
   SpecDict out = mapper_->infer(group);
   detail::check_group_outputs(*mapper_, g, out, "infer");
   return out;
+}
+
+RegionDict ShardMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                      std::vector<std::string>* whole) const {
+  group_of(detail::keys_of(inputs));
+  return mapper_->input_regions(inputs, wanted, whole);
 }
 
 bool ShardMapper::moves_data(const StateGroup& group) const {
@@ -285,6 +300,29 @@ StateDict PrefixScopeMapper::apply(StateDict group) const {
 SpecDict PrefixScopeMapper::infer(const SpecDict& group) const {
   return run(SpecDict(group),
              [](const ModelStateMapper& m, const SpecDict& g) { return m.infer(g); });
+}
+
+// The inner mapper's answer, its keys scoped as run() scopes them.
+RegionDict PrefixScopeMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                            std::vector<std::string>* whole) const {
+  SpecDict inner_inputs;
+  for (const auto& [key, spec] : inputs) {
+    if (key.compare(0, source_prefix_.size(), source_prefix_) != 0) {
+      detail::throw_undefined_group(*this, inputs);
+    }
+    inner_inputs.emplace(key.substr(source_prefix_.size()), spec);
+  }
+  RegionDict inner_wanted;
+  for (const auto& [key, region] : wanted) {
+    if (key.compare(0, target_prefix_.size(), target_prefix_) == 0) {
+      inner_wanted.emplace(key.substr(target_prefix_.size()), region);
+    }
+  }
+  RegionDict out;
+  for (auto& [key, region] : mapper_->input_regions(inner_inputs, inner_wanted, whole)) {
+    out.emplace(source_prefix_ + key, std::move(region));
+  }
+  return out;
 }
 
 std::optional<StateGroup> PrefixScopeMapper::unscoped(const StateGroup& group) const {

@@ -139,6 +139,19 @@ std::string PermuteForRopeMapper::describe() const {
               direction_ == RopeDirection::kToHf ? ", to_hf" : ", from_hf"));
 }
 
+// Rows move within their head only: the box's rows widened to whole heads (Note [slice pushdown]
+// in region.cpp).
+std::optional<Region> PermuteForRopeMapper::input_region(const TensorSpec& input,
+                                                         const Region& wanted) const {
+  const int64_t head = input.shape[0] / n_heads_;
+  Region out = wanted;
+  if (wanted.numel() > 0) {
+    out.begin[0] = wanted.begin[0] / head * head;
+    out.end[0] = (wanted.end[0] + head - 1) / head * head;
+  }
+  return out;
+}
+
 // ---- interleave_qkv, deinterleave_qkv -----------------------------------------------------------
 
 namespace {

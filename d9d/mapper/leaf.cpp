@@ -831,4 +831,217 @@ MapperPtr gather_full_tensor(std::string name) {
   return std::make_shared<GatherFullTensorMapper>(std::move(name));
 }
 
+
+// ---- slice pushdown (Note [slice pushdown] in region.cpp) ---------------------------------------
+
+namespace {
+
+// `wanted`'s dims [0, at) and [at + 1, ...) with `range` inserted as dim `at`.
+Region with_dim(const Region& wanted, size_t at, int64_t begin, int64_t end) {
+  Region out = wanted;
+  out.begin.insert(at, begin);
+  out.end.insert(at, end);
+  return out;
+}
+
+Region without_dim(const Region& wanted, size_t at) {
+  Region out = wanted;
+  out.begin.erase(at);
+  out.end.erase(at);
+  return out;
+}
+
+// The input box of pieces laid side by side along `d` (`sizes[i]` each) that makes the wanted
+// boxes of the pieces: their hull, shifted to where each piece starts. `stacked`: each piece is
+// one index of `d`, which the pieces do not have (unstack).
+std::optional<Region> hull_of_pieces(const TensorSpec& input, size_t d,
+                                     const std::vector<int64_t>& sizes,
+                                     const std::vector<std::optional<Region>>& wanted,
+                                     bool stacked) {
+  std::optional<Region> out;
+  int64_t at = 0;
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    const int64_t size = stacked ? 1 : sizes[i];
+    if (wanted[i] && wanted[i]->numel() > 0) {
+      Region r = stacked ? with_dim(*wanted[i], d, at, at + 1) : *wanted[i];
+      if (!stacked) {
+        r.begin[d] += at;
+        r.end[d] += at;
+      }
+      out = out ? out->hull(r) : r;
+    }
+    at += size;
+  }
+  if (!out) {  // nothing of any piece: an empty box
+    out = Region::whole(input.shape);
+    out->end[d] = out->begin[d];
+  }
+  return out;
+}
+
+}  // namespace
+
+RegionDict SingleTensorMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                             std::vector<std::string>* whole) const {
+  const auto w = wanted.find(target_);
+  if (w == wanted.end()) return {};
+  if (auto r = input_region(inputs.at(source_), w->second)) return {{source_, std::move(*r)}};
+  return ModelStateMapper::input_regions(inputs, wanted, whole);
+}
+std::optional<Region> SingleTensorMapper::input_region(const TensorSpec&, const Region&) const {
+  return std::nullopt;
+}
+
+RegionDict ManyToOneMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                          std::vector<std::string>* whole) const {
+  const auto w = wanted.find(target_);
+  if (w == wanted.end()) return {};
+  std::vector<const TensorSpec*> specs;
+  for (const auto& name : sources_) specs.push_back(&inputs.at(name));
+  if (auto regions = input_regions_many(specs, w->second)) {
+    RegionDict out;
+    for (size_t i = 0; i < sources_.size(); ++i) {
+      if ((*regions)[i]) out.emplace(sources_[i], std::move(*(*regions)[i]));
+    }
+    return out;
+  }
+  return ModelStateMapper::input_regions(inputs, wanted, whole);
+}
+std::optional<std::vector<std::optional<Region>>> ManyToOneMapper::input_regions_many(
+    const std::vector<const TensorSpec*>&, const Region&) const {
+  return std::nullopt;
+}
+
+RegionDict OneToManyMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                          std::vector<std::string>* whole) const {
+  std::vector<std::optional<Region>> pieces(targets_.size());
+  bool any = false;
+  for (size_t i = 0; i < targets_.size(); ++i) {
+    if (const auto w = wanted.find(targets_[i]); w != wanted.end()) {
+      pieces[i] = w->second;
+      any = true;
+    }
+  }
+  if (!any) return {};
+  if (auto r = input_region_pieces(inputs.at(source_), pieces)) return {{source_, std::move(*r)}};
+  return ModelStateMapper::input_regions(inputs, wanted, whole);
+}
+std::optional<Region> OneToManyMapper::input_region_pieces(
+    const TensorSpec&, const std::vector<std::optional<Region>>&) const {
+  return std::nullopt;
+}
+
+// Element for element: the same box.
+std::optional<Region> IdentityMapper::input_region(const TensorSpec&, const Region& wanted) const {
+  return wanted;
+}
+std::optional<Region> RenameTensorMapper::input_region(const TensorSpec&,
+                                                       const Region& wanted) const {
+  return wanted;
+}
+std::optional<Region> CastMapper::input_region(const TensorSpec&, const Region& wanted) const {
+  return wanted;
+}
+
+std::optional<Region> TransposeMapper::input_region(const TensorSpec& input,
+                                                    const Region& wanted) const {
+  const auto n = static_cast<int64_t>(input.shape.size());
+  const auto d0 = static_cast<size_t>(detail::wrap_dim(dim0_, n, "transpose"));
+  const auto d1 = static_cast<size_t>(detail::wrap_dim(dim1_, n, "transpose"));
+  Region out = wanted;
+  std::swap(out.begin[d0], out.begin[d1]);
+  std::swap(out.end[d0], out.end[d1]);
+  return out;
+}
+
+std::optional<Region> PermuteMapper::input_region(const TensorSpec& input,
+                                                  const Region& wanted) const {
+  const auto n = static_cast<int64_t>(input.shape.size());
+  Region out = wanted;
+  for (size_t i = 0; i < dims_.size(); ++i) {  // output dim i is input dim dims_[i]
+    const auto d = static_cast<size_t>(detail::wrap_dim(dims_[i], n, "permute"));
+    out.begin[d] = wanted.begin[i];
+    out.end[d] = wanted.end[i];
+  }
+  return out;
+}
+
+std::optional<Region> SqueezeMapper::input_region(const TensorSpec& input,
+                                                  const Region& wanted) const {
+  return reshape_region(input.shape, infer_one(input).shape, wanted);
+}
+std::optional<Region> UnsqueezeMapper::input_region(const TensorSpec& input,
+                                                    const Region& wanted) const {
+  return reshape_region(input.shape, infer_one(input).shape, wanted);
+}
+std::optional<Region> ReshapeMapper::input_region(const TensorSpec& input,
+                                                  const Region& wanted) const {
+  return reshape_region(input.shape, infer_one(input).shape, wanted);
+}
+
+// Input i is index i of the stacked dim.
+std::optional<std::vector<std::optional<Region>>> StackTensorsMapper::input_regions_many(
+    const std::vector<const TensorSpec*>& inputs, const Region& wanted) const {
+  const auto d = static_cast<size_t>(
+      detail::wrap_dim(dim(), static_cast<int64_t>(inputs[0]->shape.size()) + 1, "stack"));
+  std::vector<std::optional<Region>> out(inputs.size());
+  for (int64_t i = wanted.begin[d]; i < wanted.end[d]; ++i) {
+    out[static_cast<size_t>(i)] = without_dim(wanted, d);
+  }
+  return out;
+}
+
+// Input i holds [offset_i, offset_i + size_i) of the joined dim: the box cut to that.
+std::optional<std::vector<std::optional<Region>>> ConcatenateTensorsMapper::input_regions_many(
+    const std::vector<const TensorSpec*>& inputs, const Region& wanted) const {
+  std::vector<std::optional<Region>> out(inputs.size());
+  const Shape out_shape = infer_many(inputs).shape;
+  if (wanted.ndim() != static_cast<int64_t>(out_shape.size())) return std::nullopt;
+  size_t d = 0;
+  for (const TensorSpec* in : inputs) {  // the dim, as infer_many() wraps it
+    if (!(in->shape.size() == 1 && in->shape[0] == 0)) {
+      d = static_cast<size_t>(detail::wrap_dim(dim(), static_cast<int64_t>(in->shape.size()), "cat"));
+      break;
+    }
+  }
+  int64_t at = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Shape& s = inputs[i]->shape;
+    if (s.size() == 1 && s[0] == 0) continue;  // takes no part (legacy rule)
+    const int64_t begin = std::max(wanted.begin[d], at);
+    const int64_t end = std::min(wanted.end[d], at + s[d]);
+    if (begin < end) {
+      Region r = wanted;
+      r.begin[d] = begin - at;
+      r.end[d] = end - at;
+      out[i] = std::move(r);
+    }
+    at += s[d];
+  }
+  return out;
+}
+
+std::optional<Region> UnstackTensorsMapper::input_region_pieces(
+    const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const {
+  const auto d = static_cast<size_t>(
+      detail::wrap_dim(dim(), static_cast<int64_t>(input.shape.size()), "unbind"));
+  return hull_of_pieces(input, d, {}, wanted, /*stacked=*/true);
+}
+
+std::optional<Region> ChunkTensorsMapper::input_region_pieces(
+    const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const {
+  const auto d = static_cast<size_t>(
+      detail::wrap_dim(dim(), static_cast<int64_t>(input.shape.size()), "chunk"));
+  return hull_of_pieces(input, d,
+                        detail::chunk_sizes(input.shape[d], static_cast<int64_t>(targets().size())),
+                        wanted, /*stacked=*/false);
+}
+
+std::optional<Region> SplitTensorsMapper::input_region_pieces(
+    const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const {
+  const auto d = static_cast<size_t>(
+      detail::wrap_dim(dim(), static_cast<int64_t>(input.shape.size()), "split"));
+  return hull_of_pieces(input, d, sizes_, wanted, /*stacked=*/false);
+}
+
 }  // namespace d9d::mapper

@@ -76,6 +76,27 @@ std::vector<std::string> ModelStateMapper::concatenated_inputs(const StateGroup&
   return {};
 }
 
+RegionDict ModelStateMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                           std::vector<std::string>* whole) const {
+  RegionDict out;
+  if (wanted.empty()) return out;  // nothing wanted: nothing read
+  for (const auto& [name, spec] : inputs) out.emplace(name, Region::whole(spec.shape));
+  if (whole != nullptr) {
+    bool all = true;
+    try {
+      const SpecDict outputs = infer(inputs);
+      for (const auto& [name, spec] : outputs) {
+        const auto it = wanted.find(name);
+        all = all && it != wanted.end() && it->second.covers(spec.shape);
+      }
+    } catch (const NotInferableError&) {
+      all = false;
+    }
+    if (!all) whole->push_back(describe());
+  }
+  return out;
+}
+
 MapperPtr ModelStateMapper::do_inverse(const SpecDict& /*input_specs*/) const {
   throw NotInvertibleError(
       d9d::detail::str_cat(describe(), ": has no inverse (override do_inverse() to provide one)"));

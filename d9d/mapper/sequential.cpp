@@ -311,6 +311,61 @@ Dict SequentialMapper::run(Dict group, Call call) const {
   return current;
 }
 
+// Note [slice pushdown] (region.cpp) through the stages: a forward pass of infer() gives each
+// node the specs of its inputs, then the boxes go backwards a stage at a time, each node turning
+// the boxes its outputs are wanted in into boxes of its inputs; a key passed through keeps its box.
+RegionDict SequentialMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                           std::vector<std::string>* whole) const {
+  const Plan& plan = *plan_;
+  const std::optional<uint32_t> net = find_net(detail::first_key(inputs));
+  if (!net || !detail::same_keys(inputs, plan.net_groups[*net]->inputs)) {
+    detail::throw_undefined_group(*this, inputs);
+  }
+  const size_t first = plan.node_offsets[*net];
+  const size_t last = plan.node_offsets[*net + 1];
+  std::vector<SpecDict> node_inputs(last - first);
+  SpecDict current = inputs;
+  for (size_t i = first; i < last;) {
+    const uint32_t s = plan.nodes[i].stage;
+    const Plan::Stage& stage = plan.stages[s];
+    SpecDict next;
+    for (; i < last && plan.nodes[i].stage == s; ++i) {
+      const uint32_t node = plan.nodes[i].index;
+      if (node >= stage.groups.size()) {
+        next.insert(current.extract(std::string(stage.passthrough[node - stage.groups.size()])));
+        continue;
+      }
+      SpecDict& sub = node_inputs[i - first];
+      for (const auto& k : stage.groups[node]->inputs) sub.insert(current.extract(k));
+      next.merge(stage.mapper->infer(sub));
+    }
+    current = std::move(next);
+  }
+  RegionDict after = wanted;
+  for (size_t j = last; j > first;) {
+    const uint32_t s = plan.nodes[j - 1].stage;
+    const Plan::Stage& stage = plan.stages[s];
+    RegionDict before;
+    for (; j > first && plan.nodes[j - 1].stage == s; --j) {
+      const uint32_t node = plan.nodes[j - 1].index;
+      if (node >= stage.groups.size()) {
+        const std::string key(stage.passthrough[node - stage.groups.size()]);
+        if (const auto it = after.find(key); it != after.end()) before.insert_or_assign(key, it->second);
+        continue;
+      }
+      RegionDict sub;
+      for (const auto& k : stage.groups[node]->outputs) {
+        if (const auto it = after.find(k); it != after.end()) sub.emplace(k, it->second);
+      }
+      for (auto& [k, r] : stage.mapper->input_regions(node_inputs[j - 1 - first], sub, whole)) {
+        before.insert_or_assign(k, std::move(r));
+      }
+    }
+    after = std::move(before);
+  }
+  return after;
+}
+
 std::optional<uint32_t> SequentialMapper::find_net(std::optional<std::string_view> key) const {
   if (!key) return plan_->no_input_net;
   const auto it = plan_->routes.find(*key);

@@ -218,6 +218,33 @@ const std::vector<OpDef>& ops() {
            return split_tensors(std::move(i.sources[0]), std::move(i.targets), sizes, dim);
          };
        }},
+      // ---- tensor-parallel layouts (tp_ops.cpp) ----
+      {"shard_tensor",
+       Family::kSingle,
+       {"source", "target", "dim", "parts", "index"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = node.at("dim").integer();
+         const int64_t parts = positive(node.at("parts"));
+         const Node index_node = node.at("index");
+         const int64_t index = index_node.integer();
+         if (index < 0 || index >= parts) {
+           index_node.fail(str_cat("index ", index, " is not in [0, ", parts, ")"));
+         }
+         return [=](Instance i) {
+           return shard_tensor(std::move(i.sources[0]), std::move(i.targets[0]), dim, parts,
+                               index);
+         };
+       }},
+      {"pad",
+       Family::kSingle,
+       {"source", "target", "dim", "multiple"},
+       [](const Node& node, const Rule&) -> Builder {
+         const int64_t dim = node.at("dim").integer();
+         const int64_t multiple = positive(node.at("multiple"));
+         return [=](Instance i) {
+           return pad(std::move(i.sources[0]), std::move(i.targets[0]), dim, multiple);
+         };
+       }},
       {"dequantize",
        Family::kPaired,
        {"format", "source", "scale", "global_scale", "global_scale_mode", "block", "dtype",

@@ -1,5 +1,6 @@
 #include "spec_params.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 #include <vector>
@@ -237,6 +238,13 @@ class Parser {
     }
     if (pos_ == start) fail("expected a number, a param name or '('");
     const std::string name(text_.substr(start, pos_ - start));
+    if ((name == "min" || name == "max") && take('(')) {  // min(a, b), max(a, b)
+      const int64_t a = sum();
+      if (!take(',')) fail("expected ',' between the two arguments of " + name);
+      const int64_t b = sum();
+      if (!take(')')) fail("expected ')'");
+      return name == "min" ? std::min(a, b) : std::max(a, b);
+    }
     auto it = params_.find(name);
     if (it == params_.end()) {
       where_.fail(str_cat("unknown param \"", name, "\" in the expression ", shown(),

@@ -31,8 +31,8 @@ bool is_param_expression(std::string_view text);
 
 // The value of the expression `text` ("{n_heads / n_kv_heads}", braces included): integers,
 // param names, + - * / % (integer division and remainder, truncating toward zero, as C), unary
-// minus, parentheses. Division by zero, overflow past int64, an unknown name and a syntax error
-// are SpecErrors at `where`.
+// minus, parentheses, min(a, b) and max(a, b). Division by zero, overflow past int64, an unknown
+// name and a syntax error are SpecErrors at `where`.
 int64_t evaluate_param_expression(std::string_view text, const ParamValues& params,
                                   const Node& where);
 

@@ -96,12 +96,52 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
     plan.input_bytes += o.plan.input_bytes;
     plan.output_bytes += o.plan.output_bytes;
     plan.output_count += static_cast<int64_t>(o.plan.group.outputs.size());
+    o.plan.read_bytes = o.plan.input_bytes;
+    plan.read_bytes += o.plan.read_bytes;
     plan.groups.push_back(std::move(o.plan));
   }
+  for (GroupPlan& g : plan.groups) narrow_read(plan, g, checkpoint, mapper);
   for (size_t i = 0; i < files.size(); ++i) {
     if (file_used[i]) plan.files.push_back(files[i]);
   }
   return plan;
+}
+
+namespace {
+
+// The byte ranges of `region` of checkpoint tensor `name`, relative to its first byte.
+std::vector<mapper::ByteRun> byte_runs(const io::Checkpoint& checkpoint, const std::string& name,
+                                       const mapper::Region& region) {
+  const io::TensorInfo& info = *checkpoint.entry(name).info;
+  return mapper::region_byte_runs(info.shape, dtype_bits(info.dtype), region);
+}
+
+}  // namespace
+
+void narrow_read(ReadPlan& plan, GroupPlan& g, const io::Checkpoint& checkpoint,
+                 const mapper::ModelStateMapper& mapper, const mapper::RegionDict& wanted) {
+  if (!g.inferred) return;  // outputs unknown: read whole
+  mapper::RegionDict boxes;
+  for (const auto& [name, spec] : g.outputs) {
+    const auto it = wanted.find(name);
+    boxes.emplace(name, it != wanted.end() ? it->second : mapper::Region::whole(spec.shape));
+  }
+  std::vector<std::string> whole;
+  mapper::RegionDict regions = mapper.input_regions(g.inputs, boxes, &whole);
+  int64_t read = 0;
+  for (const auto& [name, region] : regions) {
+    for (const mapper::ByteRun& run : byte_runs(checkpoint, name, region)) read += run.size;
+  }
+  plan.read_bytes -= g.read_bytes;
+  g.not_narrowed = std::move(whole);
+  if (read < g.input_bytes) {
+    g.read_regions = std::move(regions);
+    g.read_bytes = read;
+  } else {
+    g.read_regions.reset();
+    g.read_bytes = g.input_bytes;
+  }
+  plan.read_bytes += g.read_bytes;
 }
 
 // ---- the stream ---------------------------------------------------------------------------------
@@ -357,6 +397,26 @@ struct ModelStateStream::Impl {
     return true;
   }
 
+  // The boxes of checkpoint tensor `name` that group `g` reads (Note [slice pushdown]), faulted
+  // in through the mapping as Prefetch::kPopulate does for whole tensors: the views handed on
+  // then touch only populated pages.
+  void populate_region(const GroupPlan& g, const std::string& name) {
+    const auto r = g.read_regions->find(name);
+    if (r == g.read_regions->end()) return;
+    const io::CheckpointEntry entry = checkpoint.entry(name);
+    const io::SafetensorsFile& file = checkpoint.file(*entry.file);
+    const auto begin = static_cast<size_t>(file.data_offset() + entry.info->begin);
+    uint64_t bytes = 0;
+    for (const mapper::ByteRun& run : byte_runs(checkpoint, name, r->second)) {
+      file.mapped_file().populate(begin + static_cast<size_t>(run.offset),
+                                  static_cast<size_t>(run.size));
+      bytes += static_cast<uint64_t>(run.size);
+    }
+    if (options.read_log != nullptr) {
+      options.read_log->add(file.path(), io::IoBackend::kMmap, bytes);
+    }
+  }
+
   ~Impl() {
     {
       std::lock_guard lock(mu);
@@ -443,9 +503,43 @@ struct ModelStateStream::Impl {
     return outputs;
   }
 
+  // Note [slice pushdown]: the group's inputs in memory of their own with only the boxes of
+  // g.read_regions read into them (one read_ranges call); the rest of each input is left as the
+  // allocator gives it (fresh pages stay untouched, so they cost no resident memory), and the
+  // mapper, which reads only inside the boxes to make the outputs, never looks at it.
+  StateDict read_narrowed(const GroupPlan& g) {
+    StateDict inputs;
+    std::vector<io::ReadRange> ranges;
+    for (const auto& [name, spec] : g.inputs) {
+      Tensor t = Tensor::empty(spec.shape, spec.dtype);
+      if (const auto r = g.read_regions->find(name); r != g.read_regions->end()) {
+        const io::CheckpointEntry entry = checkpoint.entry(name);
+        const io::SafetensorsFile& file = checkpoint.file(*entry.file);
+        const auto begin = static_cast<uint64_t>(file.data_offset() + entry.info->begin);
+        auto* data = static_cast<std::byte*>(t.mutable_data_ptr());
+        for (const mapper::ByteRun& run : byte_runs(checkpoint, name, r->second)) {
+          ranges.push_back({&file.mapped_file(), begin + static_cast<uint64_t>(run.offset),
+                            data + run.offset, static_cast<uint64_t>(run.size),
+                            /*populate=*/true});
+        }
+      }
+      inputs.emplace(name, std::move(t));
+    }
+    io::read_ranges(ranges, io_options());
+    return inputs;
+  }
+
   // The group's outputs, its inputs read as Note [views or copies] says.
   StateDict apply_group(const GroupPlan& g, bool slices) {
     StateDict inputs;
+    const bool narrowed = g.read_regions.has_value();
+    if (narrowed && !(views && !mapper->moves_data(g.group))) {
+      inputs = read_narrowed(g);
+      if (staging != nullptr && !slices) {
+        for (auto& [name, tensor] : inputs) tensor = tensor.to(options.device);
+      }
+      return mapper->apply(std::move(inputs));
+    }
     if (staging != nullptr && !slices) {
       for (const auto& [name, spec] : g.inputs) {
         inputs.emplace(name, upload_from_file(*staging, checkpoint, name, io_options()));
@@ -453,12 +547,13 @@ struct ModelStateStream::Impl {
       return mapper->apply(std::move(inputs));
     }
     if (views && !mapper->moves_data(g.group)) {
-      const Prefetch prefetch = slices                                ? Prefetch::kNone
+      const Prefetch prefetch = slices || narrowed                    ? Prefetch::kNone
                                 : populate_views                      ? Prefetch::kPopulate
                                 : options.io == io::IoBackend::kPread ? Prefetch::kReadAhead
                                                                       : Prefetch::kNone;
       for (const auto& [name, spec] : g.inputs) {
         inputs.emplace(name, releasing_view(checkpoint, name, prefetch));
+        if (narrowed && populate_views && !slices) populate_region(g, name);
         if (prefetch == Prefetch::kPopulate && options.read_log != nullptr) {
           const io::CheckpointEntry entry = checkpoint.entry(name);
           options.read_log->add(checkpoint.file(*entry.file).path(), io::IoBackend::kMmap,
@@ -636,9 +731,19 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
   if (!impl.distribute_outputs.empty()) {
     impl.slices_group.resize(impl.plan.groups.size());
     for (size_t i = 0; i < impl.plan.groups.size(); ++i) {
-      for (const std::string& out : impl.plan.groups[i].group.outputs) {
-        if (impl.distribute_outputs.contains(out)) impl.slices_group[i] = true;
+      GroupPlan& g = impl.plan.groups[i];
+      mapper::RegionDict wanted;  // this rank's slices (Note [slice pushdown])
+      for (const std::string& out : g.group.outputs) {
+        const auto d = impl.distribute_outputs.find(out);
+        if (d == impl.distribute_outputs.end()) continue;
+        impl.slices_group[i] = true;
+        const dist::LocalSlice local = dist::compute_local_shape_and_global_offset(
+            d->second->shape, d->second->mesh, d->second->placements);
+        mapper::Region box{local.offset, local.offset};
+        for (size_t k = 0; k < box.end.size(); ++k) box.end[k] += local.shape[k];
+        wanted.emplace(out, std::move(box));
       }
+      if (impl.slices_group[i]) narrow_read(impl.plan, g, impl.checkpoint, *impl.mapper, wanted);
     }
   } else if (!options.device.is_cuda()) {
     impl.read_views_into(target);

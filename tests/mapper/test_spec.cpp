@@ -349,8 +349,8 @@ TEST_CASE("a huge value in a spec gives a message of bounded length") {
                        "$", "invalid JSON at byte"),
   };
   for (const auto& m : messages) {
-    INFO(m.substr(0, 500));
-    CHECK(m.size() < 500);
+    INFO(m.substr(0, 600));
+    CHECK(m.size() < 600);  // an excerpt of the value, and the list of ops an unknown op gets
   }
 }
 

@@ -46,6 +46,8 @@ class ParallelMapper final : public ModelStateMapper {
   SpecDict infer(const SpecDict& group) const override;
   bool moves_data(const StateGroup& group) const override;
   std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
+  RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                           std::vector<std::string>* whole) const override;
   std::string describe() const override;
   const std::vector<MapperPtr>& mappers() const { return mappers_; }
 
@@ -77,6 +79,8 @@ class SequentialMapper final : public ModelStateMapper {
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
   bool moves_data(const StateGroup& group) const override;
+  RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                           std::vector<std::string>* whole) const override;
   std::string describe() const override;
   const std::vector<MapperPtr>& stages() const { return stages_; }
 
@@ -103,6 +107,8 @@ class ShardMapper final : public ModelStateMapper {
   SpecDict infer(const SpecDict& group) const override;
   bool moves_data(const StateGroup& group) const override;
   std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
+  RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                           std::vector<std::string>* whole) const override;
   std::string describe() const override;
 
  protected:
@@ -126,6 +132,8 @@ class PrefixScopeMapper final : public ModelStateMapper {
   SpecDict infer(const SpecDict& group) const override;
   bool moves_data(const StateGroup& group) const override;
   std::vector<std::string> concatenated_inputs(const StateGroup& group) const override;
+  RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                           std::vector<std::string>* whole) const override;
   std::string describe() const override;
 
  protected:

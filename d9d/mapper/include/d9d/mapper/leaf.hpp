@@ -83,11 +83,16 @@ class SingleTensorMapper : public ModelStateMapper {
  public:
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
+  RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                           std::vector<std::string>* whole) const final;
   const std::string& source() const { return source_; }
   const std::string& target() const { return target_; }
 
  protected:
   SingleTensorMapper(std::string source, std::string target);
+  // The box of the input apply_one() reads to make `wanted` of its output (Note [slice pushdown]
+  // in region.cpp); nullopt (the default): the whole input, named in the plan.
+  virtual std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const;
   // Whether apply_one() takes a DTensor (Note [DTensor in a StateDict]); the ops that move data
   // do not (an error naming the tensor says to gather it first).
   virtual bool accepts_dtensor() const { return false; }
@@ -111,6 +116,7 @@ class IdentityMapper final : public SingleTensorMapper {
   bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   bool accepts_dtensor() const override { return true; }
   TensorSpec infer_one(const TensorSpec& input) const override { return input; }
@@ -124,6 +130,7 @@ class RenameTensorMapper final : public SingleTensorMapper {
   bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   bool accepts_dtensor() const override { return true; }
   TensorSpec infer_one(const TensorSpec& input) const override { return input; }
@@ -138,6 +145,7 @@ class TransposeMapper final : public SingleTensorMapper {
   int64_t dim1() const { return dim1_; }
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
@@ -153,6 +161,7 @@ class PermuteMapper final : public SingleTensorMapper {
   std::string describe() const override;
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
@@ -172,6 +181,7 @@ class SqueezeMapper final : public SingleTensorMapper {
   bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
@@ -188,6 +198,7 @@ class UnsqueezeMapper final : public SingleTensorMapper {
   bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
@@ -206,6 +217,7 @@ class ReshapeMapper final : public SingleTensorMapper {
   bool moves_data(const StateGroup&) const override { return false; }
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
@@ -236,6 +248,7 @@ class CastMapper final : public SingleTensorMapper {
   bool moves_data(const StateGroup&) const override { return input_dtype_ != dtype_; }
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;
@@ -307,6 +320,8 @@ class ManyToOneMapper : public ModelStateMapper {
  public:
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
+  RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                           std::vector<std::string>* whole) const final;
   // None by default: an op says where its output is its inputs' bytes in order (stack and
   // concatenate along dim 0), a promise the reader builds on (Note [views or copies]).
   std::vector<std::string> concatenated_inputs(const StateGroup&) const override { return {}; }
@@ -319,6 +334,11 @@ class ManyToOneMapper : public ModelStateMapper {
                   int64_t dim);
   virtual TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const = 0;
   virtual Tensor apply_many(const std::vector<Tensor>& inputs) const = 0;
+  // The box of each input (in sources() order; nullopt: not read) that apply_many() reads to
+  // make `wanted` of its output (Note [slice pushdown] in region.cpp); nullopt (the default):
+  // every input whole, named in the plan.
+  virtual std::optional<std::vector<std::optional<Region>>> input_regions_many(
+      const std::vector<const TensorSpec*>& inputs, const Region& wanted) const;
   std::vector<const TensorSpec*> specs_of_inputs(const SpecDict& specs) const;  // NotInvertible
   std::string describe_op(const char* op) const;
 
@@ -333,6 +353,8 @@ class OneToManyMapper : public ModelStateMapper {
  public:
   StateDict apply(StateDict group) const final;
   SpecDict infer(const SpecDict& group) const final;
+  RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                           std::vector<std::string>* whole) const final;
   // Copies by default: an op whose pieces are contiguous views says so (unstack, chunk and split
   // along dim 0), a promise the reader builds on (Note [views or copies]).
   bool moves_data(const StateGroup&) const override { return true; }
@@ -346,6 +368,11 @@ class OneToManyMapper : public ModelStateMapper {
   // The specs of the pieces, one per target; throws the errors apply_pieces() would.
   virtual std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const = 0;
   virtual std::vector<Tensor> apply_pieces(const Tensor& input) const = 0;
+  // The box of the input apply_pieces() reads to make the `wanted` boxes of its pieces (one per
+  // target; nullopt: not wanted) (Note [slice pushdown] in region.cpp); nullopt (the default):
+  // the whole input, named in the plan. Called with at least one piece wanted.
+  virtual std::optional<Region> input_region_pieces(
+      const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const;
   std::string describe_op(const char* op, const std::string& extra) const;
 
  private:
@@ -365,6 +392,8 @@ class StackTensorsMapper final : public ManyToOneMapper {
   }
 
  protected:
+  std::optional<std::vector<std::optional<Region>>> input_regions_many(
+      const std::vector<const TensorSpec*>& inputs, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
   Tensor apply_many(const std::vector<Tensor>& inputs) const override;
@@ -387,6 +416,8 @@ class ConcatenateTensorsMapper final : public ManyToOneMapper {
   }
 
  protected:
+  std::optional<std::vector<std::optional<Region>>> input_regions_many(
+      const std::vector<const TensorSpec*>& inputs, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
   Tensor apply_many(const std::vector<Tensor>& inputs) const override;
@@ -404,6 +435,8 @@ class UnstackTensorsMapper final : public OneToManyMapper {
   bool moves_data(const StateGroup&) const override { return dim() != 0; }
 
  protected:
+  std::optional<Region> input_region_pieces(
+      const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
   std::vector<Tensor> apply_pieces(const Tensor& input) const override;
@@ -417,6 +450,8 @@ class ChunkTensorsMapper final : public OneToManyMapper {
   bool moves_data(const StateGroup&) const override { return dim() != 0; }
 
  protected:
+  std::optional<Region> input_region_pieces(
+      const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
   std::vector<Tensor> apply_pieces(const Tensor& input) const override;
@@ -433,12 +468,84 @@ class SplitTensorsMapper final : public OneToManyMapper {
   const std::vector<int64_t>& sizes() const { return sizes_; }
 
  protected:
+  std::optional<Region> input_region_pieces(
+      const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
   std::vector<Tensor> apply_pieces(const Tensor& input) const override;
 
  private:
   std::vector<int64_t> sizes_;
+};
+
+// ---- tensor-parallel layouts (tp_ops.cpp) --------------------------------------------------------
+//
+// What a tensor- or expert-parallel rank holds: one piece of a tensor, and tensors padded to a
+// multiple of the ranks (vocabulary-parallel embeddings). Reads of these ops' outputs narrow the
+// read of their inputs (Note [slice pushdown] in region.cpp).
+
+// The `index`-th of `parts` pieces of `source` along `dim`, by torch.chunk's rule: pieces of
+// ceil(size / parts), the last one shorter; an index past torch.chunk's last piece (5 rows in 4
+// parts make 3 pieces) is an empty piece. 0 <= index < parts.
+MapperPtr shard_tensor(std::string source, std::string target, int64_t dim, int64_t parts,
+                       int64_t index);
+// `source` with zeros appended along `dim` up to a multiple of `multiple` (>= 1). Its inverse
+// drops them (given the input spec).
+MapperPtr pad(std::string source, std::string target, int64_t dim, int64_t multiple);
+// `length` elements of `source` along `dim` from `start` (torch.narrow); pad's inverse.
+MapperPtr narrow(std::string source, std::string target, int64_t dim, int64_t start,
+                 int64_t length);
+
+class ShardTensorMapper final : public SingleTensorMapper {
+ public:
+  ShardTensorMapper(std::string source, std::string target, int64_t dim, int64_t parts,
+                    int64_t index);
+  std::string describe() const override;
+  // A piece along dim 0 of a contiguous tensor is a contiguous view; along another dim, a copy.
+  bool moves_data(const StateGroup&) const override { return dim_ != 0; }
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;  // none: a selection
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  // [start, start + length) of a dim of `size`.
+  std::pair<int64_t, int64_t> piece(int64_t size) const;
+  int64_t dim_, parts_, index_;
+};
+
+class NarrowMapper final : public SingleTensorMapper {
+ public:
+  NarrowMapper(std::string source, std::string target, int64_t dim, int64_t start,
+               int64_t length);
+  std::string describe() const override;
+  bool moves_data(const StateGroup&) const override { return dim_ != 0; }
+
+ protected:
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;  // none: a selection
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  int64_t dim_, start_, length_;
+};
+
+class PadMapper final : public SingleTensorMapper {
+ public:
+  PadMapper(std::string source, std::string target, int64_t dim, int64_t multiple);
+  std::string describe() const override;
+
+ protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
+  MapperPtr do_inverse(const SpecDict& input_specs) const override;
+  TensorSpec infer_one(const TensorSpec& input) const override;
+  Tensor apply_one(Tensor input) const override;
+
+ private:
+  int64_t dim_, multiple_;
 };
 
 // ---- model layouts ------------------------------------------------------------------------------
@@ -497,6 +604,7 @@ class PermuteForRopeMapper final : public SingleTensorMapper {
   std::string describe() const override;
 
  protected:
+  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_one(const TensorSpec& input) const override;
   Tensor apply_one(Tensor input) const override;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include <d9d/error.hpp>
+#include <d9d/mapper/region.hpp>
 #include <d9d/mapper/state_group.hpp>
 #include <d9d/mapper/tensor_spec.hpp>
 
@@ -73,6 +74,16 @@ class ModelStateMapper {
   // that order; empty otherwise (the default). The streamed reader then reads the inputs from the
   // files straight into the output instead of applying the group: the read is the op's copy.
   virtual std::vector<std::string> concatenated_inputs(const StateGroup& group) const;
+
+  // Which parts of a group's inputs apply() reads to make the `wanted` parts of its outputs (Note
+  // [slice pushdown] in region.cpp): `inputs` are the specs of exactly one group's inputs,
+  // `wanted` a box per output wanted (an output absent is not wanted). The answer holds a box per
+  // input to read (an input absent is not read): a superset, so that apply() on inputs right
+  // inside those boxes makes outputs right inside `wanted`. The default reads every input whole
+  // and, when less than the whole outputs was wanted, adds describe() to `whole` (may be null):
+  // the ops that could not narrow the read.
+  virtual RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                   std::vector<std::string>* whole) const;
 
   // The mapper that undoes this one: sequential({m, m->inverse()}) passes every group's data
   // through unchanged. `input_specs` are the specs of this mapper's inputs (extra keys are

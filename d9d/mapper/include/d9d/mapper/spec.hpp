@@ -40,7 +40,8 @@
 // and a caller's value for a name the spec does not declare, are errors naming the JSON path.
 // Any integer field of a rule (dim, dims, shape, sizes, count, n_heads, ...) may be a string
 // "{expression}" over the params: integers, names, + - * / % (integer division and remainder,
-// truncating as C does), unary minus, parentheses ("{n_heads / n_kv_heads}", "{-1}"); division
+// truncating as C does), unary minus, parentheses, min(a, b), max(a, b) ("{n_heads / n_kv_heads}",
+// "{-1}", "{tp_rank * min(tp, n_kv_heads) / tp}"); division
 // by zero, overflow past 64 bits and an unknown name are errors naming the field's path.
 //
 // RULE = {"op": OP, ...} (OP is the name of the factory in leaf.hpp, or quantized.hpp's
@@ -71,6 +72,12 @@
 //                         tensors), required), block?: [br, bc] (fp8_block, default [128, 128]),
 //                         dtype: "BF16" | "F16" | "F32", target?. One instance per key the source
 //                         matches whose scale exists (rules: <d9d/quantization.hpp>)
+// Tensor-parallel layouts (tp_ops.cpp; a rank reads only what it keeps: Note [slice pushdown]):
+//   shard_tensor          source, target?, dim, parts, index: the index-th of parts pieces along
+//                         dim by torch.chunk's rule (uneven last piece; an index past its last
+//                         piece is empty), e.g. "parts": "{tp}", "index": "{tp_rank}"
+//   pad                   source, target?, dim, multiple: zeros appended along dim up to a
+//                         multiple (a vocabulary padded for tp ranks); the inverse drops them
 // Model layouts (leaf.hpp's last section; Note [model layouts] in layout_ops.cpp):
 //   permute_for_rope      source, target?, n_heads, direction: "to_hf" | "from_hf", head_dim?
 //                         (a k projection takes n_heads = the KV head count)

@@ -90,6 +90,15 @@ struct GroupPlan {
   bool inferred = true;
   int64_t input_bytes = 0;
   int64_t output_bytes = 0;
+  // Note [slice pushdown] (in the mapper layer's region.cpp): the box of each input the group
+  // reads, when that is less than its whole inputs (an input absent is not read at all); nullopt
+  // when every input is read whole.
+  std::optional<mapper::RegionDict> read_regions;
+  // The bytes of the files read for the inputs: input_bytes, or less with read_regions.
+  int64_t read_bytes = 0;
+  // The ops that read their whole inputs though only part of their outputs was wanted (describe()
+  // of each); `d9d plan` lists them.
+  std::vector<std::string> not_narrowed;
 };
 
 struct ReadPlan {
@@ -98,6 +107,7 @@ struct ReadPlan {
   int64_t input_bytes = 0;
   int64_t output_bytes = 0;
   int64_t output_count = 0;
+  int64_t read_bytes = 0;  // the groups' read_bytes: what a run of the plan reads of the files
 
   // Every output in stream order; nullopt when some group's outputs could not be inferred.
   std::optional<std::vector<std::pair<std::string, TensorSpec>>> outputs() const;
@@ -107,6 +117,14 @@ struct ReadPlan {
 // input missing from the checkpoint, or the error infer() raises for a group (naming it). A group
 // whose mapper cannot infer (NotInferableError) is planned without output specs.
 ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMapper& mapper);
+
+// Narrows what group `g` of `plan` reads to the parts of its inputs that make `wanted` of its
+// outputs (outputs absent from `wanted` are wanted whole), as the mapper says (Note [slice
+// pushdown]); plan_read calls it with every output wanted whole, which narrows the groups whose
+// ops keep only part of their inputs (shard_tensor). Updates the group's and the plan's
+// read_bytes.
+void narrow_read(ReadPlan& plan, GroupPlan& g, const io::Checkpoint& checkpoint,
+                 const mapper::ModelStateMapper& mapper, const mapper::RegionDict& wanted = {});
 
 // The stream read_model_state() returns: an input range of (name, Tensor) pairs. Single pass;
 // move-only. Destroying it stops the reader threads.
