@@ -171,6 +171,16 @@ struct PlannedGroup {
   std::vector<PlannedOp> ops;
 };
 
+// What one tensor-parallel rank of a "tp" spec reads (Note [slice pushdown]).
+struct RankPlan {
+  int64_t tp_rank = 0;
+  std::optional<int64_t> ep_rank;  // when the spec has ep_rank
+  int64_t read_bytes = 0;
+  int64_t output_bytes = 0;
+  int64_t peak_bytes = 0;                 // ReadPlan::peak_bytes
+  std::vector<std::string> not_narrowed;  // "op (group's first output)"
+};
+
 // What a conversion would do, from metadata alone.
 struct PlanResult {
   PlanResult(io::Checkpoint ck, Conversion c)
@@ -188,6 +198,9 @@ struct PlanResult {
   int64_t shard_size = 0;
   std::vector<mapper::QuantizedPair> quantized_outputs;  // kept packed, with their scales
   std::vector<PlannedGroup> details;  // in stream order (mapper order when inputs are missing)
+  // Every rank's reads, when the spec has params tp and tp_rank, tp > 1 and --set gave no
+  // tp_rank: the plan of each rank (tp_rank = r; ep_rank = r / (tp / ep) where the spec has it).
+  std::vector<RankPlan> ranks;
 
   bool ok() const { return missing.empty(); }
 };
@@ -267,6 +280,53 @@ void find_ops(PlanResult& r) {
   }
 }
 
+// The ops that read whole inputs of which only part was wanted, as "op (output)".
+std::vector<std::string> not_narrowed(const model_state::ReadPlan& read) {
+  std::vector<std::string> out;
+  for (const model_state::GroupPlan& g : read.groups) {
+    for (const std::string& op : g.not_narrowed) {
+      out.push_back(op + " (for " + *g.group.outputs.begin() + ")");
+    }
+  }
+  return out;
+}
+
+RankPlan rank_plan(const io::Checkpoint& checkpoint, const mapper::ModelStateMapper& m,
+                   int64_t tp_rank, std::optional<int64_t> ep_rank) {
+  const model_state::ReadPlan read = model_state::plan_read(checkpoint, m);
+  return {tp_rank,
+          ep_rank,
+          read.read_bytes,
+          read.output_bytes,
+          read.peak_bytes(model_state::ReadOptions{}.memory_budget),
+          not_narrowed(read)};
+}
+
+// PlanResult::ranks.
+void plan_ranks(PlanResult& r, const PlanOptions& options) {
+  const auto& params = r.conversion.mapping.params;
+  const auto tp = params.find("tp");
+  if (tp == params.end() || !params.contains("tp_rank") || tp->second.value <= 1 ||
+      options.params.contains("tp_rank") || r.conversion.reverse) {
+    return;
+  }
+  const auto ep = params.find("ep");
+  const bool has_ep_rank = params.contains("ep_rank") && !options.params.contains("ep_rank");
+  const int64_t per_ep = ep == params.end() || ep->second.value < 1 || tp->second.value % ep->second.value != 0
+                             ? tp->second.value
+                             : tp->second.value / ep->second.value;
+  for (int64_t rank = 0; rank < tp->second.value; ++rank) {
+    Params p = options.params;
+    p["tp"] = tp->second.value;
+    p["tp_rank"] = rank;
+    std::optional<int64_t> ep_rank;
+    if (has_ep_rank) p["ep_rank"] = *(ep_rank = rank / per_ep);
+    const Conversion c =
+        make_conversion(options.checkpoint, options.spec, false, p, options.allow_lossy);
+    r.ranks.push_back(rank_plan(r.checkpoint, *c.mapper, rank, ep_rank));
+  }
+}
+
 PlanResult plan(const PlanOptions& options) {
   // (Braces: the checkpoint is opened first, as its errors come first.)
   PlanResult r{io::Checkpoint::open(options.checkpoint),
@@ -294,6 +354,7 @@ PlanResult plan(const PlanOptions& options) {
     r.quantized_outputs = mapper::find_quantized_pairs(out, r.conversion.quantization);
   }
   find_ops(r);
+  if (r.read) plan_ranks(r, options);
   if (r.read) {
     std::map<std::string, const PlannedGroup*> detail_of;  // by output
     for (const PlannedGroup& g : r.details) {
@@ -307,6 +368,11 @@ PlanResult plan(const PlanOptions& options) {
     }
   }
   return r;
+}
+
+// Bytes read per byte of output (1 when nothing is made).
+double amplification(int64_t read, int64_t output) {
+  return output > 0 ? static_cast<double>(read) / static_cast<double>(output) : 1.0;
 }
 
 nlohmann::ordered_json pair_json(const mapper::QuantizedPair& p) {
@@ -470,6 +536,24 @@ void print_json(const PlanResult& r) {
   if (r.read) {
     j["input_bytes"] = r.read->input_bytes;
     j["output_bytes"] = r.read->output_bytes;
+    // Note [slice pushdown]: what the run reads of the files, and the ops that read more than
+    // their outputs need.
+    j["read_bytes"] = r.read->read_bytes;
+    j["read_amplification"] = amplification(r.read->read_bytes, r.read->output_bytes);
+    j["peak_host_bytes"] = r.read->peak_bytes(model_state::ReadOptions{}.memory_budget);
+    j["not_narrowed"] = not_narrowed(*r.read);
+    nlohmann::ordered_json ranks = nlohmann::ordered_json::array();
+    for (const RankPlan& rank : r.ranks) {
+      nlohmann::ordered_json one = {{"tp_rank", rank.tp_rank}};
+      if (rank.ep_rank) one["ep_rank"] = *rank.ep_rank;
+      one["read_bytes"] = rank.read_bytes;
+      one["output_bytes"] = rank.output_bytes;
+      one["read_amplification"] = amplification(rank.read_bytes, rank.output_bytes);
+      one["peak_host_bytes"] = rank.peak_bytes;
+      one["not_narrowed"] = rank.not_narrowed;
+      ranks.push_back(std::move(one));
+    }
+    j["ranks"] = std::move(ranks);
     nlohmann::ordered_json outs = nlohmann::ordered_json::array();
     for (const PlannedOutput& o : r.outputs) {
       outs.push_back({{"name", o.name},
@@ -603,6 +687,34 @@ void print_coverage(const PlanResult& r) {
   }
 }
 
+void print_not_narrowed(const std::vector<std::string>& ops) {
+  if (ops.empty()) return;
+  std::cout << "  not narrowed: " << ops.size()
+            << " op(s) read their whole inputs for part of their outputs:\n";
+  for (size_t i = 0; i < ops.size() && i < 10; ++i) std::cout << "    " << ops[i] << "\n";
+  if (ops.size() > 10) std::cout << "    ... (" << ops.size() - 10 << " more)\n";
+}
+
+// Note [slice pushdown]: every rank's reads, beside the checkpoint's size.
+void print_ranks(const PlanResult& r) {
+  if (r.ranks.empty()) return;
+  const int64_t sharded = r.read->input_bytes;
+  std::cout << "  per rank (tp = " << r.ranks.size() << "; bytes read from the files, and per byte "
+            << "of the rank's outputs):\n";
+  std::cout << "    rank  reads       of the inputs  amplification  peak host memory  "
+               "not narrowed\n";
+  for (const RankPlan& rank : r.ranks) {
+    char line[160];
+    std::snprintf(line, sizeof line, "    %-4lld  %-10s  %12.3f   %12.3f   %-16s  %zu\n",
+                  static_cast<long long>(rank.tp_rank), format_bytes(rank.read_bytes).c_str(),
+                  sharded > 0 ? static_cast<double>(rank.read_bytes) / static_cast<double>(sharded)
+                              : 0.0,
+                  amplification(rank.read_bytes, rank.output_bytes),
+                  format_bytes(rank.peak_bytes).c_str(), rank.not_narrowed.size());
+    std::cout << line;
+  }
+}
+
 void print_text(const PlanResult& r) {
   const Conversion& c = r.conversion;
   const io::Checkpoint& ck = r.checkpoint;
@@ -637,12 +749,19 @@ void print_text(const PlanResult& r) {
   }
   if (r.read) {
     std::cout << "  reads:      " << r.read->files.size() << " file"
-              << (r.read->files.size() == 1 ? "" : "s") << ", " << format_bytes(r.read->input_bytes)
-              << "\n";
+              << (r.read->files.size() == 1 ? "" : "s") << ", " << format_bytes(r.read->read_bytes);
+    if (r.read->read_bytes != r.read->input_bytes) {
+      std::cout << " of the inputs' " << format_bytes(r.read->input_bytes)
+                << " (only the parts the outputs need)";
+    }
+    std::cout << "\n";
     std::cout << "  writes:     " << r.outputs.size() << " tensors, "
               << format_bytes(r.read->output_bytes) << " in " << r.shards.size() << " shard"
               << (r.shards.size() == 1 ? "" : "s") << " of at most " << format_bytes(r.shard_size)
-              << "\n\n";
+              << "\n";
+    print_not_narrowed(not_narrowed(*r.read));
+    print_ranks(r);
+    std::cout << "\n";
     print_outputs(r);
   }
   print_coverage(r);

@@ -27,6 +27,7 @@
 //     w2 / down_proj [H, I] stack into down_proj [E, H, I].
 #include <d9d/mapper/leaf.hpp>
 
+#include <algorithm>
 #include <limits>
 
 #include "internal.hpp"
@@ -383,6 +384,36 @@ Tensor StackExpertsMapper::apply_many(const std::vector<Tensor>& inputs) const {
   return d9d::cat(stacked, part_dim_in_stack(pd, d));
 }
 
+// Expert e is index e of the stacked dim, and part p of it holds rows [p * rows, (p + 1) *
+// rows) of the joined part dim: each wanted expert's parts get the box cut to theirs (Note [slice
+// pushdown] in region.cpp); experts outside the box are not read.
+std::optional<std::vector<std::optional<Region>>> StackExpertsMapper::input_regions_many(
+    const std::vector<const TensorSpec*>& inputs, const Region& wanted) const {
+  const auto n = static_cast<int64_t>(inputs[0]->shape.size());
+  const auto d = static_cast<size_t>(detail::wrap_dim(dim(), n + 1, "stack_experts"));
+  Region expert = wanted;  // the box in an expert's dims (its parts joined)
+  expert.begin.erase(d);
+  expert.end.erase(d);
+  const auto pd =
+      parts_ > 1 ? static_cast<size_t>(detail::wrap_dim(part_dim_, n, "stack_experts")) : 0;
+  const int64_t rows = parts_ > 1 ? inputs[0]->shape[pd] : 0;
+  std::vector<std::optional<Region>> out(inputs.size());
+  for (int64_t e = wanted.begin[d]; e < wanted.end[d]; ++e) {
+    for (int64_t p = 0; p < parts_; ++p) {
+      Region r = expert;
+      if (parts_ > 1) {
+        const int64_t begin = std::max(r.begin[pd], p * rows);
+        const int64_t end = std::min(r.end[pd], (p + 1) * rows);
+        if (begin >= end) continue;
+        r.begin[pd] = begin - p * rows;
+        r.end[pd] = end - p * rows;
+      }
+      out[static_cast<size_t>(e * parts_ + p)] = std::move(r);
+    }
+  }
+  return out;
+}
+
 MapperPtr StackExpertsMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<UnstackExpertsMapper>(target(), regroup(sources(), parts_), dim(),
                                                 part_dim_);
@@ -461,6 +492,16 @@ std::vector<TensorSpec> UntieEmbeddingsMapper::infer_pieces(const TensorSpec& in
 
 std::vector<Tensor> UntieEmbeddingsMapper::apply_pieces(const Tensor& input) const {
   return {input, input};
+}
+
+// Both outputs are the input: the hull of their boxes.
+std::optional<Region> UntieEmbeddingsMapper::input_region_pieces(
+    const TensorSpec&, const std::vector<std::optional<Region>>& wanted) const {
+  std::optional<Region> out;
+  for (const auto& w : wanted) {
+    if (w) out = out ? out->hull(*w) : *w;
+  }
+  return out;
 }
 
 MapperPtr UntieEmbeddingsMapper::do_inverse(const SpecDict&) const {

@@ -32,6 +32,16 @@ std::optional<std::vector<std::pair<std::string, TensorSpec>>> ReadPlan::outputs
   return out;
 }
 
+int64_t ReadPlan::peak_bytes(int64_t memory_budget) const {
+  int64_t largest = 0;
+  int64_t total = 0;
+  for (const GroupPlan& g : groups) {
+    largest = std::max(largest, g.read_bytes + g.output_bytes);
+    total += g.read_bytes + g.output_bytes;
+  }
+  return std::min(total, std::max(memory_budget, largest));
+}
+
 ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMapper& mapper) {
   const auto& groups = mapper.state_dependency_groups();
   // Every missing input, named at once.

@@ -111,6 +111,11 @@ struct ReadPlan {
 
   // Every output in stream order; nullopt when some group's outputs could not be inferred.
   std::optional<std::vector<std::pair<std::string, TensorSpec>>> outputs() const;
+  // An estimate of the host memory a run of the plan holds at its peak: the bytes read and made
+  // by the groups in flight, which the read-ahead budget bounds (Note [read-ahead budget]), at
+  // least the largest group's, at most every group's. Input bytes a narrowed group does not read
+  // (Note [slice pushdown]) are never touched, so they are not counted.
+  int64_t peak_bytes(int64_t memory_budget) const;
 };
 
 // Plans reading `checkpoint` through `mapper` (Note [read plan]). Throws ValueError listing every
