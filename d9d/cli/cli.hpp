@@ -229,6 +229,11 @@ struct ConvertResult {
   double seconds = 0;
 };
 ConvertResult run_convert(const ConvertOptions& options);
+// The conversion in this process alone, whatever the MPI world (run_convert's body without it).
+ConvertResult run_convert_local(const ConvertOptions& options);
+// "rank-0000r": the directory of rank r's checkpoint under OUT (Note [a checkpoint per rank] in
+// convert.cpp).
+std::string rank_dir_name(int rank);
 
 struct LoadOptions {
   fs::path checkpoint;

@@ -195,12 +195,75 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
   return summarize(quiet_unless_rank0, c, plan, clock, world.size());
 }
 
+// Note [a checkpoint per rank]: under `mpirun -np N`, a spec with params tp and tp_rank (the
+// built-in *_tp specs) and no --set tp_rank converts each rank's share on that rank, into
+// OUT/rank-0000r/ (rank_dir_name), a whole checkpoint an engine's rank r loads with no further
+// slicing: tp is N unless --set gives it (then it must be N), tp_rank the rank, and ep_rank, where
+// the spec has one and --set does not give it, tp_rank / (tp / ep). Each rank reads only its
+// slices (Note [slice pushdown]) and commits its own directory; an error on any rank is every
+// rank's (agreed), so no rank reports success beside a failed one.
+std::optional<ConvertOptions> per_rank_options(const ConvertOptions& options, const Conversion& c,
+                                               int rank, int size) {
+  const auto& params = c.mapping.params;
+  if (c.reverse || !params.contains("tp") || !params.contains("tp_rank") ||
+      options.params.contains("tp_rank")) {
+    return std::nullopt;
+  }
+  if (const auto tp = options.params.find("tp"); tp != options.params.end()) {
+    D9D_CHECK(tp->second == size, "--set tp=", tp->second, " but mpirun started ", size,
+              " ranks: each rank converts its own share (tp_rank = its rank)");
+  }
+  ConvertOptions mine = options;
+  mine.params["tp"] = size;
+  mine.params["tp_rank"] = rank;
+  if (params.contains("ep_rank") && !options.params.contains("ep_rank")) {
+    const auto ep = params.find("ep");
+    const int64_t ep_size = ep == params.end() ? 1 : ep->second.value;
+    D9D_CHECK(ep_size >= 1 && size % ep_size == 0, "ep = ", ep_size, " does not divide tp = ",
+              size);
+    mine.params["ep_rank"] = rank / (size / ep_size);
+  }
+  mine.dest = options.dest / rank_dir_name(rank);
+  return mine;
+}
+
 }  // namespace
+
+std::string rank_dir_name(int rank) {
+  char name[32];
+  std::snprintf(name, sizeof name, "rank-%05d", rank);
+  return name;
+}
 
 ConvertResult run_convert(const ConvertOptions& options) {
   if (dist::is_initialized() && dist::world()->size() > 1) {
-    return run_convert_distributed(options, *dist::world());
+    dist::ProcessGroup& world = *dist::world();
+    std::optional<ConvertOptions> mine;
+    std::string error;
+    try {
+      mine = per_rank_options(options, plan_conversion(options), world.rank(), world.size());
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    error = dist::agree_on_error(world, error);
+    if (!error.empty()) throw dist::CollectiveError(error);
+    if (!mine) return run_convert_distributed(options, world);
+    ConvertResult result;
+    try {
+      fs::create_directories(options.dest);
+      mine->quiet = options.quiet || world.rank() != 0;
+      result = run_convert_local(*mine);  // this rank's share, alone
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    error = dist::agree_on_error(world, error);
+    if (!error.empty()) throw dist::CollectiveError(error);
+    return result;
   }
+  return run_convert_local(options);
+}
+
+ConvertResult run_convert_local(const ConvertOptions& options) {
   const Stopwatch clock;
   // Plan from metadata before anything touches the destination.
   const Conversion c = plan_conversion(options);
