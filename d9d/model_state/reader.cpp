@@ -119,11 +119,16 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
 
 namespace {
 
-// The byte ranges of `region` of checkpoint tensor `name`, relative to its first byte.
+// Runs of a box closer than this are read as one (the gap with them): a disk gives whole pages,
+// and a page read twice, once per run, costs more than the bytes between.
+constexpr int64_t kJoinGap = 4096;
+
+// The byte ranges of `region` of checkpoint tensor `name`, relative to its first byte: what a
+// narrowed group reads of it, and what the plan counts.
 std::vector<mapper::ByteRun> byte_runs(const io::Checkpoint& checkpoint, const std::string& name,
                                        const mapper::Region& region) {
   const io::TensorInfo& info = *checkpoint.entry(name).info;
-  return mapper::region_byte_runs(info.shape, dtype_bits(info.dtype), region);
+  return mapper::region_byte_runs(info.shape, dtype_bits(info.dtype), region, kJoinGap);
 }
 
 }  // namespace
@@ -407,26 +412,6 @@ struct ModelStateStream::Impl {
     return true;
   }
 
-  // The boxes of checkpoint tensor `name` that group `g` reads (Note [slice pushdown]), faulted
-  // in through the mapping as Prefetch::kPopulate does for whole tensors: the views handed on
-  // then touch only populated pages.
-  void populate_region(const GroupPlan& g, const std::string& name) {
-    const auto r = g.read_regions->find(name);
-    if (r == g.read_regions->end()) return;
-    const io::CheckpointEntry entry = checkpoint.entry(name);
-    const io::SafetensorsFile& file = checkpoint.file(*entry.file);
-    const auto begin = static_cast<size_t>(file.data_offset() + entry.info->begin);
-    uint64_t bytes = 0;
-    for (const mapper::ByteRun& run : byte_runs(checkpoint, name, r->second)) {
-      file.mapped_file().populate(begin + static_cast<size_t>(run.offset),
-                                  static_cast<size_t>(run.size));
-      bytes += static_cast<uint64_t>(run.size);
-    }
-    if (options.read_log != nullptr) {
-      options.read_log->add(file.path(), io::IoBackend::kMmap, bytes);
-    }
-  }
-
   ~Impl() {
     {
       std::lock_guard lock(mu);
@@ -542,8 +527,12 @@ struct ModelStateStream::Impl {
   // The group's outputs, its inputs read as Note [views or copies] says.
   StateDict apply_group(const GroupPlan& g, bool slices) {
     StateDict inputs;
-    const bool narrowed = g.read_regions.has_value();
-    if (narrowed && !(views && !mapper->moves_data(g.group))) {
+    // A narrowed group reads its boxes with the read engine even where it only makes views: a
+    // view's pages faulted in through the mapping bring the kernel's read-around with them (on a
+    // cold file, the neighbours of every run: most of the file for row-parallel slices). Views
+    // of a DTensor target's slice are read as Note [reading what a rank owns] says.
+    const bool view_only = views && !mapper->moves_data(g.group);
+    if (g.read_regions && !(slices && view_only)) {
       inputs = read_narrowed(g);
       if (staging != nullptr && !slices) {
         for (auto& [name, tensor] : inputs) tensor = tensor.to(options.device);
@@ -556,14 +545,13 @@ struct ModelStateStream::Impl {
       }
       return mapper->apply(std::move(inputs));
     }
-    if (views && !mapper->moves_data(g.group)) {
-      const Prefetch prefetch = slices || narrowed                    ? Prefetch::kNone
+    if (view_only) {
+      const Prefetch prefetch = slices                                ? Prefetch::kNone
                                 : populate_views                      ? Prefetch::kPopulate
                                 : options.io == io::IoBackend::kPread ? Prefetch::kReadAhead
                                                                       : Prefetch::kNone;
       for (const auto& [name, spec] : g.inputs) {
         inputs.emplace(name, releasing_view(checkpoint, name, prefetch));
-        if (narrowed && populate_views && !slices) populate_region(g, name);
         if (prefetch == Prefetch::kPopulate && options.read_log != nullptr) {
           const io::CheckpointEntry entry = checkpoint.entry(name);
           options.read_log->add(checkpoint.file(*entry.file).path(), io::IoBackend::kMmap,
@@ -700,6 +688,10 @@ ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr ma
     io::verify_hashes(impl->checkpoint.dir(), impl->plan.files, 0, io::IoBackend::kPread);
   }
   impl->planned_specs = impl->plan.outputs();
+  // A plan that reads only parts of the files (Note [slice pushdown]) reads everything with the
+  // read engine: a view's pages faulted in through the mapping (a norm's few KiB) bring the
+  // kernel's read-around with them, which on a cold file fetches the neighbours the plan skips.
+  if (impl->plan.read_bytes < impl->plan.input_bytes) impl->views = false;
   return ModelStateStream(std::move(impl));
 }
 
