@@ -175,6 +175,13 @@ CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress);
 //   for 1 / 0), which wins over config.json and the spec's default (<d9d/mapper/spec.hpp>).
 CLI::Option* add_set_option(CLI::App& command, Params& params);
 
+// Under mpirun: the params of rank `rank` of `size` for a spec with params tp and tp_rank, when
+// --set (`given`) names no tp_rank (Note [a rank's share] in common.cpp); nullopt otherwise.
+std::optional<Params> per_rank_params(const Conversion& c, const Params& given, int rank,
+                                      int size);
+// "rank-0000r": the directory of rank r's checkpoint under convert's OUT.
+std::string rank_dir_name(int rank);
+
 // A usage error found after parsing: prints "d9d COMMAND: MESSAGE" and CLI11's hint; returns
 // kExitUsage.
 int usage_error(std::string_view command, std::string_view message);
@@ -231,9 +238,7 @@ struct ConvertResult {
 ConvertResult run_convert(const ConvertOptions& options);
 // The conversion in this process alone, whatever the MPI world (run_convert's body without it).
 ConvertResult run_convert_local(const ConvertOptions& options);
-// "rank-0000r": the directory of rank r's checkpoint under OUT (Note [a checkpoint per rank] in
-// convert.cpp).
-std::string rank_dir_name(int rank);
+
 
 struct LoadOptions {
   fs::path checkpoint;
@@ -245,6 +250,7 @@ struct LoadOptions {
   bool cold = false;  // drop the files from the page cache first (Note [cold start] in load.cpp)
   io::IoBackend io = io::IoBackend::kAuto;  // --io
   bool sha256 = false;                      // --sha256: ReadOptions::verify
+  bool pushdown = true;                     // --no-pushdown: ReadOptions::pushdown
   bool show_progress = true;
 };
 int run_load(const LoadOptions& options);

@@ -350,6 +350,42 @@ SpecChoice load_spec(const std::string& arg, const fs::path& checkpoint) {
                                        mapper::builtin_specs_list(), ")");
 }
 
+// Note [a rank's share]: under `mpirun -np N`, a spec with params tp and tp_rank (the built-in
+// *_tp specs) and no --set tp_rank gives each rank its own share: `d9d convert` writes it to
+// OUT/rank-0000r/ (rank_dir_name), a whole checkpoint an engine's rank r loads with no further
+// slicing, and `d9d load` loads it. tp is N unless --set gives it (then it must be N), tp_rank the
+// rank, and ep_rank, where the spec has one and --set does not give it, tp_rank / (tp / ep). Each
+// rank reads only its slices (Note [slice pushdown] in the mapper layer's region.cpp).
+std::optional<Params> per_rank_params(const Conversion& c, const Params& given, int rank,
+                                      int size) {
+  const auto& params = c.mapping.params;
+  if (c.reverse || !params.contains("tp") || !params.contains("tp_rank") ||
+      given.contains("tp_rank")) {
+    return std::nullopt;
+  }
+  if (const auto tp = given.find("tp"); tp != given.end()) {
+    D9D_CHECK(tp->second == size, "--set tp=", tp->second, " but mpirun started ", size,
+              " ranks: each rank takes its own share (tp_rank = its rank)");
+  }
+  Params mine = given;
+  mine["tp"] = size;
+  mine["tp_rank"] = rank;
+  if (params.contains("ep_rank") && !given.contains("ep_rank")) {
+    const auto ep = params.find("ep");
+    const int64_t ep_size = ep == params.end() ? 1 : ep->second.value;
+    D9D_CHECK(ep_size >= 1 && size % ep_size == 0, "ep = ", ep_size, " does not divide tp = ",
+              size);
+    mine["ep_rank"] = rank / (size / ep_size);
+  }
+  return mine;
+}
+
+std::string rank_dir_name(int rank) {
+  char name[32];
+  std::snprintf(name, sizeof name, "rank-%05d", rank);
+  return name;
+}
+
 Conversion make_conversion(const fs::path& src, const std::optional<std::string>& spec,
                            bool reverse, const Params& params, bool allow_lossy) {
   std::optional<SpecChoice> choice;

@@ -195,45 +195,19 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
   return summarize(quiet_unless_rank0, c, plan, clock, world.size());
 }
 
-// Note [a checkpoint per rank]: under `mpirun -np N`, a spec with params tp and tp_rank (the
-// built-in *_tp specs) and no --set tp_rank converts each rank's share on that rank, into
-// OUT/rank-0000r/ (rank_dir_name), a whole checkpoint an engine's rank r loads with no further
-// slicing: tp is N unless --set gives it (then it must be N), tp_rank the rank, and ep_rank, where
-// the spec has one and --set does not give it, tp_rank / (tp / ep). Each rank reads only its
-// slices (Note [slice pushdown]) and commits its own directory; an error on any rank is every
-// rank's (agreed), so no rank reports success beside a failed one.
+// Under mpirun with a tp spec, each rank converts its own share into OUT/rank-0000r/ (Note [a
+// rank's share] in common.cpp); nullopt for the one-checkpoint distributed conversion.
 std::optional<ConvertOptions> per_rank_options(const ConvertOptions& options, const Conversion& c,
                                                int rank, int size) {
-  const auto& params = c.mapping.params;
-  if (c.reverse || !params.contains("tp") || !params.contains("tp_rank") ||
-      options.params.contains("tp_rank")) {
-    return std::nullopt;
-  }
-  if (const auto tp = options.params.find("tp"); tp != options.params.end()) {
-    D9D_CHECK(tp->second == size, "--set tp=", tp->second, " but mpirun started ", size,
-              " ranks: each rank converts its own share (tp_rank = its rank)");
-  }
+  std::optional<Params> params = per_rank_params(c, options.params, rank, size);
+  if (!params) return std::nullopt;
   ConvertOptions mine = options;
-  mine.params["tp"] = size;
-  mine.params["tp_rank"] = rank;
-  if (params.contains("ep_rank") && !options.params.contains("ep_rank")) {
-    const auto ep = params.find("ep");
-    const int64_t ep_size = ep == params.end() ? 1 : ep->second.value;
-    D9D_CHECK(ep_size >= 1 && size % ep_size == 0, "ep = ", ep_size, " does not divide tp = ",
-              size);
-    mine.params["ep_rank"] = rank / (size / ep_size);
-  }
+  mine.params = std::move(*params);
   mine.dest = options.dest / rank_dir_name(rank);
   return mine;
 }
 
 }  // namespace
-
-std::string rank_dir_name(int rank) {
-  char name[32];
-  std::snprintf(name, sizeof name, "rank-%05d", rank);
-  return name;
-}
 
 ConvertResult run_convert(const ConvertOptions& options) {
   if (dist::is_initialized() && dist::world()->size() > 1) {

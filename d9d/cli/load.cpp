@@ -7,6 +7,7 @@
 
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 
 #include "cli.hpp"
 
+#include <d9d/dist/process_group.hpp>
 #include <d9d/error.hpp>
 #include <d9d/io/file.hpp>
 #include <d9d/mapper/adapters.hpp>
@@ -55,10 +57,25 @@ std::string how_read(const io::ReadLog::File& file) {
 
 int run_load(const LoadOptions& options) {
   const io::Checkpoint ck = io::Checkpoint::open(options.checkpoint);
-  warn_unlisted(ck);  // (a spec's conversion finds the same tensors: said once, here)
+  // Under mpirun: each rank loads its share of a tp spec (Note [a rank's share] in common.cpp).
+  const dist::ProcessGroup& world = *dist::world();
+  std::string rank_label;
+  if (world.rank() == 0) warn_unlisted(ck);  // (a spec's conversion finds the same: said here)
   Conversion c;
   if (options.spec) {
     c = make_conversion(options.checkpoint, options.spec, /*reverse=*/false, options.params);
+    if (world.size() > 1) {
+      const std::optional<Params> mine =
+          per_rank_params(c, options.params, world.rank(), world.size());
+      if (!mine) {
+        return usage_error("load", "under mpirun, d9d load needs a spec with params tp and "
+                                   "tp_rank (each rank loads its share), and no --set tp_rank");
+      }
+      c = make_conversion(options.checkpoint, options.spec, /*reverse=*/false, *mine);
+      rank_label = " rank " + std::to_string(world.rank()) + " of " + std::to_string(world.size());
+    }
+  } else if (world.size() > 1) {
+    return usage_error("load", "under mpirun, d9d load needs a tensor-parallel --spec");
   } else {
     c.mapper = mapper::identity_mapper_from_names(ck.keys());
   }
@@ -82,30 +99,37 @@ int run_load(const LoadOptions& options) {
   ro.label = "Loading";
   ro.io = options.io;
   ro.verify = options.sha256;
+  ro.pushdown = options.pushdown;
   io::ReadLog log;
   ro.read_log = &log;
   const Stopwatch clock;
   model_state::load_model_state(options.checkpoint, c.mapper, options.device, targets, ro);
   const double seconds = clock.seconds();
 
-  std::cout << "d9d load: " << ck.dir().string() << " ("
-            << count_of(static_cast<int64_t>(plan.files.size()), "file") << ", "
-            << format_bytes(plan.input_bytes) << " read)"
-            << (options.spec ? " through " + c.sidecar.spec_origin : std::string()) << " -> "
-            << options.device.str() << (options.cold ? ", from a cold page cache" : "")
-            << (options.sha256 ? ", every file checked against its SHA-256" : "") << "\n";
+  // One write per rank, so that the ranks' reports do not interleave.
+  std::ostringstream out;
+  const int64_t read_bytes = options.pushdown ? plan.read_bytes : plan.input_bytes;
+  out << "d9d load" << rank_label << ": " << ck.dir().string() << " ("
+      << count_of(static_cast<int64_t>(plan.files.size()), "file") << ", "
+      << format_bytes(read_bytes) << " read"
+      << (read_bytes < plan.input_bytes ? " of " + format_bytes(plan.input_bytes) : std::string())
+      << ")" << (options.spec ? " through " + c.sidecar.spec_origin : std::string()) << " -> "
+      << options.device.str() << (options.cold ? ", from a cold page cache" : "")
+      << (options.sha256 ? ", every file checked against its SHA-256" : "")
+      << (options.pushdown ? "" : ", whole tensors read (--no-pushdown)") << "\n";
   // Every file the plan reads, with how the engine read it (host and cuda:N targets alike).
   const std::map<std::string, io::ReadLog::File> reads = log.files();
   for (const std::string& file : plan.files) {
     const auto it = reads.find((ck.dir() / file).string());
-    std::cout << "  " << file << "  "
-              << (it != reads.end() ? how_read(it->second) : std::string("(not read)")) << "\n";
+    out << "  " << file << "  "
+        << (it != reads.end() ? how_read(it->second) : std::string("(not read)")) << "\n";
   }
-  std::cout << "  targets: " << count_of(plan.output_count, "tensor") << ", "
-            << format_bytes(plan.output_bytes) << ", allocated in " << format_seconds(alloc_seconds)
-            << "\n";
-  std::cout << "loaded " << format_bytes(plan.output_bytes) << " in " << format_seconds(seconds)
-            << ": " << format_rate(plan.output_bytes, seconds) << "\n";
+  out << "  targets: " << count_of(plan.output_count, "tensor") << ", "
+      << format_bytes(plan.output_bytes) << ", allocated in " << format_seconds(alloc_seconds)
+      << "\n";
+  out << "loaded " << format_bytes(plan.output_bytes) << " in " << format_seconds(seconds) << ": "
+      << format_rate(plan.output_bytes, seconds) << "\n";
+  std::cout << out.str() << std::flush;
   return kExitOk;
 }
 
@@ -136,8 +160,12 @@ Command add_load(CLI::App& app) {
       "--sha256", options->sha256,
       "Check every file read against its SHA-256 first (d9d-hashes.json or a hub "
       "snapshot's blob names; exit 1 naming a file that differs); counted in the time");
+  command->add_flag("!--no-pushdown", options->pushdown,
+                    "Read every input whole and slice after (what loaders without slice pushdown "
+                    "do), to compare");
   add_progress_flag(*command, options->show_progress);
-  return {command, [options] { return run_load(*options); }};
+  // Under mpirun with a tp spec: each rank loads its share.
+  return {command, [options] { return run_load(*options); }, /*distributed=*/true};
 }
 
 }  // namespace d9d::cli

@@ -4,7 +4,8 @@
 // Errors print as "d9d: error: <message>" on standard error.
 //
 // Under `mpirun -np N` (N > 1) only `convert` runs, on every rank (Note [distributed conversion]);
-// rank 0 alone prints. An error every rank agreed on ends every rank with status 1; an error only
+// rank 0 alone prints. `load` runs too with a tensor-parallel spec, each rank loading its share
+// and printing its own report (Note [a rank's share] in common.cpp). An error every rank agreed on ends every rank with status 1; an error only
 // this rank knows about ends the whole job (Note [bounded failure]), so no rank waits for it.
 #include <algorithm>
 #include <iostream>
@@ -51,8 +52,8 @@ int main(int argc, char** argv) {
                                          [](const Command& c) { return c.app->parsed(); });
   if (world->size() > 1 && !command.distributed) {
     if (rank0) {
-      std::cerr << "d9d: only `d9d convert` runs under mpirun with more than one process (this "
-                   "job has "
+      std::cerr << "d9d: only `d9d convert` runs under mpirun with more than one process (and "
+                   "`d9d load` with a tensor-parallel spec; this job has "
                 << world->size() << ")\n";
     }
     return kExitUsage;

@@ -57,6 +57,7 @@ std::string builtin_specs_list() {
     std::vector<std::string> names = s.model_types;
     names.insert(names.end(), s.architectures.begin(), s.architectures.end());
     for (size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
+    if (names.empty()) out += "by name only";  // a variant --spec auto does not pick (*_tp)
     out += ")";
   }
   return out;

@@ -688,6 +688,14 @@ ModelStateStream read_model_state(const std::filesystem::path& src, MapperPtr ma
     io::verify_hashes(impl->checkpoint.dir(), impl->plan.files, 0, io::IoBackend::kPread);
   }
   impl->planned_specs = impl->plan.outputs();
+  if (!options.pushdown) {  // every input whole, no view handed on: read whole, slice after
+    for (GroupPlan& g : impl->plan.groups) {
+      g.read_regions.reset();
+      g.read_bytes = g.input_bytes;
+    }
+    impl->plan.read_bytes = impl->plan.input_bytes;
+    impl->views = false;
+  }
   // A plan that reads only parts of the files (Note [slice pushdown]) reads everything with the
   // read engine: a view's pages faulted in through the mapping (a norm's few KiB) bring the
   // kernel's read-around with them, which on a cold file fetches the neighbours the plan skips.
@@ -724,8 +732,9 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
   ModelStateStream::Impl& impl = *stream.impl_;
   // Views never leave load_model_state: they only say where an output's bytes are, and the read
   // engine reads those with the backend asked for. So they are used whatever ReadOptions::io
-  // and zero_copy say, and whatever the file system.
-  impl.views = true;
+  // and zero_copy say, and whatever the file system (not without pushdown: then every input is
+  // read whole first).
+  impl.views = options.pushdown;
   impl.populate_views = false;
   for (const auto& [name, tensor] : target) {
     if (auto d = dist::as_dtensor(tensor)) impl.distribute_outputs.emplace(name, d->spec());
@@ -745,7 +754,9 @@ void load_model_state(const std::filesystem::path& src, MapperPtr mapper, Device
         for (size_t k = 0; k < box.end.size(); ++k) box.end[k] += local.shape[k];
         wanted.emplace(out, std::move(box));
       }
-      if (impl.slices_group[i]) narrow_read(impl.plan, g, impl.checkpoint, *impl.mapper, wanted);
+      if (impl.slices_group[i] && options.pushdown) {
+        narrow_read(impl.plan, g, impl.checkpoint, *impl.mapper, wanted);
+      }
     }
   } else if (!options.device.is_cuda()) {
     impl.read_views_into(target);

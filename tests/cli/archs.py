@@ -189,8 +189,12 @@ def test_listing():
     for name in arch_models.ARCHS:
         check(f"\n{name}\n" in "\n" + r.stdout, f"d9d specs lists {name}")
     listed = json.loads(d9d_ok("specs", "--json").stdout)
-    check(sorted(x["name"] for x in listed) == sorted(arch_models.ARCHS),
+    # Every architecture, and the tensor-parallel variants (picked by name only: no applies_to).
+    tp_variants = ["llama_tp", "qwen3_moe_tp", "qwen3_tp"]
+    check(sorted(x["name"] for x in listed) == sorted(list(arch_models.ARCHS) + tp_variants),
           f"d9d specs --json lists exactly the architectures ({[x['name'] for x in listed]})")
+    check(all(not x["model_type"] and not x["architectures"] for x in listed if x["name"] in tp_variants),
+          "the tp variants are not picked by --spec auto")
     claimed = [t for x in listed for t in x["model_type"]]
     check(len(claimed) == len(set(claimed)), f"no model_type is claimed twice ({claimed})")
     text = d9d_ok("specs", "qwen3_moe", "--json").stdout

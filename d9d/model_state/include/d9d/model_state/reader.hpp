@@ -67,6 +67,11 @@ struct ReadOptions {
   // cold local disk). Anything but kAuto and kMmap also turns zero_copy off: every input is read
   // by that backend.
   io::IoBackend io = io::IoBackend::kAuto;
+  // Read only the parts of the inputs the outputs need (Note [slice pushdown] in the mapper
+  // layer's region.cpp): a group whose ops keep part of their inputs (shard_tensor), and a
+  // DTensor target's slice, read those bytes alone. False reads every input whole and slices
+  // after, as the loaders that do not push the slice down do (the benchmarks' baseline).
+  bool pushdown = true;
   // Where the reads are accounted (bytes per file and backend, fallback notes); may be null.
   io::ReadLog* read_log = nullptr;
   // Check every file the plan reads against its SHA-256 (d9d-hashes.json or a hub snapshot's
