@@ -100,6 +100,44 @@ StateDict DequantizeMapper::apply(StateDict group) const {
   return {{target_, std::move(out)}};
 }
 
+// The output's first dim is the weight's and the scale's first dim, one for one (rows of a matrix,
+// or experts of a stack), except fp8_block's matrix rows, which share a scale per block of rows:
+// there the rows widen to whole blocks. A box of the output is read as its rows, whole otherwise.
+RegionDict DequantizeMapper::input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                                           std::vector<std::string>* whole) const {
+  const auto w = wanted.find(target_);
+  if (w == wanted.end()) return {};
+  const Shape out = infer(inputs).at(target_).shape;
+  const TensorSpec& source = inputs.at(source_);
+  const TensorSpec& scale = inputs.at(scale_);
+  const bool per_tensor = scale.shape.size() <= 1 && numel_of(scale.shape) == 1;
+  if (out.size() < 2 || source.shape.size() < 2 || per_tensor || w->second.numel() == 0) {
+    return ModelStateMapper::input_regions(inputs, wanted, whole);
+  }
+  int64_t begin = w->second.begin[0];
+  int64_t end = w->second.end[0];
+  int64_t scale_begin = begin;
+  int64_t scale_end = end;
+  if (how_.format == QuantFormat::kFp8Block && source.shape.size() == 2) {
+    scale_begin = begin / how_.block_rows;
+    scale_end = (end + how_.block_rows - 1) / how_.block_rows;
+    begin = scale_begin * how_.block_rows;
+    end = std::min(scale_end * how_.block_rows, source.shape[0]);
+  }
+  auto rows = [](const Shape& shape, int64_t b, int64_t e) {
+    Region r = Region::whole(shape);
+    r.begin[0] = b;
+    r.end[0] = e;
+    return r;
+  };
+  RegionDict out_regions{{source_, rows(source.shape, begin, end)},
+                         {scale_, rows(scale.shape, scale_begin, scale_end)}};
+  if (!global_scale_.empty()) {
+    out_regions.emplace(global_scale_, Region::whole(inputs.at(global_scale_).shape));
+  }
+  return out_regions;
+}
+
 MapperPtr DequantizeMapper::do_inverse(const SpecDict&) const {
   throw NotInvertibleError(str_cat(describe(),
                                    ": dequantizing loses the packed codes and their scales, and "

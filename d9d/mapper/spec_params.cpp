@@ -319,3 +319,17 @@ int64_t evaluate_param_expression(std::string_view text, const ParamValues& para
 }
 
 }  // namespace d9d::mapper::detail
+
+namespace d9d::mapper {
+
+std::map<std::string, int64_t> parallel_params(const dist::DeviceMesh& mesh) {
+  std::map<std::string, int64_t> out;
+  for (const std::string& name : mesh.mesh_dim_names()) {
+    if (name != "tp" && name != "ep") continue;
+    out[name] = mesh.size(mesh.dim_index(name));
+    out[name + "_rank"] = mesh.get_local_rank(std::string_view(name));
+  }
+  return out;
+}
+
+}  // namespace d9d::mapper

@@ -296,7 +296,8 @@ Tensor upload_from_file(StagingRing& staging, const io::Checkpoint& checkpoint,
 // runs on them (touching no byte); distribute_tensor narrows the output to this rank's slice (a
 // view again); and only then is the slice read, with pread, into memory of its own (read_view:
 // exactly its pages asked of the kernel), so a rank reads about 1/N of the tensor, not the whole
-// of it. A group that moves data (transpose, stack, ...) reads its whole inputs, necessarily.
+// of it. A group that moves data (transpose, stack, ...) reads the boxes of its inputs that make
+// the slice (Note [slice pushdown] in the mapper layer's region.cpp; read_narrowed).
 
 }  // namespace
 
@@ -531,14 +532,10 @@ struct ModelStateStream::Impl {
     // view's pages faulted in through the mapping bring the kernel's read-around with them (on a
     // cold file, the neighbours of every run: most of the file for row-parallel slices). Views
     // of a DTensor target's slice are read as Note [reading what a rank owns] says.
+    // On cuda:N the group runs on the host and only its outputs (the rank's share) go up
+    // (run_group), not the whole input buffers.
     const bool view_only = views && !mapper->moves_data(g.group);
-    if (g.read_regions && !(slices && view_only)) {
-      inputs = read_narrowed(g);
-      if (staging != nullptr && !slices) {
-        for (auto& [name, tensor] : inputs) tensor = tensor.to(options.device);
-      }
-      return mapper->apply(std::move(inputs));
-    }
+    if (g.read_regions && !(slices && view_only)) return mapper->apply(read_narrowed(g));
     if (staging != nullptr && !slices) {
       for (const auto& [name, spec] : g.inputs) {
         inputs.emplace(name, upload_from_file(*staging, checkpoint, name, io_options()));

@@ -297,6 +297,86 @@ TEST_CASE("load_model_state fills DTensor targets with each rank's slice") {
       doctest::Contains("F32[1, 5]"), ValueError);  // checked by the global shape
 }
 
+// Note [slice pushdown]: a DTensor target of a fused output (cat of q, k, v) or of a transposed
+// one reads each rank's rows of the inputs only, as the read engine's log accounts them.
+TEST_CASE("load_model_state reads only each rank's slice through cat and transpose") {
+  ProcessGroup& g = world();
+  SharedTempDir tmp;
+  const int64_t n = g.size();
+  const Tensor q = random_tensor({4 * n + 1, 48}, DType::F32, 11);
+  const Tensor k = random_tensor({2 * n, 48}, DType::F32, 12);
+  const Tensor v = random_tensor({2 * n + 3, 48}, DType::F32, 13);
+  const Tensor o = random_tensor({6, 2048 * n}, DType::F32, 14);  // 8 KiB of each row per rank
+  if (g.rank() == 0) {
+    model_state::save_model_state(tmp / "ckpt",
+                                  mapper::identity_mapper_from_names({"q", "k", "v", "o"}),
+                                  {{"q", q}, {"k", k}, {"v", v}, {"o", o}}, quiet_write());
+  }
+  g.barrier();
+  const DeviceMesh mesh(dist::world(), {n}, {"tp"});
+  const Tensor qkv = d9d::cat({q, k, v}, 0);
+  const Tensor o_t = o.transpose(0, 1).contiguous();
+  StateDict targets{{"qkv", dist::zeros(qkv.shape(), qkv.dtype(), mesh, {Shard{0}}).as_tensor()},
+                    {"o_t", dist::zeros(o_t.shape(), o_t.dtype(), mesh, {Shard{0}}).as_tensor()}};
+  const MapperPtr m = mapper::parallel({mapper::concatenate_tensors({"q", "k", "v"}, "qkv", 0),
+                                        std::make_shared<mapper::TransposeMapper>("o", "o_t", 0, 1)});
+  model_state::ReadOptions ro = quiet_read();
+  io::ReadLog log;
+  ro.read_log = &log;
+  model_state::load_model_state(tmp / "ckpt", m, Device::cpu(), targets, ro);
+  const Tensor qkv_local = as_dtensor(targets.at("qkv"))->local();
+  const Tensor o_local = as_dtensor(targets.at("o_t"))->local();
+  CHECK(equal(qkv_local, distribute_tensor(qkv, mesh, {Shard{0}}).local()));
+  CHECK(equal(o_local, distribute_tensor(o_t, mesh, {Shard{0}}).local()));
+  uint64_t read = 0;
+  for (const auto& [path, file] : log.files()) {
+    for (const auto& [backend, bytes] : file.bytes) read += bytes;
+  }
+  MESSAGE("rank ", g.rank(), " of ", n, " read ", read, " bytes for slices of ",
+          qkv_local.nbytes() + o_local.nbytes(), " (the tensors are ",
+          qkv.nbytes() + o.nbytes(), ")");
+  // Exactly the slices' rows; a rank of one reads everything.
+  CHECK(read == static_cast<uint64_t>(qkv_local.nbytes() + o_local.nbytes()));
+}
+
+// A spec's shard_tensor with params from the mesh's "tp" dim (mapper::parallel_params): each rank
+// loads its piece into a plain target, reading that piece alone.
+TEST_CASE("load_model_state of a tp spec with parallel_params reads each rank's piece") {
+  ProcessGroup& g = world();
+  SharedTempDir tmp;
+  const int64_t n = g.size();
+  const Tensor w = random_tensor({3 * n + 2, 1024}, DType::BF16, 21);
+  if (g.rank() == 0) {
+    model_state::save_model_state(tmp / "ckpt", mapper::identity("w"), {{"w", w}}, quiet_write());
+  }
+  g.barrier();
+  const DeviceMesh mesh(dist::world(), {1, n}, {"dp", "tp"});
+  const std::map<std::string, int64_t> params = mapper::parallel_params(mesh);
+  CHECK(params == std::map<std::string, int64_t>{{"tp", n}, {"tp_rank", g.rank()}});
+  mapper::SpecParams sp;
+  sp.values = params;
+  const MapperPtr m =
+      mapper::from_spec(R"({"d9d_mapper_spec": 1, "params": {"tp": 1, "tp_rank": 0}, "rules": [
+        {"op": "shard_tensor", "source": "w", "dim": 0, "parts": "{tp}", "index": "{tp_rank}"}]})",
+                        {"w"}, sp)
+          .mapper;
+  const std::vector<Tensor> pieces = d9d::chunk(w, n, 0);
+  const Tensor expected = g.rank() < static_cast<int>(pieces.size())
+                              ? pieces[static_cast<size_t>(g.rank())]
+                              : w.narrow(0, w.size(0), 0);
+  StateDict target{{"w", Tensor::zeros(expected.shape(), DType::BF16)}};
+  model_state::ReadOptions ro = quiet_read();
+  io::ReadLog log;
+  ro.read_log = &log;
+  model_state::load_model_state(tmp / "ckpt", m, Device::cpu(), target, ro);
+  CHECK(equal(target.at("w"), expected));
+  uint64_t read = 0;
+  for (const auto& [path, file] : log.files()) {
+    for (const auto& [backend, bytes] : file.bytes) read += bytes;
+  }
+  CHECK(read == static_cast<uint64_t>(expected.nbytes()));
+}
+
 // Note [reading what a rank owns], measured: with a cold page cache, each rank's reads (the bytes
 // /proc/self/io says this process brought in from disk) are its slice, not the whole tensor.
 TEST_CASE("a rank reads about its slice of a Shard(0) tensor, not the whole tensor") {

@@ -705,3 +705,79 @@ TEST_CASE("region_byte_runs: rows of the innermost narrowed dim, adjacent runs j
   // An empty box reads nothing.
   CHECK(region_byte_runs(shape, 16, Region{{1, 0, 0}, {1, 6, 8}}).empty());
 }
+
+namespace {
+
+// Random bytes of any dtype (every bit pattern: FP8 and FP4 codes, E8M0 exponents, NaNs).
+Tensor random_bytes(const Shape& shape, DType dtype) {
+  Tensor t = Tensor::empty(shape, dtype);
+  auto* p = static_cast<uint8_t*>(t.mutable_data_ptr());
+  for (int64_t i = 0; i < t.nbytes(); ++i) p[i] = static_cast<uint8_t>(randint(0, 255));
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("dequantize's input_regions(): rows of the weight and its scales, whole scale blocks") {
+  int narrowed = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int64_t rows = randint(1, 40), cols = 32 * randint(1, 3);
+    Dequantization how;
+    how.dtype = DType::F32;
+    StateDict in;
+    std::string global;
+    switch (trial % 5) {
+      case 0:  // fp8_block, a matrix: rows share a scale per block
+      case 1: {  // fp8_block, stacked experts [E, R, C]
+        how.format = QuantFormat::kFp8Block;
+        how.block_rows = randint(1, 8);
+        how.block_cols = randint(1, 16);
+        Shape w{rows, cols};
+        Shape s{(rows + how.block_rows - 1) / how.block_rows,
+                (cols + how.block_cols - 1) / how.block_cols};
+        if (trial % 5 == 1) {
+          w.insert(0, randint(1, 5));
+          s.insert(0, w[0]);
+        }
+        in = {{"w", random_bytes(w, DType::F8_E4M3)}, {"s", random_values(s, DType::F32)}};
+        break;
+      }
+      case 2:  // fp8_channel
+        how.format = QuantFormat::kFp8Channel;
+        in = {{"w", random_bytes({rows, cols}, DType::F8_E4M3)},
+              {"s", random_values({rows, 1}, DType::BF16)}};
+        break;
+      case 3:  // mxfp4, gpt-oss's [E, R, G, 16] blocks
+        how.format = QuantFormat::kMxfp4;
+        in = {{"w", random_bytes({rows, 3, cols / 32, 16}, DType::U8)},
+              {"s", random_bytes({rows, 3, cols / 32}, DType::U8)}};
+        break;
+      case 4:  // nvfp4 with a global scale
+        how.format = QuantFormat::kNvfp4;
+        how.global_scale_mode = GlobalScaleMode::kMultiply;
+        global = "g";
+        in = {{"w", random_bytes({rows, cols / 2}, DType::U8)},
+              {"s", random_bytes({rows, cols / 16}, DType::F8_E4M3)},
+              {"g", random_values({}, DType::F32)}};
+        break;
+    }
+    const MapperPtr m = dequantize("w", "s", "out", how, global);
+    INFO("trial ", trial, ": ", m->describe());
+    const Tensor expected = m->apply(in).at("out");
+    const RegionDict wanted{{"out", random_box(expected.shape())}};
+    const RegionDict read = m->input_regions(specs_of(in), wanted, nullptr);
+    StateDict garbled;
+    int64_t read_numel = 0, all_numel = 0;
+    for (const auto& [name, t] : in) {
+      const auto r = read.find(name);
+      garbled.emplace(name, only_inside(t, r == read.end() ? std::nullopt
+                                                           : std::optional<Region>(r->second)));
+      read_numel += r == read.end() ? 0 : r->second.numel();
+      all_numel += t.numel();
+    }
+    const Tensor got = m->apply(std::move(garbled)).at("out");
+    CHECK(bytes_in(got, wanted.at("out")) == bytes_in(expected, wanted.at("out")));
+    narrowed += read_numel < all_numel;
+  }
+  CHECK(narrowed > 150);
+}

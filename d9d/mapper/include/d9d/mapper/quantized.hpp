@@ -92,6 +92,10 @@ class DequantizeMapper final : public ModelStateMapper {
                    std::string target, Dequantization how);
   StateDict apply(StateDict group) const override;
   SpecDict infer(const SpecDict& group) const override;
+  // Rows (the first dim) carried to the weight's and the scale's rows: whole scale blocks for
+  // fp8_block, the global scale whole; the other dims read whole (Note [slice pushdown]).
+  RegionDict input_regions(const SpecDict& inputs, const RegionDict& wanted,
+                           std::vector<std::string>* whole) const override;
   std::string describe() const override;
 
  protected:

@@ -125,6 +125,7 @@
 #include <string_view>
 #include <vector>
 
+#include <d9d/dist/device_mesh.hpp>
 #include <d9d/error.hpp>
 #include <d9d/mapper/mapper.hpp>
 
@@ -198,5 +199,11 @@ SpecMapping from_spec(std::string_view json, const std::vector<std::string>& che
 // all have defaults still expands).
 SpecMapping from_spec(std::string_view json, const std::vector<std::string>& checkpoint_keys,
                       const SpecParams& params);
+
+// This rank's tensor- and expert-parallel params from a DeviceMesh whose dims are named "tp" and
+// "ep" (either may be missing): {"tp": its size, "tp_rank": this rank's coordinate along it, "ep",
+// "ep_rank"}, for SpecParams::values of the *_tp specs, so that each rank's load_model_state reads
+// only its share (Note [slice pushdown] in region.cpp).
+std::map<std::string, int64_t> parallel_params(const dist::DeviceMesh& mesh);
 
 }  // namespace d9d::mapper
