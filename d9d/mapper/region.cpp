@@ -81,8 +81,7 @@ Region reshape_region(const Shape& in_shape, const Shape& out_shape, const Regio
   return whole;
 }
 
-std::vector<ByteRun> region_byte_runs(const Shape& shape, int64_t bits, const Region& wanted,
-                                      int64_t join_gap) {
+std::vector<ByteRun> region_byte_runs(const Shape& shape, int64_t bits, const Region& wanted) {
   const auto ndim = static_cast<int64_t>(shape.size());
   D9D_ASSERT(wanted.ndim() == ndim);
   if (wanted.numel() == 0) return {};
@@ -114,8 +113,8 @@ std::vector<ByteRun> region_byte_runs(const Shape& shape, int64_t bits, const Re
     int64_t element = region.begin[static_cast<size_t>(k)] * strides[static_cast<size_t>(k)];
     for (int64_t d = 0; d < k; ++d) element += index[static_cast<size_t>(d)] * strides[static_cast<size_t>(d)];
     const int64_t offset = element * bits / 8;
-    if (!runs.empty() && runs.back().offset + runs.back().size + join_gap >= offset) {
-      runs.back().size = offset + run_bits / 8 - runs.back().offset;
+    if (!runs.empty() && runs.back().offset + runs.back().size == offset) {
+      runs.back().size += run_bits / 8;
     } else {
       runs.push_back(ByteRun{offset, run_bits / 8});
     }

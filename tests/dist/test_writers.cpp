@@ -335,8 +335,11 @@ TEST_CASE("load_model_state reads only each rank's slice through cat and transpo
   MESSAGE("rank ", g.rank(), " of ", n, " read ", read, " bytes for slices of ",
           qkv_local.nbytes() + o_local.nbytes(), " (the tensors are ",
           qkv.nbytes() + o.nbytes(), ")");
-  // Exactly the slices' rows; a rank of one reads everything.
-  CHECK(read == static_cast<uint64_t>(qkv_local.nbytes() + o_local.nbytes()));
+  // The slices' rows, each run widened to the file's 4 KiB blocks (an edge block each side of
+  // each of the 3 + 6 runs at most); a rank of one reads everything.
+  const auto slices = static_cast<uint64_t>(qkv_local.nbytes() + o_local.nbytes());
+  CHECK(read >= slices);
+  CHECK(read <= std::min<uint64_t>(slices + (3 + 6) * 2 * 4096, qkv.nbytes() + o.nbytes()));
 }
 
 // A spec's shard_tensor with params from the mesh's "tp" dim (mapper::parallel_params): each rank
@@ -374,7 +377,9 @@ TEST_CASE("load_model_state of a tp spec with parallel_params reads each rank's 
   for (const auto& [path, file] : log.files()) {
     for (const auto& [backend, bytes] : file.bytes) read += bytes;
   }
-  CHECK(read == static_cast<uint64_t>(expected.nbytes()));
+  // The piece's rows (one run) and at most the 4 KiB blocks at its two ends.
+  CHECK(read >= static_cast<uint64_t>(expected.nbytes()));
+  CHECK(read <= static_cast<uint64_t>(expected.nbytes()) + 2 * 4096);
 }
 
 // Note [reading what a rank owns], measured: with a cold page cache, each rank's reads (the bytes

@@ -692,11 +692,6 @@ TEST_CASE("region_byte_runs: rows of the innermost narrowed dim, adjacent runs j
   REQUIRE(runs.size() == 12);
   CHECK(runs[1].offset == (8 + 2) * 2);
   CHECK(runs[1].size == 4);
-  // Runs at most join_gap bytes apart are one run, the gap read with them.
-  runs = region_byte_runs(shape, 16, Region{{0, 0, 2}, {2, 6, 4}}, /*join_gap=*/12);
-  REQUIRE(runs.size() == 1);
-  CHECK(runs[0].offset == 4);
-  CHECK(runs[0].size == (1 * 48 + 5 * 8 + 4) * 2 - 4);  // to the end of row (1, 5)'s run
   // Packed 4-bit: whole rows of the last dims.
   runs = region_byte_runs({4, 6}, 4, Region{{1, 1}, {2, 3}});
   REQUIRE(runs.size() == 1);

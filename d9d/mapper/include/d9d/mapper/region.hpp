@@ -41,14 +41,12 @@ Region reshape_region(const Shape& in_shape, const Shape& out_shape, const Regio
 
 // The byte ranges, relative to the tensor's first byte, holding `region` of a contiguous tensor
 // of `shape` whose elements have `bits` bits each: one run per row of the innermost narrowed dim,
-// in increasing order, runs joined where at most `join_gap` bytes lie between them (the gap
-// then read too: a reader of a disk reads whole pages, so runs a page apart are best read as
-// one). Sub-byte dtypes are read in whole runs of the last dims.
+// adjacent runs joined, in increasing order. Sub-byte dtypes are read in whole runs of the last
+// dims.
 struct ByteRun {
   int64_t offset;
   int64_t size;
 };
-std::vector<ByteRun> region_byte_runs(const Shape& shape, int64_t bits, const Region& region,
-                                      int64_t join_gap = 0);
+std::vector<ByteRun> region_byte_runs(const Shape& shape, int64_t bits, const Region& region);
 
 }  // namespace d9d::mapper
