@@ -30,12 +30,12 @@
 //    on a network or FUSE file system (statfs type), where neither mmap faults nor O_DIRECT
 //    behave.
 //  - direct: the file opened again with O_DIRECT (through /proc/self/fd, so the same inode),
-//    each chunk's aligned span (4 KiB boundaries: the largest logical block size in use) read
-//    into a page-aligned bounce buffer and copied out (the head and tail bytes outside the range
-//    are read and dropped). Past the page cache: no copy into the cache and out of it, no
-//    readahead guesses, and the checkpoint does not push the engine's own memory out of the
-//    cache. A file system that refuses O_DIRECT (EINVAL at open or at the first read) is read
-//    with pread instead, with a note in the ReadLog.
+//    each chunk's aligned span (the file system's O_DIRECT alignment, direct_io_alignment(): 512
+//    bytes on most disks, else 4 KiB) read into a page-aligned bounce buffer and copied out (the
+//    head and tail bytes outside the range are read and dropped). Past the page cache: no copy into
+//    the cache and out of it, no readahead guesses, and the checkpoint does not push the engine's
+//    own memory out of the cache. A file system that refuses O_DIRECT (EINVAL at open or at the
+//    first read) is read with pread instead, with a note in the ReadLog.
 //  - uring: the same O_DIRECT chunks, kept kUringDepth in flight through one io_uring with
 //    registered bounce buffers (liburing; without it, or where the kernel refuses io_uring, the
 //    direct backend with a note). `auto` takes it for bytes that must come from a local disk.
@@ -46,6 +46,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -171,7 +172,8 @@ constexpr int kDirectThreads = 8;
 
 struct FileState {
   IoBackend backend = IoBackend::kPread;
-  FileDescriptor direct;  // open with O_DIRECT for kDirect and kUring
+  FileDescriptor direct;    // open with O_DIRECT for kDirect and kUring
+  uint64_t align = kAlign;  // of O_DIRECT reads: direct_io_alignment()
 };
 
 // A run of file-contiguous bytes read in one piece.
@@ -298,8 +300,9 @@ struct Span {
   uint64_t begin, end, need;
 };
 Span aligned_span(const Chunk& c) {
-  const uint64_t begin = c.offset / kAlign * kAlign;
-  const uint64_t end = (c.offset + c.bytes + kAlign - 1) / kAlign * kAlign;
+  const uint64_t align = c.state->align;
+  const uint64_t begin = c.offset / align * align;
+  const uint64_t end = (c.offset + c.bytes + align - 1) / align * align;
   return {begin, end, c.offset + c.bytes - begin};
 }
 
@@ -307,7 +310,7 @@ Span aligned_span(const Chunk& c) {
 // ends off a block boundary has met the end of the file, which must lie past the chunk.
 bool span_needs_more(const Chunk& c, const Span& s, uint64_t done, ssize_t got) {
   if (done >= s.need) return false;
-  if (got == 0 || done % kAlign != 0) throw_truncated(*c.file, s.begin + done);
+  if (got == 0 || done % c.state->align != 0) throw_truncated(*c.file, s.begin + done);
   return true;
 }
 
@@ -331,6 +334,21 @@ bool read_chunk_direct(const Chunk& c, iovec* pieces) {
   BouncePool::give(std::move(bounce));
   return true;
 }
+
+}  // namespace
+
+// statx's STATX_DIOALIGN (Linux 6.1): the file system's offset alignment for O_DIRECT, 512 bytes
+// on most disks; kept within [512, 4096] (4096 where the kernel does not say).
+uint64_t direct_io_alignment(const MappedFile& file) {
+  struct statx st {};
+  if (::statx(file.fd(), "", AT_EMPTY_PATH, STATX_DIOALIGN, &st) != 0 ||
+      (st.stx_mask & STATX_DIOALIGN) == 0 || st.stx_dio_offset_align == 0) {
+    return kAlign;
+  }
+  return std::clamp<uint64_t>(st.stx_dio_offset_align, 512, kAlign);
+}
+
+namespace {
 
 // The file opened again with O_DIRECT, through /proc/self/fd so that it is the same inode even if
 // its name has been replaced since. An empty descriptor and a note when that is refused.
@@ -393,6 +411,7 @@ void resolve(const MappedFile& file, const std::vector<const Chunk*>& chunks, Io
   }
   if (wanted == IoBackend::kDirect || wanted == IoBackend::kUring) {
     state.direct = open_direct(file, log);
+    state.align = direct_io_alignment(file);
     if (!state.direct.is_open()) wanted = IoBackend::kPread;
   }
   state.backend = wanted;

@@ -119,26 +119,25 @@ ReadPlan plan_read(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
 
 namespace {
 
-// What a narrowed read asks for in units of: a disk (and O_DIRECT) reads whole 4 KiB blocks.
-constexpr int64_t kReadBlock = 4096;
-
 // The byte ranges of `region` of checkpoint tensor `name`, relative to its first byte: what a
-// narrowed group reads of it, and what the plan counts. Each run is widened to the 4 KiB blocks
-// of the file it lies in (within the tensor's bytes) and runs that then meet are joined: the
-// bytes the disk gives anyway are read with them, not read again for the next run (a row-parallel
-// slice of rows shorter than a block is the whole tensor, and the plan says so).
+// narrowed group reads of it, and what the plan counts. Each run is widened to the blocks the
+// disk gives (the file's O_DIRECT alignment, io::direct_io_alignment: 512 bytes on most disks),
+// within the tensor's bytes, and runs that then meet are joined: the bytes read anyway are read
+// with them, not again for the next run (a row-parallel slice of rows shorter than a block reads
+// the whole tensor, and the plan says so).
 std::vector<mapper::ByteRun> byte_runs(const io::Checkpoint& checkpoint, const std::string& name,
                                        const mapper::Region& region) {
   const io::CheckpointEntry entry = checkpoint.entry(name);
   const io::TensorInfo& info = *entry.info;
-  const int64_t base = checkpoint.file(*entry.file).data_offset() + info.begin;
+  const io::SafetensorsFile& file = checkpoint.file(*entry.file);
+  const auto block = static_cast<int64_t>(io::direct_io_alignment(file.mapped_file()));
+  const int64_t base = file.data_offset() + info.begin;
   std::vector<mapper::ByteRun> out;
   for (const mapper::ByteRun& run :
        mapper::region_byte_runs(info.shape, dtype_bits(info.dtype), region)) {
-    const int64_t begin = std::max<int64_t>(0, (base + run.offset) / kReadBlock * kReadBlock - base);
-    const int64_t end = std::min(
-        info.nbytes(),
-        (base + run.offset + run.size + kReadBlock - 1) / kReadBlock * kReadBlock - base);
+    const int64_t begin = std::max<int64_t>(0, (base + run.offset) / block * block - base);
+    const int64_t end =
+        std::min(info.nbytes(), (base + run.offset + run.size + block - 1) / block * block - base);
     if (!out.empty() && out.back().offset + out.back().size >= begin) {
       out.back().size = std::max(out.back().size, end - out.back().offset);
     } else {

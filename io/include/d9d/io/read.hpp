@@ -35,6 +35,10 @@ IoBackend parse_io_backend(std::string_view text);
 const char* remote_file_system(const MappedFile& file);
 // Whether this build has io_uring (liburing) and the kernel lets this process set one up.
 bool io_uring_available();
+// The offset alignment of `file`'s O_DIRECT reads (statx STATX_DIOALIGN; 512 bytes on most
+// disks, 4096 where the kernel does not say): the direct and uring backends read whole such
+// blocks, so a narrowed read plan counts in them.
+uint64_t direct_io_alignment(const MappedFile& file);
 
 // One byte range of a file to copy into memory.
 struct ReadRange {
