@@ -175,10 +175,11 @@ CLI::Option* add_progress_flag(CLI::App& command, bool& show_progress);
 //   for 1 / 0), which wins over config.json and the spec's default (<d9d/mapper/spec.hpp>).
 CLI::Option* add_set_option(CLI::App& command, Params& params);
 
-// Under mpirun: the params of rank `rank` of `size` for a spec with params tp and tp_rank, when
-// --set (`given`) names no tp_rank (Note [a rank's share] in common.cpp); nullopt otherwise.
-std::optional<Params> per_rank_params(const Conversion& c, const Params& given, int rank,
-                                      int size);
+// Under mpirun: the params of rank `rank` of `size` for a spec (its text) declaring params tp and
+// tp_rank, when --set (`given`) names no tp_rank (Note [a rank's share] in common.cpp); nullopt
+// otherwise.
+std::optional<Params> per_rank_params(const std::string& spec_text, const Params& given,
+                                      int rank, int size);
 // "rank-0000r": the directory of rank r's checkpoint under convert's OUT.
 std::string rank_dir_name(int rank);
 

@@ -197,9 +197,11 @@ ConvertResult run_convert_distributed(const ConvertOptions& options, dist::Proce
 
 // Under mpirun with a tp spec, each rank converts its own share into OUT/rank-0000r/ (Note [a
 // rank's share] in common.cpp); nullopt for the one-checkpoint distributed conversion.
-std::optional<ConvertOptions> per_rank_options(const ConvertOptions& options, const Conversion& c,
-                                               int rank, int size) {
-  std::optional<Params> params = per_rank_params(c, options.params, rank, size);
+std::optional<ConvertOptions> per_rank_options(const ConvertOptions& options, int rank, int size) {
+  if (options.reverse || (!options.spec_text && !options.spec)) return std::nullopt;
+  const std::string text =
+      options.spec_text ? *options.spec_text : load_spec(*options.spec, options.source).text;
+  std::optional<Params> params = per_rank_params(text, options.params, rank, size);
   if (!params) return std::nullopt;
   ConvertOptions mine = options;
   mine.params = std::move(*params);
@@ -215,7 +217,7 @@ ConvertResult run_convert(const ConvertOptions& options) {
     std::optional<ConvertOptions> mine;
     std::string error;
     try {
-      mine = per_rank_options(options, plan_conversion(options), world.rank(), world.size());
+      mine = per_rank_options(options, world.rank(), world.size());
     } catch (const std::exception& e) {
       error = e.what();
     }

@@ -63,17 +63,19 @@ int run_load(const LoadOptions& options) {
   if (world.rank() == 0) warn_unlisted(ck);  // (a spec's conversion finds the same: said here)
   Conversion c;
   if (options.spec) {
-    c = make_conversion(options.checkpoint, options.spec, /*reverse=*/false, options.params);
+    Params params = options.params;
     if (world.size() > 1) {
       const std::optional<Params> mine =
-          per_rank_params(c, options.params, world.rank(), world.size());
+          per_rank_params(load_spec(*options.spec, options.checkpoint).text, options.params,
+                          world.rank(), world.size());
       if (!mine) {
         return usage_error("load", "under mpirun, d9d load needs a spec with params tp and "
                                    "tp_rank (each rank loads its share), and no --set tp_rank");
       }
-      c = make_conversion(options.checkpoint, options.spec, /*reverse=*/false, *mine);
+      params = *mine;
       rank_label = " rank " + std::to_string(world.rank()) + " of " + std::to_string(world.size());
     }
+    c = make_conversion(options.checkpoint, options.spec, /*reverse=*/false, params);
   } else if (world.size() > 1) {
     return usage_error("load", "under mpirun, d9d load needs a tensor-parallel --spec");
   } else {

@@ -569,6 +569,9 @@ SpecSummary summarize_spec(std::string_view text) {
   SpecSummary summary;
   if (auto d = top.find("description")) summary.description = d->str();
   if (auto a = top.find("applies_to")) parse_applies_to(*a, summary);
+  if (auto p = top.find("params"); p && p->j.is_object()) {
+    for (const auto& [name, value] : p->j.items()) summary.params.push_back(name);
+  }
   return summary;
 }
 

@@ -282,6 +282,26 @@ def test_mpirun(tmp):
                        capture_output=True, text=True, timeout=300)
     check(r.returncode == 1 and "--set tp=4 but mpirun started 2 ranks" in r.stderr,
           f"tp that is not the world's size is an error ({r.returncode}, {r.stderr[-500:]})")
+    # Expert parallelism: --set ep=2 under 4 ranks gives ep_rank = rank / 2.
+    moe = os.path.join(tmp, "moe-mpi")
+    r = subprocess.run([MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", "4", D9D, "convert",
+                        os.path.join(tmp, "qwen3_moe"), moe, "--spec", "qwen3_moe_tp", "--set",
+                        "ep=2", "--no-progress"], capture_output=True, text=True, timeout=300)
+    check(r.returncode == 0, f"mpirun -np 4 d9d convert --spec qwen3_moe_tp --set ep=2 ({r.stderr[-2000:]})")
+    for rank in range(4):
+        with open(os.path.join(moe, f"rank-{rank:05d}", "model.safetensors"), "rb") as a, \
+                open(os.path.join(tmp, f"qwen3_moe-tp4-ep2-r{rank}", "model.safetensors"), "rb") as b:
+            check(a.read() == b.read(), f"mpirun qwen3_moe ep=2 rank {rank}: the single-process rank's")
+    # d9d load: each rank loads its share and reports it.
+    r = subprocess.run([MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", "2", D9D, "load",
+                        src, "--spec", "llama_tp", "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    check(r.returncode == 0 and all(f"d9d load rank {k} of 2: " in r.stdout for k in range(2)),
+          f"mpirun -np 2 d9d load --spec llama_tp: each rank's report ({r.stdout[-1500:]} {r.stderr[-800:]})")
+    r = subprocess.run([MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", "2", D9D, "load",
+                        src, "--no-progress"], capture_output=True, text=True, timeout=300)
+    check(r.returncode != 0 and "tensor-parallel" in r.stderr,
+          f"mpirun d9d load without a tp spec is refused ({r.returncode}, {r.stderr[-500:]})")
     print("ok: mpirun -np 4 writes rank-0000r/ checkpoints, the single-process ones byte for byte")
 
 

@@ -188,6 +188,7 @@ struct SpecSummary {
   std::string description;
   std::vector<std::string> model_types;
   std::vector<std::string> architectures;
+  std::vector<std::string> params;  // the names "params" declares, sorted
 };
 SpecSummary summarize_spec(std::string_view json);
 
