@@ -599,6 +599,13 @@ struct ModelStateStream::Impl {
                 TensorSpec::of(it->second).str(), " but its infer() promised ", spec.str());
     }
     for (auto& [name, tensor] : outputs) {
+      // A narrowed group's output that views a larger buffer of its own (a shard_tensor of a
+      // stack: the stack is made whole, Note [slice pushdown]) is copied out, so that the buffer
+      // goes now, not when the consumer lets go of the piece.
+      if (g.read_regions && tensor.storage().kind() != StorageKind::kMapped &&
+          tensor.storage().nbytes() > 2 * static_cast<size_t>(tensor.nbytes())) {
+        tensor = tensor.clone();
+      }
       if (slices) {  // Note [reading what a rank owns]
         const auto it = distribute_outputs.find(name);
         if (it != distribute_outputs.end()) {
