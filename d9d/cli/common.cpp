@@ -356,8 +356,8 @@ SpecChoice load_spec(const std::string& arg, const fs::path& checkpoint) {
 // slicing, and `d9d load` loads it. tp is N unless --set gives it (then it must be N), tp_rank the
 // rank, and ep_rank, where the spec has one and --set does not give it, tp_rank / (tp / ep). Each
 // rank reads only its slices (Note [slice pushdown] in the mapper layer's region.cpp).
-std::optional<Params> per_rank_params(const std::string& spec_text, const Params& given,
-                                      int rank, int size) {
+std::optional<Params> per_rank_params(const std::string& spec_text, const Params& given, int rank,
+                                      int size) {
   const std::vector<std::string> declared = mapper::summarize_spec(spec_text).params;
   auto has = [&](const char* name) {
     return std::find(declared.begin(), declared.end(), name) != declared.end();
@@ -373,8 +373,8 @@ std::optional<Params> per_rank_params(const std::string& spec_text, const Params
   if (has("ep_rank") && !given.contains("ep_rank")) {
     const auto ep = given.find("ep");
     const int64_t ep_size = ep == given.end() ? 1 : ep->second;  // (the *_tp specs' default)
-    D9D_CHECK(ep_size >= 1 && size % ep_size == 0, "ep = ", ep_size, " does not divide tp = ",
-              size);
+    D9D_CHECK(ep_size >= 1 && size % ep_size == 0, "ep = ", ep_size,
+              " does not divide tp = ", size);
     mine["ep_rank"] = rank / (size / ep_size);
   }
   return mine;

@@ -69,8 +69,9 @@ int run_load(const LoadOptions& options) {
           per_rank_params(load_spec(*options.spec, options.checkpoint).text, options.params,
                           world.rank(), world.size());
       if (!mine) {
-        return usage_error("load", "under mpirun, d9d load needs a spec with params tp and "
-                                   "tp_rank (each rank loads its share), and no --set tp_rank");
+        return usage_error("load",
+                           "under mpirun, d9d load needs a spec with params tp and "
+                           "tp_rank (each rank loads its share), and no --set tp_rank");
       }
       params = *mine;
       rank_label = " rank " + std::to_string(world.rank()) + " of " + std::to_string(world.size());

@@ -5,8 +5,9 @@
 //
 // Under `mpirun -np N` (N > 1) only `convert` runs, on every rank (Note [distributed conversion]);
 // rank 0 alone prints. `load` runs too with a tensor-parallel spec, each rank loading its share
-// and printing its own report (Note [a rank's share] in common.cpp). An error every rank agreed on ends every rank with status 1; an error only
-// this rank knows about ends the whole job (Note [bounded failure]), so no rank waits for it.
+// and printing its own report (Note [a rank's share] in common.cpp). An error every rank agreed on
+// ends every rank with status 1; an error only this rank knows about ends the whole job (Note
+// [bounded failure]), so no rank waits for it.
 #include <algorithm>
 #include <iostream>
 #include <string>

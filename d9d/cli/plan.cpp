@@ -312,9 +312,10 @@ void plan_ranks(PlanResult& r, const PlanOptions& options) {
   }
   const auto ep = params.find("ep");
   const bool has_ep_rank = params.contains("ep_rank") && !options.params.contains("ep_rank");
-  const int64_t per_ep = ep == params.end() || ep->second.value < 1 || tp->second.value % ep->second.value != 0
-                             ? tp->second.value
-                             : tp->second.value / ep->second.value;
+  const int64_t per_ep =
+      ep == params.end() || ep->second.value < 1 || tp->second.value % ep->second.value != 0
+          ? tp->second.value
+          : tp->second.value / ep->second.value;
   for (int64_t rank = 0; rank < tp->second.value; ++rank) {
     Params p = options.params;
     p["tp"] = tp->second.value;
@@ -705,12 +706,12 @@ void print_ranks(const PlanResult& r) {
                "not narrowed\n";
   for (const RankPlan& rank : r.ranks) {
     char line[160];
-    std::snprintf(line, sizeof line, "    %-4lld  %-10s  %12.3f   %12.3f   %-16s  %zu\n",
-                  static_cast<long long>(rank.tp_rank), format_bytes(rank.read_bytes).c_str(),
-                  sharded > 0 ? static_cast<double>(rank.read_bytes) / static_cast<double>(sharded)
-                              : 0.0,
-                  amplification(rank.read_bytes, rank.output_bytes),
-                  format_bytes(rank.peak_bytes).c_str(), rank.not_narrowed.size());
+    std::snprintf(
+        line, sizeof line, "    %-4lld  %-10s  %12.3f   %12.3f   %-16s  %zu\n",
+        static_cast<long long>(rank.tp_rank), format_bytes(rank.read_bytes).c_str(),
+        sharded > 0 ? static_cast<double>(rank.read_bytes) / static_cast<double>(sharded) : 0.0,
+        amplification(rank.read_bytes, rank.output_bytes), format_bytes(rank.peak_bytes).c_str(),
+        rank.not_narrowed.size());
     std::cout << line;
   }
 }

@@ -831,7 +831,6 @@ MapperPtr gather_full_tensor(std::string name) {
   return std::make_shared<GatherFullTensorMapper>(std::move(name));
 }
 
-
 // ---- slice pushdown (Note [slice pushdown] in region.cpp) ---------------------------------------
 
 namespace {
@@ -1000,7 +999,8 @@ std::optional<std::vector<std::optional<Region>>> ConcatenateTensorsMapper::inpu
   size_t d = 0;
   for (const TensorSpec* in : inputs) {  // the dim, as infer_many() wraps it
     if (!(in->shape.size() == 1 && in->shape[0] == 0)) {
-      d = static_cast<size_t>(detail::wrap_dim(dim(), static_cast<int64_t>(in->shape.size()), "cat"));
+      d = static_cast<size_t>(
+          detail::wrap_dim(dim(), static_cast<int64_t>(in->shape.size()), "cat"));
       break;
     }
   }

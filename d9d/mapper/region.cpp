@@ -102,16 +102,20 @@ std::vector<ByteRun> region_byte_runs(const Shape& shape, int64_t bits, const Re
   if (k < 0) return {ByteRun{0, total_bits / 8}};
   Strides strides(shape.size(), 1);
   for (int64_t d = ndim - 2; d >= 0; --d) {
-    strides[static_cast<size_t>(d)] = strides[static_cast<size_t>(d + 1)] * shape[static_cast<size_t>(d + 1)];
+    strides[static_cast<size_t>(d)] =
+        strides[static_cast<size_t>(d + 1)] * shape[static_cast<size_t>(d + 1)];
   }
   const int64_t run_bits = region.size(k) * strides[static_cast<size_t>(k)] * bits;
-  if (strides[static_cast<size_t>(k)] * bits % 8 != 0) return {ByteRun{0, (total_bits + 7) / 8}};  // not byte-aligned: all
+  if (strides[static_cast<size_t>(k)] * bits % 8 != 0)
+    return {ByteRun{0, (total_bits + 7) / 8}};  // not byte-aligned: all
   std::vector<ByteRun> runs;
   Dims index(static_cast<size_t>(k), 0);  // over the dims before k, within the box
-  for (int64_t d = 0; d < k; ++d) index[static_cast<size_t>(d)] = region.begin[static_cast<size_t>(d)];
+  for (int64_t d = 0; d < k; ++d)
+    index[static_cast<size_t>(d)] = region.begin[static_cast<size_t>(d)];
   for (;;) {
     int64_t element = region.begin[static_cast<size_t>(k)] * strides[static_cast<size_t>(k)];
-    for (int64_t d = 0; d < k; ++d) element += index[static_cast<size_t>(d)] * strides[static_cast<size_t>(d)];
+    for (int64_t d = 0; d < k; ++d)
+      element += index[static_cast<size_t>(d)] * strides[static_cast<size_t>(d)];
     const int64_t offset = element * bits / 8;
     if (!runs.empty() && runs.back().offset + runs.back().size == offset) {
       runs.back().size += run_bits / 8;

@@ -350,7 +350,8 @@ RegionDict SequentialMapper::input_regions(const SpecDict& inputs, const RegionD
       const uint32_t node = plan.nodes[j - 1].index;
       if (node >= stage.groups.size()) {
         const std::string key(stage.passthrough[node - stage.groups.size()]);
-        if (const auto it = after.find(key); it != after.end()) before.insert_or_assign(key, it->second);
+        if (const auto it = after.find(key); it != after.end())
+          before.insert_or_assign(key, it->second);
         continue;
       }
       RegionDict sub;

@@ -231,8 +231,7 @@ const std::vector<OpDef>& ops() {
            index_node.fail(str_cat("index ", index, " is not in [0, ", parts, ")"));
          }
          return [=](Instance i) {
-           return shard_tensor(std::move(i.sources[0]), std::move(i.targets[0]), dim, parts,
-                               index);
+           return shard_tensor(std::move(i.sources[0]), std::move(i.targets[0]), dim, parts, index);
          };
        }},
       {"pad",

@@ -24,7 +24,8 @@ MapperPtr narrow(std::string source, std::string target, int64_t dim, int64_t st
   return std::make_shared<NarrowMapper>(std::move(source), std::move(target), dim, start, length);
 }
 
-// ---- shard_tensor ---------------------------------------------------------------------------------
+// ---- shard_tensor
+// ---------------------------------------------------------------------------------
 
 ShardTensorMapper::ShardTensorMapper(std::string source, std::string target, int64_t dim,
                                      int64_t parts, int64_t index)
@@ -72,7 +73,8 @@ std::optional<Region> ShardTensorMapper::input_region(const TensorSpec& input,
 }
 
 MapperPtr ShardTensorMapper::do_inverse(const SpecDict&) const {
-  throw NotInvertibleError(str_cat(describe(), ": keeps a part of its input, so it has no inverse"));
+  throw NotInvertibleError(
+      str_cat(describe(), ": keeps a part of its input, so it has no inverse"));
 }
 
 std::string ShardTensorMapper::describe() const {
@@ -118,7 +120,8 @@ std::optional<Region> NarrowMapper::input_region(const TensorSpec& input,
 }
 
 MapperPtr NarrowMapper::do_inverse(const SpecDict&) const {
-  throw NotInvertibleError(str_cat(describe(), ": keeps a part of its input, so it has no inverse"));
+  throw NotInvertibleError(
+      str_cat(describe(), ": keeps a part of its input, so it has no inverse"));
 }
 
 std::string NarrowMapper::describe() const {
@@ -135,13 +138,13 @@ PadMapper::PadMapper(std::string source, std::string target, int64_t dim, int64_
 
 TensorSpec PadMapper::infer_one(const TensorSpec& input) const {
   D9D_CHECK_INDEX(!input.shape.empty(), "pad: cannot pad a 0-dim tensor");
-  const auto d = static_cast<size_t>(
-      detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), "pad"));
+  const auto d =
+      static_cast<size_t>(detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), "pad"));
   detail::check_elements(input.dtype, "pad");
   TensorSpec out = input;
   const int64_t size = input.shape[d];
-  D9D_CHECK(size <= std::numeric_limits<int64_t>::max() - multiple_, "pad: dim ", dim_,
-            " of size ", size, " overflows");
+  D9D_CHECK(size <= std::numeric_limits<int64_t>::max() - multiple_, "pad: dim ", dim_, " of size ",
+            size, " overflows");
   out.shape[d] = (size + multiple_ - 1) / multiple_ * multiple_;
   return out;
 }
@@ -157,8 +160,8 @@ Tensor PadMapper::apply_one(Tensor input) const {
 
 // Rows of the padding read nothing.
 std::optional<Region> PadMapper::input_region(const TensorSpec& input, const Region& wanted) const {
-  const auto d = static_cast<size_t>(
-      detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), "pad"));
+  const auto d =
+      static_cast<size_t>(detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), "pad"));
   Region out = wanted;
   out.end[d] = std::min(out.end[d], input.shape[d]);
   out.begin[d] = std::min(out.begin[d], out.end[d]);
@@ -168,8 +171,7 @@ std::optional<Region> PadMapper::input_region(const TensorSpec& input, const Reg
 MapperPtr PadMapper::do_inverse(const SpecDict& input_specs) const {
   const TensorSpec& in = input_spec(input_specs);
   const int64_t d = detail::wrap_dim(dim_, static_cast<int64_t>(in.shape.size()), "pad");
-  return std::make_shared<NarrowMapper>(target(), source(), d, 0,
-                                        in.shape[static_cast<size_t>(d)]);
+  return std::make_shared<NarrowMapper>(target(), source(), d, 0, in.shape[static_cast<size_t>(d)]);
 }
 
 std::string PadMapper::describe() const {

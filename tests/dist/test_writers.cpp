@@ -318,8 +318,9 @@ TEST_CASE("load_model_state reads only each rank's slice through cat and transpo
   const Tensor o_t = o.transpose(0, 1).contiguous();
   StateDict targets{{"qkv", dist::zeros(qkv.shape(), qkv.dtype(), mesh, {Shard{0}}).as_tensor()},
                     {"o_t", dist::zeros(o_t.shape(), o_t.dtype(), mesh, {Shard{0}}).as_tensor()}};
-  const MapperPtr m = mapper::parallel({mapper::concatenate_tensors({"q", "k", "v"}, "qkv", 0),
-                                        std::make_shared<mapper::TransposeMapper>("o", "o_t", 0, 1)});
+  const MapperPtr m =
+      mapper::parallel({mapper::concatenate_tensors({"q", "k", "v"}, "qkv", 0),
+                        std::make_shared<mapper::TransposeMapper>("o", "o_t", 0, 1)});
   model_state::ReadOptions ro = quiet_read();
   io::ReadLog log;
   ro.read_log = &log;
@@ -333,8 +334,8 @@ TEST_CASE("load_model_state reads only each rank's slice through cat and transpo
     for (const auto& [backend, bytes] : file.bytes) read += bytes;
   }
   MESSAGE("rank ", g.rank(), " of ", n, " read ", read, " bytes for slices of ",
-          qkv_local.nbytes() + o_local.nbytes(), " (the tensors are ",
-          qkv.nbytes() + o.nbytes(), ")");
+          qkv_local.nbytes() + o_local.nbytes(), " (the tensors are ", qkv.nbytes() + o.nbytes(),
+          ")");
   // The slices' rows, each run widened to the file's 4 KiB blocks (an edge block each side of
   // each of the 3 + 6 runs at most); a rank of one reads everything.
   const auto slices = static_cast<uint64_t>(qkv_local.nbytes() + o_local.nbytes());

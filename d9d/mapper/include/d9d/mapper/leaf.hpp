@@ -478,7 +478,8 @@ class SplitTensorsMapper final : public OneToManyMapper {
   std::vector<int64_t> sizes_;
 };
 
-// ---- tensor-parallel layouts (tp_ops.cpp) --------------------------------------------------------
+// ---- tensor-parallel layouts (tp_ops.cpp)
+// --------------------------------------------------------
 //
 // What a tensor- or expert-parallel rank holds: one piece of a tensor, and tensors padded to a
 // multiple of the ranks (vocabulary-parallel embeddings). Reads of these ops' outputs narrow the
@@ -518,8 +519,7 @@ class ShardTensorMapper final : public SingleTensorMapper {
 
 class NarrowMapper final : public SingleTensorMapper {
  public:
-  NarrowMapper(std::string source, std::string target, int64_t dim, int64_t start,
-               int64_t length);
+  NarrowMapper(std::string source, std::string target, int64_t dim, int64_t start, int64_t length);
   std::string describe() const override;
   bool moves_data(const StateGroup&) const override { return dim_ != 0; }
 

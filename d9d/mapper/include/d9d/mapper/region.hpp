@@ -17,7 +17,9 @@ struct Region {
   // Every element of a tensor of `shape`.
   static Region whole(const Shape& shape);
   int64_t ndim() const { return static_cast<int64_t>(begin.size()); }
-  int64_t size(int64_t d) const { return end[static_cast<size_t>(d)] - begin[static_cast<size_t>(d)]; }
+  int64_t size(int64_t d) const {
+    return end[static_cast<size_t>(d)] - begin[static_cast<size_t>(d)];
+  }
   int64_t numel() const;
   bool covers(const Shape& shape) const;  // the whole of a tensor of `shape`
   // The smallest box holding both (same ndim).
