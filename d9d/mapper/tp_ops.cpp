@@ -1,4 +1,4 @@
-// The tensor-parallel layout ops: shard_tensor, narrow, pad (leaf.hpp).
+// The tensor-parallel layout ops: shard_tensor and narrow (NarrowMapper), pad (leaf.hpp).
 #include <d9d/mapper/leaf.hpp>
 
 #include <algorithm>
@@ -13,8 +13,8 @@ using d9d::detail::str_cat;
 
 MapperPtr shard_tensor(std::string source, std::string target, int64_t dim, int64_t parts,
                        int64_t index) {
-  return std::make_shared<ShardTensorMapper>(std::move(source), std::move(target), dim, parts,
-                                             index);
+  return std::make_shared<NarrowMapper>(std::move(source), std::move(target), dim,
+                                        NarrowMapper::Piece{parts, index});
 }
 MapperPtr pad(std::string source, std::string target, int64_t dim, int64_t multiple) {
   return std::make_shared<PadMapper>(std::move(source), std::move(target), dim, multiple);
@@ -24,64 +24,7 @@ MapperPtr narrow(std::string source, std::string target, int64_t dim, int64_t st
   return std::make_shared<NarrowMapper>(std::move(source), std::move(target), dim, start, length);
 }
 
-// ---- shard_tensor
-// ---------------------------------------------------------------------------------
-
-ShardTensorMapper::ShardTensorMapper(std::string source, std::string target, int64_t dim,
-                                     int64_t parts, int64_t index)
-    : SingleTensorMapper(std::move(source), std::move(target)),
-      dim_(dim),
-      parts_(parts),
-      index_(index) {
-  D9D_CHECK(parts_ >= 1, "shard_tensor(", this->source(), "): parts must be positive, got ",
-            parts_);
-  D9D_CHECK(index_ >= 0 && index_ < parts_, "shard_tensor(", this->source(), "): index ", index_,
-            " is not in [0, ", parts_, ")");
-}
-
-std::pair<int64_t, int64_t> ShardTensorMapper::piece(int64_t size) const {
-  const int64_t chunk = (size + parts_ - 1) / parts_;  // torch.chunk's piece size
-  const int64_t start = std::min(index_ * chunk, size);
-  return {start, std::min(chunk, size - start)};
-}
-
-TensorSpec ShardTensorMapper::infer_one(const TensorSpec& input) const {
-  D9D_CHECK_INDEX(!input.shape.empty(), "shard_tensor: cannot shard a 0-dim tensor");
-  const auto d = static_cast<size_t>(
-      detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), "shard_tensor"));
-  detail::check_elements(input.dtype, "shard_tensor");
-  TensorSpec out = input;
-  out.shape[d] = piece(input.shape[d]).second;
-  return out;
-}
-
-Tensor ShardTensorMapper::apply_one(Tensor input) const {
-  const int64_t d = detail::wrap_dim(dim_, input.dim(), "shard_tensor");
-  const auto [start, length] = piece(input.size(d));
-  return input.narrow(d, start, length).contiguous();
-}
-
-std::optional<Region> ShardTensorMapper::input_region(const TensorSpec& input,
-                                                      const Region& wanted) const {
-  const auto d = static_cast<size_t>(
-      detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), "shard_tensor"));
-  const int64_t start = piece(input.shape[d]).first;
-  Region out = wanted;
-  out.begin[d] += start;
-  out.end[d] += start;
-  return out;
-}
-
-MapperPtr ShardTensorMapper::do_inverse(const SpecDict&) const {
-  throw NotInvertibleError(
-      str_cat(describe(), ": keeps a part of its input, so it has no inverse"));
-}
-
-std::string ShardTensorMapper::describe() const {
-  return describe_op("shard_tensor", str_cat("dim ", dim_, ", piece ", index_, " of ", parts_));
-}
-
-// ---- narrow -----------------------------------------------------------------------------------
+// ---- narrow, shard_tensor -------------------------------------------------------------------
 
 NarrowMapper::NarrowMapper(std::string source, std::string target, int64_t dim, int64_t start,
                            int64_t length)
@@ -93,29 +36,51 @@ NarrowMapper::NarrowMapper(std::string source, std::string target, int64_t dim, 
             " and length ", length_, " must not be negative");
 }
 
+NarrowMapper::NarrowMapper(std::string source, std::string target, int64_t dim, Piece piece)
+    : SingleTensorMapper(std::move(source), std::move(target)), dim_(dim), piece_(piece) {
+  D9D_CHECK(piece.parts >= 1, "shard_tensor(", this->source(), "): parts must be positive, got ",
+            piece.parts);
+  D9D_CHECK(piece.index >= 0 && piece.index < piece.parts, "shard_tensor(", this->source(),
+            "): index ", piece.index, " is not in [0, ", piece.parts, ")");
+}
+
+std::pair<int64_t, int64_t> NarrowMapper::range(int64_t size) const {
+  if (piece_) {
+    const int64_t chunk = (size + piece_->parts - 1) / piece_->parts;  // torch.chunk's size
+    const int64_t start = std::min(piece_->index * chunk, size);
+    return {start, std::min(chunk, size - start)};
+  }
+  D9D_CHECK_INDEX(start_ + length_ <= size, "narrow: [", start_, ", ", start_ + length_,
+                  ") is past the end of dim ", dim_, " of size ", size);
+  return {start_, length_};
+}
+
 TensorSpec NarrowMapper::infer_one(const TensorSpec& input) const {
-  D9D_CHECK_INDEX(!input.shape.empty(), "narrow: cannot narrow a 0-dim tensor");
-  const auto d = static_cast<size_t>(
-      detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), "narrow"));
-  detail::check_elements(input.dtype, "narrow");
-  D9D_CHECK_INDEX(start_ + length_ <= input.shape[d], "narrow: [", start_, ", ", start_ + length_,
-                  ") is past the end of dim ", dim_, " of size ", input.shape[d]);
+  const char* op = piece_ ? "shard_tensor" : "narrow";
+  D9D_CHECK_INDEX(!input.shape.empty(), op, ": cannot take a part of a 0-dim tensor");
+  const auto d =
+      static_cast<size_t>(detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), op));
+  detail::check_elements(input.dtype, op);
   TensorSpec out = input;
-  out.shape[d] = length_;
+  out.shape[d] = range(input.shape[d]).second;
   return out;
 }
 
 Tensor NarrowMapper::apply_one(Tensor input) const {
-  return input.narrow(detail::wrap_dim(dim_, input.dim(), "narrow"), start_, length_).contiguous();
+  const int64_t d = detail::wrap_dim(dim_, input.dim(), piece_ ? "shard_tensor" : "narrow");
+  const auto [start, length] = range(input.size(d));
+  return input.narrow(d, start, length).contiguous();
 }
 
+// The box, shifted to where the part starts.
 std::optional<Region> NarrowMapper::input_region(const TensorSpec& input,
                                                  const Region& wanted) const {
   const auto d = static_cast<size_t>(
       detail::wrap_dim(dim_, static_cast<int64_t>(input.shape.size()), "narrow"));
+  const int64_t start = range(input.shape[d]).first;
   Region out = wanted;
-  out.begin[d] += start_;
-  out.end[d] += start_;
+  out.begin[d] += start;
+  out.end[d] += start;
   return out;
 }
 
@@ -125,6 +90,10 @@ MapperPtr NarrowMapper::do_inverse(const SpecDict&) const {
 }
 
 std::string NarrowMapper::describe() const {
+  if (piece_) {
+    return describe_op("shard_tensor",
+                       str_cat("dim ", dim_, ", piece ", piece_->index, " of ", piece_->parts));
+  }
   return describe_op("narrow", str_cat("dim ", dim_, ", ", start_, ":", start_ + length_));
 }
 

@@ -497,30 +497,18 @@ MapperPtr pad(std::string source, std::string target, int64_t dim, int64_t multi
 MapperPtr narrow(std::string source, std::string target, int64_t dim, int64_t start,
                  int64_t length);
 
-class ShardTensorMapper final : public SingleTensorMapper {
- public:
-  ShardTensorMapper(std::string source, std::string target, int64_t dim, int64_t parts,
-                    int64_t index);
-  std::string describe() const override;
-  // A piece along dim 0 of a contiguous tensor is a contiguous view; along another dim, a copy.
-  bool moves_data(const StateGroup&) const override { return dim_ != 0; }
-
- protected:
-  MapperPtr do_inverse(const SpecDict& input_specs) const override;  // none: a selection
-  std::optional<Region> input_region(const TensorSpec& input, const Region& wanted) const override;
-  TensorSpec infer_one(const TensorSpec& input) const override;
-  Tensor apply_one(Tensor input) const override;
-
- private:
-  // [start, start + length) of a dim of `size`.
-  std::pair<int64_t, int64_t> piece(int64_t size) const;
-  int64_t dim_, parts_, index_;
-};
-
+// A part of a tensor along one dim: `length` elements from `start` (narrow), or the `index`-th of
+// `parts` torch.chunk pieces (shard_tensor), whose bounds depend on the input's size.
 class NarrowMapper final : public SingleTensorMapper {
  public:
+  struct Piece {
+    int64_t parts;
+    int64_t index;
+  };
   NarrowMapper(std::string source, std::string target, int64_t dim, int64_t start, int64_t length);
+  NarrowMapper(std::string source, std::string target, int64_t dim, Piece piece);
   std::string describe() const override;
+  // A part along dim 0 of a contiguous tensor is a contiguous view; along another dim, a copy.
   bool moves_data(const StateGroup&) const override { return dim_ != 0; }
 
  protected:
@@ -530,7 +518,11 @@ class NarrowMapper final : public SingleTensorMapper {
   Tensor apply_one(Tensor input) const override;
 
  private:
-  int64_t dim_, start_, length_;
+  // [start, start + length) of a dim of `size`; checks that it fits.
+  std::pair<int64_t, int64_t> range(int64_t size) const;
+  int64_t dim_;
+  int64_t start_ = 0, length_ = 0;  // narrow
+  std::optional<Piece> piece_;      // shard_tensor
 };
 
 class PadMapper final : public SingleTensorMapper {
