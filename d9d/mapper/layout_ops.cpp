@@ -207,6 +207,43 @@ Tensor InterleaveQkvMapper::apply_many(const std::vector<Tensor>& inputs) const 
   return parts.reshape(with_leading({(n_heads_ + 2 * n_kv_heads_) * head_dim}, q, 1));
 }
 
+// Note [slice pushdown] through the per-KV-group layout: the output's rows come in groups of
+// (n_heads / n_kv_heads + 2) heads, KV group g holding q heads of g, then k head g, then v head g.
+// A box of rows widens to whole groups, each q, k and v read for those groups; a box of rows of
+// q, k or v the other way round widens to the groups holding them.
+namespace {
+
+struct KvGroups {
+  int64_t head_dim, q_heads_per_group;
+  int64_t rows() const { return (q_heads_per_group + 2) * head_dim; }
+};
+
+// The KV groups [first, last) whose rows of a part (q: q_heads_per_group heads a group; k, v: one)
+// meet [begin, end).
+std::pair<int64_t, int64_t> groups_of(int64_t begin, int64_t end, int64_t rows_per_group) {
+  return {begin / rows_per_group, (end + rows_per_group - 1) / rows_per_group};
+}
+
+Region with_rows(Region box, int64_t begin, int64_t end) {
+  box.begin[0] = begin;
+  box.end[0] = end;
+  return box;
+}
+
+}  // namespace
+
+std::optional<std::vector<std::optional<Region>>> InterleaveQkvMapper::input_regions_many(
+    const std::vector<const TensorSpec*>& inputs, const Region& wanted) const {
+  const KvGroups g{inputs[0]->shape[0] / n_heads_, n_heads_ / n_kv_heads_};
+  if (wanted.numel() == 0) return std::vector<std::optional<Region>>(3);
+  const auto [first, last] = groups_of(wanted.begin[0], wanted.end[0], g.rows());
+  const int64_t q_rows = g.q_heads_per_group * g.head_dim;
+  return std::vector<std::optional<Region>>{
+      with_rows(wanted, first * q_rows, last * q_rows),
+      with_rows(wanted, first * g.head_dim, last * g.head_dim),
+      with_rows(wanted, first * g.head_dim, last * g.head_dim)};
+}
+
 MapperPtr InterleaveQkvMapper::do_inverse(const SpecDict&) const {
   return std::make_shared<DeinterleaveQkvMapper>(target(), sources(), n_heads_, n_kv_heads_);
 }
@@ -248,6 +285,25 @@ std::vector<Tensor> DeinterleaveQkvMapper::apply_pieces(const Tensor& input) con
               .reshape(with_leading({n_kv_heads_ * head_dim}, s, 1)),
           groups.narrow(1, (group + 1) * head_dim, head_dim)
               .reshape(with_leading({n_kv_heads_ * head_dim}, s, 1))};
+}
+
+std::optional<Region> DeinterleaveQkvMapper::input_region_pieces(
+    const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const {
+  const KvGroups g{input.shape[0] / (n_heads_ + 2 * n_kv_heads_), n_heads_ / n_kv_heads_};
+  std::optional<Region> out;
+  for (size_t part = 0; part < 3; ++part) {
+    if (!wanted[part] || wanted[part]->numel() == 0) continue;
+    const int64_t rows_per_group = part == 0 ? g.q_heads_per_group * g.head_dim : g.head_dim;
+    const auto [first, last] =
+        groups_of(wanted[part]->begin[0], wanted[part]->end[0], rows_per_group);
+    const Region r = with_rows(*wanted[part], first * g.rows(), last * g.rows());
+    out = out ? out->hull(r) : r;
+  }
+  if (!out) {  // nothing of any part: an empty box
+    out = Region::whole(input.shape);
+    out->end[0] = out->begin[0];
+  }
+  return out;
 }
 
 MapperPtr DeinterleaveQkvMapper::do_inverse(const SpecDict&) const {

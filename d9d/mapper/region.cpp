@@ -2,10 +2,11 @@
 // rank's slice, or a spec whose "shard_tensor" keeps one piece) asks the group's mapper which
 // parts of its inputs apply() reads to make them: ModelStateMapper::input_regions(). Each op
 // answers for itself with a box per input (Region): a rename passes the box on, shard_tensor
-// shifts it, cat and stack split it across their inputs, chunk / split / unstack join their
-// pieces' boxes, transpose and permute swap its dims, reshape maps it to whole rows, cast keeps
-// it, RoPE and QKV layouts widen it to whole heads, dequantize to whole scale blocks; sequential
-// walks its stages backwards with the specs infer() gave each one. A box is a superset of what
+// shifts it (narrow too), pad cuts it to the input, cat and stack split it across their inputs,
+// chunk / split / unstack join their pieces' boxes, transpose and permute swap its dims, reshape
+// maps it to whole rows, cast keeps it, RoPE permutation and the QKV interleave widen it to whole
+// heads, stack_experts to the experts it holds, dequantize to whole scale blocks of rows;
+// sequential walks its stages backwards with the specs infer() gave each one. A box is a superset of what
 // apply() reads: apply() run on inputs whose bytes are right inside the boxes (anything outside)
 // makes outputs right inside the wanted boxes. An op that cannot carry a box (its default)
 // answers with its whole inputs and names itself, which `d9d plan` reports; the group is then

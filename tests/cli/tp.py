@@ -208,18 +208,18 @@ def test_plan(tmp):
     text = d9d_ok("plan", src, "--spec", "llama_tp", "--set", "tp=4").stdout
     check("per rank (tp = 4" in text and "(only the parts the outputs need)" in text,
           f"plan's report has the per-rank table ({text[:2000]})")
-    # An op that cannot carry a region (interleave_qkv) reads its group whole, and plan says so.
+    # An op that cannot carry a region (interleave: gate and up rows alternating) reads its group
+    # whole, and plan says so.
     spec = os.path.join(tmp, "interleaved.json")
     with open(spec, "w") as fh:
         json.dump({"d9d_mapper_spec": 1, "unmatched": "keep", "stages": [
-            {"rules": [{"op": "interleave_qkv", "sources": [
-                "model.layers.{L}.self_attn.q_proj.weight", "model.layers.{L}.self_attn.k_proj.weight",
-                "model.layers.{L}.self_attn.v_proj.weight"], "target": "qkv.{L}", "n_heads": 4,
-                "n_kv_heads": 2}]},
-            {"rules": [{"op": "shard_tensor", "source": "qkv.{L}", "dim": 0, "parts": 2, "index": 1}]}]},
-                  fh)
+            {"rules": [{"op": "interleave", "sources": [
+                "model.layers.{L}.mlp.gate_proj.weight", "model.layers.{L}.mlp.up_proj.weight"],
+                "target": "gate_up.{L}", "dim": 0}]},
+            {"rules": [{"op": "shard_tensor", "source": "gate_up.{L}", "dim": 0, "parts": 2,
+                        "index": 1}]}]}, fh)
     plan = json.loads(d9d_ok("plan", src, "--spec", spec, "--json").stdout)
-    check(any(n.startswith("interleave_qkv(") for n in plan["not_narrowed"]),
+    check(any(n.startswith("interleave(") for n in plan["not_narrowed"]),
           f"plan names the op that read whole inputs ({plan['not_narrowed']})")
     print("ok: plan reports every rank's reads and the ops not narrowed")
 

@@ -614,6 +614,8 @@ class InterleaveQkvMapper final : public ManyToOneMapper {
   std::string describe() const override;
 
  protected:
+  std::optional<std::vector<std::optional<Region>>> input_regions_many(
+      const std::vector<const TensorSpec*>& inputs, const Region& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   TensorSpec infer_many(const std::vector<const TensorSpec*>& inputs) const override;
   Tensor apply_many(const std::vector<Tensor>& inputs) const override;
@@ -629,6 +631,8 @@ class DeinterleaveQkvMapper final : public OneToManyMapper {
   std::string describe() const override;
 
  protected:
+  std::optional<Region> input_region_pieces(
+      const TensorSpec& input, const std::vector<std::optional<Region>>& wanted) const override;
   MapperPtr do_inverse(const SpecDict& input_specs) const override;
   std::vector<TensorSpec> infer_pieces(const TensorSpec& input) const override;
   std::vector<Tensor> apply_pieces(const Tensor& input) const override;
