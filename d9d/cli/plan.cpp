@@ -306,25 +306,21 @@ RankPlan rank_plan(const io::Checkpoint& checkpoint, const mapper::ModelStateMap
 void plan_ranks(PlanResult& r, const PlanOptions& options) {
   const auto& params = r.conversion.mapping.params;
   const auto tp = params.find("tp");
-  if (tp == params.end() || !params.contains("tp_rank") || tp->second.value <= 1 ||
-      options.params.contains("tp_rank") || r.conversion.reverse) {
-    return;
-  }
-  const auto ep = params.find("ep");
-  const bool has_ep_rank = params.contains("ep_rank") && !options.params.contains("ep_rank");
-  const int64_t per_ep =
-      ep == params.end() || ep->second.value < 1 || tp->second.value % ep->second.value != 0
-          ? tp->second.value
-          : tp->second.value / ep->second.value;
-  for (int64_t rank = 0; rank < tp->second.value; ++rank) {
-    Params p = options.params;
-    p["tp"] = tp->second.value;
-    p["tp_rank"] = rank;
-    std::optional<int64_t> ep_rank;
-    if (has_ep_rank) p["ep_rank"] = *(ep_rank = rank / per_ep);
+  if (r.conversion.reverse || !options.spec || tp == params.end() || tp->second.value <= 1) return;
+  const std::string text = load_spec(*options.spec, options.checkpoint).text;
+  Params given = options.params;
+  given["tp"] = tp->second.value;
+  const int size = static_cast<int>(tp->second.value);
+  for (int rank = 0; rank < size; ++rank) {
+    // Each rank's params as mpirun would give them (Note [a rank's share] in common.cpp).
+    const std::optional<Params> p = per_rank_params(text, given, rank, size);
+    if (!p) return;  // no tp_rank in the spec, or --set gave one
     const Conversion c =
-        make_conversion(options.checkpoint, options.spec, false, p, options.allow_lossy);
-    r.ranks.push_back(rank_plan(r.checkpoint, *c.mapper, rank, ep_rank));
+        make_conversion(options.checkpoint, options.spec, false, *p, options.allow_lossy);
+    const auto ep_rank = p->find("ep_rank");
+    r.ranks.push_back(rank_plan(r.checkpoint, *c.mapper, rank,
+                                ep_rank == p->end() ? std::nullopt
+                                                    : std::optional<int64_t>(ep_rank->second)));
   }
 }
 
