@@ -607,6 +607,7 @@ std::vector<uint8_t> bytes_in(const Tensor& t, const Region& box) {
 // `t` with every byte outside `box` (nothing, without one) garbage: what the reader leaves there.
 Tensor only_inside(const Tensor& t, const std::optional<Region>& box) {
   Tensor g = Tensor::empty(t.shape(), t.dtype());
+  if (g.nbytes() == 0) return g;  // (no data pointer to hand memset)
   auto* dst = static_cast<uint8_t*>(g.mutable_data_ptr());
   std::memset(dst, 0xA7, static_cast<size_t>(g.nbytes()));
   if (!box) return g;
