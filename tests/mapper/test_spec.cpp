@@ -320,6 +320,26 @@ TEST_CASE("a spec nested 100,000 deep is a SpecError naming where, not a crash")
   CHECK(shallow.size() < 200);
 }
 
+TEST_CASE("shard_tensor and pad: bad fields are SpecErrors naming them") {
+  const std::vector<std::string> keys{"w"};
+  check_spec_error(
+      one_rule(R"({"op": "shard_tensor", "source": "w", "dim": 0, "parts": 4, "index": 4})"), keys,
+      "$.rules[0].index", "index 4 is not in [0, 4)");
+  check_spec_error(
+      one_rule(R"({"op": "shard_tensor", "source": "w", "dim": 0, "parts": 0, "index": 0})"), keys,
+      "$.rules[0].parts", "expected a positive integer");
+  check_spec_error(one_rule(R"({"op": "shard_tensor", "source": "w", "parts": 2, "index": 0})"),
+                   keys, "$.rules[0]", "dim");
+  check_spec_error(one_rule(R"({"op": "pad", "source": "w", "dim": 0, "multiple": -64})"), keys,
+                   "$.rules[0].multiple", "expected a positive integer");
+  // A dim the tensor lacks: an IndexError from infer(), before any byte is read.
+  const MapperPtr m = from_spec(one_rule(R"({"op": "shard_tensor", "source": "w", "dim": 2,
+                                            "parts": 2, "index": 1})"),
+                                keys)
+                          .mapper;
+  CHECK_THROWS_AS(infer_all(*m, {{"w", {DType::F32, {4, 4}}}}), IndexError);
+}
+
 TEST_CASE("a huge value in a spec gives a message of bounded length") {
   const std::vector<std::string> keys{"a"};
   auto unsqueeze_dim = [](const std::string& dim) {

@@ -101,6 +101,8 @@ TEST_CASE("param expressions: integer arithmetic with precedence, parentheses an
   CHECK(value("{ - -h / (kv/2) }", 8) == 8);
   CHECK(value("{-1}", 10) == 10);           // -1: reshape's inferred dim
   CHECK(value("{7 / 2 + 7 % 2}", 4) == 4);  // truncating division
+  CHECK(value("{min(h, kv)}", 8) == 8);
+  CHECK(value("{max(h, kv * 8) / min(kv, 2 * h)}", 8) == 8);  // 64 / 8
   const std::vector<std::string> w{"w"};
   const std::string base =
       R"({"d9d_mapper_spec": 1, "params": {"h": 32, "z": 0}, "rules": [{"op": "unsqueeze", "source": "w", "dim": ")";
@@ -115,6 +117,8 @@ TEST_CASE("param expressions: integer arithmetic with precedence, parentheses an
   check_error(base + R"({(h}"}]})", w, {}, "$.rules[0].dim", {"expected ')'"});
   check_error(base + R"({h h}"}]})", w, {}, "$.rules[0].dim", {"unexpected text"});
   check_error(base + R"(h"}]})", w, {}, "$.rules[0].dim", {"expected an integer"});
+  check_error(base + R"({min(h)}"}]})", w, {}, "$.rules[0].dim", {"expected ','"});
+  check_error(base + R"({max(h, z}"}]})", w, {}, "$.rules[0].dim", {"expected ')'"});
   // A spec without params has none to use.
   check_error(
       R"({"d9d_mapper_spec": 1, "rules": [{"op": "unsqueeze", "source": "w", "dim": "{d}"}]})", w,
